@@ -1,0 +1,316 @@
+//! Every BPF map the relay uses: names, key and value layouts, default capacities.
+//!
+//! All maps are declared in the XDP object (so one loader creates them all) and pinned by name
+//! under the pin directory (default [`DEFAULT_PIN_DIR`]), which is how the CLI and a restarted
+//! daemon find the same state. Map names are the pinned file names and must stay within the
+//! kernel's 15-character object name limit.
+//!
+//! Layouts are `#[repr(C)]` with explicit reserved fields instead of implicit padding: hash keys
+//! are compared as raw bytes and every byte of a value is copied between kernel and userspace.
+
+use crate::wire::{IPV4_HLEN, IPV6_HLEN};
+
+/// Default bpffs directory holding the pinned maps and the XDP link.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/relay";
+
+/// `HASH` VNI (`u32`) → [`Session`]. Written only by userspace.
+pub const SESSIONS: &str = "sessions";
+/// `PERCPU_ARRAY` session slot → [`SessionStats`], updated by the XDP program.
+pub const SESSION_STATS: &str = "session_stats";
+/// `ARRAY` session slot → [`SessionStats`] of the userspace forwarder, flushed by the daemon so
+/// the CLI sees both paths without asking the daemon.
+pub const USERSPACE_STATS: &str = "user_stats";
+/// `PERCPU_ARRAY` [`crate::verdict::Reason`] → [`crate::verdict::VerdictCounter`] of the XDP program.
+pub const VERDICTS: &str = "verdicts";
+/// `ARRAY` [`crate::verdict::Reason`] → [`crate::verdict::VerdictCounter`] of the userspace
+/// forwarder, flushed by the daemon.
+pub const USERSPACE_VERDICTS: &str = "user_verdicts";
+/// `ARRAY` with one [`RelayConfig`] at index 0.
+pub const CONFIG: &str = "relay_config";
+/// `DEVMAP_HASH` ifindex → ifindex: interfaces the program may redirect to.
+pub const REDIRECT: &str = "redirect_ifs";
+/// Name of the pinned XDP link file for an interface is `LINK_PREFIX` + interface name.
+pub const LINK_PREFIX: &str = "link_";
+
+/// Default capacity of [`SESSIONS`] and of the per-slot arrays: one slot per session.
+pub const DEFAULT_MAX_SESSIONS: u32 = 65_536;
+/// Capacity of [`REDIRECT`]: interfaces a relay may forward between.
+pub const MAX_REDIRECT_INTERFACES: u32 = 64;
+
+/// Address family tag of a [`Leg`] that has no address yet.
+pub const FAMILY_NONE: u8 = 0;
+/// Address family tag of an IPv4 leg.
+pub const FAMILY_V4: u8 = 4;
+/// Address family tag of an IPv6 leg.
+pub const FAMILY_V6: u8 = 6;
+
+/// Index of a session's first leg ("A"). Counters indexed by leg count packets *sent by* it.
+pub const LEG_A: usize = 0;
+/// Index of a session's second leg ("B").
+pub const LEG_B: usize = 1;
+
+/// One side of a session: where that client's packets come from and where the other side's go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Leg {
+    /// Address, raw network order; an IPv4 address uses words 0 and 1, the rest are zero.
+    pub addr: [u16; 8],
+    /// UDP port, raw network order.
+    pub port: u16,
+    /// [`FAMILY_V4`], [`FAMILY_V6`] or [`FAMILY_NONE`].
+    pub family: u8,
+    /// 1 once the leg completed the bind handshake from `addr`:`port`, else 0.
+    pub bound: u8,
+}
+
+impl Leg {
+    /// A bound leg at an IPv4 address given as its four octets.
+    pub const fn bound_v4(octets: [u8; 4], port: u16) -> Leg {
+        Leg {
+            addr: [
+                u16::from_ne_bytes([octets[0], octets[1]]),
+                u16::from_ne_bytes([octets[2], octets[3]]),
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+            port: port.to_be(),
+            family: FAMILY_V4,
+            bound: 1,
+        }
+    }
+
+    /// A bound leg at an IPv6 address given as its sixteen octets.
+    pub const fn bound_v6(octets: [u8; 16], port: u16) -> Leg {
+        let mut addr = [0u16; 8];
+        let mut i = 0;
+        while i < 8 {
+            addr[i] = u16::from_ne_bytes([octets[2 * i], octets[2 * i + 1]]);
+            i += 1;
+        }
+        Leg {
+            addr,
+            port: port.to_be(),
+            family: FAMILY_V6,
+            bound: 1,
+        }
+    }
+
+    /// Whether the leg completed its bind handshake.
+    #[inline(always)]
+    pub const fn is_bound(&self) -> bool {
+        self.bound != 0
+    }
+
+    /// Whether the leg is IPv6.
+    #[inline(always)]
+    pub const fn is_v6(&self) -> bool {
+        self.family == FAMILY_V6
+    }
+
+    /// The IPv4 address words (meaningful for IPv4 legs).
+    #[inline(always)]
+    pub const fn v4_words(&self) -> [u16; 2] {
+        [self.addr[0], self.addr[1]]
+    }
+
+    /// The address as octets (IPv4 legs use the first four).
+    pub const fn octets(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        let mut i = 0;
+        while i < 8 {
+            let b = self.addr[i].to_ne_bytes();
+            out[2 * i] = b[0];
+            out[2 * i + 1] = b[1];
+            i += 1;
+        }
+        out
+    }
+
+    /// The port in host order.
+    pub const fn port_host(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+/// Per-session rate limits enforced by both forwarders; 0 means unlimited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// Packets per second, per direction.
+    pub packets_per_sec: u32,
+    /// Kilobytes (1 000 bytes) per second, per direction.
+    pub kbytes_per_sec: u32,
+}
+
+/// A relay session as the fast path sees it: both legs and where its counters live.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Session {
+    /// Leg A ([`LEG_A`]) and leg B ([`LEG_B`]).
+    pub legs: [Leg; 2],
+    /// Index into [`SESSION_STATS`] and [`USERSPACE_STATS`]; unique among live sessions.
+    pub slot: u32,
+    /// Rate limits.
+    pub limits: SessionLimits,
+    /// Reserved, zero.
+    pub reserved: u32,
+}
+
+/// Packet and byte counters of one session, per direction, plus when it last forwarded.
+/// In [`SESSION_STATS`] there is one per CPU; userspace sums them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Packets forwarded, indexed by the *sending* leg.
+    pub packets: [u64; 2],
+    /// Bytes forwarded (UDP payload incl. Geneve header), indexed by the sending leg.
+    pub bytes: [u64; 2],
+    /// `CLOCK_MONOTONIC` nanoseconds of the last forwarded packet (0 = never).
+    pub last_seen_ns: u64,
+}
+
+impl SessionStats {
+    /// Adds `other` into `self`, keeping the later last-seen time (summing per-CPU values).
+    pub fn accumulate(&mut self, other: &SessionStats) {
+        for leg in 0..2 {
+            self.packets[leg] += other.packets[leg];
+            self.bytes[leg] += other.bytes[leg];
+        }
+        if other.last_seen_ns > self.last_seen_ns {
+            self.last_seen_ns = other.last_seen_ns;
+        }
+    }
+}
+
+/// [`RelayConfig::flags`]: the daemon wrote this config; until then everything is passed.
+pub const CONFIG_ENABLED: u16 = 1 << 0;
+/// [`RelayConfig::flags`]: [`RelayConfig::addr_v4`] is set.
+pub const CONFIG_HAS_V4: u16 = 1 << 1;
+/// [`RelayConfig::flags`]: [`RelayConfig::addr_v6`] is set.
+pub const CONFIG_HAS_V6: u16 = 1 << 2;
+/// TTL / hop limit the relay puts on packets it forwards, as if it had sent them itself
+/// (Linux's default `ip_default_ttl`).
+pub const DEFAULT_TTL: u8 = 64;
+
+/// The relay's own addresses and port as the XDP program needs them: index 0 of [`CONFIG`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayConfig {
+    /// Local IPv4 address packets arrive at (may differ from the advertised public one behind
+    /// 1:1 NAT), raw network order.
+    pub addr_v4: [u16; 2],
+    /// Local IPv6 address, raw network order.
+    pub addr_v6: [u16; 8],
+    /// Relay UDP port, raw network order.
+    pub port: u16,
+    /// `CONFIG_*` flags.
+    pub flags: u16,
+    /// TTL of forwarded IPv4 packets.
+    pub ttl: u8,
+    /// Hop limit of forwarded IPv6 packets.
+    pub hop_limit: u8,
+    /// Reserved, zero.
+    pub reserved: [u8; 6],
+}
+
+impl RelayConfig {
+    /// Whether the daemon has configured the program.
+    #[inline(always)]
+    pub const fn is_enabled(&self) -> bool {
+        self.flags & CONFIG_ENABLED != 0
+    }
+
+    /// Whether `flag` is set.
+    #[inline(always)]
+    pub const fn has(&self, flag: u16) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// Frame length after rewriting a packet that arrived with `ip_len` bytes of IP header+payload,
+/// for each destination family (used in tests and by `relay explain`).
+pub const fn rewritten_ip_len(ip_len: usize, from_v6: bool, to_v6: bool) -> usize {
+    ip_len + if to_v6 { IPV6_HLEN } else { IPV4_HLEN } - if from_v6 { IPV6_HLEN } else { IPV4_HLEN }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    unsafe impl aya::Pod for Leg {}
+    unsafe impl aya::Pod for Session {}
+    unsafe impl aya::Pod for SessionStats {}
+    unsafe impl aya::Pod for RelayConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::{align_of, size_of};
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(size_of::<Leg>(), 16 + 2 + 1 + 1);
+        assert_eq!(size_of::<SessionLimits>(), 8);
+        assert_eq!(size_of::<Session>(), 2 * 20 + 4 + 8 + 4);
+        assert_eq!(size_of::<SessionStats>(), 5 * 8);
+        assert_eq!(size_of::<RelayConfig>(), 4 + 16 + 2 + 2 + 1 + 1 + 6);
+        assert_eq!(align_of::<Session>(), 4);
+    }
+
+    #[test]
+    fn map_names_fit_the_kernel_limit() {
+        for name in [
+            SESSIONS,
+            SESSION_STATS,
+            USERSPACE_STATS,
+            VERDICTS,
+            USERSPACE_VERDICTS,
+            CONFIG,
+            REDIRECT,
+        ] {
+            assert!(name.len() <= 15, "{name}");
+        }
+    }
+
+    #[test]
+    fn leg_constructors_store_network_order() {
+        let leg = Leg::bound_v4([192, 0, 2, 1], 51820);
+        assert_eq!(&leg.octets()[..4], &[192, 0, 2, 1]);
+        assert_eq!(leg.port.to_ne_bytes(), 51820u16.to_be_bytes());
+        assert_eq!(leg.port_host(), 51820);
+        let v6 = Leg::bound_v6(
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            1,
+        );
+        assert_eq!(v6.octets()[..4], [0x20, 0x01, 0x0d, 0xb8]);
+        assert!(v6.is_v6() && v6.is_bound());
+    }
+
+    #[test]
+    fn stats_accumulate_sums_and_keeps_latest() {
+        let mut a = SessionStats {
+            packets: [1, 2],
+            bytes: [10, 20],
+            last_seen_ns: 5,
+        };
+        a.accumulate(&SessionStats {
+            packets: [3, 4],
+            bytes: [30, 40],
+            last_seen_ns: 9,
+        });
+        assert_eq!(a.packets, [4, 6]);
+        assert_eq!(a.bytes, [40, 60]);
+        assert_eq!(a.last_seen_ns, 9);
+    }
+
+    #[test]
+    fn rewritten_lengths() {
+        assert_eq!(rewritten_ip_len(100, false, true), 120);
+        assert_eq!(rewritten_ip_len(120, true, false), 100);
+        assert_eq!(rewritten_ip_len(100, false, false), 100);
+    }
+}

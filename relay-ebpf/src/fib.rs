@@ -1,0 +1,98 @@
+//! Next hop of a rewritten packet through the kernel's routing and neighbour tables.
+
+use aya_ebpf::{
+    bindings::{
+        BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup as FibParams,
+    },
+    helpers::bpf_fib_lookup,
+    programs::XdpContext,
+};
+use core::mem::{size_of, zeroed};
+use relay_common::{
+    maps::{Leg, RelayConfig},
+    verdict::Reason,
+};
+
+const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
+
+/// Where a rewritten frame leaves and the MAC addresses it carries.
+pub struct NextHop {
+    /// Egress interface.
+    pub ifindex: u32,
+    /// Source MAC (the egress interface's).
+    pub src_mac: [u8; 6],
+    /// Destination MAC (the gateway's or the leg's).
+    pub dst_mac: [u8; 6],
+}
+
+/// Four address words as the raw `__be32` array the kernel expects.
+#[inline(always)]
+fn words_to_be32<const N: usize, const M: usize>(words: &[u16; N]) -> [u32; M] {
+    let mut out = [0u32; M];
+    let mut i = 0;
+    while i < M {
+        let lo = words[2 * i].to_ne_bytes();
+        let hi = words[2 * i + 1].to_ne_bytes();
+        out[i] = u32::from_ne_bytes([lo[0], lo[1], hi[0], hi[1]]);
+        i += 1;
+    }
+    out
+}
+
+/// Looks up the route from the relay's own address to leg `to`, for an IP packet of
+/// `ip_len` bytes (the MTU check), as the kernel would route it when forwarding. A missing
+/// neighbour entry, disabled forwarding or any other failure is an `Err` reason:
+/// the caller passes the untouched packet to the stack, which resolves the neighbour or
+/// fragments, and the userspace forwarder relays it.
+#[inline(always)]
+pub fn next_hop(
+    ctx: &XdpContext,
+    cfg: &RelayConfig,
+    to: &Leg,
+    ip_len: u16,
+) -> Result<NextHop, Reason> {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
+    let mut params: FibParams = unsafe { zeroed() };
+    params.l4_protocol = relay_common::wire::IPPROTO_UDP;
+    params.sport = cfg.port;
+    params.dport = to.port;
+    params.__bindgen_anon_1.tot_len = ip_len;
+    params.ifindex = ctx.ingress_ifindex() as u32;
+    if to.is_v6() {
+        params.family = AF_INET6;
+        params.__bindgen_anon_3.ipv6_src = words_to_be32::<8, 4>(&cfg.addr_v6);
+        params.__bindgen_anon_4.ipv6_dst = words_to_be32::<8, 4>(&to.addr);
+    } else {
+        params.family = AF_INET;
+        params.__bindgen_anon_3.ipv4_src = words_to_be32::<2, 1>(&cfg.addr_v4)[0];
+        params.__bindgen_anon_4.ipv4_dst = words_to_be32::<2, 1>(&to.v4_words())[0];
+    }
+    // An ingress-perspective lookup: it may choose another egress interface (XDP_REDIRECT).
+    // The kernel requires IP forwarding on the ingress interface for every bpf_fib_lookup,
+    // output-perspective ones (BPF_FIB_LOOKUP_OUTPUT) included, so that flag would gain nothing.
+    let flags = 0;
+    // SAFETY: params is a valid, fully initialised struct of the size we pass.
+    let ret = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut params,
+            size_of::<FibParams>() as i32,
+            flags,
+        )
+    };
+    if ret == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        Ok(NextHop {
+            ifindex: params.ifindex,
+            src_mac: params.smac,
+            dst_mac: params.dmac,
+        })
+    } else if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        Err(Reason::PassedFibNoNeighbour)
+    } else if ret == BPF_FIB_LKUP_RET_FWD_DISABLED as i64 {
+        Err(Reason::PassedFibForwardingDisabled)
+    } else {
+        Err(Reason::PassedFibFailed)
+    }
+}

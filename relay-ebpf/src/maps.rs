@@ -1,0 +1,41 @@
+//! The program's maps. Names, layouts and default capacities come from `relay_common::maps`;
+//! userspace sets the real capacities at load time. Every map is pinned by name so the CLI and a
+//! restarted daemon reopen the same state.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+};
+use relay_common::{
+    maps::{DEFAULT_MAX_SESSIONS, MAX_REDIRECT_INTERFACES, RelayConfig, Session, SessionStats},
+    verdict::{Reason, VerdictCounter},
+};
+
+/// VNI → session. Written only by userspace.
+#[map(name = "sessions")]
+pub static SESSIONS: HashMap<u32, Session> = HashMap::pinned(DEFAULT_MAX_SESSIONS, 0);
+
+/// Session slot → per-CPU counters of the fast path.
+#[map(name = "session_stats")]
+pub static SESSION_STATS: PerCpuArray<SessionStats> = PerCpuArray::pinned(DEFAULT_MAX_SESSIONS, 0);
+
+/// Session slot → counters of the userspace forwarder (written by the daemon only; declared here
+/// so one loader creates and pins every map).
+#[map(name = "user_stats")]
+pub static USERSPACE_STATS: Array<SessionStats> = Array::pinned(DEFAULT_MAX_SESSIONS, 0);
+
+/// Reason → per-CPU packet and byte counts.
+#[map(name = "verdicts")]
+pub static VERDICTS: PerCpuArray<VerdictCounter> = PerCpuArray::pinned(Reason::COUNT, 0);
+
+/// Reason → userspace forwarder counts (written by the daemon only).
+#[map(name = "user_verdicts")]
+pub static USERSPACE_VERDICTS: Array<VerdictCounter> = Array::pinned(Reason::COUNT, 0);
+
+/// Index 0: the relay's addresses, port and flags.
+#[map(name = "relay_config")]
+pub static CONFIG: Array<RelayConfig> = Array::pinned(1, 0);
+
+/// Interfaces the program may redirect to, keyed by ifindex.
+#[map(name = "redirect_ifs")]
+pub static REDIRECT: DevMapHash = DevMapHash::pinned(MAX_REDIRECT_INTERFACES, 0);

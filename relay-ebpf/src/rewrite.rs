@@ -1,0 +1,216 @@
+//! Header rewrites: a forwarded packet leaves as if the relay had sent it — source = the relay's
+//! address and port, destination = the other leg, fresh TTL / hop limit, MACs of the next hop.
+//! The UDP payload (Geneve header included) is never touched, so checksums are updated
+//! incrementally from the changed words only.
+
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use relay_common::{
+    checksum::{Incremental, ipv4_header_checksum, ttl_protocol_word},
+    maps::{Leg, RelayConfig},
+    verdict::Reason,
+    wire::{
+        ETH_HLEN, ETH_P_IPV4_RAW, ETH_P_IPV6_RAW, EthHdr, IPPROTO_UDP, IPV4_DF_RAW, IPV4_HLEN,
+        IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, UdpHdr, V4_V6_HEADER_DELTA,
+    },
+};
+
+use crate::{fib::NextHop, packet::ptr_at};
+
+/// The fields of an incoming header that a cross-family rewrite still needs after the old header
+/// is overwritten.
+pub struct Original<const N: usize> {
+    /// Source address words.
+    pub saddr: [u16; N],
+    /// Destination address words.
+    pub daddr: [u16; N],
+    /// UDP source port (raw).
+    pub sport: u16,
+    /// UDP destination port (raw).
+    pub dport: u16,
+    /// UDP checksum (raw, never 0 here).
+    pub check: u16,
+    /// UDP length (raw).
+    pub udp_len: u16,
+    /// IPv4 TOS / IPv6 traffic class, carried over (DSCP and ECN survive the relay).
+    pub traffic_class: u8,
+}
+
+#[inline(always)]
+fn set_macs(eth: &mut EthHdr, hop: &NextHop) {
+    eth.dst = hop.dst_mac;
+    eth.src = hop.src_mac;
+}
+
+#[inline(always)]
+fn copy8(dst: &mut [u16; 8], src: &[u16; 8]) {
+    let mut i = 0;
+    while i < 8 {
+        dst[i] = src[i];
+        i += 1;
+    }
+}
+
+/// IPv4 leg → IPv4 leg, in place. A zero UDP checksum ("none") stays zero.
+#[inline(always)]
+pub fn v4_to_v4(
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    udp: &mut UdpHdr,
+    cfg: &RelayConfig,
+    to: &Leg,
+    hop: &NextHop,
+) {
+    let new_src = cfg.addr_v4;
+    let new_dst = to.v4_words();
+    ip.check = Incremental::new(ip.check)
+        .replace_words(&ip.saddr, &new_src)
+        .replace_words(&ip.daddr, &new_dst)
+        .replace(
+            ttl_protocol_word(ip.ttl, ip.protocol),
+            ttl_protocol_word(cfg.ttl, ip.protocol),
+        )
+        .finish();
+    if udp.check != 0 {
+        udp.check = Incremental::new(udp.check)
+            .replace_words(&ip.saddr, &new_src)
+            .replace_words(&ip.daddr, &new_dst)
+            .replace(udp.source, cfg.port)
+            .replace(udp.dest, to.port)
+            .finish_udp();
+    }
+    ip.saddr = new_src;
+    ip.daddr = new_dst;
+    ip.ttl = cfg.ttl;
+    udp.source = cfg.port;
+    udp.dest = to.port;
+    set_macs(eth, hop);
+}
+
+/// IPv6 leg → IPv6 leg, in place.
+#[inline(always)]
+pub fn v6_to_v6(
+    eth: &mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    udp: &mut UdpHdr,
+    cfg: &RelayConfig,
+    to: &Leg,
+    hop: &NextHop,
+) {
+    udp.check = Incremental::new(udp.check)
+        .replace_words(&ip.saddr, &cfg.addr_v6)
+        .replace_words(&ip.daddr, &to.addr)
+        .replace(udp.source, cfg.port)
+        .replace(udp.dest, to.port)
+        .finish_udp();
+    copy8(&mut ip.saddr, &cfg.addr_v6);
+    copy8(&mut ip.daddr, &to.addr);
+    ip.hop_limit = cfg.hop_limit;
+    udp.source = cfg.port;
+    udp.dest = to.port;
+    set_macs(eth, hop);
+}
+
+/// Re-derives the three headers after the frame's head moved.
+#[inline(always)]
+fn headers_at<IP>(ctx: &XdpContext) -> Option<(*mut EthHdr, *mut IP, *mut UdpHdr)> {
+    let eth = ptr_at::<EthHdr>(ctx, 0)?;
+    let ip = ptr_at::<IP>(ctx, ETH_HLEN)?;
+    let udp = ptr_at::<UdpHdr>(ctx, ETH_HLEN + core::mem::size_of::<IP>())?;
+    Some((eth, ip, udp))
+}
+
+/// IPv4 leg → IPv6 leg: grows the frame by 20 bytes at the front and writes a new Ethernet and
+/// IPv6 header before the untouched UDP header. The caller has ruled out a zero UDP checksum.
+#[inline(always)]
+pub fn v4_to_v6(
+    ctx: &XdpContext,
+    old: &Original<2>,
+    cfg: &RelayConfig,
+    to: &Leg,
+    hop: &NextHop,
+) -> Result<(), Reason> {
+    // SAFETY: plain helper call; on failure nothing changed.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(V4_V6_HEADER_DELTA as i32)) } != 0 {
+        return Err(Reason::PassedAdjustFailed);
+    }
+    // The head moved: every old pointer is invalid. A frame that just grew is long enough, so
+    // this cannot fail, but the verifier needs the check.
+    let (eth, ip, udp) = headers_at::<Ipv6Hdr>(ctx).ok_or(Reason::DroppedMalformed)?;
+    // SAFETY: bounds-checked above.
+    let (eth, ip, udp) = unsafe { (&mut *eth, &mut *ip, &mut *udp) };
+    set_macs(eth, hop);
+    eth.ether_type = ETH_P_IPV6_RAW;
+    let tc = old.traffic_class;
+    ip.vtc_flow = [u16::from_ne_bytes([0x60 | (tc >> 4), tc << 4]), 0];
+    ip.payload_len = old.udp_len;
+    ip.nexthdr = IPPROTO_UDP;
+    ip.hop_limit = cfg.hop_limit;
+    copy8(&mut ip.saddr, &cfg.addr_v6);
+    copy8(&mut ip.daddr, &to.addr);
+    // Lengths and protocol weigh the same in both pseudo-headers; only addresses and ports move.
+    udp.check = Incremental::new(old.check)
+        .remove_words(&old.saddr)
+        .remove_words(&old.daddr)
+        .add_words(&cfg.addr_v6)
+        .add_words(&to.addr)
+        .replace(old.sport, cfg.port)
+        .replace(old.dport, to.port)
+        .finish_udp();
+    udp.source = cfg.port;
+    udp.dest = to.port;
+    Ok(())
+}
+
+/// IPv6 leg → IPv4 leg: shrinks the frame by 20 bytes at the front and writes a new Ethernet
+/// and IPv4 header (with a full header checksum, it is only 20 bytes).
+#[inline(always)]
+pub fn v6_to_v4(
+    ctx: &XdpContext,
+    old: &Original<8>,
+    cfg: &RelayConfig,
+    to: &Leg,
+    hop: &NextHop,
+) -> Result<(), Reason> {
+    // SAFETY: plain helper call; on failure nothing changed.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, V4_V6_HEADER_DELTA as i32) } != 0 {
+        return Err(Reason::PassedAdjustFailed);
+    }
+    let (eth, ip, udp) = headers_at::<Ipv4Hdr>(ctx).ok_or(Reason::DroppedMalformed)?;
+    // SAFETY: bounds-checked above.
+    let (eth, ip, udp) = unsafe { (&mut *eth, &mut *ip, &mut *udp) };
+    set_macs(eth, hop);
+    eth.ether_type = ETH_P_IPV4_RAW;
+    let mut header = Ipv4Hdr {
+        version_ihl: 0x45,
+        tos: old.traffic_class,
+        tot_len: (u16::from_be(old.udp_len) + IPV4_HLEN as u16).to_be(),
+        id: 0,
+        frag_off: IPV4_DF_RAW,
+        ttl: cfg.ttl,
+        protocol: IPPROTO_UDP,
+        check: 0,
+        saddr: cfg.addr_v4,
+        daddr: to.v4_words(),
+    };
+    // SAFETY: Ipv4Hdr is 20 bytes of u8/u16 fields without padding: exactly ten words.
+    header.check =
+        ipv4_header_checksum(unsafe { &*(&header as *const Ipv4Hdr as *const [u16; 10]) });
+    *ip = header;
+    udp.check = Incremental::new(old.check)
+        .remove_words(&old.saddr)
+        .remove_words(&old.daddr)
+        .add_words(&cfg.addr_v4)
+        .add_words(&to.v4_words())
+        .replace(old.sport, cfg.port)
+        .replace(old.dport, to.port)
+        .finish_udp();
+    udp.source = cfg.port;
+    udp.dest = to.port;
+    Ok(())
+}
+
+/// The IPv4 length a packet has after moving between families (for the route MTU check).
+#[inline(always)]
+pub fn ip_len_towards(to: &Leg, udp_len: u16) -> u16 {
+    udp_len + if to.is_v6() { IPV6_HLEN } else { IPV4_HLEN } as u16
+}

@@ -1,0 +1,207 @@
+//! Typed handles on every relay map, either taken from a freshly loaded object or reopened from
+//! the pin directory (the CLI, a restarted daemon).
+
+use std::path::{Path, PathBuf};
+
+use aya::{
+    Ebpf,
+    maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
+};
+use relay_common::{
+    maps::{self as names, RelayConfig, Session, SessionStats},
+    verdict::{Reason, VerdictCounter},
+};
+
+/// Why the maps could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    /// A map is missing from the pin directory: the relay is not running there.
+    #[error(
+        "no relay maps pinned in {dir} (map `{map}` missing): is the relay running, and is this \
+         its pin directory?"
+    )]
+    NotPinned {
+        /// Pin directory searched.
+        dir: PathBuf,
+        /// First missing map.
+        map: &'static str,
+    },
+    /// Opening pinned maps needs CAP_BPF (and read access to the directory).
+    #[error("permission denied opening {path}: run as root (CAP_BPF)")]
+    PermissionDenied {
+        /// The pinned file.
+        path: PathBuf,
+    },
+    /// The object lacks a map (a build mismatch).
+    #[error("the XDP object has no map `{0}`")]
+    MissingInObject(&'static str),
+    /// The number of possible CPUs could not be read.
+    #[error("reading the number of CPUs: {0}")]
+    Cpus(std::io::Error),
+    /// Any other map error.
+    #[error("map `{map}`: {source}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// Underlying error.
+        source: MapError,
+    },
+}
+
+/// Every map of the relay, typed.
+pub struct RelayMaps {
+    /// VNI → session.
+    pub sessions: HashMap<MapData, u32, Session>,
+    /// Slot → per-CPU fast-path counters.
+    pub session_stats: PerCpuArray<MapData, SessionStats>,
+    /// Slot → userspace forwarder counters.
+    pub user_stats: Array<MapData, SessionStats>,
+    /// Reason → per-CPU fast-path verdict counters.
+    pub verdicts: PerCpuArray<MapData, VerdictCounter>,
+    /// Reason → userspace forwarder verdict counters.
+    pub user_verdicts: Array<MapData, VerdictCounter>,
+    /// The program's configuration (index 0).
+    pub config: Array<MapData, RelayConfig>,
+    /// Interfaces the program may redirect to.
+    pub redirect: DevMapHash<MapData>,
+}
+
+/// Maps a map error to [`MapsError::Map`] naming the map.
+fn err(map: &'static str) -> impl Fn(MapError) -> MapsError {
+    move |source| MapsError::Map { map, source }
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(err(name))
+}
+
+impl RelayMaps {
+    /// Takes the maps out of a loaded object (its programs keep using them).
+    pub fn take_from(ebpf: &mut Ebpf) -> Result<RelayMaps, MapsError> {
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(MapsError::MissingInObject(name));
+        Ok(RelayMaps {
+            sessions: typed(names::SESSIONS, take(names::SESSIONS)?)?,
+            session_stats: typed(names::SESSION_STATS, take(names::SESSION_STATS)?)?,
+            user_stats: typed(names::USERSPACE_STATS, take(names::USERSPACE_STATS)?)?,
+            verdicts: typed(names::VERDICTS, take(names::VERDICTS)?)?,
+            user_verdicts: typed(names::USERSPACE_VERDICTS, take(names::USERSPACE_VERDICTS)?)?,
+            config: typed(names::CONFIG, take(names::CONFIG)?)?,
+            redirect: typed(names::REDIRECT, take(names::REDIRECT)?)?,
+        })
+    }
+
+    /// Reopens the maps pinned in `dir` by a running (or crashed) daemon.
+    pub fn open_pinned(dir: &Path) -> Result<RelayMaps, MapsError> {
+        let open = |name: &'static str| -> Result<Map, MapsError> {
+            let path = dir.join(name);
+            match std::fs::metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(MapsError::NotPinned {
+                        dir: dir.to_path_buf(),
+                        map: name,
+                    });
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(MapsError::PermissionDenied { path });
+                }
+                _ => {}
+            }
+            let data = MapData::from_pin(&path).map_err(|source| match &source {
+                MapError::SyscallError(e)
+                    if e.io_error.kind() == std::io::ErrorKind::PermissionDenied =>
+                {
+                    MapsError::PermissionDenied { path: path.clone() }
+                }
+                _ => MapsError::Map { map: name, source },
+            })?;
+            Map::from_map_data(data).map_err(err(name))
+        };
+        Ok(RelayMaps {
+            sessions: typed(names::SESSIONS, open(names::SESSIONS)?)?,
+            session_stats: typed(names::SESSION_STATS, open(names::SESSION_STATS)?)?,
+            user_stats: typed(names::USERSPACE_STATS, open(names::USERSPACE_STATS)?)?,
+            verdicts: typed(names::VERDICTS, open(names::VERDICTS)?)?,
+            user_verdicts: typed(names::USERSPACE_VERDICTS, open(names::USERSPACE_VERDICTS)?)?,
+            config: typed(names::CONFIG, open(names::CONFIG)?)?,
+            redirect: typed(names::REDIRECT, open(names::REDIRECT)?)?,
+        })
+    }
+
+    /// Writes the program's configuration.
+    pub fn set_config(&mut self, config: &RelayConfig) -> Result<(), MapsError> {
+        self.config.set(0, config, 0).map_err(err(names::CONFIG))
+    }
+
+    /// The program's configuration.
+    pub fn config(&self) -> Result<RelayConfig, MapsError> {
+        self.config.get(&0, 0).map_err(err(names::CONFIG))
+    }
+
+    /// Fast-path verdict counters summed over CPUs, one per reason in discriminant order.
+    pub fn kernel_verdicts(&self) -> Result<Vec<VerdictCounter>, MapsError> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                let per_cpu = self
+                    .verdicts
+                    .get(&(*r as u32), 0)
+                    .map_err(err(names::VERDICTS))?;
+                Ok(per_cpu
+                    .iter()
+                    .fold(VerdictCounter::default(), |a, c| VerdictCounter {
+                        packets: a.packets + c.packets,
+                        bytes: a.bytes + c.bytes,
+                    }))
+            })
+            .collect()
+    }
+
+    /// Userspace forwarder verdict counters as last flushed by the daemon.
+    pub fn userspace_verdicts(&self) -> Result<Vec<VerdictCounter>, MapsError> {
+        Reason::ALL
+            .iter()
+            .map(|r| {
+                self.user_verdicts
+                    .get(&(*r as u32), 0)
+                    .map_err(err(names::USERSPACE_VERDICTS))
+            })
+            .collect()
+    }
+
+    /// Fast-path counters of `slot`, summed over CPUs.
+    pub fn kernel_session_stats(&self, slot: u32) -> Result<SessionStats, MapsError> {
+        let per_cpu = self
+            .session_stats
+            .get(&slot, 0)
+            .map_err(err(names::SESSION_STATS))?;
+        let mut total = SessionStats::default();
+        for s in per_cpu.iter() {
+            total.accumulate(s);
+        }
+        Ok(total)
+    }
+
+    /// Userspace forwarder counters of `slot`.
+    pub fn userspace_session_stats(&self, slot: u32) -> Result<SessionStats, MapsError> {
+        self.user_stats
+            .get(&slot, 0)
+            .map_err(err(names::USERSPACE_STATS))
+    }
+
+    /// Zeroes both counter slots of `slot`, before a new session uses it.
+    pub fn reset_slot(&mut self, slot: u32) -> Result<(), MapsError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
+        let zeros =
+            PerCpuValues::try_from(vec![SessionStats::default(); cpus]).map_err(MapsError::Cpus)?;
+        self.session_stats
+            .set(slot, zeros, 0)
+            .map_err(err(names::SESSION_STATS))?;
+        self.user_stats
+            .set(slot, SessionStats::default(), 0)
+            .map_err(err(names::USERSPACE_STATS))
+    }
+}

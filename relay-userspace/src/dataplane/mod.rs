@@ -1,0 +1,11 @@
+//! The kernel side as userspace sees it: the embedded XDP object, loading it with pinned maps,
+//! attaching it to interfaces, and typed access to every map.
+
+pub mod bpffs;
+pub mod loader;
+pub mod maps;
+pub mod object;
+pub mod simulate;
+
+pub use loader::{Dataplane, LoadOptions};
+pub use maps::RelayMaps;

@@ -1,0 +1,13 @@
+//! The XDP object compiled by `cargo xtask build-ebpf` and embedded at build time.
+
+/// The ELF object with every program and map (see `relay-ebpf`).
+pub fn bytes() -> &'static [u8] {
+    aya::include_bytes_aligned!(env!("RELAY_EBPF_OBJECT"))
+}
+
+/// The relay's forwarding program.
+pub const PROGRAM_RELAY: &str = "relay_xdp";
+/// MAC-swap XDP_TX reflector, the benchmark baseline.
+pub const PROGRAM_REFLECTOR: &str = "reflector";
+/// Pass-everything program for veth peers in labs.
+pub const PROGRAM_PASS: &str = "xdp_pass";

@@ -1,0 +1,7 @@
+//! Labs built from network namespaces and veth pairs: the hosts that tests, the demo and the
+//! benchmarks send between. Nothing here ever touches the host's own namespace beyond creating
+//! and deleting namespaces.
+
+pub mod netns;
+
+pub use netns::Netns;

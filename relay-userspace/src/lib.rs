@@ -1,0 +1,6 @@
+//! The relay's userspace: the daemon (control plane and fallback forwarder), the CLI that
+//! inspects the pinned maps, and the client sidecar. `main.rs` only parses arguments and calls
+//! into these modules.
+
+pub mod dataplane;
+pub mod lab;

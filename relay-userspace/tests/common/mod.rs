@@ -1,0 +1,476 @@
+//! Support for the privileged XDP tests: frames built with etherparse, expected outputs rebuilt
+//! independently (full checksum recomputation, no shared code with the program), and a fixture
+//! that loads the program in a network namespace with real routes and neighbours.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use etherparse::{
+    EtherType, Ethernet2Header, IpDscp, IpEcn, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header,
+    UdpHeader,
+};
+use relay_common::{
+    maps::{
+        CONFIG_ENABLED, CONFIG_HAS_V4, CONFIG_HAS_V6, DEFAULT_TTL, FAMILY_NONE, Leg, RelayConfig,
+        Session, SessionStats,
+    },
+    verdict::{Reason, VerdictCounter},
+    wire::{GENEVE_PROTOCOL_BIND, GENEVE_PROTOCOL_DATA, GeneveHdr},
+};
+use relay_userspace::{
+    dataplane::{
+        Dataplane, LoadOptions,
+        loader::remove_pins,
+        object::PROGRAM_PASS,
+        simulate::{RunOutcome, run_frame},
+    },
+    lab::{Netns, netns::EnteredNetns},
+};
+
+/// Returns early from a privileged test, loudly, when not root.
+#[macro_export]
+macro_rules! require_root {
+    () => {
+        if !nix::unistd::Uid::effective().is_root() {
+            println!("skipped: needs root");
+            return;
+        }
+    };
+}
+
+pub const RELAY_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+pub const RELAY_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+pub const RELAY_PORT: u16 = 6081;
+pub const RELAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+pub const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+pub const SECOND_IF_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
+pub const DIRECT_NEIGHBOUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0a];
+/// Some client's MAC as seen on the wire towards the relay.
+pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
+
+/// Legs reached through the default gateway on the ingress interface (XDP_TX).
+pub const LEG_A4: &str = "198.51.100.10:40000";
+pub const LEG_B4: &str = "198.51.100.20:40001";
+pub const LEG_A6: &str = "[2001:db8:2::10]:40002";
+pub const LEG_B6: &str = "[2001:db8:2::20]:40003";
+/// Routed via a gateway with no neighbour entry.
+pub const LEG_NO_NEIGH: &str = "192.0.2.130:40004";
+/// Covered by an `unreachable` route.
+pub const LEG_UNREACHABLE: &str = "192.0.2.200:40005";
+/// Directly connected on the second interface (XDP_REDIRECT).
+pub const LEG_OTHER_IF: &str = "192.0.2.10:40006";
+
+pub fn sa(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A bound leg at `addr`.
+pub fn leg(addr: SocketAddr) -> Leg {
+    match addr.ip() {
+        IpAddr::V4(ip) => Leg::bound_v4(ip.octets(), addr.port()),
+        IpAddr::V6(ip) => Leg::bound_v6(ip.octets(), addr.port()),
+    }
+}
+
+/// A leg that has not bound yet.
+pub fn unbound_leg() -> Leg {
+    Leg {
+        family: FAMILY_NONE,
+        ..Default::default()
+    }
+}
+
+/// A Geneve data packet for `vni` carrying `payload`.
+pub fn geneve_data(vni: u32, payload: &[u8]) -> Vec<u8> {
+    let mut v = GeneveHdr::new(vni, false, GENEVE_PROTOCOL_DATA)
+        .to_bytes()
+        .to_vec();
+    v.extend_from_slice(payload);
+    v
+}
+
+/// A Geneve control packet for `vni`.
+pub fn geneve_control(vni: u32) -> Vec<u8> {
+    let mut v = GeneveHdr::new(vni, true, GENEVE_PROTOCOL_BIND)
+        .to_bytes()
+        .to_vec();
+    v.extend_from_slice(&[0u8; 64]);
+    v
+}
+
+/// A recognisable payload of `n` bytes.
+pub fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 + 3) as u8).collect()
+}
+
+/// Options for building a UDP frame.
+#[derive(Clone, Copy)]
+pub struct FrameOpts {
+    pub ttl: u8,
+    pub tos: u8,
+    pub zero_checksum: bool,
+    pub identification: u16,
+}
+
+impl Default for FrameOpts {
+    fn default() -> Self {
+        FrameOpts {
+            ttl: 57,
+            tos: 0xb8, // DSCP EF + ECN 0: must survive the relay
+            zero_checksum: false,
+            identification: 0x4242,
+        }
+    }
+}
+
+/// An Ethernet frame carrying UDP `src` → `dst` with `data` as payload, checksums computed by
+/// etherparse.
+pub fn udp_frame(src: SocketAddr, dst: SocketAddr, data: &[u8], opts: FrameOpts) -> Vec<u8> {
+    let mut out = Vec::new();
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut ip = Ipv4Header::new(
+                (8 + data.len()) as u16,
+                opts.ttl,
+                IpNumber::UDP,
+                s.octets(),
+                d.octets(),
+            )
+            .unwrap();
+            ip.identification = opts.identification;
+            ip.dscp = IpDscp::try_new(opts.tos >> 2).unwrap();
+            ip.ecn = IpEcn::try_new(opts.tos & 3).unwrap();
+            ip.header_checksum = ip.calc_header_checksum();
+            let mut udp =
+                UdpHeader::without_ipv4_checksum(src.port(), dst.port(), data.len()).unwrap();
+            if !opts.zero_checksum {
+                udp.checksum = udp.calc_checksum_ipv4(&ip, data).unwrap();
+            }
+            out.extend_from_slice(&eth(EtherType::IPV4, CLIENT_MAC, RELAY_MAC));
+            out.extend_from_slice(&ip.to_bytes());
+            out.extend_from_slice(&udp.to_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            let ip = Ipv6Header {
+                traffic_class: opts.tos,
+                flow_label: Ipv6FlowLabel::try_new(0x12345).unwrap(),
+                payload_length: (8 + data.len()) as u16,
+                next_header: IpNumber::UDP,
+                hop_limit: opts.ttl,
+                source: s.octets(),
+                destination: d.octets(),
+            };
+            let mut udp = UdpHeader::with_ipv6_checksum(src.port(), dst.port(), &ip, data).unwrap();
+            if opts.zero_checksum {
+                udp.checksum = 0;
+            }
+            out.extend_from_slice(&eth(EtherType::IPV6, CLIENT_MAC, RELAY_MAC));
+            out.extend_from_slice(&ip.to_bytes());
+            out.extend_from_slice(&udp.to_bytes());
+        }
+        _ => panic!("mixed families in one frame"),
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+pub fn eth(ether_type: EtherType, src: [u8; 6], dst: [u8; 6]) -> [u8; 14] {
+    Ethernet2Header {
+        source: src,
+        destination: dst,
+        ether_type,
+    }
+    .to_bytes()
+}
+
+/// The incoming frame's IP metadata that a forwarded frame keeps.
+struct Incoming {
+    tos: u8,
+    identification: u16,
+    udp_checksum_zero: bool,
+    dont_fragment: bool,
+    data: Vec<u8>,
+}
+
+fn parse_incoming(frame: &[u8]) -> Incoming {
+    let (e, rest) = Ethernet2Header::from_slice(frame).unwrap();
+    if e.ether_type == EtherType::IPV4 {
+        let (ip, rest) = Ipv4Header::from_slice(rest).unwrap();
+        let (udp, rest) = UdpHeader::from_slice(rest).unwrap();
+        Incoming {
+            tos: (ip.dscp.value() << 2) | ip.ecn.value(),
+            identification: ip.identification,
+            udp_checksum_zero: udp.checksum == 0,
+            dont_fragment: ip.dont_fragment,
+            data: rest[..udp.length as usize - 8].to_vec(),
+        }
+    } else {
+        let (ip, rest) = Ipv6Header::from_slice(rest).unwrap();
+        let (udp, rest) = UdpHeader::from_slice(rest).unwrap();
+        Incoming {
+            tos: ip.traffic_class,
+            identification: 0,
+            udp_checksum_zero: udp.checksum == 0,
+            dont_fragment: true,
+            data: rest[..udp.length as usize - 8].to_vec(),
+        }
+    }
+}
+
+/// What the relay must emit for `input` going to leg `to` via a next hop with `dst_mac`, built
+/// from scratch: new headers, checksums computed in full by etherparse.
+pub fn expected_forward(
+    input: &[u8],
+    to: SocketAddr,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> Vec<u8> {
+    let inc = parse_incoming(input);
+    let data = &inc.data;
+    let from_v4 = Ethernet2Header::from_slice(input).unwrap().0.ether_type == EtherType::IPV4;
+    let mut out = Vec::new();
+    match to.ip() {
+        IpAddr::V4(d) => {
+            let mut ip = Ipv4Header::new(
+                (8 + data.len()) as u16,
+                DEFAULT_TTL,
+                IpNumber::UDP,
+                RELAY_V4.octets(),
+                d.octets(),
+            )
+            .unwrap();
+            // v4 → v4 keeps identification and flags; v6 → v4 creates id 0 with DF.
+            ip.identification = if from_v4 { inc.identification } else { 0 };
+            ip.dont_fragment = inc.dont_fragment;
+            ip.dscp = IpDscp::try_new(inc.tos >> 2).unwrap();
+            ip.ecn = IpEcn::try_new(inc.tos & 3).unwrap();
+            ip.header_checksum = ip.calc_header_checksum();
+            let mut udp =
+                UdpHeader::without_ipv4_checksum(RELAY_PORT, to.port(), data.len()).unwrap();
+            if !inc.udp_checksum_zero {
+                udp.checksum = udp.calc_checksum_ipv4(&ip, data).unwrap();
+            }
+            out.extend_from_slice(&eth(EtherType::IPV4, src_mac, dst_mac));
+            out.extend_from_slice(&ip.to_bytes());
+            out.extend_from_slice(&udp.to_bytes());
+        }
+        IpAddr::V6(d) => {
+            let ip = Ipv6Header {
+                traffic_class: inc.tos,
+                // v6 → v6 keeps the flow label; v4 → v6 has none.
+                flow_label: if from_v4 {
+                    Ipv6FlowLabel::ZERO
+                } else {
+                    Ipv6FlowLabel::try_new(0x12345).unwrap()
+                },
+                payload_length: (8 + data.len()) as u16,
+                next_header: IpNumber::UDP,
+                hop_limit: DEFAULT_TTL,
+                source: RELAY_V6.octets(),
+                destination: d.octets(),
+            };
+            let udp = UdpHeader::with_ipv6_checksum(RELAY_PORT, to.port(), &ip, data).unwrap();
+            out.extend_from_slice(&eth(EtherType::IPV6, src_mac, dst_mac));
+            out.extend_from_slice(&ip.to_bytes());
+            out.extend_from_slice(&udp.to_bytes());
+        }
+    }
+    out.extend_from_slice(data);
+    out
+}
+
+/// Counter changes caused by one frame.
+#[derive(Debug)]
+pub struct Deltas {
+    /// Per reason: packets and bytes added.
+    pub verdicts: Vec<VerdictCounter>,
+    /// Per session slot of interest: the stats after minus before.
+    pub session: SessionStats,
+}
+
+impl Deltas {
+    /// Names of the reasons that counted anything.
+    pub fn counted(&self) -> Vec<&'static str> {
+        Reason::ALL
+            .iter()
+            .filter(|r| self.verdicts[**r as usize].packets > 0)
+            .map(|r| r.name())
+            .collect()
+    }
+
+    /// Asserts exactly one packet of `len` bytes was counted, under `reason`.
+    pub fn assert_only(&self, reason: Reason, len: usize) {
+        for r in Reason::ALL {
+            let d = self.verdicts[*r as usize];
+            if *r == reason {
+                assert_eq!(
+                    d,
+                    VerdictCounter {
+                        packets: 1,
+                        bytes: len as u64
+                    },
+                    "counter {}",
+                    r.name()
+                );
+            } else {
+                assert_eq!(d, VerdictCounter::default(), "counter {} changed", r.name());
+            }
+        }
+    }
+}
+
+/// A loaded relay program in its own namespace:
+///
+/// * forwarding is enabled on both interfaces, as the daemon does;
+/// * `eth0` (the ingress interface, MAC [`RELAY_MAC`]) holds the relay's addresses; the default
+///   routes go through a gateway with a permanent neighbour entry ([`GATEWAY_MAC`]);
+/// * `192.0.2.128/26` routes via a gateway without a neighbour entry, `192.0.2.192/26` is
+///   unreachable;
+/// * `eth1` ([`SECOND_IF_MAC`]) has `192.0.2.0/26` with one permanent neighbour
+///   (`192.0.2.10`, [`DIRECT_NEIGHBOUR_MAC`]).
+///
+/// The calling thread stays inside the namespace while the fixture lives.
+pub struct Fixture {
+    pub dataplane: Dataplane,
+    pub eth0: u32,
+    pub eth1: u32,
+    pub config: RelayConfig,
+    // Field order matters: leave the namespace, then delete it.
+    _entered: EnteredNetns,
+    _ns: Netns,
+    pin_dir: std::path::PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let ns = Netns::create("rt-fastpath").unwrap();
+        for args in [
+            "link add eth0 type veth peer name peer0",
+            "link add eth1 type veth peer name peer1",
+            "link set eth0 address 02:00:00:00:00:01",
+            "link set eth1 address 02:00:00:00:01:01",
+            "addr add 203.0.113.1/24 dev eth0",
+            "addr add 2001:db8:1::1/64 dev eth0 nodad",
+            "addr add 192.0.2.1/26 dev eth1",
+            "link set eth0 up",
+            "link set peer0 up",
+            "link set eth1 up",
+            "link set peer1 up",
+            "neigh add 203.0.113.254 lladdr 02:00:00:00:00:fe dev eth0 nud permanent",
+            "-6 neigh add 2001:db8:1::fe lladdr 02:00:00:00:00:fe dev eth0 nud permanent",
+            "neigh add 192.0.2.10 lladdr 02:00:00:00:01:0a dev eth1 nud permanent",
+            "route add default via 203.0.113.254",
+            "-6 route add default via 2001:db8:1::fe",
+            "route add 192.0.2.128/26 via 203.0.113.253",
+            "route add unreachable 192.0.2.192/26",
+        ] {
+            ns.ip(&args.split(' ').collect::<Vec<_>>()).unwrap();
+        }
+        // bpf_fib_lookup requires forwarding on the ingress interface (the daemon enables it).
+        for key in [
+            "net.ipv4.conf.eth0.forwarding",
+            "net.ipv4.conf.eth1.forwarding",
+            "net.ipv6.conf.eth0.forwarding",
+            "net.ipv6.conf.eth1.forwarding",
+        ] {
+            ns.sysctl(key, "1").unwrap();
+        }
+        let entered = ns.enter().unwrap();
+        let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
+        let mut dataplane = Dataplane::load(&LoadOptions {
+            pin_dir: pin_dir.clone(),
+            max_sessions: 1024,
+        })
+        .unwrap();
+        // test_run accepts an interface as ingress only when XDP is enabled on it.
+        for iface in ["eth0", "eth1"] {
+            dataplane
+                .attach(PROGRAM_PASS, iface, aya::programs::XdpMode::Driver)
+                .unwrap();
+        }
+        let eth0 = nix::net::if_::if_nametoindex("eth0").unwrap();
+        let eth1 = nix::net::if_::if_nametoindex("eth1").unwrap();
+        let config = RelayConfig {
+            addr_v4: Leg::bound_v4(RELAY_V4.octets(), 0).v4_words(),
+            addr_v6: Leg::bound_v6(RELAY_V6.octets(), 0).addr,
+            port: RELAY_PORT.to_be(),
+            flags: CONFIG_ENABLED | CONFIG_HAS_V4 | CONFIG_HAS_V6,
+            ttl: DEFAULT_TTL,
+            hop_limit: DEFAULT_TTL,
+            reserved: [0; 6],
+        };
+        dataplane.maps.set_config(&config).unwrap();
+        Fixture {
+            dataplane,
+            eth0,
+            eth1,
+            config,
+            _entered: entered,
+            _ns: ns,
+            pin_dir,
+        }
+    }
+
+    pub fn set_config(&mut self, config: RelayConfig) {
+        self.config = config;
+        self.dataplane.maps.set_config(&config).unwrap();
+    }
+
+    /// Installs a session in the fast-path map.
+    pub fn add_session(&mut self, vni: u32, slot: u32, a: Leg, b: Leg) {
+        self.dataplane
+            .maps
+            .sessions
+            .insert(
+                vni,
+                Session {
+                    legs: [a, b],
+                    slot,
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap();
+    }
+
+    /// Runs `frame` arriving on eth0 and returns the outcome and counter deltas for `slot`.
+    pub fn run(&mut self, frame: &[u8], slot: u32) -> (RunOutcome, Deltas) {
+        let before = self.dataplane.maps.kernel_verdicts().unwrap();
+        let session_before = self.dataplane.maps.kernel_session_stats(slot).unwrap();
+        let ingress = self.eth0;
+        let outcome = run_frame(
+            self.dataplane.relay_program().unwrap(),
+            frame,
+            Some(ingress),
+        )
+        .expect("test_run");
+        let after = self.dataplane.maps.kernel_verdicts().unwrap();
+        let session_after = self.dataplane.maps.kernel_session_stats(slot).unwrap();
+        let verdicts = before
+            .iter()
+            .zip(&after)
+            .map(|(b, a)| VerdictCounter {
+                packets: a.packets - b.packets,
+                bytes: a.bytes - b.bytes,
+            })
+            .collect();
+        let session = SessionStats {
+            packets: [
+                session_after.packets[0] - session_before.packets[0],
+                session_after.packets[1] - session_before.packets[1],
+            ],
+            bytes: [
+                session_after.bytes[0] - session_before.bytes[0],
+                session_after.bytes[1] - session_before.bytes[1],
+            ],
+            last_seen_ns: session_after.last_seen_ns,
+        };
+        (outcome, Deltas { verdicts, session })
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = remove_pins(&self.pin_dir);
+    }
+}

@@ -1,0 +1,42 @@
+//! `cargo xtask …`: the project's workflows as code.
+//!
+//! * `setup` installs and checks what building and testing need (idempotent).
+//! * `build-ebpf` builds and checks the XDP object.
+//! * `test` runs setup, build-ebpf and every test suite (the README's and CI's test command).
+
+mod ebpf;
+mod run;
+mod setup;
+mod test;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Relay developer workflows")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install and check the toolchain pieces, packages and bpffs the build and tests need.
+    Setup,
+    /// Build the XDP object (nightly, build-std, bpf-linker) and check its ELF sections.
+    BuildEbpf {
+        /// Build the release profile (what release builds of the relay embed).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run setup, build-ebpf, then every test suite; privileged suites need root.
+    Test,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf { release } => ebpf::build(ebpf::profile(release)).map(|_| ()),
+        Command::Test => test::run(),
+    }
+}

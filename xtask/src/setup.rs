@@ -1,0 +1,186 @@
+//! `cargo xtask setup`: everything the build and the tests need, checked and installed
+//! idempotently. Each step prints what it found and what it did; a step that cannot be done is an
+//! error that says how to do it by hand.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+use crate::run::{clean_command, is_root, output, status};
+
+/// bpf-linker release that dlopens the nightly toolchain's own LLVM (newer releases need a
+/// system LLVM this Debian lacks).
+pub const BPF_LINKER_VERSION: &str = "0.10.4";
+
+/// The nightly toolchain that builds the XDP object.
+pub const NIGHTLY: &str = "nightly";
+
+/// Debian packages the tests, lab and demo use, with what for.
+const PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "network namespaces, veth pairs, routes (ip)"),
+    ("nftables", "the lab's NATs (nft)"),
+    ("bpftool", "inspecting programs and bpf_stats"),
+    ("ethtool", "checksum offload and NIC queue settings"),
+    ("conntrack", "flushing NAT mappings in the lab"),
+    ("wireguard-go", "real WireGuard over the relay in the lab"),
+    ("wireguard-tools", "configuring WireGuard (wg)"),
+    ("iperf3", "throughput through the relay"),
+    ("tcpdump", "packet captures while debugging the lab"),
+    ("procps", "sysctl"),
+];
+
+/// Runs every setup step.
+pub fn run() -> Result<()> {
+    println!("== setup");
+    nightly_rust_src()?;
+    bpf_linker()?;
+    cargo_nextest()?;
+    debian_packages()?;
+    bpffs()?;
+    kernel_btf();
+    println!("== setup done");
+    Ok(())
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let toolchains = output(Command::new("rustup").args(["toolchain", "list"]))
+        .context("rustup is required (https://rustup.rs)")?;
+    if !toolchains.lines().any(|l| l.starts_with(NIGHTLY)) {
+        println!("nightly toolchain: missing, installing");
+        status(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            NIGHTLY,
+            "--profile",
+            "minimal",
+        ]))?;
+    } else {
+        println!("nightly toolchain: found");
+    }
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        NIGHTLY,
+    ]))
+    .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        println!("nightly rust-src: found");
+    } else {
+        println!("nightly rust-src: missing, installing");
+        status(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            NIGHTLY,
+        ]))?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    let version = output(Command::new("bpf-linker").arg("--version"));
+    match version.as_deref().map(str::trim) {
+        Some(v) if v.ends_with(BPF_LINKER_VERSION) => {
+            println!("bpf-linker: found {v}");
+            return Ok(());
+        }
+        Some(v) => println!("bpf-linker: found {v}, want {BPF_LINKER_VERSION}; reinstalling"),
+        None => println!("bpf-linker: missing, installing {BPF_LINKER_VERSION} (a few minutes)"),
+    }
+    status(clean_command("cargo").args([
+        "install",
+        "bpf-linker",
+        "--version",
+        BPF_LINKER_VERSION,
+        "--locked",
+        "--force",
+    ]))
+}
+
+fn cargo_nextest() -> Result<()> {
+    if let Some(v) = output(Command::new("cargo").args(["nextest", "--version"])) {
+        println!(
+            "cargo-nextest: found {}",
+            v.lines().next().unwrap_or("").trim()
+        );
+        return Ok(());
+    }
+    println!("cargo-nextest: missing, installing");
+    status(clean_command("cargo").args(["install", "cargo-nextest", "--locked"]))
+}
+
+fn is_installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|s| s.trim() == "install ok installed")
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(p, _)| !is_installed(p))
+        .map(|(p, _)| *p)
+        .collect();
+    for (package, why) in PACKAGES {
+        if !missing.contains(package) {
+            println!("package {package}: found ({why})");
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {}\ninstall them as root: apt-get install -y {}",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    println!("packages missing: {}; installing", missing.join(" "));
+    let install = || {
+        let mut cmd = Command::new("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing);
+        status(&mut cmd)
+    };
+    if install().is_err() {
+        // Stale package lists are the usual cause: refresh once and retry.
+        status(Command::new("apt-get").args(["update"]))?;
+        install()?;
+    }
+    Ok(())
+}
+
+fn bpffs() -> Result<()> {
+    const ROOT: &str = "/sys/fs/bpf";
+    let mounted = output(Command::new("stat").args(["-f", "-c", "%T", ROOT]))
+        .is_some_and(|t| t.trim() == "bpf_fs");
+    if mounted {
+        println!("bpffs: mounted at {ROOT}");
+        return Ok(());
+    }
+    if !is_root() {
+        println!("bpffs: not mounted at {ROOT}; the relay mounts it when run as root");
+        return Ok(());
+    }
+    std::fs::create_dir_all(ROOT).with_context(|| format!("creating {ROOT}"))?;
+    status(Command::new("mount").args(["-t", "bpf", "bpf", ROOT]))?;
+    println!("bpffs: mounted at {ROOT}");
+    Ok(())
+}
+
+fn kernel_btf() {
+    let release = output(Command::new("uname").arg("-r")).unwrap_or_default();
+    if Path::new("/sys/kernel/btf/vmlinux").exists() {
+        println!("kernel: {} with BTF", release.trim());
+    } else {
+        println!(
+            "kernel: {} WITHOUT BTF (/sys/kernel/btf/vmlinux missing): the relay needs a kernel \
+             built with CONFIG_DEBUG_INFO_BTF",
+            release.trim()
+        );
+    }
+}
