@@ -29,6 +29,10 @@ pub const USERSPACE_VERDICTS: &str = "user_verdicts";
 pub const CONFIG: &str = "relay_config";
 /// `DEVMAP_HASH` ifindex → ifindex: interfaces the program may redirect to.
 pub const REDIRECT: &str = "redirect_ifs";
+/// `PERCPU_ARRAY` of [`NextHopEntry`]: a direct-mapped cache of route lookups by destination
+/// address, so most packets skip `bpf_fib_lookup` (which costs more than the rest of the fast
+/// path together).
+pub const NEXTHOP_CACHE: &str = "nexthop_cache";
 /// Name of the pinned XDP link file for an interface is `LINK_PREFIX` + interface name.
 pub const LINK_PREFIX: &str = "link_";
 
@@ -36,6 +40,13 @@ pub const LINK_PREFIX: &str = "link_";
 pub const DEFAULT_MAX_SESSIONS: u32 = 65_536;
 /// Capacity of [`REDIRECT`]: interfaces a relay may forward between.
 pub const MAX_REDIRECT_INTERFACES: u32 = 64;
+/// Default entries of [`NEXTHOP_CACHE`] per CPU (a power of two; 48 bytes each).
+pub const DEFAULT_NEXTHOP_CACHE_ENTRIES: u32 = 4096;
+/// Default lifetime of a cached route lookup: route and neighbour changes (a gateway's MAC after
+/// a failover) reach the fast path within this time.
+pub const DEFAULT_NEXTHOP_TTL_MS: u32 = 1000;
+/// Name of the program that reports the kernel's jiffies (see [`SessionStats`]).
+pub const CLOCK_PROBE_PROGRAM: &str = "clock_probe";
 
 /// Address family tag of a [`Leg`] that has no address yet.
 pub const FAMILY_NONE: u8 = 0;
@@ -162,6 +173,10 @@ pub struct Session {
 
 /// Packet and byte counters of one session, per direction, plus when it last forwarded.
 /// In [`SESSION_STATS`] there is one per CPU; userspace sums them.
+///
+/// Times are kernel jiffies (`bpf_jiffies64`): reading them costs a few nanoseconds where any
+/// clock read costs tens, a fifth of the whole forwarding path. Userspace converts them with a
+/// calibration it measures from the program itself (`dataplane::clock`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionStats {
@@ -169,8 +184,8 @@ pub struct SessionStats {
     pub packets: [u64; 2],
     /// Bytes forwarded (UDP payload incl. Geneve header), indexed by the sending leg.
     pub bytes: [u64; 2],
-    /// `CLOCK_MONOTONIC` nanoseconds of the last forwarded packet (0 = never).
-    pub last_seen_ns: u64,
+    /// Jiffies of the last forwarded packet (0 = never).
+    pub last_seen: u64,
 }
 
 impl SessionStats {
@@ -180,8 +195,8 @@ impl SessionStats {
             self.packets[leg] += other.packets[leg];
             self.bytes[leg] += other.bytes[leg];
         }
-        if other.last_seen_ns > self.last_seen_ns {
-            self.last_seen_ns = other.last_seen_ns;
+        if other.last_seen > self.last_seen {
+            self.last_seen = other.last_seen;
         }
     }
 }
@@ -214,7 +229,13 @@ pub struct RelayConfig {
     /// Hop limit of forwarded IPv6 packets.
     pub hop_limit: u8,
     /// Reserved, zero.
-    pub reserved: [u8; 6],
+    pub reserved: [u8; 2],
+    /// Lifetime of a [`NEXTHOP_CACHE`] entry in jiffies; 0 disables the cache.
+    pub nexthop_ttl_jiffies: u32,
+    /// [`NEXTHOP_CACHE`] entries − 1 (the map size is a power of two).
+    pub nexthop_cache_mask: u32,
+    /// Reserved, zero.
+    pub reserved2: u32,
 }
 
 impl RelayConfig {
@@ -231,6 +252,60 @@ impl RelayConfig {
     }
 }
 
+/// One cached route lookup: where packets to `addr` leave when they arrive on
+/// `ingress_ifindex`, valid until `expires` for IP packets up to `max_len` bytes (the largest
+/// length the route MTU was checked for; a longer packet triggers a fresh lookup).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NextHopEntry {
+    /// Destination address, raw network order (IPv4 in words 0 and 1).
+    pub addr: [u16; 8],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`]; [`FAMILY_NONE`] for an empty slot.
+    pub family: u8,
+    /// Reserved, zero.
+    pub reserved: u8,
+    /// Largest IP packet length (host order) known to fit the route MTU.
+    pub max_len: u16,
+    /// Interface the lookup was made for (routing may depend on it).
+    pub ingress_ifindex: u32,
+    /// Egress interface.
+    pub egress_ifindex: u32,
+    /// Egress interface's MAC.
+    pub src_mac: [u8; 6],
+    /// Next hop's MAC.
+    pub dst_mac: [u8; 6],
+    /// Jiffies after which the entry is stale.
+    pub expires: u64,
+}
+
+impl NextHopEntry {
+    /// Whether this entry answers for `to` arriving on `ingress_ifindex`.
+    #[inline(always)]
+    pub fn is_for(&self, to: &Leg, ingress_ifindex: u32) -> bool {
+        self.family == to.family
+            && self.ingress_ifindex == ingress_ifindex
+            && crate::wire::words_eq(&self.addr, &to.addr)
+    }
+}
+
+/// The [`NEXTHOP_CACHE`] slot of destination `to`: the address words folded and mixed with
+/// MurmurHash3's finaliser, so that every input bit reaches the low bits the mask keeps.
+#[inline(always)]
+pub fn nexthop_slot(to: &Leg, mask: u32) -> u32 {
+    let mut h = to.family as u32;
+    let mut i = 0;
+    while i < 4 {
+        h = h.rotate_left(7) ^ ((to.addr[2 * i] as u32) | ((to.addr[2 * i + 1] as u32) << 16));
+        i += 1;
+    }
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h & mask
+}
+
 /// Frame length after rewriting a packet that arrived with `ip_len` bytes of IP header+payload,
 /// for each destination family (used in tests and by `relay explain`).
 pub const fn rewritten_ip_len(ip_len: usize, from_v6: bool, to_v6: bool) -> usize {
@@ -244,6 +319,7 @@ mod pod {
     unsafe impl aya::Pod for Session {}
     unsafe impl aya::Pod for SessionStats {}
     unsafe impl aya::Pod for RelayConfig {}
+    unsafe impl aya::Pod for NextHopEntry {}
 }
 
 #[cfg(test)]
@@ -257,7 +333,14 @@ mod tests {
         assert_eq!(size_of::<SessionLimits>(), 8);
         assert_eq!(size_of::<Session>(), 2 * 20 + 4 + 8 + 4);
         assert_eq!(size_of::<SessionStats>(), 5 * 8);
-        assert_eq!(size_of::<RelayConfig>(), 4 + 16 + 2 + 2 + 1 + 1 + 6);
+        assert_eq!(
+            size_of::<RelayConfig>(),
+            4 + 16 + 2 + 2 + 1 + 1 + 2 + 4 + 4 + 4
+        );
+        assert_eq!(
+            size_of::<NextHopEntry>(),
+            16 + 1 + 1 + 2 + 4 + 4 + 6 + 6 + 8
+        );
         assert_eq!(align_of::<Session>(), 4);
     }
 
@@ -271,6 +354,7 @@ mod tests {
             USERSPACE_VERDICTS,
             CONFIG,
             REDIRECT,
+            NEXTHOP_CACHE,
         ] {
             assert!(name.len() <= 15, "{name}");
         }
@@ -295,16 +379,48 @@ mod tests {
         let mut a = SessionStats {
             packets: [1, 2],
             bytes: [10, 20],
-            last_seen_ns: 5,
+            last_seen: 5,
         };
         a.accumulate(&SessionStats {
             packets: [3, 4],
             bytes: [30, 40],
-            last_seen_ns: 9,
+            last_seen: 9,
         });
         assert_eq!(a.packets, [4, 6]);
         assert_eq!(a.bytes, [40, 60]);
-        assert_eq!(a.last_seen_ns, 9);
+        assert_eq!(a.last_seen, 9);
+    }
+
+    #[test]
+    fn nexthop_slots_spread_and_stay_in_range() {
+        let mask = DEFAULT_NEXTHOP_CACHE_ENTRIES - 1;
+        let mut used = std::collections::BTreeSet::new();
+        for i in 0..1024u32 {
+            let leg = Leg::bound_v4([198, 51, (i >> 8) as u8, i as u8], 1);
+            let slot = nexthop_slot(&leg, mask);
+            assert!(slot <= mask);
+            used.insert(slot);
+        }
+        // 1024 consecutive addresses into 4096 slots: few collisions.
+        assert!(used.len() > 850, "only {} distinct slots", used.len());
+        let a = Leg::bound_v6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 1);
+        let b = Leg::bound_v6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2], 1);
+        assert_ne!(nexthop_slot(&a, mask), nexthop_slot(&b, mask));
+    }
+
+    #[test]
+    fn nexthop_entry_matches_family_address_and_ingress() {
+        let to = Leg::bound_v4([192, 0, 2, 1], 5);
+        let entry = NextHopEntry {
+            addr: to.addr,
+            family: FAMILY_V4,
+            ingress_ifindex: 3,
+            ..Default::default()
+        };
+        assert!(entry.is_for(&to, 3));
+        assert!(!entry.is_for(&to, 4));
+        assert!(!entry.is_for(&Leg::bound_v4([192, 0, 2, 2], 5), 3));
+        assert!(!NextHopEntry::default().is_for(&to, 3));
     }
 
     #[test]

@@ -3,16 +3,18 @@
 use aya_ebpf::{
     bindings::{
         BPF_FIB_LKUP_RET_FWD_DISABLED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
-        BPF_FIB_LOOKUP_OUTPUT, bpf_fib_lookup as FibParams,
+        bpf_fib_lookup as FibParams,
     },
     helpers::bpf_fib_lookup,
     programs::XdpContext,
 };
 use core::mem::{size_of, zeroed};
 use relay_common::{
-    maps::{Leg, RelayConfig},
+    maps::{Leg, NextHopEntry, RelayConfig, nexthop_slot},
     verdict::Reason,
 };
+
+use crate::maps::NEXTHOP_CACHE;
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -41,18 +43,60 @@ fn words_to_be32<const N: usize, const M: usize>(words: &[u16; N]) -> [u32; M] {
     out
 }
 
-/// Looks up the route from the relay's own address to leg `to`, for an IP packet of
-/// `ip_len` bytes (the MTU check), as the kernel would route it when forwarding. A missing
-/// neighbour entry, disabled forwarding or any other failure is an `Err` reason:
-/// the caller passes the untouched packet to the stack, which resolves the neighbour or
-/// fragments, and the userspace forwarder relays it.
+/// The next hop towards leg `to` for an IP packet of `ip_len` bytes, from the per-CPU cache when
+/// a fresh entry covers it, else from a route lookup that refills the cache. `now` is jiffies.
 #[inline(always)]
 pub fn next_hop(
     ctx: &XdpContext,
     cfg: &RelayConfig,
     to: &Leg,
     ip_len: u16,
+    now: u64,
 ) -> Result<NextHop, Reason> {
+    let ingress = ctx.ingress_ifindex() as u32;
+    if cfg.nexthop_ttl_jiffies == 0 {
+        return lookup(ctx, cfg, to, ip_len);
+    }
+    let Some(entry) = NEXTHOP_CACHE.get_ptr_mut(nexthop_slot(to, cfg.nexthop_cache_mask)) else {
+        return lookup(ctx, cfg, to, ip_len);
+    };
+    // SAFETY: per-CPU value, no other writer on this CPU while we run.
+    let entry = unsafe { &mut *entry };
+    let fresh = entry.is_for(to, ingress) && now < entry.expires;
+    if fresh && ip_len <= entry.max_len {
+        return Ok(NextHop {
+            ifindex: entry.egress_ifindex,
+            src_mac: entry.src_mac,
+            dst_mac: entry.dst_mac,
+        });
+    }
+    let hop = lookup(ctx, cfg, to, ip_len)?;
+    if fresh {
+        // A longer packet passed the MTU check: widen the entry, keep its lifetime.
+        entry.max_len = ip_len;
+    } else {
+        *entry = NextHopEntry {
+            addr: to.addr,
+            family: to.family,
+            reserved: 0,
+            max_len: ip_len,
+            ingress_ifindex: ingress,
+            egress_ifindex: hop.ifindex,
+            src_mac: hop.src_mac,
+            dst_mac: hop.dst_mac,
+            expires: now + cfg.nexthop_ttl_jiffies as u64,
+        };
+    }
+    Ok(hop)
+}
+
+/// Looks up the route from the relay's own address to leg `to`, for an IP packet of
+/// `ip_len` bytes (the MTU check), as the kernel would route it when forwarding. A missing
+/// neighbour entry, disabled forwarding or any other failure is an `Err` reason:
+/// the caller passes the untouched packet to the stack, which resolves the neighbour or
+/// fragments, and the userspace forwarder relays it.
+#[inline(always)]
+fn lookup(ctx: &XdpContext, cfg: &RelayConfig, to: &Leg, ip_len: u16) -> Result<NextHop, Reason> {
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
     let mut params: FibParams = unsafe { zeroed() };
     params.l4_protocol = relay_common::wire::IPPROTO_UDP;

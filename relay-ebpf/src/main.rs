@@ -5,6 +5,7 @@
 //!   under one `relay_common::verdict::Reason`.
 //! * `reflector` swaps MAC addresses and bounces every frame (XDP_TX): the practical limit the
 //!   benchmarks compare the relay against.
+//! * `clock_probe` reports the kernel's jiffies to userspace (timestamps in the maps are jiffies).
 //! * `xdp_pass` passes everything: attached to the peer of a veth so XDP_TX/REDIRECT frames
 //!   towards it are not dropped (a veth requirement, see docs/operations.md).
 #![no_std]
@@ -32,7 +33,7 @@ use relay_common::{
 };
 
 use crate::{
-    counters::{count_session, count_verdict},
+    counters::{count_session, count_verdict, jiffies},
     fib::{NextHop, next_hop},
     maps::{CONFIG, REDIRECT, SESSIONS},
     packet::{frame_len, ptr_at},
@@ -120,6 +121,7 @@ fn route(
     to: &Leg,
     udp_len: u16,
     udp_check: u16,
+    now: u64,
 ) -> Result<NextHop, Reason> {
     if to.is_v6() {
         if !cfg.has(CONFIG_HAS_V6) {
@@ -140,7 +142,7 @@ fn route(
             return Err(Reason::PassedHairpin);
         }
     }
-    let hop = next_hop(ctx, cfg, to, ip_len_towards(to, udp_len))?;
+    let hop = next_hop(ctx, cfg, to, ip_len_towards(to, udp_len), now)?;
     if hop.ifindex != ctx.ingress_ifindex() as u32 && REDIRECT.get_ifindex(hop.ifindex).is_none() {
         return Err(Reason::PassedRedirectFailed);
     }
@@ -170,11 +172,13 @@ fn forwarded(
     hop: &NextHop,
     udp_len: u16,
     from_v6: bool,
+    now: u64,
 ) -> Verdict {
     count_session(
         session.slot,
         dir.from,
         u16::from_be(udp_len) as usize - UDP_HLEN,
+        now,
     );
     Ok((transmit(ctx, hop), Reason::forwarded(from_v6, to.is_v6())))
 }
@@ -216,7 +220,8 @@ fn relay_v4(ctx: &XdpContext, cfg: &RelayConfig) -> Verdict {
     let dir = decide_v4(session, ip.saddr, udp.source)?;
     let to = session.legs[dir.to & 1];
     let udp_len = udp.len;
-    let hop = route(ctx, cfg, &to, u16::from_be(udp_len), udp.check)?;
+    let now = jiffies();
+    let hop = route(ctx, cfg, &to, u16::from_be(udp_len), udp.check, now)?;
     if to.is_v6() {
         let old = Original {
             saddr: ip.saddr,
@@ -231,7 +236,7 @@ fn relay_v4(ctx: &XdpContext, cfg: &RelayConfig) -> Verdict {
     } else {
         rewrite::v4_to_v4(eth, ip, udp, cfg, &to, &hop);
     }
-    forwarded(ctx, session, dir, &to, &hop, udp_len, false)
+    forwarded(ctx, session, dir, &to, &hop, udp_len, false, now)
 }
 
 /// IPv6 next-header values that are extension headers (RFC 8200 and the IANA registry).
@@ -282,7 +287,8 @@ fn relay_v6(ctx: &XdpContext, cfg: &RelayConfig) -> Verdict {
     let dir = decide_v6(session, &ip.saddr, udp.source)?;
     let to = session.legs[dir.to & 1];
     let udp_len = udp.len;
-    let hop = route(ctx, cfg, &to, u16::from_be(udp_len), udp.check)?;
+    let now = jiffies();
+    let hop = route(ctx, cfg, &to, u16::from_be(udp_len), udp.check, now)?;
     if to.is_v6() {
         rewrite::v6_to_v6(eth, ip, udp, cfg, &to, &hop);
     } else {
@@ -298,7 +304,7 @@ fn relay_v6(ctx: &XdpContext, cfg: &RelayConfig) -> Verdict {
         };
         rewrite::v6_to_v4(ctx, &old, cfg, &to, &hop)?;
     }
-    forwarded(ctx, session, dir, &to, &hop, udp_len, true)
+    forwarded(ctx, session, dir, &to, &hop, udp_len, true, now)
 }
 
 /// Swaps source and destination MAC and bounces the frame: the cheapest possible forwarder.
@@ -311,6 +317,17 @@ pub fn reflector(ctx: XdpContext) -> u32 {
     let eth = unsafe { &mut *eth };
     core::mem::swap(&mut eth.src, &mut eth.dst);
     XDP_TX
+}
+
+/// Writes the kernel's jiffies into the first 8 bytes of the frame (native byte order). Userspace
+/// runs it with BPF_PROG_TEST_RUN to convert the jiffies timestamps in the maps.
+#[xdp]
+pub fn clock_probe(ctx: XdpContext) -> u32 {
+    if let Some(slot) = ptr_at::<u64>(&ctx, 0) {
+        // SAFETY: bounds-checked by ptr_at; unaligned write of plain bytes.
+        unsafe { slot.write_unaligned(jiffies()) };
+    }
+    XDP_PASS
 }
 
 /// Passes every frame. Attached to veth peers so frames sent to them with XDP_TX are received.

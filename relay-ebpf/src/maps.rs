@@ -7,7 +7,10 @@ use aya_ebpf::{
     maps::{Array, DevMapHash, HashMap, PerCpuArray},
 };
 use relay_common::{
-    maps::{DEFAULT_MAX_SESSIONS, MAX_REDIRECT_INTERFACES, RelayConfig, Session, SessionStats},
+    maps::{
+        DEFAULT_MAX_SESSIONS, DEFAULT_NEXTHOP_CACHE_ENTRIES, MAX_REDIRECT_INTERFACES, NextHopEntry,
+        RelayConfig, Session, SessionStats,
+    },
     verdict::{Reason, VerdictCounter},
 };
 
@@ -39,3 +42,8 @@ pub static CONFIG: Array<RelayConfig> = Array::pinned(1, 0);
 /// Interfaces the program may redirect to, keyed by ifindex.
 #[map(name = "redirect_ifs")]
 pub static REDIRECT: DevMapHash = DevMapHash::pinned(MAX_REDIRECT_INTERFACES, 0);
+
+/// Per-CPU direct-mapped cache of route lookups (not pinned: it is rebuilt in a second).
+#[map(name = "nexthop_cache")]
+pub static NEXTHOP_CACHE: PerCpuArray<NextHopEntry> =
+    PerCpuArray::with_max_entries(DEFAULT_NEXTHOP_CACHE_ENTRIES, 0);

@@ -119,6 +119,30 @@ fn headers_at<IP>(ctx: &XdpContext) -> Option<(*mut EthHdr, *mut IP, *mut UdpHdr
     Some((eth, ip, udp))
 }
 
+/// Rewrites the UDP header of a packet that changed family: ports, and the checksum moved from
+/// the old pseudo-header's addresses to the new ones. Lengths and protocol weigh the same in both
+/// pseudo-headers (RFC 768 and RFC 8200 §8.1), so only addresses and ports change the sum.
+#[inline(always)]
+fn translate_udp<const N: usize, const M: usize>(
+    udp: &mut UdpHdr,
+    old: &Original<N>,
+    new_src: &[u16; M],
+    new_dst: &[u16; M],
+    cfg: &RelayConfig,
+    to: &Leg,
+) {
+    udp.check = Incremental::new(old.check)
+        .remove_words(&old.saddr)
+        .remove_words(&old.daddr)
+        .add_words(new_src)
+        .add_words(new_dst)
+        .replace(old.sport, cfg.port)
+        .replace(old.dport, to.port)
+        .finish_udp();
+    udp.source = cfg.port;
+    udp.dest = to.port;
+}
+
 /// IPv4 leg → IPv6 leg: grows the frame by 20 bytes at the front and writes a new Ethernet and
 /// IPv6 header before the untouched UDP header. The caller has ruled out a zero UDP checksum.
 #[inline(always)]
@@ -147,17 +171,7 @@ pub fn v4_to_v6(
     ip.hop_limit = cfg.hop_limit;
     copy8(&mut ip.saddr, &cfg.addr_v6);
     copy8(&mut ip.daddr, &to.addr);
-    // Lengths and protocol weigh the same in both pseudo-headers; only addresses and ports move.
-    udp.check = Incremental::new(old.check)
-        .remove_words(&old.saddr)
-        .remove_words(&old.daddr)
-        .add_words(&cfg.addr_v6)
-        .add_words(&to.addr)
-        .replace(old.sport, cfg.port)
-        .replace(old.dport, to.port)
-        .finish_udp();
-    udp.source = cfg.port;
-    udp.dest = to.port;
+    translate_udp(udp, old, &cfg.addr_v6, &to.addr, cfg, to);
     Ok(())
 }
 
@@ -196,16 +210,7 @@ pub fn v6_to_v4(
     header.check =
         ipv4_header_checksum(unsafe { &*(&header as *const Ipv4Hdr as *const [u16; 10]) });
     *ip = header;
-    udp.check = Incremental::new(old.check)
-        .remove_words(&old.saddr)
-        .remove_words(&old.daddr)
-        .add_words(&cfg.addr_v4)
-        .add_words(&to.v4_words())
-        .replace(old.sport, cfg.port)
-        .replace(old.dport, to.port)
-        .finish_udp();
-    udp.source = cfg.port;
-    udp.dest = to.port;
+    translate_udp(udp, old, &cfg.addr_v4, &to.v4_words(), cfg, to);
     Ok(())
 }
 

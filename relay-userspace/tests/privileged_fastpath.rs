@@ -45,7 +45,14 @@ fn assert_forwarded(
     want.bytes[sender] = payload_len as u64;
     assert_eq!(deltas.session.packets, want.packets, "session packets");
     assert_eq!(deltas.session.bytes, want.bytes, "session bytes");
-    assert!(deltas.session.last_seen_ns > 0, "last seen stamped");
+    let age = fx
+        .clock
+        .age(deltas.session.last_seen, std::time::Instant::now())
+        .expect("last seen stamped");
+    assert!(
+        age < std::time::Duration::from_secs(5),
+        "last seen {age:?} ago"
+    );
 }
 
 const VIA_GATEWAY: (XdpAction, [u8; 6], [u8; 6]) = (XdpAction::Tx, RELAY_MAC, GATEWAY_MAC);
@@ -472,11 +479,7 @@ fn other_egress_interface_redirects_through_the_devmap() {
         Reason::PassedRedirectFailed,
     );
     let eth1 = fx.eth1;
-    fx.dataplane
-        .maps
-        .redirect
-        .insert(eth1, eth1, None, 0)
-        .unwrap();
+    fx.maps().redirect.insert(eth1, eth1, None, 0).unwrap();
     assert_forwarded(
         &mut fx,
         &frame,
@@ -517,4 +520,157 @@ fn relay_without_an_address_of_the_destination_family_passes() {
     fx.add_session(VNI, SLOT, leg(sa(LEG_A4)), leg(sa(LEG_B6)));
     let frame = data_frame(LEG_A4, FrameOpts::default());
     assert_not_forwarded(&mut fx, &frame, XdpAction::Pass, Reason::PassedFibFailed);
+}
+
+#[test]
+fn cached_next_hop_serves_until_it_expires() {
+    require_root!();
+    let mut fx = Fixture::new();
+    let lifetime = std::time::Duration::from_millis(300);
+    let mut config = fx.config;
+    config.nexthop_ttl_jiffies = fx.clock.to_ticks(lifetime) as u32;
+    fx.set_config(config);
+    fx.add_session(VNI, SLOT, leg(sa(LEG_A4)), leg(sa(LEG_B4)));
+    let frame = data_frame(LEG_A4, FrameOpts::default());
+    assert_forwarded(&mut fx, &frame, LEG_B4, Reason::ForwardedV4, 0, VIA_GATEWAY);
+    // The gateway's MAC changes (a failover): the cache keeps the old one for its lifetime...
+    let new_mac = [0x02, 0, 0, 0, 0, 0xfd];
+    fx.ip(
+        &"neigh replace 203.0.113.254 lladdr 02:00:00:00:00:fd dev eth0 nud permanent"
+            .split(' ')
+            .collect::<Vec<_>>(),
+    );
+    assert_forwarded(&mut fx, &frame, LEG_B4, Reason::ForwardedV4, 0, VIA_GATEWAY);
+    // ...and the next lookup after it expires sees the new one.
+    std::thread::sleep(lifetime + std::time::Duration::from_millis(50));
+    assert_forwarded(
+        &mut fx,
+        &frame,
+        LEG_B4,
+        Reason::ForwardedV4,
+        0,
+        (XdpAction::Tx, RELAY_MAC, new_mac),
+    );
+    // With the cache disabled every packet is looked up.
+    config.nexthop_ttl_jiffies = 0;
+    fx.set_config(config);
+    fx.ip(
+        &"neigh replace 203.0.113.254 lladdr 02:00:00:00:00:fe dev eth0 nud permanent"
+            .split(' ')
+            .collect::<Vec<_>>(),
+    );
+    assert_forwarded(&mut fx, &frame, LEG_B4, Reason::ForwardedV4, 0, VIA_GATEWAY);
+}
+
+#[test]
+fn cached_next_hop_still_checks_the_mtu_for_longer_packets() {
+    require_root!();
+    let mut fx = Fixture::new();
+    fx.ip(&["link", "set", "eth0", "mtu", "1400"]);
+    fx.add_session(VNI, SLOT, leg(sa(LEG_A4)), leg(sa(LEG_B6)));
+    let small = udp_frame(
+        sa(LEG_A4),
+        relay4(),
+        &geneve_data(VNI, &payload(100)),
+        FrameOpts::default(),
+    );
+    assert_forwarded(
+        &mut fx,
+        &small,
+        LEG_B6,
+        Reason::ForwardedV4ToV6,
+        0,
+        VIA_GATEWAY,
+    );
+    // 1386 bytes of IPv4 fit the 1400 MTU, but not after growing 20 bytes into IPv6: the
+    // cached entry only vouches for 100-odd bytes, so this is looked up and refused.
+    let big = udp_frame(
+        sa(LEG_A4),
+        relay4(),
+        &geneve_data(VNI, &payload(1350)),
+        FrameOpts::default(),
+    );
+    assert_not_forwarded(&mut fx, &big, XdpAction::Pass, Reason::PassedFibFailed);
+    // One that fits after growing is forwarded and widens the entry.
+    let fits = udp_frame(
+        sa(LEG_A4),
+        relay4(),
+        &geneve_data(VNI, &payload(1300)),
+        FrameOpts::default(),
+    );
+    assert_forwarded(
+        &mut fx,
+        &fits,
+        LEG_B6,
+        Reason::ForwardedV4ToV6,
+        0,
+        VIA_GATEWAY,
+    );
+    assert_not_forwarded(&mut fx, &big, XdpAction::Pass, Reason::PassedFibFailed);
+}
+
+#[test]
+fn pinned_link_keeps_the_program_attached_after_the_loader_exits() {
+    require_root!();
+    use relay_userspace::{
+        dataplane::{Dataplane, LoadOptions, loader::remove_pins},
+        lab::Netns,
+    };
+    let ns = Netns::create("rt-link").unwrap();
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ])
+    .unwrap();
+    let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
+    let xdp_of_eth0 = || ns.exec("ip", &["-d", "link", "show", "eth0"]).unwrap();
+    {
+        let _inside = ns.enter().unwrap();
+        let mut dataplane = Dataplane::load(&LoadOptions {
+            pin_dir: pin_dir.clone(),
+            max_sessions: 64,
+            nexthop_cache_entries: 64,
+        })
+        .unwrap();
+        let pin = dataplane
+            .attach_pinned("eth0", aya::programs::XdpMode::Skb)
+            .unwrap();
+        assert!(pin.ends_with("link_eth0"));
+        // A second attachment through the same pin directory is refused, not stacked.
+        assert!(
+            dataplane
+                .attach_pinned("eth0", aya::programs::XdpMode::Skb)
+                .is_err()
+        );
+    } // the loader and all its file descriptors are gone
+    assert!(xdp_of_eth0().contains("prog/xdp"), "{}", xdp_of_eth0());
+    for map in [
+        "sessions",
+        "session_stats",
+        "verdicts",
+        "relay_config",
+        "link_eth0",
+    ] {
+        assert!(pin_dir.join(map).exists(), "{map} pinned");
+    }
+    remove_pins(&pin_dir).unwrap();
+    assert!(!xdp_of_eth0().contains("prog/xdp"), "{}", xdp_of_eth0());
+    assert!(!pin_dir.exists());
+}
+
+#[test]
+fn micro_benchmark_harness_runs() {
+    require_root!();
+    let results =
+        relay_userspace::lab::xdp_bench::run(relay_userspace::lab::xdp_bench::BenchOptions {
+            rounds: 1,
+            calls: 20,
+        })
+        .unwrap();
+    assert_eq!(results.len(), 4);
+    for r in results {
+        assert!(
+            r.relay_ns > 0.0 && r.reflector_ns > 0.0 && r.pass_ns > 0.0,
+            "{r:?}"
+        );
+    }
 }

@@ -16,7 +16,7 @@ use crate::{
 /// The BPF target triple.
 pub const TARGET: &str = "bpfel-unknown-none";
 /// Programs the object must contain.
-const PROGRAMS: &[&str] = &["relay_xdp", "reflector", "xdp_pass"];
+const PROGRAMS: &[&str] = &["relay_xdp", "reflector", "xdp_pass", "clock_probe"];
 /// Maps the object must contain (names from relay-common's `maps` module).
 const MAPS: &[&str] = &[
     "sessions",
@@ -26,6 +26,7 @@ const MAPS: &[&str] = &[
     "user_verdicts",
     "relay_config",
     "redirect_ifs",
+    "nexthop_cache",
 ];
 
 /// Cargo profile of the object.

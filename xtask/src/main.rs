@@ -3,7 +3,9 @@
 //! * `setup` installs and checks what building and testing need (idempotent).
 //! * `build-ebpf` builds and checks the XDP object.
 //! * `test` runs setup, build-ebpf and every test suite (the README's and CI's test command).
+//! * `bench` runs the benchmarks and regenerates `docs/benchmarks.md`.
 
+mod bench;
 mod ebpf;
 mod run;
 mod setup;
@@ -31,6 +33,12 @@ enum Command {
     },
     /// Run setup, build-ebpf, then every test suite; privileged suites need root.
     Test,
+    /// Release builds, every benchmark, and docs/benchmarks.md regenerated (root).
+    Bench {
+        /// A few seconds' smoke run that checks the harness; leaves docs alone.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -38,5 +46,6 @@ fn main() -> Result<()> {
         Command::Setup => setup::run(),
         Command::BuildEbpf { release } => ebpf::build(ebpf::profile(release)).map(|_| ()),
         Command::Test => test::run(),
+        Command::Bench { quick } => bench::run(quick),
     }
 }

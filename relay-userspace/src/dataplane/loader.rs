@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{Xdp, XdpMode},
+    programs::{Xdp, XdpMode, links::FdLink},
 };
 use relay_common::maps as names;
 
@@ -19,6 +19,8 @@ pub struct LoadOptions {
     pub pin_dir: PathBuf,
     /// Capacity of the session map and of the per-slot counter arrays.
     pub max_sessions: u32,
+    /// Entries of the per-CPU next-hop cache (a power of two).
+    pub nexthop_cache_entries: u32,
 }
 
 /// The loaded XDP object: its programs and typed maps.
@@ -39,6 +41,7 @@ impl Dataplane {
             .map_max_entries(names::SESSIONS, options.max_sessions)
             .map_max_entries(names::SESSION_STATS, options.max_sessions)
             .map_max_entries(names::USERSPACE_STATS, options.max_sessions)
+            .map_max_entries(names::NEXTHOP_CACHE, options.nexthop_cache_entries)
             .load(object::bytes())
             .context("loading the XDP object")?;
         let maps = RelayMaps::take_from(&mut ebpf)?;
@@ -77,6 +80,35 @@ impl Dataplane {
         self.program(object::PROGRAM_RELAY)
     }
 
+    /// Measures how the kernel's jiffies (the maps' timestamps) relate to this process's clock.
+    pub fn clock(&mut self) -> Result<super::clock::JiffiesClock> {
+        super::clock::JiffiesClock::calibrate(self.program(object::PROGRAM_CLOCK_PROBE)?)
+    }
+
+    /// Attaches the relay program to `interface` through a BPF link pinned in the pin
+    /// directory, so the attachment outlives this process: a restarted daemon, and the CLI, find
+    /// it there, and removing the pin detaches the program. Returns the pin's path.
+    pub fn attach_pinned(&mut self, interface: &str, mode: XdpMode) -> Result<PathBuf> {
+        let path = link_pin_path(&self.pin_dir, interface);
+        if path.exists() {
+            anyhow::bail!(
+                "{interface} already has a pinned relay link at {} (another relay instance?)",
+                path.display()
+            );
+        }
+        let program = self.program(object::PROGRAM_RELAY)?;
+        let id = program
+            .attach(interface, mode)
+            .with_context(|| format!("attaching the relay program to {interface} ({mode:?})"))?;
+        let link: FdLink = program
+            .take_link(id)?
+            .try_into()
+            .context("the kernel attached XDP without a BPF link (kernel older than 5.9?)")?;
+        link.pin(&path)
+            .with_context(|| format!("pinning the XDP link at {}", path.display()))?;
+        Ok(path)
+    }
+
     /// Attaches program `name` to `interface` in `mode`; it stays attached while `self` lives.
     pub fn attach(&mut self, name: &str, interface: &str, mode: XdpMode) -> Result<()> {
         self.program(name)?
@@ -84,6 +116,11 @@ impl Dataplane {
             .with_context(|| format!("attaching `{name}` to {interface} in {mode:?} mode"))?;
         Ok(())
     }
+}
+
+/// Path of the pinned XDP link for `interface` in `pin_dir`.
+pub fn link_pin_path(pin_dir: &Path, interface: &str) -> PathBuf {
+    pin_dir.join(format!("{}{interface}", names::LINK_PREFIX))
 }
 
 /// Removes every pinned file in `dir` and the directory itself (a clean `relay down`, tests).

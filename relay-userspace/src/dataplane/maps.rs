@@ -81,22 +81,12 @@ where
 impl RelayMaps {
     /// Takes the maps out of a loaded object (its programs keep using them).
     pub fn take_from(ebpf: &mut Ebpf) -> Result<RelayMaps, MapsError> {
-        let mut take =
-            |name: &'static str| ebpf.take_map(name).ok_or(MapsError::MissingInObject(name));
-        Ok(RelayMaps {
-            sessions: typed(names::SESSIONS, take(names::SESSIONS)?)?,
-            session_stats: typed(names::SESSION_STATS, take(names::SESSION_STATS)?)?,
-            user_stats: typed(names::USERSPACE_STATS, take(names::USERSPACE_STATS)?)?,
-            verdicts: typed(names::VERDICTS, take(names::VERDICTS)?)?,
-            user_verdicts: typed(names::USERSPACE_VERDICTS, take(names::USERSPACE_VERDICTS)?)?,
-            config: typed(names::CONFIG, take(names::CONFIG)?)?,
-            redirect: typed(names::REDIRECT, take(names::REDIRECT)?)?,
-        })
+        Self::assemble(|name| ebpf.take_map(name).ok_or(MapsError::MissingInObject(name)))
     }
 
     /// Reopens the maps pinned in `dir` by a running (or crashed) daemon.
     pub fn open_pinned(dir: &Path) -> Result<RelayMaps, MapsError> {
-        let open = |name: &'static str| -> Result<Map, MapsError> {
+        Self::assemble(|name| {
             let path = dir.join(name);
             match std::fs::metadata(&path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -119,15 +109,21 @@ impl RelayMaps {
                 _ => MapsError::Map { map: name, source },
             })?;
             Map::from_map_data(data).map_err(err(name))
-        };
+        })
+    }
+
+    /// Builds the typed set from a source of untyped maps by name.
+    fn assemble(
+        mut get: impl FnMut(&'static str) -> Result<Map, MapsError>,
+    ) -> Result<RelayMaps, MapsError> {
         Ok(RelayMaps {
-            sessions: typed(names::SESSIONS, open(names::SESSIONS)?)?,
-            session_stats: typed(names::SESSION_STATS, open(names::SESSION_STATS)?)?,
-            user_stats: typed(names::USERSPACE_STATS, open(names::USERSPACE_STATS)?)?,
-            verdicts: typed(names::VERDICTS, open(names::VERDICTS)?)?,
-            user_verdicts: typed(names::USERSPACE_VERDICTS, open(names::USERSPACE_VERDICTS)?)?,
-            config: typed(names::CONFIG, open(names::CONFIG)?)?,
-            redirect: typed(names::REDIRECT, open(names::REDIRECT)?)?,
+            sessions: typed(names::SESSIONS, get(names::SESSIONS)?)?,
+            session_stats: typed(names::SESSION_STATS, get(names::SESSION_STATS)?)?,
+            user_stats: typed(names::USERSPACE_STATS, get(names::USERSPACE_STATS)?)?,
+            verdicts: typed(names::VERDICTS, get(names::VERDICTS)?)?,
+            user_verdicts: typed(names::USERSPACE_VERDICTS, get(names::USERSPACE_VERDICTS)?)?,
+            config: typed(names::CONFIG, get(names::CONFIG)?)?,
+            redirect: typed(names::REDIRECT, get(names::REDIRECT)?)?,
         })
     }
 

@@ -2,9 +2,11 @@
 //! attaching it to interfaces, and typed access to every map.
 
 pub mod bpffs;
+pub mod clock;
 pub mod loader;
 pub mod maps;
 pub mod object;
+pub mod settings;
 pub mod simulate;
 
 pub use loader::{Dataplane, LoadOptions};

@@ -11,3 +11,5 @@ pub const PROGRAM_RELAY: &str = "relay_xdp";
 pub const PROGRAM_REFLECTOR: &str = "reflector";
 /// Pass-everything program for veth peers in labs.
 pub const PROGRAM_PASS: &str = "xdp_pass";
+/// Reports the kernel's jiffies (see `clock`).
+pub const PROGRAM_CLOCK_PROBE: &str = relay_common::maps::CLOCK_PROBE_PROGRAM;

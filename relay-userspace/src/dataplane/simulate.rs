@@ -2,7 +2,7 @@
 //! program sees the live maps and updates their counters exactly as for a real packet. Tests use
 //! it to check verdicts and bytes; `relay explain` uses it to answer "why was this dropped?".
 
-use std::fmt;
+use std::{fmt, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
@@ -92,6 +92,15 @@ impl XdpMd {
 /// calling thread's network namespace (`None`: the namespace's loopback). That interface must
 /// have XDP enabled (a program attached) for the kernel to accept it as ingress.
 pub fn run_frame(program: &Xdp, frame: &[u8], ingress_ifindex: Option<u32>) -> Result<RunOutcome> {
+    Ok(run_frame_timed(program, frame, ingress_ifindex)?.0)
+}
+
+/// [`run_frame`], also returning the program's run time as measured by the kernel.
+pub fn run_frame_timed(
+    program: &Xdp,
+    frame: &[u8],
+    ingress_ifindex: Option<u32>,
+) -> Result<(RunOutcome, Duration)> {
     if frame.len() < MIN_FRAME_LEN {
         bail!(
             "frame of {} bytes is shorter than an Ethernet header ({MIN_FRAME_LEN})",
@@ -114,8 +123,11 @@ pub fn run_frame(program: &Xdp, frame: &[u8], ingress_ifindex: Option<u32>) -> R
         })
         .context("BPF_PROG_TEST_RUN")?;
     out.truncate(result.data_size_out as usize);
-    Ok(RunOutcome {
-        action: result.return_value.into(),
-        frame: out,
-    })
+    Ok((
+        RunOutcome {
+            action: result.return_value.into(),
+            frame: out,
+        },
+        result.duration,
+    ))
 }

@@ -3,5 +3,7 @@
 //! and deleting namespaces.
 
 pub mod netns;
+pub mod sandbox;
+pub mod xdp_bench;
 
 pub use netns::Netns;

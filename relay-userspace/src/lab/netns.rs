@@ -37,7 +37,12 @@ impl Netns {
 
     /// Runs `ip -n NAME args…`.
     pub fn ip(&self, args: &[&str]) -> Result<()> {
-        run_checked(Command::new("ip").args(["-n", &self.name]).args(args)).map(|_| ())
+        Self::ip_in(&self.name, args)
+    }
+
+    /// Runs `ip -n name args…` for a namespace known by name.
+    pub fn ip_in(name: &str, args: &[&str]) -> Result<()> {
+        run_checked(Command::new("ip").args(["-n", name]).args(args)).map(|_| ())
     }
 
     /// A command that runs `program` inside the namespace.

@@ -1,30 +1,22 @@
 //! Support for the privileged XDP tests: frames built with etherparse, expected outputs rebuilt
 //! independently (full checksum recomputation, no shared code with the program), and a fixture
 //! that loads the program in a network namespace with real routes and neighbours.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
 use etherparse::{
     EtherType, Ethernet2Header, IpDscp, IpEcn, IpNumber, Ipv4Header, Ipv6FlowLabel, Ipv6Header,
     UdpHeader,
 };
 use relay_common::{
-    maps::{
-        CONFIG_ENABLED, CONFIG_HAS_V4, CONFIG_HAS_V6, DEFAULT_TTL, FAMILY_NONE, Leg, RelayConfig,
-        Session, SessionStats,
-    },
+    maps::{DEFAULT_TTL, FAMILY_NONE, Leg, RelayConfig, SessionStats},
     verdict::{Reason, VerdictCounter},
     wire::{GENEVE_PROTOCOL_BIND, GENEVE_PROTOCOL_DATA, GeneveHdr},
 };
 use relay_userspace::{
-    dataplane::{
-        Dataplane, LoadOptions,
-        loader::remove_pins,
-        object::PROGRAM_PASS,
-        simulate::{RunOutcome, run_frame},
-    },
-    lab::{Netns, netns::EnteredNetns},
+    dataplane::{clock::JiffiesClock, object::PROGRAM_RELAY, simulate::RunOutcome},
+    lab::sandbox::Sandbox,
 };
 
 /// Returns early from a privileged test, loudly, when not root.
@@ -38,13 +30,9 @@ macro_rules! require_root {
     };
 }
 
-pub const RELAY_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
-pub const RELAY_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
-pub const RELAY_PORT: u16 = 6081;
-pub const RELAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-pub const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
-pub const SECOND_IF_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x01];
-pub const DIRECT_NEIGHBOUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 1, 0x0a];
+pub use relay_userspace::lab::sandbox::{
+    DIRECT_NEIGHBOUR_MAC, GATEWAY_MAC, RELAY_MAC, RELAY_PORT, RELAY_V4, RELAY_V6, SECOND_IF_MAC,
+};
 /// Some client's MAC as seen on the wire towards the relay.
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
 
@@ -319,133 +307,52 @@ impl Deltas {
     }
 }
 
-/// A loaded relay program in its own namespace:
-///
-/// * forwarding is enabled on both interfaces, as the daemon does;
-/// * `eth0` (the ingress interface, MAC [`RELAY_MAC`]) holds the relay's addresses; the default
-///   routes go through a gateway with a permanent neighbour entry ([`GATEWAY_MAC`]);
-/// * `192.0.2.128/26` routes via a gateway without a neighbour entry, `192.0.2.192/26` is
-///   unreachable;
-/// * `eth1` ([`SECOND_IF_MAC`]) has `192.0.2.0/26` with one permanent neighbour
-///   (`192.0.2.10`, [`DIRECT_NEIGHBOUR_MAC`]).
-///
-/// The calling thread stays inside the namespace while the fixture lives.
+/// The sandboxed relay program (see `relay_userspace::lab::sandbox`) with counter bookkeeping.
 pub struct Fixture {
-    pub dataplane: Dataplane,
+    pub sandbox: Sandbox,
+    pub clock: JiffiesClock,
     pub eth0: u32,
     pub eth1: u32,
     pub config: RelayConfig,
-    // Field order matters: leave the namespace, then delete it.
-    _entered: EnteredNetns,
-    _ns: Netns,
-    pin_dir: std::path::PathBuf,
 }
 
 impl Fixture {
     pub fn new() -> Fixture {
-        let ns = Netns::create("rt-fastpath").unwrap();
-        for args in [
-            "link add eth0 type veth peer name peer0",
-            "link add eth1 type veth peer name peer1",
-            "link set eth0 address 02:00:00:00:00:01",
-            "link set eth1 address 02:00:00:00:01:01",
-            "addr add 203.0.113.1/24 dev eth0",
-            "addr add 2001:db8:1::1/64 dev eth0 nodad",
-            "addr add 192.0.2.1/26 dev eth1",
-            "link set eth0 up",
-            "link set peer0 up",
-            "link set eth1 up",
-            "link set peer1 up",
-            "neigh add 203.0.113.254 lladdr 02:00:00:00:00:fe dev eth0 nud permanent",
-            "-6 neigh add 2001:db8:1::fe lladdr 02:00:00:00:00:fe dev eth0 nud permanent",
-            "neigh add 192.0.2.10 lladdr 02:00:00:00:01:0a dev eth1 nud permanent",
-            "route add default via 203.0.113.254",
-            "-6 route add default via 2001:db8:1::fe",
-            "route add 192.0.2.128/26 via 203.0.113.253",
-            "route add unreachable 192.0.2.192/26",
-        ] {
-            ns.ip(&args.split(' ').collect::<Vec<_>>()).unwrap();
-        }
-        // bpf_fib_lookup requires forwarding on the ingress interface (the daemon enables it).
-        for key in [
-            "net.ipv4.conf.eth0.forwarding",
-            "net.ipv4.conf.eth1.forwarding",
-            "net.ipv6.conf.eth0.forwarding",
-            "net.ipv6.conf.eth1.forwarding",
-        ] {
-            ns.sysctl(key, "1").unwrap();
-        }
-        let entered = ns.enter().unwrap();
-        let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
-        let mut dataplane = Dataplane::load(&LoadOptions {
-            pin_dir: pin_dir.clone(),
-            max_sessions: 1024,
-        })
-        .unwrap();
-        // test_run accepts an interface as ingress only when XDP is enabled on it.
-        for iface in ["eth0", "eth1"] {
-            dataplane
-                .attach(PROGRAM_PASS, iface, aya::programs::XdpMode::Driver)
-                .unwrap();
-        }
-        let eth0 = nix::net::if_::if_nametoindex("eth0").unwrap();
-        let eth1 = nix::net::if_::if_nametoindex("eth1").unwrap();
-        let config = RelayConfig {
-            addr_v4: Leg::bound_v4(RELAY_V4.octets(), 0).v4_words(),
-            addr_v6: Leg::bound_v6(RELAY_V6.octets(), 0).addr,
-            port: RELAY_PORT.to_be(),
-            flags: CONFIG_ENABLED | CONFIG_HAS_V4 | CONFIG_HAS_V6,
-            ttl: DEFAULT_TTL,
-            hop_limit: DEFAULT_TTL,
-            reserved: [0; 6],
-        };
-        dataplane.maps.set_config(&config).unwrap();
+        let sandbox = Sandbox::create("rt-fastpath").unwrap();
         Fixture {
-            dataplane,
-            eth0,
-            eth1,
-            config,
-            _entered: entered,
-            _ns: ns,
-            pin_dir,
+            clock: sandbox.clock,
+            eth0: sandbox.eth0,
+            eth1: sandbox.eth1,
+            config: sandbox.config,
+            sandbox,
         }
+    }
+
+    /// Runs `ip args…` in the sandbox's namespace.
+    pub fn ip(&self, args: &[&str]) {
+        self.sandbox.ip(args).unwrap();
     }
 
     pub fn set_config(&mut self, config: RelayConfig) {
         self.config = config;
-        self.dataplane.maps.set_config(&config).unwrap();
+        self.sandbox.set_config(config).unwrap();
     }
 
-    /// Installs a session in the fast-path map.
     pub fn add_session(&mut self, vni: u32, slot: u32, a: Leg, b: Leg) {
-        self.dataplane
-            .maps
-            .sessions
-            .insert(
-                vni,
-                Session {
-                    legs: [a, b],
-                    slot,
-                    ..Default::default()
-                },
-                0,
-            )
-            .unwrap();
+        self.sandbox.add_session(vni, slot, a, b).unwrap();
+    }
+
+    pub fn maps(&mut self) -> &mut relay_userspace::dataplane::RelayMaps {
+        &mut self.sandbox.dataplane.maps
     }
 
     /// Runs `frame` arriving on eth0 and returns the outcome and counter deltas for `slot`.
     pub fn run(&mut self, frame: &[u8], slot: u32) -> (RunOutcome, Deltas) {
-        let before = self.dataplane.maps.kernel_verdicts().unwrap();
-        let session_before = self.dataplane.maps.kernel_session_stats(slot).unwrap();
-        let ingress = self.eth0;
-        let outcome = run_frame(
-            self.dataplane.relay_program().unwrap(),
-            frame,
-            Some(ingress),
-        )
-        .expect("test_run");
-        let after = self.dataplane.maps.kernel_verdicts().unwrap();
-        let session_after = self.dataplane.maps.kernel_session_stats(slot).unwrap();
+        let before = self.maps().kernel_verdicts().unwrap();
+        let session_before = self.maps().kernel_session_stats(slot).unwrap();
+        let outcome = self.sandbox.run(PROGRAM_RELAY, frame).expect("test_run");
+        let after = self.maps().kernel_verdicts().unwrap();
+        let session_after = self.maps().kernel_session_stats(slot).unwrap();
         let verdicts = before
             .iter()
             .zip(&after)
@@ -463,14 +370,8 @@ impl Fixture {
                 session_after.bytes[0] - session_before.bytes[0],
                 session_after.bytes[1] - session_before.bytes[1],
             ],
-            last_seen_ns: session_after.last_seen_ns,
+            last_seen: session_after.last_seen,
         };
         (outcome, Deltas { verdicts, session })
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = remove_pins(&self.pin_dir);
     }
 }
