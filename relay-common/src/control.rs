@@ -118,7 +118,7 @@ pub struct ControlMessage {
 }
 
 /// Why a control datagram was rejected before any cryptography ran.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ParseError {
     /// Not exactly [`CONTROL_LEN`] bytes.
     Length,

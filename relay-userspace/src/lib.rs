@@ -2,5 +2,7 @@
 //! inspects the pinned maps, and the client sidecar. `main.rs` only parses arguments and calls
 //! into these modules.
 
+pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod lab;

@@ -1,0 +1,53 @@
+//! The daemon's configuration: one YAML file deserialised into a typed tree and validated once
+//! at start. Unknown keys and bad values are errors that name the key and its line. Every field
+//! is documented, with its default, in `deploy/relay.example.yaml` (a test keeps the two in step).
+
+mod error;
+mod locate;
+mod types;
+
+pub use error::ConfigError;
+pub use types::*;
+
+use std::path::Path;
+
+impl Config {
+    /// Parses and validates `text` (`origin` names it in errors, e.g. the file path).
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let line = inner
+                .location()
+                .map(|l| l.line())
+                .or_else(|| locate::line_of(text, &key));
+            ConfigError::new(origin, key, line, strip_location(&inner.to_string()))
+        })?;
+        config.validate().map_err(|(key, message)| {
+            let line = locate::line_of(text, &key);
+            ConfigError::new(origin, key, line, message)
+        })?;
+        Ok(config)
+    }
+
+    /// Reads and parses the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new(&origin, String::new(), None, format!("cannot read: {e}"))
+        })?;
+        Config::parse(&text, &origin)
+    }
+}
+
+/// serde_yaml appends " at line L column C"; the error reports the line itself.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,382 @@
+//! The configuration tree. Defaults live next to the fields (and in
+//! `deploy/relay.example.yaml`, which documents every one of them).
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
+
+use relay_common::{maps::DEFAULT_PIN_DIR, wire::VNI_MAX};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Interfaces the XDP program attaches to; their addresses are the default listen addresses.
+    #[serde(default)]
+    pub interfaces: Vec<String>,
+    /// The kernel fast path.
+    #[serde(default)]
+    pub xdp: XdpConfig,
+    /// The relay's UDP side.
+    #[serde(default)]
+    pub relay: RelaySection,
+    /// The allocation API.
+    pub api: ApiConfig,
+    /// Session limits and lifetimes.
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+    /// bpffs directory for the pinned maps and XDP links.
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Logging.
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_DIR)
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver (fails when the driver lacks native XDP).
+    Native,
+    /// In the stack (works everywhere, slower).
+    Generic,
+    /// Native, falling back to generic (the fallback is logged and shown by `relay stats`).
+    #[default]
+    Auto,
+    /// No XDP: the userspace forwarder carries everything.
+    Off,
+}
+
+/// `xdp:` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpConfig {
+    /// Attach mode.
+    pub mode: XdpMode,
+    /// Enable IPv4/IPv6 forwarding on the XDP interfaces (the kernel's route lookup for XDP
+    /// requires it). With `false` the operator must enable it, else everything takes the slow
+    /// path (counted as `passed_fib_forwarding_disabled`).
+    pub manage_forwarding: bool,
+    /// How long a cached route lookup is trusted.
+    #[serde(with = "duration")]
+    pub nexthop_cache_ttl: Duration,
+    /// Entries of the per-CPU next-hop cache (rounded up to a power of two).
+    pub nexthop_cache_entries: u32,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        XdpConfig {
+            mode: XdpMode::Auto,
+            manage_forwarding: true,
+            nexthop_cache_ttl: Duration::from_secs(1),
+            nexthop_cache_entries: relay_common::maps::DEFAULT_NEXTHOP_CACHE_ENTRIES,
+        }
+    }
+}
+
+/// Default relay UDP port: Geneve's IANA port, since every relay datagram is Geneve.
+pub const DEFAULT_RELAY_PORT: u16 = 6081;
+
+/// `relay:` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RelaySection {
+    /// UDP port clients send to.
+    pub port: u16,
+    /// Local addresses the relay receives on (at most one per family). Empty: the addresses of
+    /// `interfaces`.
+    pub listen: Vec<IpAddr>,
+    /// Public endpoints handed to clients, per family (behind a 1:1 NAT these differ from
+    /// `listen`). Missing: the listen address and port of that family.
+    pub advertise: Advertise,
+    /// Userspace forwarder threads (sockets per family with SO_REUSEPORT); 0 = one per CPU.
+    pub workers: usize,
+}
+
+impl Default for RelaySection {
+    fn default() -> Self {
+        RelaySection {
+            port: DEFAULT_RELAY_PORT,
+            listen: Vec::new(),
+            advertise: Advertise::default(),
+            workers: 0,
+        }
+    }
+}
+
+/// Advertised endpoints.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Advertise {
+    /// IPv4 endpoint, e.g. `198.51.100.7:6081`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v4: Option<SocketAddr>,
+    /// IPv6 endpoint, e.g. `[2001:db8::7]:6081`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<SocketAddr>,
+}
+
+/// `api:` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address the HTTP API listens on. Keep it on loopback unless TLS is configured.
+    #[serde(default = "default_api_listen")]
+    pub listen: SocketAddr,
+    /// Who may allocate sessions.
+    pub tokens: Vec<TokenConfig>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+fn default_api_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_max_body() -> usize {
+    4096
+}
+
+/// Minimum length of a plaintext API token (guessing must be hopeless).
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// One API token.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Name shown in logs, the CLI and metrics.
+    pub name: String,
+    /// The secret, in plaintext (at least 16 characters)...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// ...or its SHA-256 in hex, so the file holds no secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sha256: Option<String>,
+    /// Sessions this token may hold at once.
+    #[serde(default = "default_token_quota")]
+    pub max_sessions: u32,
+}
+
+fn default_token_quota() -> u32 {
+    1000
+}
+
+/// `sessions:` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Sessions the relay holds at once (all tokens); also the BPF map capacity.
+    pub max_sessions: u32,
+    /// An allocated session whose legs are not both bound within this time expires.
+    #[serde(with = "duration")]
+    pub bind_lifetime: Duration,
+    /// A bound session expires when one leg has sent nothing (data or bind) for this long.
+    /// Clients re-bind every 25 s by default, so live tunnels never reach it.
+    #[serde(with = "duration")]
+    pub idle_lifetime: Duration,
+    /// How often the bind-cookie secret rotates (the previous one stays valid once more).
+    #[serde(with = "duration")]
+    pub cookie_rotation: Duration,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        SessionsConfig {
+            max_sessions: relay_common::maps::DEFAULT_MAX_SESSIONS,
+            bind_lifetime: Duration::from_secs(30),
+            idle_lifetime: Duration::from_secs(300),
+            cookie_rotation: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `log:` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter (`info`, `relay_userspace=debug,info`); `RUST_LOG` overrides it.
+    pub level: String,
+    /// Output format.
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+/// Most sessions a relay can hold: the VNI space (24 bits, 0 excluded) must stay sparse enough
+/// that random VNIs are found quickly and cannot be guessed.
+pub const MAX_SESSIONS_LIMIT: u32 = (VNI_MAX + 1) / 8;
+
+impl Config {
+    /// Checks that span fields. Returns the key path and the reason.
+    pub(crate) fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: String| Err((key.to_string(), msg));
+        if self.xdp.mode != XdpMode::Off && self.interfaces.is_empty() {
+            return err(
+                "interfaces",
+                format!(
+                    "xdp.mode is {:?}: name the interface(s) to attach to, or set xdp.mode: off",
+                    self.xdp.mode
+                )
+                .to_lowercase(),
+            );
+        }
+        if self.relay.port == 0 {
+            return err("relay.port", "must not be 0".into());
+        }
+        if self.interfaces.is_empty() && self.relay.listen.is_empty() {
+            return err(
+                "relay.listen",
+                "give the local address(es) to listen on (or `interfaces` to take theirs)".into(),
+            );
+        }
+        let v4 = self.relay.listen.iter().filter(|a| a.is_ipv4()).count();
+        let v6 = self.relay.listen.len() - v4;
+        if v4 > 1 || v6 > 1 {
+            return err(
+                "relay.listen",
+                "at most one address per family (the fast path has one source address each)".into(),
+            );
+        }
+        if let Some((i, a)) = self
+            .relay
+            .listen
+            .iter()
+            .enumerate()
+            .find(|(_, a)| a.is_unspecified() || a.is_multicast())
+        {
+            return err(
+                &format!("relay.listen[{i}]"),
+                format!("{a} is not a unicast address of this host"),
+            );
+        }
+        for (key, addr, want_v6) in [
+            ("relay.advertise.v4", self.relay.advertise.v4, false),
+            ("relay.advertise.v6", self.relay.advertise.v6, true),
+        ] {
+            if let Some(a) = addr {
+                if a.is_ipv6() != want_v6 {
+                    return err(key, format!("{a} is not of this key's family"));
+                }
+                if a.port() == 0 || a.ip().is_unspecified() {
+                    return err(key, format!("{a} is not a usable endpoint"));
+                }
+            }
+        }
+        if self.xdp.nexthop_cache_entries == 0 || self.xdp.nexthop_cache_entries > 1 << 20 {
+            return err(
+                "xdp.nexthop_cache_entries",
+                "must be between 1 and 1048576".into(),
+            );
+        }
+        if self.api.tokens.is_empty() {
+            return err("api.tokens", "at least one token is needed".into());
+        }
+        let mut names = HashSet::new();
+        for (i, t) in self.api.tokens.iter().enumerate() {
+            let key = |f: &str| format!("api.tokens[{i}].{f}");
+            if t.name.trim().is_empty() || t.name.len() > 32 {
+                return err(&key("name"), "must be 1 to 32 characters".into());
+            }
+            if !names.insert(t.name.as_str()) {
+                return err(&key("name"), format!("duplicate token name {:?}", t.name));
+            }
+            match (&t.token, &t.token_sha256) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return err(
+                        &format!("api.tokens[{i}]"),
+                        "give exactly one of `token` and `token_sha256`".into(),
+                    );
+                }
+                (Some(token), None) if token.len() < MIN_TOKEN_LEN => {
+                    return err(
+                        &key("token"),
+                        format!("must be at least {MIN_TOKEN_LEN} characters"),
+                    );
+                }
+                (None, Some(hash))
+                    if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) =>
+                {
+                    return err(&key("token_sha256"), "must be 64 hex digits".into());
+                }
+                _ => {}
+            }
+            if t.max_sessions == 0 {
+                return err(&key("max_sessions"), "must be at least 1".into());
+            }
+        }
+        if self.api.max_body_bytes < 64 {
+            return err("api.max_body_bytes", "must be at least 64".into());
+        }
+        let s = &self.sessions;
+        if s.max_sessions == 0 || s.max_sessions > MAX_SESSIONS_LIMIT {
+            return err(
+                "sessions.max_sessions",
+                format!("must be between 1 and {MAX_SESSIONS_LIMIT}"),
+            );
+        }
+        for (key, d) in [
+            ("sessions.bind_lifetime", s.bind_lifetime),
+            ("sessions.idle_lifetime", s.idle_lifetime),
+            ("sessions.cookie_rotation", s.cookie_rotation),
+        ] {
+            if d < Duration::from_secs(1) {
+                return err(key, "must be at least 1s".into());
+            }
+        }
+        if !self.pin_dir.is_absolute() {
+            return err("pin_dir", "must be an absolute path on bpffs".into());
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return err(
+                "log.level",
+                format!("{:?} is not a log filter", self.log.level),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Durations written the human way: `30s`, `5m`, `1h 30m`, `250ms`.
+mod duration {
+    use super::*;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!("{text:?} is not a duration like 30s or 5m: {e}"))
+        })
+    }
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
