@@ -29,6 +29,11 @@ pub const USERSPACE_VERDICTS: &str = "user_verdicts";
 pub const CONFIG: &str = "relay_config";
 /// `DEVMAP_HASH` ifindex → ifindex: interfaces the program may redirect to.
 pub const REDIRECT: &str = "redirect_ifs";
+/// `HASH` VNI → [`SessionMeta`]: the control plane's record of each session, written and read
+/// only by userspace. Kept in bpffs next to the fast-path state so that it lives exactly as long
+/// as that state: a restarted daemon adopts sessions from it and the CLI shows labels and owners
+/// even when the daemon is down.
+pub const SESSION_META: &str = "session_meta";
 /// `PERCPU_ARRAY` of [`NextHopEntry`]: a direct-mapped cache of route lookups by destination
 /// address, so most packets skip `bpf_fib_lookup` (which costs more than the rest of the fast
 /// path together).
@@ -184,8 +189,9 @@ pub struct SessionStats {
     pub packets: [u64; 2],
     /// Bytes forwarded (UDP payload incl. Geneve header), indexed by the sending leg.
     pub bytes: [u64; 2],
-    /// Jiffies of the last forwarded packet (0 = never).
-    pub last_seen: u64,
+    /// Jiffies of the last packet forwarded from each leg, indexed by the sending leg (0 =
+    /// never). Per leg, so a session whose client vanished expires even while its peer sends.
+    pub last_seen: [u64; 2],
 }
 
 impl SessionStats {
@@ -194,9 +200,7 @@ impl SessionStats {
         for leg in 0..2 {
             self.packets[leg] += other.packets[leg];
             self.bytes[leg] += other.bytes[leg];
-        }
-        if other.last_seen > self.last_seen {
-            self.last_seen = other.last_seen;
+            self.last_seen[leg] = self.last_seen[leg].max(other.last_seen[leg]);
         }
     }
 }
@@ -249,6 +253,49 @@ impl RelayConfig {
     #[inline(always)]
     pub const fn has(&self, flag: u16) -> bool {
         self.flags & flag != 0
+    }
+}
+
+/// Longest leg label and token name stored in [`SessionMeta`], in bytes.
+pub const META_LABEL_LEN: usize = 64;
+/// Longest token name stored in [`SessionMeta`], in bytes.
+pub const META_TOKEN_LEN: usize = 32;
+
+/// What the control plane must remember about a session beyond the fast path's view.
+/// Strings are UTF-8, zero-padded.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionMeta {
+    /// Allocation time, milliseconds since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Accepted bind generation per leg.
+    pub generations: [u64; 2],
+    /// Bind lifetime in milliseconds.
+    pub bind_lifetime_ms: u32,
+    /// Idle lifetime in milliseconds.
+    pub idle_lifetime_ms: u32,
+    /// Bind keys of the legs.
+    pub keys: [[u8; 32]; 2],
+    /// Name of the token that allocated the session.
+    pub token: [u8; META_TOKEN_LEN],
+    /// Leg labels.
+    pub labels: [[u8; META_LABEL_LEN]; 2],
+    /// First 16 bytes of SHA-256 of the idempotency key (all zero: none).
+    pub idempotency: [u8; 16],
+}
+
+impl Default for SessionMeta {
+    fn default() -> Self {
+        SessionMeta {
+            created_unix_ms: 0,
+            generations: [0; 2],
+            bind_lifetime_ms: 0,
+            idle_lifetime_ms: 0,
+            keys: [[0; 32]; 2],
+            token: [0; META_TOKEN_LEN],
+            labels: [[0; META_LABEL_LEN]; 2],
+            idempotency: [0; 16],
+        }
     }
 }
 
@@ -320,6 +367,7 @@ mod pod {
     unsafe impl aya::Pod for SessionStats {}
     unsafe impl aya::Pod for RelayConfig {}
     unsafe impl aya::Pod for NextHopEntry {}
+    unsafe impl aya::Pod for SessionMeta {}
 }
 
 #[cfg(test)]
@@ -332,7 +380,7 @@ mod tests {
         assert_eq!(size_of::<Leg>(), 16 + 2 + 1 + 1);
         assert_eq!(size_of::<SessionLimits>(), 8);
         assert_eq!(size_of::<Session>(), 2 * 20 + 4 + 8 + 4);
-        assert_eq!(size_of::<SessionStats>(), 5 * 8);
+        assert_eq!(size_of::<SessionStats>(), 6 * 8);
         assert_eq!(
             size_of::<RelayConfig>(),
             4 + 16 + 2 + 2 + 1 + 1 + 2 + 4 + 4 + 4
@@ -342,6 +390,10 @@ mod tests {
             16 + 1 + 1 + 2 + 4 + 4 + 6 + 6 + 8
         );
         assert_eq!(align_of::<Session>(), 4);
+        assert_eq!(
+            size_of::<SessionMeta>(),
+            8 + 16 + 4 + 4 + 64 + 32 + 128 + 16
+        );
     }
 
     #[test]
@@ -355,6 +407,7 @@ mod tests {
             CONFIG,
             REDIRECT,
             NEXTHOP_CACHE,
+            SESSION_META,
         ] {
             assert!(name.len() <= 15, "{name}");
         }
@@ -379,16 +432,16 @@ mod tests {
         let mut a = SessionStats {
             packets: [1, 2],
             bytes: [10, 20],
-            last_seen: 5,
+            last_seen: [5, 8],
         };
         a.accumulate(&SessionStats {
             packets: [3, 4],
             bytes: [30, 40],
-            last_seen: 9,
+            last_seen: [9, 2],
         });
         assert_eq!(a.packets, [4, 6]);
         assert_eq!(a.bytes, [40, 60]);
-        assert_eq!(a.last_seen, 9);
+        assert_eq!(a.last_seen, [9, 8]);
     }
 
     #[test]

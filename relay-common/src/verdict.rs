@@ -105,6 +105,8 @@ reasons! {
     /// Route lookup refused because IP forwarding is disabled on the ingress interface: the
     /// kernel's `bpf_fib_lookup` requires it (see docs/operations.md).
     PassedFibForwardingDisabled = 25 => "passed_fib_forwarding_disabled", Passed;
+    /// Userspace only: the kernel refused to send the datagram (no route, buffer full, …).
+    DroppedSendError = 26 => "dropped_send_error", Dropped;
 }
 
 impl Reason {

@@ -37,7 +37,7 @@ pub fn count_session(slot: u32, from: usize, payload_len: usize, now: u64) {
             let i = from & 1;
             stats.packets[i] += 1;
             stats.bytes[i] += payload_len as u64;
-            stats.last_seen = now;
+            stats.last_seen[i] = now;
         }
     }
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use relay_common::{
     maps::{
         DEFAULT_MAX_SESSIONS, DEFAULT_NEXTHOP_CACHE_ENTRIES, MAX_REDIRECT_INTERFACES, NextHopEntry,
-        RelayConfig, Session, SessionStats,
+        RelayConfig, Session, SessionMeta, SessionStats,
     },
     verdict::{Reason, VerdictCounter},
 };
@@ -47,3 +47,8 @@ pub static REDIRECT: DevMapHash = DevMapHash::pinned(MAX_REDIRECT_INTERFACES, 0)
 #[map(name = "nexthop_cache")]
 pub static NEXTHOP_CACHE: PerCpuArray<NextHopEntry> =
     PerCpuArray::with_max_entries(DEFAULT_NEXTHOP_CACHE_ENTRIES, 0);
+
+/// VNI → control-plane record of the session (written and read by userspace only; declared here
+/// so one loader creates and pins every map).
+#[map(name = "session_meta")]
+pub static SESSION_META: HashMap<u32, SessionMeta> = HashMap::pinned(DEFAULT_MAX_SESSIONS, 0);

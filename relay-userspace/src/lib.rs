@@ -2,7 +2,13 @@
 //! inspects the pinned maps, and the client sidecar. `main.rs` only parses arguments and calls
 //! into these modules.
 
+pub mod api;
+pub mod cli;
+pub mod client;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod dataplane;
+pub mod forwarder;
 pub mod lab;
+pub mod logging;

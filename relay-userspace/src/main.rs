@@ -1,12 +1,48 @@
+use std::path::PathBuf;
+
 use anyhow::Result;
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use relay_userspace::{
+    cli::client::{self, ClientCommand},
+    config::{Config, LogFormat},
+    daemon, logging,
+};
 
 /// A kernel-bypass UDP relay for peers behind hard NAT.
 #[derive(Parser)]
 #[command(name = "relay", version, about)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay daemon.
+    Serve {
+        /// Configuration file (see deploy/relay.example.yaml).
+        #[arg(long, short, default_value = "/etc/relay/relay.yaml")]
+        config: PathBuf,
+    },
+    /// Allocate, inspect and join sessions as a client.
+    #[command(subcommand)]
+    Client(ClientCommand),
+}
 
 fn main() -> Result<()> {
-    let _cli = Cli::parse();
-    Ok(())
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve { config } => {
+            let config = Config::load(&config)?;
+            logging::init(&config.log.level, config.log.format);
+            runtime.block_on(daemon::serve::run(config))
+        }
+        Command::Client(command) => {
+            logging::init("info", LogFormat::Text);
+            runtime.block_on(client::run(command))
+        }
+    }
 }

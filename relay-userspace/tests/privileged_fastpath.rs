@@ -47,7 +47,7 @@ fn assert_forwarded(
     assert_eq!(deltas.session.bytes, want.bytes, "session bytes");
     let age = fx
         .clock
-        .age(deltas.session.last_seen, std::time::Instant::now())
+        .age(deltas.session.last_seen[sender], std::time::Instant::now())
         .expect("last seen stamped");
     assert!(
         age < std::time::Duration::from_secs(5),

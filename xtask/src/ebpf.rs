@@ -27,6 +27,7 @@ const MAPS: &[&str] = &[
     "relay_config",
     "redirect_ifs",
     "nexthop_cache",
+    "session_meta",
 ];
 
 /// Cargo profile of the object.

@@ -6,6 +6,8 @@ pub mod address_policy;
 pub mod bind;
 pub mod cookie_jar;
 pub mod crypto;
+pub mod expiry;
+pub mod persist;
 pub mod session;
 pub mod table;
 pub mod ticket;

@@ -41,6 +41,7 @@ impl Dataplane {
             .map_max_entries(names::SESSIONS, options.max_sessions)
             .map_max_entries(names::SESSION_STATS, options.max_sessions)
             .map_max_entries(names::USERSPACE_STATS, options.max_sessions)
+            .map_max_entries(names::SESSION_META, options.max_sessions)
             .map_max_entries(names::NEXTHOP_CACHE, options.nexthop_cache_entries)
             .load(object::bytes())
             .context("loading the XDP object")?;

@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use relay_common::{
-    maps::{self as names, RelayConfig, Session, SessionStats},
+    maps::{self as names, RelayConfig, Session, SessionMeta, SessionStats},
     verdict::{Reason, VerdictCounter},
 };
 
@@ -64,6 +64,8 @@ pub struct RelayMaps {
     pub config: Array<MapData, RelayConfig>,
     /// Interfaces the program may redirect to.
     pub redirect: DevMapHash<MapData>,
+    /// VNI → the control plane's record of the session.
+    pub session_meta: HashMap<MapData, u32, SessionMeta>,
 }
 
 /// Maps a map error to [`MapsError::Map`] naming the map.
@@ -124,6 +126,7 @@ impl RelayMaps {
             user_verdicts: typed(names::USERSPACE_VERDICTS, get(names::USERSPACE_VERDICTS)?)?,
             config: typed(names::CONFIG, get(names::CONFIG)?)?,
             redirect: typed(names::REDIRECT, get(names::REDIRECT)?)?,
+            session_meta: typed(names::SESSION_META, get(names::SESSION_META)?)?,
         })
     }
 
@@ -186,6 +189,73 @@ impl RelayMaps {
         self.user_stats
             .get(&slot, 0)
             .map_err(err(names::USERSPACE_STATS))
+    }
+
+    /// Writes a session's fast-path entry and its metadata.
+    pub fn put_session(
+        &mut self,
+        vni: u32,
+        session: &Session,
+        meta: &SessionMeta,
+    ) -> Result<(), MapsError> {
+        self.session_meta
+            .insert(vni, meta, 0)
+            .map_err(err(names::SESSION_META))?;
+        self.sessions
+            .insert(vni, session, 0)
+            .map_err(err(names::SESSIONS))
+    }
+
+    /// Removes a session's entries (missing ones are fine).
+    pub fn delete_session(&mut self, vni: u32) -> Result<(), MapsError> {
+        let gone = |r: Result<(), MapError>, map| match r {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(MapsError::Map { map, source }),
+        };
+        gone(self.sessions.remove(&vni), names::SESSIONS)?;
+        gone(self.session_meta.remove(&vni), names::SESSION_META)
+    }
+
+    /// Every session in the fast-path map with its metadata (if any), sorted by VNI.
+    pub fn all_sessions(&self) -> Result<Vec<(u32, Session, Option<SessionMeta>)>, MapsError> {
+        let mut out = Vec::new();
+        for entry in self.sessions.iter() {
+            let (vni, session) = entry.map_err(err(names::SESSIONS))?;
+            let meta = match self.session_meta.get(&vni, 0) {
+                Ok(m) => Some(m),
+                Err(MapError::KeyNotFound) => None,
+                Err(source) => {
+                    return Err(MapsError::Map {
+                        map: names::SESSION_META,
+                        source,
+                    });
+                }
+            };
+            out.push((vni, session, meta));
+        }
+        out.sort_by_key(|(vni, ..)| *vni);
+        Ok(out)
+    }
+
+    /// Stores the userspace forwarder's counters of `slot`.
+    pub fn set_userspace_session_stats(
+        &mut self,
+        slot: u32,
+        stats: &SessionStats,
+    ) -> Result<(), MapsError> {
+        self.user_stats
+            .set(slot, stats, 0)
+            .map_err(err(names::USERSPACE_STATS))
+    }
+
+    /// Stores the userspace forwarder's verdict counters.
+    pub fn set_userspace_verdicts(&mut self, counters: &[VerdictCounter]) -> Result<(), MapsError> {
+        for (reason, c) in counters.iter().enumerate() {
+            self.user_verdicts
+                .set(reason as u32, c, 0)
+                .map_err(err(names::USERSPACE_VERDICTS))?;
+        }
+        Ok(())
     }
 
     /// Zeroes both counter slots of `slot`, before a new session uses it.

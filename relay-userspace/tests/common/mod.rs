@@ -272,8 +272,11 @@ pub fn expected_forward(
 pub struct Deltas {
     /// Per reason: packets and bytes added.
     pub verdicts: Vec<VerdictCounter>,
-    /// Per session slot of interest: the stats after minus before.
+    /// Per session slot of interest: packets and bytes after minus before; last-seen stamps
+    /// as they are after.
     pub session: SessionStats,
+    /// Which legs' last-seen stamps changed.
+    pub stamped: [bool; 2],
 }
 
 impl Deltas {
@@ -372,6 +375,14 @@ impl Fixture {
             ],
             last_seen: session_after.last_seen,
         };
-        (outcome, Deltas { verdicts, session })
+        let stamped = [0, 1].map(|l| session_after.last_seen[l] != session_before.last_seen[l]);
+        (
+            outcome,
+            Deltas {
+                verdicts,
+                session,
+                stamped,
+            },
+        )
     }
 }

@@ -1,0 +1,213 @@
+//! `relay client …`: allocate sessions through the API and join them with the sidecar.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use tokio::sync::watch;
+
+use crate::{
+    api::types::{CreateSession, Labels, SessionDetails},
+    client::{
+        api::ApiClient,
+        sidecar::{self, Family, SidecarOptions, SidecarStats},
+    },
+    control::ticket::Ticket,
+};
+
+/// Where the API is and who is asking.
+#[derive(Args, Clone, Debug)]
+pub struct ApiArgs {
+    /// Base URL of the relay's API.
+    #[arg(long, env = "RELAY_API", default_value = "http://127.0.0.1:8080")]
+    pub api: String,
+    /// API token (better given in RELAY_TOKEN than on the command line).
+    #[arg(long, env = "RELAY_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+/// `relay client` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum ClientCommand {
+    /// Allocate a session and print its two tickets (one per leg).
+    Create {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Label of leg a (e.g. alice-laptop).
+        #[arg(long)]
+        label_a: Option<String>,
+        /// Label of leg b (e.g. office-nas).
+        #[arg(long)]
+        label_b: Option<String>,
+        /// Retries with the same key return the same session.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Print the API's JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one of your sessions (with its tickets).
+    Get {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Session id.
+        vni: u32,
+        /// Print the API's JSON document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one of your sessions.
+    Delete {
+        #[command(flatten)]
+        api: ApiArgs,
+        /// Session id.
+        vni: u32,
+    },
+    /// Join a leg and carry a local application's UDP through the relay.
+    Join(JoinArgs),
+}
+
+/// `relay client join`.
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// Ticket of the leg to join (from `relay client create`, or handed over by the peer).
+    #[arg(long, env = "RELAY_TICKET", hide_env_values = true, conflicts_with_all = ["vni", "leg"])]
+    pub ticket: Option<String>,
+    /// Instead of a ticket: the session id, fetched from the API with --token.
+    #[arg(long, requires_all = ["leg", "token"])]
+    pub vni: Option<u32>,
+    /// Instead of a ticket: which leg (a or b).
+    #[arg(long, value_parser = ["a", "b"])]
+    pub leg: Option<String>,
+    /// API for --vni.
+    #[arg(long, env = "RELAY_API", default_value = "http://127.0.0.1:8080")]
+    pub api: String,
+    /// Token for --vni.
+    #[arg(long, env = "RELAY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Local address the application sends to (e.g. WireGuard's peer Endpoint).
+    #[arg(long, default_value = "127.0.0.1:51821")]
+    pub listen: SocketAddr,
+    /// Where to deliver the peer's datagrams (default: where the application sends from).
+    #[arg(long)]
+    pub app: Option<SocketAddr>,
+    /// Which relay endpoint to use.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub family: Family,
+    /// Bind refresh interval.
+    #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
+    pub keepalive: Duration,
+    /// Re-bind when the relay is silent this long while the application sends.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub silence: Duration,
+}
+
+fn print_session(s: &SessionDetails) {
+    println!(
+        "session {} ({}) token {} created {}",
+        s.vni, s.state, s.token, s.created
+    );
+    println!(
+        "relay   {}",
+        s.relay
+            .all()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for leg in &s.legs {
+        println!(
+            "leg {}   {}{}",
+            leg.leg,
+            leg.label.as_deref().unwrap_or("-"),
+            leg.bound.map_or(String::new(), |b| format!(" (bound {b})"))
+        );
+        if let Some(t) = &leg.ticket {
+            println!("  ticket {t}");
+        }
+    }
+}
+
+/// Runs a client subcommand.
+pub async fn run(command: ClientCommand) -> Result<()> {
+    match command {
+        ClientCommand::Create {
+            api,
+            label_a,
+            label_b,
+            idempotency_key,
+            json,
+        } => {
+            let client = ApiClient::new(&api.api, &api.token)?;
+            let labels = (label_a.is_some() || label_b.is_some()).then_some(Labels {
+                a: label_a,
+                b: label_b,
+            });
+            let s = client
+                .create(&CreateSession {
+                    labels,
+                    idempotency_key,
+                })
+                .await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_session(&s);
+            }
+        }
+        ClientCommand::Get { api, vni, json } => {
+            let s = ApiClient::new(&api.api, &api.token)?.get(vni).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                print_session(&s);
+            }
+        }
+        ClientCommand::Delete { api, vni } => {
+            ApiClient::new(&api.api, &api.token)?.delete(vni).await?;
+            println!("session {vni} deleted");
+        }
+        ClientCommand::Join(args) => join(args).await?,
+    }
+    Ok(())
+}
+
+async fn join(args: JoinArgs) -> Result<()> {
+    let ticket = match (&args.ticket, args.vni) {
+        (Some(t), _) => Ticket::decode(t)?,
+        (None, Some(vni)) => {
+            let token = args.token.as_deref().context("--vni needs --token")?;
+            let session = ApiClient::new(&args.api, token)?.get(vni).await?;
+            let leg = args.leg.as_deref().unwrap_or("a");
+            let details = session
+                .legs
+                .iter()
+                .find(|l| l.leg == leg)
+                .and_then(|l| l.ticket.clone())
+                .with_context(|| format!("the API returned no ticket for leg {leg}"))?;
+            Ticket::decode(&details)?
+        }
+        (None, None) => bail!("give --ticket, or --vni with --leg and --token"),
+    };
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let (status, _) = watch::channel(None);
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        let _ = shutdown_tx.send(true);
+    });
+    sidecar::run(
+        SidecarOptions {
+            ticket,
+            listen: args.listen,
+            app: args.app,
+            family: args.family,
+            keepalive: args.keepalive,
+            silence: args.silence,
+        },
+        Arc::new(SidecarStats::default()),
+        status,
+        shutdown,
+    )
+    .await
+}

@@ -1,0 +1,3 @@
+//! The `relay` command line: argument parsing and dispatch to the library's modules.
+
+pub mod client;

@@ -1,0 +1,372 @@
+//! The control plane with its side effects: the session table and handshake logic from
+//! `control`, applied to the places sessions live — the pinned BPF maps (when the fast path is
+//! loaded) and the userspace forwarder's table and counters. Shared behind a mutex by the API,
+//! the forwarder threads (bind messages) and the expiry timer.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use rand::{SeedableRng, rngs::StdRng};
+use relay_common::{control::CONTROL_LEN, maps::SessionStats};
+use tracing::{debug, info, warn};
+
+use crate::{
+    control::{
+        address_policy::AddressPolicy,
+        bind::{self, BindOutcome},
+        cookie_jar::CookieJar,
+        expiry::{self, Expiry},
+        persist,
+        session::{Session, SessionState},
+        table::{AllocError, AllocationRequest, BindChange, SessionTable, TableSettings},
+    },
+    dataplane::{Dataplane, RelayMaps, clock::JiffiesClock, object::PROGRAM_CLOCK_PROBE},
+    forwarder::{ControlHandler, counters::UserCounters, table::ForwardTable},
+};
+
+/// The kernel side, when the XDP object is loaded.
+pub struct KernelState {
+    /// The loaded object and its pinned maps.
+    pub dataplane: Dataplane,
+    /// Jiffies calibration for the maps' timestamps.
+    pub clock: JiffiesClock,
+}
+
+impl KernelState {
+    fn maps(&mut self) -> &mut RelayMaps {
+        &mut self.dataplane.maps
+    }
+}
+
+/// Counts of what the control plane did, for logs and metrics.
+#[derive(Clone, Debug, Default)]
+pub struct PlaneStats {
+    /// Bind handshake results by outcome name.
+    pub binds: HashMap<&'static str, u64>,
+    /// Expired sessions by reason name.
+    pub expired: HashMap<&'static str, u64>,
+    /// Sessions allocated.
+    pub allocated: u64,
+    /// Sessions deleted through the API.
+    pub deleted: u64,
+}
+
+/// The control plane and everything it writes to.
+pub struct Plane {
+    table: SessionTable,
+    jar: CookieJar,
+    policy: AddressPolicy,
+    rng: StdRng,
+    forward: Arc<ForwardTable>,
+    counters: Arc<UserCounters>,
+    kernel: Option<KernelState>,
+    /// Latest known data activity per session and leg (from both forwarders' counters).
+    activity: HashMap<u32, [Option<Instant>; 2]>,
+    /// Userspace counters last written to the maps, per slot.
+    flushed: HashMap<u32, ([u64; 2], [u64; 2], [Option<Instant>; 2])>,
+    /// What happened so far.
+    pub stats: PlaneStats,
+}
+
+/// The plane as the daemon shares it.
+pub type SharedPlane = Arc<Mutex<Plane>>;
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Why an allocation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AllocateError {
+    /// Refused by the table's rules.
+    #[error(transparent)]
+    Refused(#[from] AllocError),
+    /// The fast-path map refused the entry (capacity or memory).
+    #[error("the fast path could not take the session: {0}")]
+    FastPath(String),
+}
+
+impl Plane {
+    /// A plane over an empty table.
+    pub fn new(
+        settings: TableSettings,
+        cookie_rotation: std::time::Duration,
+        policy: AddressPolicy,
+        forward: Arc<ForwardTable>,
+        counters: Arc<UserCounters>,
+        kernel: Option<KernelState>,
+    ) -> Plane {
+        let mut rng = StdRng::from_os_rng();
+        let jar = CookieJar::new(cookie_rotation, Instant::now(), &mut rng);
+        Plane {
+            table: SessionTable::new(settings),
+            jar,
+            policy,
+            rng,
+            forward,
+            counters,
+            kernel,
+            activity: HashMap::new(),
+            flushed: HashMap::new(),
+            stats: PlaneStats::default(),
+        }
+    }
+
+    /// The session table.
+    pub fn table(&self) -> &SessionTable {
+        &self.table
+    }
+
+    /// Whether the XDP object's maps are in use.
+    pub fn has_kernel(&self) -> bool {
+        self.kernel.is_some()
+    }
+
+    /// Takes over the sessions a previous daemon left in the pinned maps. Returns how many.
+    pub fn adopt_pinned(&mut self) -> anyhow::Result<usize> {
+        let Some(kernel) = &mut self.kernel else {
+            return Ok(0);
+        };
+        let now = Instant::now();
+        let mut adopted = 0;
+        for (vni, fast, meta) in kernel.maps().all_sessions()? {
+            let Some(meta) = meta else {
+                warn!(vni, "pinned session without metadata: removing it");
+                kernel.maps().delete_session(vni)?;
+                continue;
+            };
+            let session = persist::from_records(vni, &fast, &meta, now);
+            let user = kernel.maps().userspace_session_stats(session.slot)?;
+            if self.table.adopt(session.clone()) {
+                self.counters
+                    .restore(session.slot, user.packets, user.bytes);
+                self.forward.upsert(vni, session.fast_path());
+                adopted += 1;
+            } else {
+                warn!(
+                    vni,
+                    slot = fast.slot,
+                    "pinned session does not fit this configuration: removing it"
+                );
+                kernel.maps().delete_session(vni)?;
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// Writes `session` wherever sessions live.
+    fn publish(&mut self, session: &Session) -> Result<(), String> {
+        if let Some(kernel) = &mut self.kernel {
+            kernel
+                .maps()
+                .put_session(
+                    session.vni,
+                    &session.fast_path(),
+                    &persist::to_meta(session),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+        self.forward.upsert(session.vni, session.fast_path());
+        Ok(())
+    }
+
+    fn unpublish(&mut self, session: &Session) {
+        self.forward.remove(session.vni);
+        self.activity.remove(&session.vni);
+        self.flushed.remove(&session.slot);
+        if let Some(kernel) = &mut self.kernel
+            && let Err(e) = kernel.maps().delete_session(session.vni)
+        {
+            warn!(vni = session.vni, error = %e, "removing session from the maps failed");
+        }
+    }
+
+    /// Allocates a session for `token`.
+    pub fn allocate(
+        &mut self,
+        token: &str,
+        request: AllocationRequest,
+    ) -> Result<(Session, bool), AllocateError> {
+        let (session, created) = self
+            .table
+            .allocate(token, request, Instant::now(), unix_ms(), &mut self.rng)
+            .map(|(s, created)| (s.clone(), created))?;
+        if !created {
+            return Ok((session, false));
+        }
+        self.counters.reset(session.slot);
+        let reset = match &mut self.kernel {
+            Some(kernel) => kernel
+                .maps()
+                .reset_slot(session.slot)
+                .map_err(|e| e.to_string()),
+            None => Ok(()),
+        };
+        if let Err(e) = reset.and_then(|()| self.publish(&session)) {
+            self.table.remove(session.vni);
+            self.unpublish(&session);
+            return Err(AllocateError::FastPath(e));
+        }
+        self.stats.allocated += 1;
+        info!(
+            target: "audit",
+            token,
+            vni = session.vni,
+            label_a = session.legs[0].label.as_deref().unwrap_or(""),
+            label_b = session.legs[1].label.as_deref().unwrap_or(""),
+            "session allocated"
+        );
+        Ok((session, true))
+    }
+
+    /// Deletes session `vni` if `token` owns it.
+    pub fn delete(&mut self, token: &str, vni: u32) -> bool {
+        if self.table.get(vni).is_none_or(|s| s.token != token) {
+            return false;
+        }
+        let session = self.table.remove(vni).expect("looked up above");
+        self.unpublish(&session);
+        self.stats.deleted += 1;
+        info!(target: "audit", token, vni, "session deleted");
+        true
+    }
+
+    /// Handles a bind-handshake datagram.
+    pub fn handle_control(
+        &mut self,
+        datagram: &[u8],
+        src: SocketAddr,
+        now: Instant,
+    ) -> Option<[u8; CONTROL_LEN]> {
+        self.jar.rotate_if_due(now, &mut self.rng);
+        let response = bind::handle(&mut self.table, &self.jar, &self.policy, datagram, src, now);
+        *self.stats.binds.entry(response.outcome.name()).or_default() += 1;
+        if let (BindOutcome::Accepted(change), Some((vni, leg))) =
+            (response.outcome, response.target)
+        {
+            let session = self.table.get(vni).expect("bound above").clone();
+            match change {
+                BindChange::Bound | BindChange::Moved { .. } => {
+                    info!(vni, leg, addr = %src, change = response.outcome.name(), state = session.state().name(), "leg bound");
+                }
+                _ => debug!(vni, leg, addr = %src, "leg refreshed"),
+            }
+            // Refreshes only move the generation, which the metadata keeps for restarts.
+            if let Err(e) = self.publish(&session) {
+                warn!(vni, error = %e, "updating the fast path after a bind failed");
+            }
+        }
+        response.reply
+    }
+
+    /// When each leg of `session` last sent data, from both forwarders' counters.
+    fn data_activity(&mut self, session: &Session, now: Instant) -> [Option<Instant>; 2] {
+        let user = self.counters.slot(session.slot).last_seen;
+        let mut latest = user;
+        if let Some(kernel) = &mut self.kernel
+            && let Ok(stats) = kernel.maps().kernel_session_stats(session.slot)
+        {
+            for leg in 0..2 {
+                let seen = kernel
+                    .clock
+                    .age(stats.last_seen[leg], now)
+                    .map(|age| now.checked_sub(age).unwrap_or(now));
+                latest[leg] = latest[leg].max(seen);
+            }
+        }
+        latest
+    }
+
+    /// Expires sessions due at `now`; returns them with the reason.
+    ///
+    /// Counters are only read for sessions that look expired from what is already known, so an
+    /// active session costs one map read per idle lifetime, not one per tick.
+    pub fn expire(&mut self, now: Instant) -> Vec<(u32, Expiry)> {
+        if let Some(kernel) = &mut self.kernel
+            && let Ok(probe) = kernel.dataplane.program(PROGRAM_CLOCK_PROBE)
+            && let Ok(fresh) = kernel.clock.resample(probe)
+        {
+            kernel.clock = fresh;
+        }
+        let candidates: Vec<Session> = self
+            .table
+            .iter()
+            .filter(|s| {
+                let known = self.activity.get(&s.vni).copied().unwrap_or([None; 2]);
+                expiry::check(s, now, known).is_some()
+            })
+            .cloned()
+            .collect();
+        let mut expired = Vec::new();
+        for session in candidates {
+            let reason = if session.state() == SessionState::Bound {
+                let activity = self.data_activity(&session, now);
+                self.activity.insert(session.vni, activity);
+                expiry::check(&session, now, activity)
+            } else {
+                expiry::check(&session, now, [None; 2])
+            };
+            if let Some(reason) = reason {
+                let session = self.table.remove(session.vni).expect("listed above");
+                self.unpublish(&session);
+                *self.stats.expired.entry(reason.name()).or_default() += 1;
+                info!(target: "audit", vni = session.vni, token = %session.token, reason = reason.name(), "session expired");
+                expired.push((session.vni, reason));
+            }
+        }
+        expired
+    }
+
+    /// Copies the userspace forwarder's counters into the pinned maps (changed slots only).
+    pub fn flush_counters(&mut self, now: Instant) {
+        let Some(kernel) = &mut self.kernel else {
+            return;
+        };
+        if let Err(e) = kernel
+            .maps()
+            .set_userspace_verdicts(&self.counters.verdicts())
+        {
+            warn!(error = %e, "flushing userspace verdict counters failed");
+        }
+        for session in self.table.iter() {
+            let snap = self.counters.slot(session.slot);
+            let key = (snap.packets, snap.bytes, snap.last_seen);
+            if self.flushed.get(&session.slot) == Some(&key) {
+                continue;
+            }
+            let clock = &kernel.clock;
+            let jiffies = |at: Option<Instant>| {
+                at.map_or(0, |t| {
+                    clock
+                        .now(now)
+                        .saturating_sub(clock.to_ticks(now.saturating_duration_since(t)))
+                })
+            };
+            let stats = SessionStats {
+                packets: snap.packets,
+                bytes: snap.bytes,
+                last_seen: [jiffies(snap.last_seen[0]), jiffies(snap.last_seen[1])],
+            };
+            if kernel
+                .maps()
+                .set_userspace_session_stats(session.slot, &stats)
+                .is_ok()
+            {
+                self.flushed.insert(session.slot, key);
+            }
+        }
+    }
+}
+
+impl ControlHandler for Mutex<Plane> {
+    fn handle(&self, datagram: &[u8], src: SocketAddr) -> Option<[u8; CONTROL_LEN]> {
+        let mut plane = self.lock().unwrap_or_else(|p| p.into_inner());
+        plane.handle_control(datagram, src, Instant::now())
+    }
+}

@@ -1,0 +1,280 @@
+//! Starting and stopping the daemon.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use relay_common::maps::SessionLimits;
+use tokio::{net::TcpListener, signal::unix::SignalKind};
+use tracing::{info, warn};
+
+use super::{
+    attach::{self, AttachedMode},
+    host,
+    plane::{KernelState, Plane, SharedPlane},
+};
+use crate::{
+    api::{self, ApiState, auth::TokenStore, types::Endpoints},
+    config::{Config, XdpMode},
+    control::{address_policy::AddressPolicy, table::TableSettings},
+    dataplane::{Dataplane, LoadOptions, settings::FastPathSettings},
+    forwarder::{Forwarder, counters::UserCounters, table::ForwardTable},
+};
+
+/// How often sessions are checked for expiry and userspace counters copied to the maps.
+const TICK: Duration = Duration::from_secs(1);
+
+/// What the daemon resolved at start, for logs and tests.
+#[derive(Clone, Debug)]
+pub struct Started {
+    /// Relay sockets' local addresses (one per family).
+    pub relay: Vec<SocketAddr>,
+    /// API address.
+    pub api: SocketAddr,
+    /// XDP mode per interface.
+    pub xdp: Vec<(String, AttachedMode)>,
+    /// Sessions taken over from a previous daemon.
+    pub adopted: usize,
+}
+
+/// The local addresses to listen on: configured, or the interfaces' own.
+fn listen_addresses(config: &Config) -> Result<Vec<IpAddr>> {
+    if !config.relay.listen.is_empty() {
+        return Ok(config.relay.listen.clone());
+    }
+    let mut out: Vec<IpAddr> = Vec::new();
+    for interface in &config.interfaces {
+        for ip in host::interface_addresses(interface)? {
+            if !out.iter().any(|o| o.is_ipv4() == ip.is_ipv4()) {
+                out.push(ip);
+            }
+        }
+    }
+    if out.is_empty() {
+        bail!(
+            "no address found on {:?}: set relay.listen",
+            config.interfaces
+        );
+    }
+    Ok(out)
+}
+
+/// Loads the XDP object, configures and attaches it (unless `xdp.mode: off`, where only the
+/// maps are used, and only if they can be).
+fn kernel_state(
+    config: &Config,
+    settings: &FastPathSettings,
+) -> Result<(Option<KernelState>, Vec<(String, AttachedMode)>)> {
+    let options = LoadOptions {
+        pin_dir: config.pin_dir.clone(),
+        max_sessions: config.sessions.max_sessions,
+        nexthop_cache_entries: settings.cache_entries(),
+    };
+    let mut dataplane = match Dataplane::load(&options) {
+        Ok(d) => d,
+        Err(e) if config.xdp.mode == XdpMode::Off => {
+            warn!(
+                error = format!("{e:#}"),
+                "xdp.mode is off and the BPF maps are unavailable: sessions live in memory only \
+                 (the CLI cannot show them, a restart drops them)"
+            );
+            return Ok((None, Vec::new()));
+        }
+        Err(e) => {
+            return Err(e.context("loading the XDP fast path (xdp.mode: off runs without it)"));
+        }
+    };
+    let clock = dataplane.clock().context("calibrating the kernel clock")?;
+    let mut attached = Vec::new();
+    if config.xdp.mode == XdpMode::Off {
+        // Maps only: the program (if a previous daemon left it attached) passes everything.
+        dataplane.maps.set_config(&Default::default())?;
+    } else {
+        dataplane.maps.set_config(&settings.to_map_value(&clock))?;
+        for interface in &config.interfaces {
+            let ifindex = nix::net::if_::if_nametoindex(interface.as_str())
+                .with_context(|| format!("interface {interface} not found"))?;
+            dataplane
+                .maps
+                .redirect
+                .insert(ifindex, ifindex, None, 0)
+                .with_context(|| format!("adding {interface} to the redirect map"))?;
+            if config.xdp.manage_forwarding {
+                host::enable_forwarding(interface)?;
+            }
+            let mode = attach::attach(&mut dataplane, interface, config.xdp.mode)?;
+            info!(interface, %mode, "XDP fast path attached");
+            attached.push((interface.clone(), mode));
+        }
+    }
+    Ok((Some(KernelState { dataplane, clock }), attached))
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// The control plane.
+    pub plane: SharedPlane,
+    /// What was started.
+    pub started: Started,
+    forwarder: Forwarder,
+    api: tokio::task::JoinHandle<()>,
+    ticker: tokio::task::JoinHandle<()>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+impl Daemon {
+    /// Starts every component. Must run inside a tokio runtime.
+    pub async fn start(config: &Config) -> Result<Daemon> {
+        let listen = listen_addresses(config)?;
+        let v4 = listen.iter().find_map(|a| match a {
+            IpAddr::V4(v) => Some(*v),
+            _ => None,
+        });
+        let v6 = listen.iter().find_map(|a| match a {
+            IpAddr::V6(v) => Some(*v),
+            _ => None,
+        });
+        let mut settings = FastPathSettings::new(v4, v6, config.relay.port);
+        settings.nexthop_ttl = config.xdp.nexthop_cache_ttl;
+        settings.nexthop_cache_entries = config.xdp.nexthop_cache_entries;
+        let (kernel, xdp) = kernel_state(config, &settings)?;
+
+        let forward = Arc::new(ForwardTable::new());
+        let counters = Arc::new(UserCounters::new(config.sessions.max_sessions));
+        let endpoints = Endpoints {
+            v4: config
+                .relay
+                .advertise
+                .v4
+                .or(v4.map(|ip| SocketAddr::new(ip.into(), config.relay.port))),
+            v6: config
+                .relay
+                .advertise
+                .v6
+                .or(v6.map(|ip| SocketAddr::new(ip.into(), config.relay.port))),
+        };
+        let mut own: Vec<IpAddr> = listen.clone();
+        own.extend(endpoints.all().iter().map(|e| e.ip()));
+        let policy = AddressPolicy::strict(own);
+        let table = TableSettings {
+            max_sessions: config.sessions.max_sessions,
+            quotas: config
+                .api
+                .tokens
+                .iter()
+                .map(|t| (t.name.clone(), t.max_sessions))
+                .collect(),
+            bind_lifetime: config.sessions.bind_lifetime,
+            idle_lifetime: config.sessions.idle_lifetime,
+            limits: SessionLimits::default(),
+        };
+        let mut plane = Plane::new(
+            table,
+            config.sessions.cookie_rotation,
+            policy,
+            forward.clone(),
+            counters.clone(),
+            kernel,
+        );
+        let adopted = plane.adopt_pinned()?;
+        if adopted > 0 {
+            info!(adopted, "took over sessions from the pinned maps");
+        }
+        let plane: SharedPlane = Arc::new(Mutex::new(plane));
+
+        let sockets: Vec<SocketAddr> = listen
+            .iter()
+            .map(|ip| SocketAddr::new(*ip, config.relay.port))
+            .collect();
+        let workers = match config.relay.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let forwarder = Forwarder::start(&sockets, workers, forward, counters, plane.clone())
+            .with_context(|| format!("opening the relay sockets {sockets:?}"))?;
+
+        let listener = TcpListener::bind(config.api.listen)
+            .await
+            .with_context(|| format!("binding the API to {}", config.api.listen))?;
+        let api_addr = listener.local_addr()?;
+        let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+        let router = api::router(
+            ApiState {
+                plane: plane.clone(),
+                tokens: Arc::new(TokenStore::new(&config.api.tokens)),
+                endpoints,
+            },
+            config.api.max_body_bytes,
+        );
+        let mut api_stopped = stopped.clone();
+        let api = tokio::spawn(async move {
+            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let _ = api_stopped.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                warn!(error = %e, "API server failed");
+            }
+        });
+        let ticking = plane.clone();
+        let ticker = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(TICK);
+            loop {
+                tokio::select! {
+                    _ = interval.tick() => {}
+                    _ = stopped.wait_for(|s| *s) => break,
+                }
+                let mut plane = ticking.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                plane.expire(now);
+                plane.flush_counters(now);
+            }
+        });
+        let started = Started {
+            relay: forwarder.local_addrs().to_vec(),
+            api: api_addr,
+            xdp,
+            adopted,
+        };
+        info!(relay = ?started.relay, api = %started.api, "relay running");
+        Ok(Daemon {
+            plane,
+            started,
+            forwarder,
+            api,
+            ticker,
+            shutdown,
+        })
+    }
+
+    /// Stops accepting API requests and datagrams, writes the final counters, and leaves the
+    /// pinned fast-path state in place: bound sessions keep being forwarded in the kernel.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.api.await;
+        let _ = self.ticker.await;
+        self.forwarder.stop();
+        let mut plane = self.plane.lock().unwrap_or_else(|p| p.into_inner());
+        plane.flush_counters(Instant::now());
+        info!(
+            sessions = plane.table().len(),
+            kernel = plane.has_kernel(),
+            "relay stopped; pinned sessions stay in the fast path"
+        );
+    }
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> Result<()> {
+    let daemon = Daemon::start(&config).await?;
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: stopping"),
+        _ = int.recv() => info!("SIGINT: stopping"),
+    }
+    daemon.stop().await;
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! One forwarder thread: receive a batch on its socket, decide every datagram, send the batch
+//! out grouped by destination family, publish the counters.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Instant,
+};
+
+use relay_common::{control::CONTROL_LEN, verdict::Reason};
+use tracing::warn;
+
+use super::{
+    ControlHandler,
+    batch_io::{Received, RecvBatch, SendBatch},
+    counters::{LocalVerdicts, UserCounters},
+    decide::{Decision, decide},
+    table::ForwardTable,
+};
+
+/// What a worker needs.
+pub struct Worker {
+    /// The socket it receives on.
+    pub socket: Arc<UdpSocket>,
+    /// Sockets it sends from, per family: [IPv4, IPv6].
+    pub senders: [Option<Arc<UdpSocket>>; 2],
+    /// Sessions.
+    pub table: Arc<ForwardTable>,
+    /// Counters.
+    pub counters: Arc<UserCounters>,
+    /// Bind handshake handler.
+    pub control: Arc<dyn ControlHandler>,
+    /// Set to stop.
+    pub stop: Arc<AtomicBool>,
+    /// Datagrams per batch.
+    pub batch: usize,
+}
+
+impl Worker {
+    /// Runs until `stop` is set (checked at least every socket read timeout).
+    pub fn run(self) {
+        let mut recv = RecvBatch::new(self.batch);
+        let mut send = SendBatch::new(self.batch);
+        let mut received: Vec<Received> = Vec::with_capacity(self.batch);
+        let mut verdicts = LocalVerdicts::default();
+        let mut replies: Vec<(SocketAddr, [u8; CONTROL_LEN])> = Vec::new();
+        // Indexes into the receive batch to forward, per destination family.
+        let mut out: [Vec<(SocketAddr, usize)>; 2] = [Vec::new(), Vec::new()];
+        while !self.stop.load(Ordering::Relaxed) {
+            if let Err(e) = recv.recv(&self.socket, &mut received) {
+                warn!(error = %e, "relay socket receive failed");
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                continue;
+            }
+            if received.is_empty() {
+                continue;
+            }
+            let now = Instant::now();
+            for (i, r) in received.iter().enumerate() {
+                let payload = recv.payload(i, r);
+                if r.truncated {
+                    verdicts.add(Reason::DroppedMalformed, r.len);
+                    continue;
+                }
+                match decide(payload, r.src, |vni| self.table.get(vni)) {
+                    Decision::Forward {
+                        to,
+                        from_leg,
+                        slot,
+                        reason,
+                    } => {
+                        self.counters.forwarded(slot, from_leg, payload.len(), now);
+                        verdicts.add(reason, payload.len());
+                        out[to.is_ipv6() as usize].push((to, i));
+                    }
+                    Decision::Control => {
+                        verdicts.add(Reason::PassedControl, payload.len());
+                        if let Some(reply) = self.control.handle(payload, r.src) {
+                            replies.push((r.src, reply));
+                        }
+                    }
+                    Decision::Drop(reason) => verdicts.add(reason, payload.len()),
+                }
+            }
+            for (family, list) in out.iter_mut().enumerate() {
+                if list.is_empty() {
+                    continue;
+                }
+                let datagrams: Vec<(SocketAddr, &[u8])> = list
+                    .iter()
+                    .map(|(to, i)| (*to, recv.payload(*i, &received[*i])))
+                    .collect();
+                let failed = match &self.senders[family] {
+                    Some(socket) => send.send(socket, &datagrams),
+                    None => datagrams.len(),
+                };
+                for _ in 0..failed {
+                    verdicts.add(Reason::DroppedSendError, 0);
+                }
+                list.clear();
+            }
+            if !replies.is_empty() {
+                let datagrams: Vec<(SocketAddr, &[u8])> =
+                    replies.iter().map(|(to, r)| (*to, &r[..])).collect();
+                send.send(&self.socket, &datagrams);
+                replies.clear();
+            }
+            self.counters.publish(&mut verdicts);
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! The allocation API through its router, in-process (no sockets, no root): authentication,
+//! malformed requests, quotas and limits, idempotence, scoping of sessions to their token.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use axum::{
+    body::Body,
+    http::{Request, StatusCode, header},
+};
+use http_body_util::BodyExt;
+use relay_common::maps::SessionLimits;
+use relay_userspace::{
+    api::{
+        self, ApiState,
+        auth::TokenStore,
+        types::{Endpoints, ErrorDocument, SessionDetails, SessionList},
+    },
+    config::TokenConfig,
+    control::{address_policy::AddressPolicy, table::TableSettings, ticket::Ticket},
+    daemon::plane::Plane,
+    forwarder::{counters::UserCounters, table::ForwardTable},
+};
+use tower::ServiceExt;
+
+const ALICE: &str = "alice-token-0123456789";
+const BOB: &str = "bob-token-0123456789ab";
+
+fn app(max_sessions: u32, quota: u32, max_body: usize) -> axum::Router {
+    let tokens = [("alice", ALICE), ("bob", BOB)]
+        .map(|(name, token)| TokenConfig {
+            name: name.into(),
+            token: Some(token.into()),
+            token_sha256: None,
+            max_sessions: quota,
+        })
+        .to_vec();
+    let plane = Plane::new(
+        TableSettings {
+            max_sessions,
+            quotas: tokens
+                .iter()
+                .map(|t| (t.name.clone(), t.max_sessions))
+                .collect(),
+            bind_lifetime: Duration::from_secs(30),
+            idle_lifetime: Duration::from_secs(300),
+            limits: SessionLimits::default(),
+        },
+        Duration::from_secs(120),
+        AddressPolicy::strict(vec![]),
+        Arc::new(ForwardTable::new()),
+        Arc::new(UserCounters::new(max_sessions)),
+        None,
+    );
+    api::router(
+        ApiState {
+            plane: Arc::new(Mutex::new(plane)),
+            tokens: Arc::new(TokenStore::new(&tokens)),
+            endpoints: Endpoints {
+                v4: Some("198.51.100.1:6081".parse().unwrap()),
+                v6: Some("[2001:db8::1]:6081".parse().unwrap()),
+            },
+        },
+        max_body,
+    )
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<(&str, &str)>,
+) -> (StatusCode, String) {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = match body {
+        Some((content_type, text)) => req
+            .header(header::CONTENT_TYPE, content_type)
+            .body(Body::from(text.to_string())),
+        None => req.body(Body::empty()),
+    }
+    .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+fn error(body: &str) -> ErrorDocument {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not an error document ({e}): {body}"))
+}
+
+const JSON: &str = "application/json";
+
+#[tokio::test]
+async fn create_returns_random_vni_endpoints_credentials_and_labels() {
+    let app = app(100, 10, 4096);
+    let body = r#"{"labels": {"a": "alice-laptop", "b": "office-nas"}}"#;
+    let (status, text) = call(
+        &app,
+        "POST",
+        "/v1/sessions",
+        Some(ALICE),
+        Some((JSON, body)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let s: SessionDetails = serde_json::from_str(&text).unwrap();
+    assert_eq!(s.state, "allocated");
+    assert_eq!(s.token, "alice");
+    assert_eq!(s.relay.v4.unwrap().to_string(), "198.51.100.1:6081");
+    assert_eq!((s.bind_lifetime_s, s.idle_lifetime_s), (30, 300));
+    assert_eq!(s.legs[0].label.as_deref(), Some("alice-laptop"));
+    assert_eq!(s.legs[1].label.as_deref(), Some("office-nas"));
+    let ticket = Ticket::decode(s.legs[1].ticket.as_deref().unwrap()).unwrap();
+    assert_eq!((ticket.vni, ticket.leg, ticket.relay.len()), (s.vni, 1, 2));
+    assert_ne!(s.legs[0].key, s.legs[1].key);
+    // An empty body is a session without labels.
+    let (status, text) = call(&app, "POST", "/v1/sessions", Some(ALICE), None).await;
+    assert_eq!(status, StatusCode::CREATED, "{text}");
+    let t: SessionDetails = serde_json::from_str(&text).unwrap();
+    assert_ne!(t.vni, s.vni);
+    assert!(t.vni != s.vni + 1 && t.vni + 1 != s.vni, "sequential VNIs");
+}
+
+#[tokio::test]
+async fn authentication_failures_are_401_with_a_reason() {
+    let app = app(10, 10, 4096);
+    for (token, reason) in [
+        (None, "missing Authorization"),
+        (Some("wrong-token-0123456789"), "unknown token"),
+        (Some(""), "unknown token"),
+    ] {
+        let (status, text) = call(&app, "POST", "/v1/sessions", token, None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        let e = error(&text);
+        assert_eq!(e.error, "unauthorized");
+        assert!(e.reason.contains(reason), "{e:?}");
+    }
+    let req = Request::builder()
+        .method("GET")
+        .uri("/v1/sessions")
+        .header(header::AUTHORIZATION, format!("Basic {ALICE}"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    assert!(resp.headers().contains_key(header::WWW_AUTHENTICATE));
+}
+
+#[tokio::test]
+async fn malformed_requests_are_400_415_413_with_a_reason() {
+    let app = app(10, 10, 256);
+    let cases = [
+        ((JSON, "{not json"), StatusCode::BAD_REQUEST, "invalid_json"),
+        (
+            (JSON, r#"{"labels": 5}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            (JSON, r#"{"colour": "blue"}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            (JSON, r#"{"labels": {"a": ""}}"#),
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+        ),
+        (
+            ("text/plain", r#"{}"#),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+    ];
+    for ((ct, body), status, code) in cases {
+        let (got, text) = call(&app, "POST", "/v1/sessions", Some(ALICE), Some((ct, body))).await;
+        assert_eq!(got, status, "{body}: {text}");
+        let e = error(&text);
+        assert_eq!(e.error, code, "{body}");
+        assert!(!e.reason.is_empty());
+    }
+    let big = format!(r#"{{"labels": {{"a": "{}"}}}}"#, "x".repeat(1000));
+    let (got, text) = call(
+        &app,
+        "POST",
+        "/v1/sessions",
+        Some(ALICE),
+        Some((JSON, &big)),
+    )
+    .await;
+    assert_eq!(got, StatusCode::PAYLOAD_TOO_LARGE, "{text}");
+    assert_eq!(error(&text).error, "body_too_large");
+    let (got, text) = call(&app, "GET", "/v1/sessions/abc", Some(ALICE), None).await;
+    assert_eq!(got, StatusCode::BAD_REQUEST);
+    assert!(error(&text).reason.contains("not a session id"));
+    let (got, text) = call(&app, "GET", "/v1/sessions/16777216", Some(ALICE), None).await;
+    assert_eq!(got, StatusCode::BAD_REQUEST, "{text}");
+    let (got, text) = call(&app, "GET", "/nowhere", Some(ALICE), None).await;
+    assert_eq!(
+        (got, error(&text).error.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let (got, text) = call(&app, "PUT", "/v1/sessions", Some(ALICE), None).await;
+    assert_eq!(got, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error(&text).error, "method_not_allowed");
+    // Nothing above allocated anything.
+    let (_, text) = call(&app, "GET", "/v1/sessions", Some(ALICE), None).await;
+    assert!(
+        serde_json::from_str::<SessionList>(&text)
+            .unwrap()
+            .sessions
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn token_quota_is_429_and_total_limit_is_503() {
+    let app = app(3, 2, 4096);
+    for _ in 0..2 {
+        assert_eq!(
+            call(&app, "POST", "/v1/sessions", Some(ALICE), None)
+                .await
+                .0,
+            StatusCode::CREATED
+        );
+    }
+    let (status, text) = call(&app, "POST", "/v1/sessions", Some(ALICE), None).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error(&text).error, "quota_exceeded");
+    assert!(error(&text).reason.contains("quota of 2"));
+    assert_eq!(
+        call(&app, "POST", "/v1/sessions", Some(BOB), None).await.0,
+        StatusCode::CREATED
+    );
+    let (status, text) = call(&app, "POST", "/v1/sessions", Some(BOB), None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(error(&text).error, "relay_full");
+}
+
+#[tokio::test]
+async fn idempotency_key_header_or_field_returns_the_same_session() {
+    let app = app(10, 10, 4096);
+    let req = |key: &str| {
+        Request::builder()
+            .method("POST")
+            .uri("/v1/sessions")
+            .header(header::AUTHORIZATION, format!("Bearer {ALICE}"))
+            .header("Idempotency-Key", key)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let first = app.clone().oneshot(req("k-1")).await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let first: SessionDetails =
+        serde_json::from_slice(&first.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let again = app.clone().oneshot(req("k-1")).await.unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    let again: SessionDetails =
+        serde_json::from_slice(&again.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(again, first);
+    let (status, text) = call(
+        &app,
+        "POST",
+        "/v1/sessions",
+        Some(ALICE),
+        Some((JSON, r#"{"idempotency_key": "k-1"}"#)),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        serde_json::from_str::<SessionDetails>(&text).unwrap().vni,
+        first.vni
+    );
+}
+
+#[tokio::test]
+async fn sessions_are_scoped_to_their_token() {
+    let app = app(10, 10, 4096);
+    let (_, text) = call(&app, "POST", "/v1/sessions", Some(ALICE), None).await;
+    let s: SessionDetails = serde_json::from_str(&text).unwrap();
+    let path = format!("/v1/sessions/{}", s.vni);
+    let (status, text) = call(&app, "GET", &path, Some(BOB), None).await;
+    assert_eq!(
+        (status, error(&text).error.as_str()),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    assert_eq!(
+        call(&app, "DELETE", &path, Some(BOB), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (_, text) = call(&app, "GET", "/v1/sessions", Some(BOB), None).await;
+    assert!(
+        serde_json::from_str::<SessionList>(&text)
+            .unwrap()
+            .sessions
+            .is_empty()
+    );
+    let (status, text) = call(&app, "GET", &path, Some(ALICE), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        serde_json::from_str::<SessionDetails>(&text).unwrap().legs[0]
+            .ticket
+            .is_some()
+    );
+    let (_, text) = call(&app, "GET", "/v1/sessions", Some(ALICE), None).await;
+    let list: SessionList = serde_json::from_str(&text).unwrap();
+    assert_eq!(list.sessions.len(), 1);
+    assert!(
+        list.sessions[0].legs[0].key.is_none(),
+        "lists carry no credentials"
+    );
+    assert_eq!(
+        call(&app, "DELETE", &path, Some(ALICE), None).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&app, "GET", &path, Some(ALICE), None).await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, text) = call(&app, "GET", "/healthz", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(text.contains(r#""sessions":0"#));
+}
