@@ -4,7 +4,30 @@
 //! `cargo build` cannot make it; instead this script finds it and fails with the command to run
 //! when it is missing. `RELAY_EBPF_OBJECT` overrides the path.
 
-use std::{env, path::PathBuf};
+use std::{
+    env,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
+
+/// The newest modification time of the files under `dir` (recursively).
+fn newest(dir: &Path) -> Option<(SystemTime, PathBuf)> {
+    let mut best: Option<(SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let candidate = if path.is_dir() {
+            newest(&path)
+        } else {
+            entry.metadata().ok()?.modified().ok().map(|t| (t, path))
+        };
+        if let Some(c) = candidate
+            && best.as_ref().is_none_or(|b| c.0 > b.0)
+        {
+            best = Some(c);
+        }
+    }
+    best
+}
 
 fn main() {
     println!("cargo:rerun-if-env-changed=RELAY_EBPF_OBJECT");
@@ -33,6 +56,31 @@ fn main() {
              (or `cargo xtask setup` on a fresh machine).\n\n",
             path.display()
         );
+    }
+    // The object embeds relay-common's layouts (map sizes, reasons): refuse one older than its
+    // sources, or userspace and kernel would disagree about the maps.
+    if env::var_os("RELAY_EBPF_OBJECT").is_none() {
+        let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+        let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        for dir in ["relay-common/src", "relay-ebpf/src"] {
+            let dir = manifest.parent().unwrap().join(dir);
+            println!("cargo:rerun-if-changed={}", dir.display());
+            if let (Some(built), Some((changed, file))) = (built, newest(&dir))
+                && changed > built
+            {
+                let flag = if profile == "release" {
+                    " --release"
+                } else {
+                    ""
+                };
+                panic!(
+                    "\n\nThe XDP object {} is older than {}.\nRun `cargo xtask build-ebpf{flag}` \
+                     to rebuild it.\n\n",
+                    path.display(),
+                    file.display()
+                );
+            }
+        }
     }
     println!("cargo:rustc-env=RELAY_EBPF_OBJECT={}", path.display());
 }

@@ -94,6 +94,9 @@ pub struct JoinArgs {
     /// Which relay endpoint to use.
     #[arg(long, value_enum, default_value = "auto")]
     pub family: Family,
+    /// Local address to reach the relay from (default: chosen by routing).
+    #[arg(long)]
+    pub bind: Option<std::net::IpAddr>,
     /// Bind refresh interval.
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     pub keepalive: Duration,
@@ -202,6 +205,7 @@ async fn join(args: JoinArgs) -> Result<()> {
             listen: args.listen,
             app: args.app,
             family: args.family,
+            bind: args.bind,
             keepalive: args.keepalive,
             silence: args.silence,
         },

@@ -47,6 +47,8 @@ pub struct SidecarOptions {
     pub app: Option<SocketAddr>,
     /// Relay endpoint family.
     pub family: Family,
+    /// Local address to send to the relay from (default: chosen by routing).
+    pub bind: Option<IpAddr>,
     /// Bind refresh interval (keeps the NAT mapping and the session alive).
     pub keepalive: Duration,
     /// Re-bind when the relay has sent nothing this long while the application is sending.
@@ -71,6 +73,14 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The local address of the relay socket: `bind` if given (of the endpoint's family), else any.
+fn local_for(relay: SocketAddr, bind: Option<IpAddr>) -> SocketAddr {
+    match bind {
+        Some(ip) if ip.is_ipv4() == relay.is_ipv4() => SocketAddr::new(ip, 0),
+        _ => unspecified(relay),
+    }
+}
+
 fn unspecified(of: SocketAddr) -> SocketAddr {
     match of {
         SocketAddr::V4(_) => SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
@@ -79,24 +89,29 @@ fn unspecified(of: SocketAddr) -> SocketAddr {
 }
 
 /// The source address the kernel would use towards `relay` now (no packet is sent).
-fn route_source(relay: SocketAddr) -> Option<IpAddr> {
-    let probe = std::net::UdpSocket::bind(unspecified(relay)).ok()?;
+fn route_source(relay: SocketAddr, bind: Option<IpAddr>) -> Option<IpAddr> {
+    let probe = std::net::UdpSocket::bind(local_for(relay, bind)).ok()?;
     probe.connect(relay).ok()?;
     probe.local_addr().ok().map(|a| a.ip())
 }
 
 /// The endpoints to try, in order.
-fn candidates(ticket: &Ticket, family: Family) -> Vec<SocketAddr> {
+fn candidates(ticket: &Ticket, family: Family, bind: Option<IpAddr>) -> Vec<SocketAddr> {
     ticket
         .relay
         .iter()
         .copied()
         .filter(|e| match family {
-            Family::Auto => true,
+            Family::Auto => bind.is_none_or(|b| b.is_ipv4() == e.is_ipv4()),
             Family::V4 => e.is_ipv4(),
             Family::V6 => e.is_ipv6(),
         })
         .collect()
+}
+
+/// Resolves when `shutdown` turns true (or its sender is gone).
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
 }
 
 /// Runs until `shutdown` turns true. Reports the bound public address through `status`.
@@ -106,7 +121,7 @@ pub async fn run(
     status: watch::Sender<Option<SocketAddr>>,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    let endpoints = candidates(&options.ticket, options.family);
+    let endpoints = candidates(&options.ticket, options.family, options.bind);
     if endpoints.is_empty() {
         bail!("the ticket has no relay endpoint of the requested family");
     }
@@ -120,7 +135,7 @@ pub async fn run(
     'endpoints: loop {
         let relay = endpoints[endpoint_index % endpoints.len()];
         endpoint_index += 1;
-        let relay_socket = UdpSocket::bind(unspecified(relay))
+        let relay_socket = UdpSocket::bind(local_for(relay, options.bind))
             .await
             .context("opening the relay socket")?;
         let mut hs = Handshake::new(options.ticket.vni, options.ticket.leg, options.ticket.key);
@@ -131,13 +146,13 @@ pub async fn run(
         let mut last_bind = Instant::now();
         let mut last_from_relay = Instant::now();
         let mut last_from_app: Option<Instant> = None;
-        let mut source = route_source(relay);
+        let mut source = route_source(relay, options.bind);
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut from_relay = vec![0u8; 65536];
         let mut from_app = vec![0u8; 65536 + GENEVE_HLEN];
         loop {
             tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                () = stopped(&mut shutdown) => return Ok(()),
                 r = relay_socket.recv_from(&mut from_relay) => {
                     let (n, src) = r.context("receiving from the relay")?;
                     if src != relay {
@@ -151,7 +166,8 @@ pub async fn run(
                             }
                             Step::Bound { observed } => {
                                 last_from_relay = Instant::now();
-                                if !bound || *status.borrow() != Some(observed) {
+                                let changed = *status.borrow() != Some(observed);
+                                if !bound || changed {
                                     info!(%relay, %observed, "bound to the relay");
                                 }
                                 bound = true;
@@ -199,7 +215,7 @@ pub async fn run(
                     if hs.in_progress() {
                         continue;
                     }
-                    let moved = route_source(relay);
+                    let moved = route_source(relay, options.bind);
                     let silent = bound
                         && last_from_app.is_some_and(|a| now - a < options.silence)
                         && now - last_from_relay > options.silence

@@ -25,7 +25,11 @@ use crate::{
         table::{AllocError, AllocationRequest, BindChange, SessionTable, TableSettings},
     },
     dataplane::{Dataplane, RelayMaps, clock::JiffiesClock, object::PROGRAM_CLOCK_PROBE},
-    forwarder::{ControlHandler, counters::UserCounters, table::ForwardTable},
+    forwarder::{
+        ControlHandler,
+        counters::{SlotSnapshot, UserCounters},
+        table::ForwardTable,
+    },
 };
 
 /// The kernel side, when the XDP object is loaded.
@@ -67,7 +71,7 @@ pub struct Plane {
     /// Latest known data activity per session and leg (from both forwarders' counters).
     activity: HashMap<u32, [Option<Instant>; 2]>,
     /// Userspace counters last written to the maps, per slot.
-    flushed: HashMap<u32, ([u64; 2], [u64; 2], [Option<Instant>; 2])>,
+    flushed: HashMap<u32, SlotSnapshot>,
     /// What happened so far.
     pub stats: PlaneStats,
 }
@@ -272,12 +276,12 @@ impl Plane {
         if let Some(kernel) = &mut self.kernel
             && let Ok(stats) = kernel.maps().kernel_session_stats(session.slot)
         {
-            for leg in 0..2 {
+            for (latest, stamp) in latest.iter_mut().zip(stats.last_seen) {
                 let seen = kernel
                     .clock
-                    .age(stats.last_seen[leg], now)
+                    .age(stamp, now)
                     .map(|age| now.checked_sub(age).unwrap_or(now));
-                latest[leg] = latest[leg].max(seen);
+                *latest = (*latest).max(seen);
             }
         }
         latest
@@ -336,8 +340,7 @@ impl Plane {
         }
         for session in self.table.iter() {
             let snap = self.counters.slot(session.slot);
-            let key = (snap.packets, snap.bytes, snap.last_seen);
-            if self.flushed.get(&session.slot) == Some(&key) {
+            if self.flushed.get(&session.slot) == Some(&snap) {
                 continue;
             }
             let clock = &kernel.clock;
@@ -358,7 +361,7 @@ impl Plane {
                 .set_userspace_session_stats(session.slot, &stats)
                 .is_ok()
             {
-                self.flushed.insert(session.slot, key);
+                self.flushed.insert(session.slot, snap);
             }
         }
     }

@@ -62,12 +62,12 @@ fn listen_addresses(config: &Config) -> Result<Vec<IpAddr>> {
     Ok(out)
 }
 
+/// The kernel side and the mode each interface runs in.
+type KernelSetup = (Option<KernelState>, Vec<(String, AttachedMode)>);
+
 /// Loads the XDP object, configures and attaches it (unless `xdp.mode: off`, where only the
 /// maps are used, and only if they can be).
-fn kernel_state(
-    config: &Config,
-    settings: &FastPathSettings,
-) -> Result<(Option<KernelState>, Vec<(String, AttachedMode)>)> {
+fn kernel_state(config: &Config, settings: &FastPathSettings) -> Result<KernelSetup> {
     let options = LoadOptions {
         pin_dir: config.pin_dir.clone(),
         max_sessions: config.sessions.max_sessions,

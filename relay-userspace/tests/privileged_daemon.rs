@@ -1,0 +1,345 @@
+//! The daemon end to end with XDP off (the userspace forwarder carries everything): two client
+//! sidecars bind and carry application datagrams both ways, across families; a third address
+//! cannot inject; a client that moves re-binds and traffic resumes; unbound sessions expire.
+//! Privileged: runs in its own network namespace (the relay refuses loopback legs, so the
+//! "hosts" are documentation addresses on the namespace's loopback interface).
+
+mod common;
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use relay_common::{
+    verdict::Reason,
+    wire::{GENEVE_PROTOCOL_DATA, GeneveHdr},
+};
+use relay_userspace::{
+    api::types::{CreateSession, Labels, SessionDetails},
+    client::{
+        api::ApiClient,
+        sidecar::{self, Family, SidecarOptions, SidecarStats},
+    },
+    config::Config,
+    control::ticket::Ticket,
+    daemon::serve::Daemon,
+    dataplane::{RelayMaps, loader::remove_pins},
+    lab::{Netns, netns::EnteredNetns},
+};
+use tokio::sync::watch;
+
+const TOKEN: &str = "integration-token-0123";
+const RELAY_PORT: u16 = 16081;
+
+struct Lab {
+    runtime: tokio::runtime::Runtime,
+    daemon: Option<Daemon>,
+    pin_dir: PathBuf,
+    _entered: EnteredNetns,
+    _ns: Netns,
+}
+
+impl Lab {
+    fn new(extra_sessions_config: &str) -> Lab {
+        let ns = Netns::create("rt-daemon").unwrap();
+        for addr in [
+            "198.51.100.1/32",
+            "198.51.100.10/32",
+            "198.51.100.11/32",
+            "198.51.100.66/32",
+            "2001:db8::1/128",
+            "2001:db8::20/128",
+        ] {
+            let mut args = vec!["addr", "add", addr, "dev", "lo"];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            ns.ip(&args).unwrap();
+        }
+        let entered = ns.enter().unwrap();
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
+        let yaml = format!(
+            "xdp:\n  mode: off\nrelay:\n  port: {RELAY_PORT}\n  listen: [198.51.100.1, \"2001:db8::1\"]\n  \
+             workers: 2\napi:\n  listen: 127.0.0.1:0\n  tokens:\n    - name: tester\n      token: {TOKEN}\n\
+             pin_dir: {}\nsessions:\n{extra_sessions_config}",
+            pin_dir.display()
+        );
+        let config = Config::parse(&yaml, "test").unwrap();
+        // Worker threads (and the forwarder's) inherit the namespace from this thread.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let daemon = runtime.block_on(Daemon::start(&config)).unwrap();
+        Lab {
+            runtime,
+            daemon: Some(daemon),
+            pin_dir,
+            _entered: entered,
+            _ns: ns,
+        }
+    }
+
+    fn api(&self) -> ApiClient {
+        let addr = self.daemon.as_ref().unwrap().started.api;
+        ApiClient::new(&format!("http://{addr}"), TOKEN).unwrap()
+    }
+
+    fn create(&self, a: &str, b: &str) -> SessionDetails {
+        let request = CreateSession {
+            labels: Some(Labels {
+                a: Some(a.into()),
+                b: Some(b.into()),
+            }),
+            idempotency_key: None,
+        };
+        self.runtime.block_on(self.api().create(&request)).unwrap()
+    }
+
+    /// The forwarder's verdict counters, as the daemon flushes them into the pinned maps.
+    fn verdicts(&self) -> Vec<u64> {
+        self.flush();
+        RelayMaps::open_pinned(&self.pin_dir)
+            .unwrap()
+            .userspace_verdicts()
+            .unwrap()
+            .iter()
+            .map(|c| c.packets)
+            .collect()
+    }
+
+    fn flush(&self) {
+        let mut plane = self.daemon.as_ref().unwrap().plane.lock().unwrap();
+        plane.flush_counters(Instant::now());
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            self.runtime.block_on(d.stop());
+        }
+        let _ = remove_pins(&self.pin_dir);
+    }
+}
+
+/// A running sidecar and its stop switch.
+struct Sidecar {
+    stop: watch::Sender<bool>,
+    status: watch::Receiver<Option<SocketAddr>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+fn sidecar(lab: &Lab, ticket: &str, listen: &str, bind: &str, app: &str) -> Sidecar {
+    let (stop, shutdown) = watch::channel(false);
+    let (status_tx, status) = watch::channel(None);
+    let options = SidecarOptions {
+        ticket: Ticket::decode(ticket).unwrap(),
+        listen: listen.parse().unwrap(),
+        app: Some(app.parse().unwrap()),
+        family: Family::Auto,
+        bind: Some(bind.parse().unwrap()),
+        keepalive: Duration::from_secs(25),
+        silence: Duration::from_secs(5),
+    };
+    let task = lab.runtime.spawn(sidecar::run(
+        options,
+        Arc::new(SidecarStats::default()),
+        status_tx,
+        shutdown,
+    ));
+    Sidecar { stop, status, task }
+}
+
+impl Sidecar {
+    fn wait_bound(&mut self, lab: &Lab) -> SocketAddr {
+        lab.runtime.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                self.status.wait_for(|s| s.is_some()),
+            )
+            .await
+            .expect("sidecar did not bind within 10 s")
+            .unwrap()
+            .unwrap()
+        })
+    }
+
+    fn stop(self, lab: &Lab) {
+        let _ = self.stop.send(true);
+        lab.runtime.block_on(self.task).unwrap().unwrap();
+    }
+}
+
+fn app(addr: &str) -> UdpSocket {
+    let s = UdpSocket::bind(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s
+}
+
+/// Sends `message` from `from` to `to` until `receiver` gets it (bounded: 25 tries).
+fn deliver(from: &UdpSocket, to: &str, receiver: &UdpSocket, message: &[u8]) {
+    let mut buf = [0u8; 2048];
+    for _ in 0..25 {
+        from.send_to(message, to).unwrap();
+        while let Ok((n, _)) = receiver.recv_from(&mut buf) {
+            if &buf[..n] == message {
+                return;
+            }
+        }
+    }
+    panic!("{:?} never arrived", String::from_utf8_lossy(message));
+}
+
+#[test]
+fn two_sidecars_relay_both_ways_across_families_and_survive_a_move() {
+    require_root!();
+    let lab = Lab::new("  max_sessions: 16\n");
+    let session = lab.create("alice-laptop", "office-nas");
+    let ticket = |leg: usize| session.legs[leg].ticket.clone().unwrap();
+    let mut a = sidecar(
+        &lab,
+        &ticket(0),
+        "127.0.0.1:17001",
+        "198.51.100.10",
+        "127.0.0.1:18001",
+    );
+    let mut b = sidecar(
+        &lab,
+        &ticket(1),
+        "127.0.0.1:17002",
+        "2001:db8::20",
+        "127.0.0.1:18002",
+    );
+    let a_public = a.wait_bound(&lab);
+    let b_public = b.wait_bound(&lab);
+    assert_eq!(a_public.ip().to_string(), "198.51.100.10");
+    assert_eq!(b_public.ip().to_string(), "2001:db8::20");
+
+    let shown = lab.runtime.block_on(lab.api().get(session.vni)).unwrap();
+    assert_eq!(shown.state, "bound");
+    assert_eq!(shown.legs[0].bound, Some(a_public));
+    assert_eq!(shown.legs[1].bound, Some(b_public));
+
+    let app_a = app("127.0.0.1:18001");
+    let app_b = app("127.0.0.1:18002");
+    deliver(
+        &app_b,
+        "127.0.0.1:17002",
+        &app_a,
+        b"hello from office-nas over IPv6",
+    );
+    deliver(
+        &app_a,
+        "127.0.0.1:17001",
+        &app_b,
+        b"hello from alice-laptop over IPv4",
+    );
+    let v = lab.verdicts();
+    assert!(v[Reason::ForwardedV4ToV6 as usize] >= 1, "{v:?}");
+    assert!(v[Reason::ForwardedV6ToV4 as usize] >= 1, "{v:?}");
+
+    // The pinned maps show the session as the XDP program would use it, with labels.
+    let maps = RelayMaps::open_pinned(&lab.pin_dir).unwrap();
+    let all = maps.all_sessions().unwrap();
+    let (vni, fast, meta) = &all[0];
+    assert_eq!(*vni, session.vni);
+    assert!(fast.legs[0].is_bound() && fast.legs[1].is_bound());
+    let (token, labels) = relay_userspace::control::persist::meta_strings(meta.as_ref().unwrap());
+    assert_eq!(token, "tester");
+    assert_eq!(labels[1].as_deref(), Some("office-nas"));
+
+    // A third address sending the session's data packets reaches nobody.
+    let before = lab.verdicts()[Reason::DroppedWrongSource as usize];
+    let attacker = UdpSocket::bind("198.51.100.66:40000").unwrap();
+    let mut spoof = GeneveHdr::new(session.vni, false, GENEVE_PROTOCOL_DATA)
+        .to_bytes()
+        .to_vec();
+    spoof.extend_from_slice(b"injected");
+    for _ in 0..5 {
+        attacker
+            .send_to(&spoof, ("198.51.100.1", RELAY_PORT))
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut buf = [0u8; 2048];
+    while let Ok((n, _)) = app_b.recv_from(&mut buf) {
+        assert_ne!(&buf[..n], b"injected", "spoofed data was relayed");
+    }
+    let after = lab.verdicts()[Reason::DroppedWrongSource as usize];
+    assert_eq!(after - before, 5);
+
+    // Leg a moves (new socket, new port: as after a NAT change) and re-binds; traffic resumes.
+    a.stop(&lab);
+    let mut a2 = sidecar(
+        &lab,
+        &ticket(0),
+        "127.0.0.1:17001",
+        "198.51.100.11",
+        "127.0.0.1:18001",
+    );
+    let moved = a2.wait_bound(&lab);
+    assert_eq!(moved.ip().to_string(), "198.51.100.11");
+    deliver(&app_a, "127.0.0.1:17001", &app_b, b"after the move");
+    deliver(&app_b, "127.0.0.1:17002", &app_a, b"reply after the move");
+    let stats = lab
+        .daemon
+        .as_ref()
+        .unwrap()
+        .plane
+        .lock()
+        .unwrap()
+        .stats
+        .clone();
+    assert_eq!(stats.binds.get("bound"), Some(&2), "{stats:?}");
+    assert_eq!(stats.binds.get("rebound"), Some(&1), "{stats:?}");
+    a2.stop(&lab);
+    b.stop(&lab);
+}
+
+#[test]
+fn unbound_sessions_expire_after_the_bind_lifetime() {
+    require_root!();
+    let lab = Lab::new("  bind_lifetime: 1s\n");
+    let session = lab.create("a", "b");
+    assert!(
+        RelayMaps::open_pinned(&lab.pin_dir)
+            .unwrap()
+            .sessions
+            .get(&session.vni, 0)
+            .is_ok()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let gone = lab.runtime.block_on(lab.api().get(session.vni)).is_err();
+        if gone {
+            break;
+        }
+        assert!(Instant::now() < deadline, "session still alive after 10 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let maps = RelayMaps::open_pinned(&lab.pin_dir).unwrap();
+    assert!(
+        maps.sessions.get(&session.vni, 0).is_err(),
+        "left in the fast-path map"
+    );
+    assert!(
+        maps.session_meta.get(&session.vni, 0).is_err(),
+        "metadata left behind"
+    );
+    let stats = lab
+        .daemon
+        .as_ref()
+        .unwrap()
+        .plane
+        .lock()
+        .unwrap()
+        .stats
+        .clone();
+    assert_eq!(stats.expired.get("bind_timeout"), Some(&1));
+}
