@@ -43,6 +43,40 @@ pub fn run(quick: bool) -> Result<()> {
     }
     status(&mut cmd)?;
 
+    println!("== control plane (API, binds, memory, fill)");
+    let control_json = out_dir.join("control.json");
+    let mut cmd = Command::new(&lab);
+    cmd.arg("bench-control").arg("--json").arg(&control_json);
+    if quick {
+        cmd.args(["--alloc-seconds", "0.5", "--binds", "500", "--fill", "5000"]);
+    }
+    status(&mut cmd)?;
+
+    println!("== host hot paths (criterion)");
+    let mut cmd = clean_command("cargo");
+    cmd.args([
+        "bench",
+        "--locked",
+        "-p",
+        "relay-userspace",
+        "--bench",
+        "hot_paths",
+        "--",
+    ])
+    .args(["--output-format", "bencher"]);
+    if quick {
+        cmd.args(["--warm-up-time", "0.1", "--measurement-time", "0.2"]);
+    }
+    let criterion = cmd.output().context("running cargo bench")?;
+    let criterion_out = String::from_utf8_lossy(&criterion.stdout).into_owned();
+    print!("{criterion_out}");
+    if !criterion.status.success() {
+        bail!(
+            "cargo bench failed: {}",
+            String::from_utf8_lossy(&criterion.stderr)
+        );
+    }
+
     if quick {
         println!(
             "quick run: results in {}, docs untouched",
@@ -51,11 +85,87 @@ pub fn run(quick: bool) -> Result<()> {
         return Ok(());
     }
     let machine = machine_description();
+    let doc = root.join("docs/benchmarks.md");
     let xdp: Value = serde_json::from_str(&fs::read_to_string(&xdp_json)?)?;
-    let section = xdp_micro_section(&xdp, &machine)?;
-    replace_section(&root.join("docs/benchmarks.md"), "xdp-micro", &section)?;
+    replace_section(&doc, "xdp-micro", &xdp_micro_section(&xdp, &machine)?)?;
+    let control: Value = serde_json::from_str(&fs::read_to_string(&control_json)?)?;
+    replace_section(&doc, "control-plane", &control_section(&control, &machine)?)?;
+    replace_section(
+        &doc,
+        "hot-paths",
+        &criterion_section(&criterion_out, &machine),
+    )?;
     println!("docs/benchmarks.md updated");
     Ok(())
+}
+
+fn control_section(doc: &Value, machine: &str) -> Result<String> {
+    let r = doc.get("results").context("benchmark JSON: no `results`")?;
+    let o = doc.get("options").context("benchmark JSON: no `options`")?;
+    let mut s = String::new();
+    writeln!(s, "Machine: {machine}.\n")?;
+    writeln!(s, "| measure | result | target |")?;
+    writeln!(s, "|---|---:|---:|")?;
+    writeln!(
+        s,
+        "| allocations/s through the API ({} clients, {} s) | {:.0} | ≥ 20 000 |",
+        num(o, "concurrency")?,
+        num(o, "alloc_seconds")?,
+        num(r, "allocations_per_sec")?
+    )?;
+    writeln!(
+        s,
+        "| bind handshakes/s, relay side ({} binds) | {:.0} | ≥ 50 000 |",
+        num(o, "binds")?,
+        num(r, "binds_per_sec")?
+    )?;
+    writeln!(
+        s,
+        "| fast-path map memory per session (sessions + per-CPU counters) | {:.0} B | ≤ 256 B |",
+        num(r, "fast_path_bytes_per_session")?
+    )?;
+    writeln!(
+        s,
+        "| userspace-only map memory per session (forwarder counters, metadata) | {:.0} B | |",
+        num(r, "control_bytes_per_session")?
+    )?;
+    writeln!(
+        s,
+        "| daemon heap per session | {:.0} B | |",
+        num(r, "heap_bytes_per_session")?
+    )?;
+    writeln!(
+        s,
+        "| time to fill {} sessions (table + maps, no HTTP) | {:.2} s | |",
+        num(r, "fill_sessions")?,
+        num(r, "fill_seconds")?
+    )?;
+    writeln!(
+        s,
+        "\nKernel memory per session slot, by map (bpftool `bytes_memlock` / capacity):\n"
+    )?;
+    for m in r.get("maps").and_then(Value::as_array).context("maps")? {
+        writeln!(
+            s,
+            "- `{}`: {:.0} B",
+            m[0].as_str().unwrap_or("?"),
+            m[1].as_f64().unwrap_or(0.0)
+        )?;
+    }
+    Ok(s)
+}
+
+/// The criterion results (bencher format: `test NAME ... bench: N ns/iter (+/- D)`).
+fn criterion_section(output: &str, machine: &str) -> String {
+    let mut s = format!("Machine: {machine}.\n\n| bench | ns/iter |\n|---|---:|\n");
+    for line in output.lines().filter(|l| l.starts_with("test ")) {
+        let Some((name, rest)) = line[5..].split_once(" ... bench:") else {
+            continue;
+        };
+        let ns = rest.split_whitespace().next().unwrap_or("?");
+        s.push_str(&format!("| {} | {} |\n", name.trim(), ns));
+    }
+    s
 }
 
 /// CPU model, core count, kernel and date, for the record.

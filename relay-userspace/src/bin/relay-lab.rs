@@ -5,7 +5,10 @@ use std::{fs, path::PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use relay_userspace::lab::xdp_bench::{self, BenchOptions};
+use relay_userspace::lab::{
+    control_bench::{self, ControlBenchOptions},
+    xdp_bench::{self, BenchOptions},
+};
 
 #[derive(Parser)]
 #[command(name = "relay-lab", about = "Relay labs, demo and benchmarks (root)")]
@@ -28,6 +31,33 @@ enum Command {
         #[arg(long)]
         json: Option<PathBuf>,
     },
+    /// Control-plane throughput and memory: API allocations/s, binds/s, bytes per session,
+    /// time to fill the relay.
+    BenchControl {
+        /// Seconds of API load.
+        #[arg(long, default_value_t = 5.0)]
+        alloc_seconds: f64,
+        /// Concurrent HTTP clients.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
+        /// Bind handshakes timed.
+        #[arg(long, default_value_t = 50_000)]
+        binds: usize,
+        /// Sessions to fill the relay with.
+        #[arg(long, default_value_t = 1_000_000)]
+        fill: u32,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+fn write_json(path: Option<PathBuf>, doc: serde_json::Value) -> Result<()> {
+    if let Some(path) = path {
+        fs::write(&path, serde_json::to_string_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn main() -> Result<()> {
@@ -49,12 +79,53 @@ fn main() -> Result<()> {
                     r.case, r.relay_ns, r.reflector_ns, r.pass_ns, r.ratio
                 );
             }
-            if let Some(path) = json {
-                let doc = serde_json::json!({ "options": options, "results": results });
-                fs::write(&path, serde_json::to_string_pretty(&doc)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
+            write_json(
+                json,
+                serde_json::json!({ "options": options, "results": results }),
+            )
+        }
+        Command::BenchControl {
+            alloc_seconds,
+            concurrency,
+            binds,
+            fill,
+            json,
+        } => {
+            let options = ControlBenchOptions {
+                alloc_seconds,
+                concurrency,
+                binds,
+                fill,
+            };
+            let r = control_bench::run(options)?;
+            println!(
+                "allocations/s through the API: {:.0} ({} errors)",
+                r.allocations_per_sec, r.api_errors
+            );
+            println!("binds/s (relay side):          {:.0}", r.binds_per_sec);
+            println!(
+                "fast-path map bytes/session:   {:.0}",
+                r.fast_path_bytes_per_session
+            );
+            println!(
+                "control map bytes/session:     {:.0}",
+                r.control_bytes_per_session
+            );
+            println!(
+                "daemon heap bytes/session:     {:.0}",
+                r.heap_bytes_per_session
+            );
+            println!(
+                "fill {} sessions:          {:.2} s",
+                r.fill_sessions, r.fill_seconds
+            );
+            for (map, bytes) in &r.maps {
+                println!("  {map:<14} {bytes:>8.1} bytes/slot");
             }
-            Ok(())
+            write_json(
+                json,
+                serde_json::json!({ "options": options, "results": r }),
+            )
         }
     }
 }

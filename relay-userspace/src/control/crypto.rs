@@ -48,26 +48,25 @@ pub struct CookieInput {
     pub port: u16,
 }
 
-/// A cookie under `secret`.
-pub fn cookie(secret: &[u8; KEY_LEN], input: &CookieInput) -> [u8; COOKIE_LEN] {
+/// The cookie MAC under `secret`, fed with everything the cookie vouches for.
+fn cookie_mac(secret: &[u8; KEY_LEN], input: &CookieInput) -> Blake2sMac128 {
     let mut mac = mac_with(secret, COOKIE_PERSONA);
     mac.update(&input.vni.to_be_bytes());
     mac.update(&[input.leg]);
     mac.update(&input.generation.to_be_bytes());
     mac.update(&input.addr);
     mac.update(&input.port.to_be_bytes());
-    mac.finalize().into_bytes().into()
+    mac
+}
+
+/// A cookie under `secret`.
+pub fn cookie(secret: &[u8; KEY_LEN], input: &CookieInput) -> [u8; COOKIE_LEN] {
+    cookie_mac(secret, input).finalize().into_bytes().into()
 }
 
 /// Whether `candidate` is the cookie for `input` under `secret` (constant-time comparison).
 pub fn verify_cookie(secret: &[u8; KEY_LEN], input: &CookieInput, candidate: &[u8]) -> bool {
-    let mut mac = mac_with(secret, COOKIE_PERSONA);
-    mac.update(&input.vni.to_be_bytes());
-    mac.update(&[input.leg]);
-    mac.update(&input.generation.to_be_bytes());
-    mac.update(&input.addr);
-    mac.update(&input.port.to_be_bytes());
-    mac.verify_slice(candidate).is_ok()
+    cookie_mac(secret, input).verify_slice(candidate).is_ok()
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! benchmarks send between. Nothing here ever touches the host's own namespace beyond creating
 //! and deleting namespaces.
 
+pub mod control_bench;
 pub mod netns;
 pub mod sandbox;
 pub mod xdp_bench;
