@@ -38,6 +38,9 @@ pub const SESSION_META: &str = "session_meta";
 /// address, so most packets skip `bpf_fib_lookup` (which costs more than the rest of the fast
 /// path together).
 pub const NEXTHOP_CACHE: &str = "nexthop_cache";
+/// Pinned copy of the clock probe program, so the CLI can convert timestamps when the daemon is
+/// down.
+pub const CLOCK_PROBE_PIN: &str = "clock_probe";
 /// Name of the pinned XDP link file for an interface is `LINK_PREFIX` + interface name.
 pub const LINK_PREFIX: &str = "link_";
 

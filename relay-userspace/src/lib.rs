@@ -10,5 +10,6 @@ pub mod control;
 pub mod daemon;
 pub mod dataplane;
 pub mod forwarder;
+pub mod inspect;
 pub mod lab;
 pub mod logging;

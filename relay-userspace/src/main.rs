@@ -3,7 +3,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use relay_userspace::{
-    cli::client::{self, ClientCommand},
+    cli::{
+        client::{self, ClientCommand},
+        sessions::{self, SessionsArgs},
+    },
     config::{Config, LogFormat},
     daemon, logging,
 };
@@ -27,6 +30,8 @@ enum Command {
     /// Allocate, inspect and join sessions as a client.
     #[command(subcommand)]
     Client(ClientCommand),
+    /// The session table, read from the pinned maps (works while the daemon is down).
+    Sessions(SessionsArgs),
 }
 
 fn main() -> Result<()> {
@@ -44,5 +49,6 @@ fn main() -> Result<()> {
             logging::init("info", LogFormat::Text);
             runtime.block_on(client::run(command))
         }
+        Command::Sessions(args) => sessions::run(args),
     }
 }

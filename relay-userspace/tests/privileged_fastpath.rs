@@ -632,13 +632,21 @@ fn pinned_link_keeps_the_program_attached_after_the_loader_exits() {
         })
         .unwrap();
         let pin = dataplane
-            .attach_pinned("eth0", aya::programs::XdpMode::Skb)
+            .attach_pinned(
+                relay_userspace::dataplane::object::PROGRAM_RELAY,
+                "eth0",
+                aya::programs::XdpMode::Skb,
+            )
             .unwrap();
         assert!(pin.ends_with("link_eth0"));
         // A second attachment through the same pin directory is refused, not stacked.
         assert!(
             dataplane
-                .attach_pinned("eth0", aya::programs::XdpMode::Skb)
+                .attach_pinned(
+                    relay_userspace::dataplane::object::PROGRAM_RELAY,
+                    "eth0",
+                    aya::programs::XdpMode::Skb,
+                )
                 .is_err()
         );
     } // the loader and all its file descriptors are gone

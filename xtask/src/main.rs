@@ -3,9 +3,11 @@
 //! * `setup` installs and checks what building and testing need (idempotent).
 //! * `build-ebpf` builds and checks the XDP object.
 //! * `test` runs setup, build-ebpf and every test suite (the README's and CI's test command).
+//! * `demo` runs the NAT lab demo (the README's first command).
 //! * `bench` runs the benchmarks and regenerates `docs/benchmarks.md`.
 
 mod bench;
+mod demo;
 mod ebpf;
 mod run;
 mod setup;
@@ -33,6 +35,18 @@ enum Command {
     },
     /// Run setup, build-ebpf, then every test suite; privileged suites need root.
     Test,
+    /// The NAT lab: two WireGuard peers behind NATs talk through the relay (root).
+    Demo {
+        /// Leave the lab running and print how to poke at it.
+        #[arg(long)]
+        keep: bool,
+        /// Remove a lab left by --keep.
+        #[arg(long, conflicts_with = "keep")]
+        down: bool,
+        /// Seconds of traffic.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
     /// Release builds, every benchmark, and docs/benchmarks.md regenerated (root).
     Bench {
         /// A few seconds' smoke run that checks the harness; leaves docs alone.
@@ -47,5 +61,10 @@ fn main() -> Result<()> {
         Command::BuildEbpf { release } => ebpf::build(ebpf::profile(release)).map(|_| ()),
         Command::Test => test::run(),
         Command::Bench { quick } => bench::run(quick),
+        Command::Demo {
+            keep,
+            down,
+            seconds,
+        } => demo::run(keep, down, seconds),
     }
 }

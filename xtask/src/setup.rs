@@ -25,6 +25,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wireguard-go", "real WireGuard over the relay in the lab"),
     ("wireguard-tools", "configuring WireGuard (wg)"),
     ("iperf3", "throughput through the relay"),
+    ("iputils-ping", "ping through the tunnel in the lab"),
     ("tcpdump", "packet captures while debugging the lab"),
     ("procps", "sysctl"),
 ];

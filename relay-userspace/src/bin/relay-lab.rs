@@ -5,8 +5,12 @@ use std::{fs, path::PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::sync::{Arc, atomic::AtomicBool};
+
 use relay_userspace::lab::{
     control_bench::{self, ControlBenchOptions},
+    demo::{self, DemoOptions},
+    nat_lab,
     xdp_bench::{self, BenchOptions},
 };
 
@@ -19,6 +23,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Two WireGuard peers behind NATs talk through the relay's kernel fast path.
+    Demo {
+        /// Seconds of iperf3 traffic.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Leave the lab running and print how to poke at it.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Remove kept labs (and anything a killed run left behind).
+    Down,
     /// Per-packet cost of the XDP fast path vs a MAC-swap reflector (BPF_PROG_TEST_RUN).
     BenchXdp {
         /// Interleaved rounds; the median is reported.
@@ -60,8 +75,41 @@ fn write_json(path: Option<PathBuf>, doc: serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// The `relay` binary next to this one.
+fn relay_bin() -> Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let relay = me.with_file_name("relay");
+    if !relay.exists() {
+        anyhow::bail!(
+            "{} not found: build the `relay` binary too",
+            relay.display()
+        );
+    }
+    Ok(relay)
+}
+
 fn main() -> Result<()> {
+    relay_userspace::logging::init("warn", relay_userspace::config::LogFormat::Text);
     match Cli::parse().command {
+        Command::Demo { seconds, keep } => {
+            let interrupted = Arc::new(AtomicBool::new(false));
+            for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+                signal_hook::flag::register(signal, interrupted.clone())?;
+            }
+            demo::run(
+                DemoOptions {
+                    relay_bin: relay_bin()?,
+                    seconds,
+                    keep,
+                },
+                interrupted,
+            )
+        }
+        Command::Down => {
+            let removed = nat_lab::remove_stale_labs();
+            println!("removed {} lab namespaces", removed.len());
+            Ok(())
+        }
         Command::BenchXdp {
             rounds,
             calls,

@@ -1,3 +1,4 @@
 //! The `relay` command line: argument parsing and dispatch to the library's modules.
 
 pub mod client;
+pub mod sessions;

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::XdpMode,
-    dataplane::{Dataplane, loader::link_pin_path},
+    dataplane::{Dataplane, loader::link_pin_path, object::PROGRAM_RELAY},
 };
 
 /// The mode an interface actually runs the program in.
@@ -51,14 +51,14 @@ pub fn attach(dataplane: &mut Dataplane, interface: &str, mode: XdpMode) -> Resu
     }
     match mode {
         XdpMode::Native => {
-            dataplane.attach_pinned(interface, AyaMode::Driver)?;
+            dataplane.attach_pinned(PROGRAM_RELAY, interface, AyaMode::Driver)?;
             Ok(AttachedMode::Native)
         }
         XdpMode::Generic => {
-            dataplane.attach_pinned(interface, AyaMode::Skb)?;
+            dataplane.attach_pinned(PROGRAM_RELAY, interface, AyaMode::Skb)?;
             Ok(AttachedMode::Generic)
         }
-        XdpMode::Auto => match dataplane.attach_pinned(interface, AyaMode::Driver) {
+        XdpMode::Auto => match dataplane.attach_pinned(PROGRAM_RELAY, interface, AyaMode::Driver) {
             Ok(_) => Ok(AttachedMode::Native),
             Err(e) => {
                 warn!(
@@ -66,7 +66,7 @@ pub fn attach(dataplane: &mut Dataplane, interface: &str, mode: XdpMode) -> Resu
                     error = format!("{e:#}"),
                     "native XDP failed; falling back to generic mode (slower)"
                 );
-                dataplane.attach_pinned(interface, AyaMode::Skb)?;
+                dataplane.attach_pinned(PROGRAM_RELAY, interface, AyaMode::Skb)?;
                 Ok(AttachedMode::Generic)
             }
         },

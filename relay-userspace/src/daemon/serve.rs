@@ -88,6 +88,7 @@ fn kernel_state(config: &Config, settings: &FastPathSettings) -> Result<KernelSe
         }
     };
     let clock = dataplane.clock().context("calibrating the kernel clock")?;
+    dataplane.pin_clock_probe()?;
     let mut attached = Vec::new();
     if config.xdp.mode == XdpMode::Off {
         // Maps only: the program (if a previous daemon left it attached) passes everything.

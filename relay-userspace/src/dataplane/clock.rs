@@ -110,6 +110,14 @@ impl JiffiesClock {
         }
     }
 
+    /// Calibrates with the probe a daemon pinned in `pin_dir`.
+    pub fn from_pinned(pin_dir: &std::path::Path) -> Result<JiffiesClock> {
+        let path = pin_dir.join(relay_common::maps::CLOCK_PROBE_PIN);
+        let probe = Xdp::from_pin(&path, aya_obj::programs::XdpAttachType::Interface)
+            .with_context(|| format!("opening {}", path.display()))?;
+        JiffiesClock::calibrate(&probe)
+    }
+
     /// A fresh sample with the already measured rate (cheap: one probe run).
     pub fn resample(&self, probe: &Xdp) -> Result<JiffiesClock> {
         let jiffies = Self::read(probe)?;

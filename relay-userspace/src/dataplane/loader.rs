@@ -86,10 +86,29 @@ impl Dataplane {
         super::clock::JiffiesClock::calibrate(self.program(object::PROGRAM_CLOCK_PROBE)?)
     }
 
-    /// Attaches the relay program to `interface` through a BPF link pinned in the pin
+    /// Pins the clock probe next to the maps (replacing a previous daemon's), so the CLI can
+    /// read the kernel's clock without loading anything.
+    pub fn pin_clock_probe(&mut self) -> Result<()> {
+        let path = self.pin_dir.join(names::CLOCK_PROBE_PIN);
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", path.display())),
+        }
+        self.program(object::PROGRAM_CLOCK_PROBE)?
+            .pin(&path)
+            .with_context(|| format!("pinning {}", path.display()))
+    }
+
+    /// Attaches `program` (the relay's, in production) to `interface` through a BPF link pinned in the pin
     /// directory, so the attachment outlives this process: a restarted daemon, and the CLI, find
     /// it there, and removing the pin detaches the program. Returns the pin's path.
-    pub fn attach_pinned(&mut self, interface: &str, mode: XdpMode) -> Result<PathBuf> {
+    pub fn attach_pinned(
+        &mut self,
+        program: &str,
+        interface: &str,
+        mode: XdpMode,
+    ) -> Result<PathBuf> {
         let path = link_pin_path(&self.pin_dir, interface);
         if path.exists() {
             anyhow::bail!(
@@ -97,10 +116,11 @@ impl Dataplane {
                 path.display()
             );
         }
-        let program = self.program(object::PROGRAM_RELAY)?;
+        let name = program;
+        let program = self.program(name)?;
         let id = program
             .attach(interface, mode)
-            .with_context(|| format!("attaching the relay program to {interface} ({mode:?})"))?;
+            .with_context(|| format!("attaching `{name}` to {interface} ({mode:?})"))?;
         let link: FdLink = program
             .take_link(id)?
             .try_into()

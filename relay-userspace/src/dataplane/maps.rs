@@ -258,6 +258,12 @@ impl RelayMaps {
         Ok(())
     }
 
+    /// Capacity of the session map.
+    pub fn session_capacity(&self) -> u32 {
+        use aya::maps::IterableMap;
+        self.sessions.map().info().map_or(0, |i| i.max_entries())
+    }
+
     /// Zeroes both counter slots of `slot`, before a new session uses it.
     pub fn reset_slot(&mut self, slot: u32) -> Result<(), MapsError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;

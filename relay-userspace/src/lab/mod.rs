@@ -3,8 +3,12 @@
 //! and deleting namespaces.
 
 pub mod control_bench;
+pub mod demo;
+pub mod nat_lab;
 pub mod netns;
 pub mod sandbox;
+pub mod scenario;
+pub mod wireguard;
 pub mod xdp_bench;
 
 pub use netns::Netns;

@@ -78,6 +78,15 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Leaves the namespace in place when this handle is dropped (a kept lab).
+    pub fn keep(self) -> String {
+        let name = self.name.clone();
+        std::mem::forget(self);
+        name
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")

@@ -1,0 +1,214 @@
+//! What the relay is doing, read from the pinned maps alone: sessions with their legs, labels,
+//! owners and counters per path, and the verdict counters. Works whether the daemon runs, has
+//! stopped or has crashed, because everything lives in bpffs. The CLI, `relay top` and the
+//! metrics endpoint all read through here.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use relay_common::{maps::SessionStats, verdict::VerdictCounter};
+use serde::Serialize;
+
+use crate::{
+    control::{
+        persist::{leg_address, meta_strings},
+        session::SessionState,
+    },
+    dataplane::{RelayMaps, clock::JiffiesClock},
+};
+
+/// One leg as seen in the maps.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct LegView {
+    /// Its label.
+    pub label: Option<String>,
+    /// The address it is bound to.
+    pub bound: Option<SocketAddr>,
+}
+
+/// Counters of one direction (packets sent by one leg).
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct DirectionCounters {
+    /// Forwarded by the XDP program.
+    pub kernel_packets: u64,
+    /// Bytes (UDP payload incl. Geneve) forwarded by the XDP program.
+    pub kernel_bytes: u64,
+    /// Forwarded by the userspace forwarder.
+    pub userspace_packets: u64,
+    /// Bytes forwarded by the userspace forwarder.
+    pub userspace_bytes: u64,
+    /// How long ago this leg last sent, by either path.
+    #[serde(serialize_with = "seconds")]
+    pub last_seen: Option<Duration>,
+}
+
+impl DirectionCounters {
+    /// Packets by both paths.
+    pub fn packets(&self) -> u64 {
+        self.kernel_packets + self.userspace_packets
+    }
+
+    /// Bytes by both paths.
+    pub fn bytes(&self) -> u64 {
+        self.kernel_bytes + self.userspace_bytes
+    }
+}
+
+fn seconds<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+/// Which forwarder carried a session's packets.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum Path_ {
+    /// Nothing forwarded yet.
+    None,
+    /// Only the XDP program.
+    Kernel,
+    /// Only the userspace forwarder.
+    Userspace,
+    /// Both.
+    Both,
+}
+
+impl Path_ {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Path_::None => "-",
+            Path_::Kernel => "kernel",
+            Path_::Userspace => "userspace",
+            Path_::Both => "both",
+        }
+    }
+}
+
+/// A session as the maps show it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SessionView {
+    /// Session id.
+    pub vni: u32,
+    /// allocated | half_bound | bound.
+    pub state: &'static str,
+    /// Owning token (from the metadata map).
+    pub token: Option<String>,
+    /// Allocation time, ms since the Unix epoch.
+    pub created_unix_ms: Option<u64>,
+    /// Legs a and b.
+    pub legs: [LegView; 2],
+    /// Packets sent by leg a (to b) and by leg b (to a).
+    pub directions: [DirectionCounters; 2],
+    /// Which path carried it.
+    pub path: Path_,
+    /// Counter slot.
+    pub slot: u32,
+}
+
+/// Everything at one moment.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    /// Sessions, by VNI.
+    pub sessions: Vec<SessionView>,
+    /// The XDP program's verdict counters, by reason.
+    #[serde(skip)]
+    pub kernel_verdicts: Vec<VerdictCounter>,
+    /// The userspace forwarder's verdict counters, as last flushed by the daemon.
+    #[serde(skip)]
+    pub userspace_verdicts: Vec<VerdictCounter>,
+    /// Capacity of the session map.
+    pub capacity: u32,
+    /// When it was taken.
+    #[serde(skip)]
+    pub taken: Instant,
+}
+
+fn direction(
+    kernel: &SessionStats,
+    user: &SessionStats,
+    leg: usize,
+    clock: Option<&JiffiesClock>,
+    now: Instant,
+) -> DirectionCounters {
+    let age = |j: u64| clock.and_then(|c| c.age(j, now));
+    let last_seen = [age(kernel.last_seen[leg]), age(user.last_seen[leg])]
+        .into_iter()
+        .flatten()
+        .min();
+    DirectionCounters {
+        kernel_packets: kernel.packets[leg],
+        kernel_bytes: kernel.bytes[leg],
+        userspace_packets: user.packets[leg],
+        userspace_bytes: user.bytes[leg],
+        last_seen,
+    }
+}
+
+/// Reads everything from the maps pinned in `pin_dir`. Ages need the pinned clock probe; without
+/// it (an old daemon) they are left out.
+pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
+    let maps = RelayMaps::open_pinned(pin_dir)?;
+    let clock = JiffiesClock::from_pinned(pin_dir).ok();
+    let now = Instant::now();
+    let mut sessions = Vec::new();
+    for (vni, fast, meta) in maps.all_sessions()? {
+        let kernel = maps.kernel_session_stats(fast.slot)?;
+        let user = maps.userspace_session_stats(fast.slot)?;
+        let (token, labels) = match &meta {
+            Some(m) => {
+                let (t, l) = meta_strings(m);
+                (Some(t), l)
+            }
+            None => (None, [None, None]),
+        };
+        let [label_a, label_b] = labels;
+        let legs = [
+            LegView {
+                label: label_a,
+                bound: leg_address(&fast.legs[0]),
+            },
+            LegView {
+                label: label_b,
+                bound: leg_address(&fast.legs[1]),
+            },
+        ];
+        let state = match (legs[0].bound.is_some(), legs[1].bound.is_some()) {
+            (true, true) => SessionState::Bound,
+            (false, false) => SessionState::Allocated,
+            _ => SessionState::HalfBound,
+        };
+        let directions = [0, 1].map(|leg| direction(&kernel, &user, leg, clock.as_ref(), now));
+        let k = directions.iter().any(|d| d.kernel_packets > 0);
+        let u = directions.iter().any(|d| d.userspace_packets > 0);
+        let path = match (k, u) {
+            (false, false) => Path_::None,
+            (true, false) => Path_::Kernel,
+            (false, true) => Path_::Userspace,
+            (true, true) => Path_::Both,
+        };
+        sessions.push(SessionView {
+            vni,
+            state: state.name(),
+            token,
+            created_unix_ms: meta.map(|m| m.created_unix_ms),
+            legs,
+            directions,
+            path,
+            slot: fast.slot,
+        });
+    }
+    Ok(Snapshot {
+        sessions,
+        kernel_verdicts: maps.kernel_verdicts()?,
+        userspace_verdicts: maps.userspace_verdicts()?,
+        capacity: maps.session_capacity(),
+        taken: now,
+    })
+}

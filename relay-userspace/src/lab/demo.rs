@@ -1,0 +1,186 @@
+//! `cargo xtask demo`: the relay doing its job, start to finish, in the NAT lab — two WireGuard
+//! peers behind NATs that cannot reach each other talk through the relay's kernel fast path.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use super::{
+    nat_lab::{Host, addr},
+    scenario::{Scenario, ScenarioOptions},
+    wireguard::{self, TUNNEL_B},
+};
+use crate::{config::XdpMode, inspect};
+
+/// Demo settings.
+pub struct DemoOptions {
+    /// The `relay` binary.
+    pub relay_bin: PathBuf,
+    /// Seconds of iperf3 traffic.
+    pub seconds: u32,
+    /// Leave the lab up.
+    pub keep: bool,
+}
+
+fn step(text: &str) {
+    println!("\n▶ {text}");
+}
+
+fn check(interrupted: &AtomicBool) -> Result<()> {
+    if interrupted.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// Runs the demo; `interrupted` (set by SIGINT/SIGTERM) stops it cleanly at the next step.
+pub fn run(options: DemoOptions, interrupted: Arc<AtomicBool>) -> Result<()> {
+    step(
+        "building the lab: client A behind a NAT, client B behind a symmetric NAT with a strict firewall, an internet router, the relay",
+    );
+    let mut scenario_options = ScenarioOptions::new(options.relay_bin.clone(), XdpMode::Native);
+    scenario_options.keep = options.keep;
+    scenario_options.keepalive = Duration::from_secs(25);
+    scenario_options.silence = Duration::from_secs(5);
+    let mut s = Scenario::start(scenario_options)?;
+    check(&interrupted)?;
+    let session = s.session_state()?;
+    println!(
+        "  relay {} / {} with XDP in native mode, session {} bound:",
+        addr::RELAY_V4,
+        addr::RELAY_V6,
+        session.vni
+    );
+    for leg in &session.legs {
+        println!(
+            "    leg {} {:<14} seen by the relay at {}",
+            leg.leg,
+            leg.label.as_deref().unwrap_or("-"),
+            leg.bound.map_or("-".into(), |a| a.to_string())
+        );
+    }
+
+    step(
+        "starting WireGuard (wireguard-go) on both clients; each peer's endpoint is its local `relay client` sidecar",
+    );
+    let names = wireguard::start(&mut s)?;
+    check(&interrupted)?;
+    let ping = s
+        .lab
+        .exec(
+            Host::ClientA,
+            "ping",
+            &["-c", "3", "-i", "0.3", "-W", "2", TUNNEL_B],
+        )
+        .context("ping through the tunnel")?;
+    for line in ping
+        .lines()
+        .filter(|l| l.contains("packet loss") || l.contains("rtt"))
+    {
+        println!("  ping 10.99.0.1 → {TUNNEL_B}: {line}");
+    }
+
+    step(&format!(
+        "{} seconds of iperf3 (TCP) through the tunnel",
+        options.seconds
+    ));
+    let before = inspect::snapshot(&s.pin_dir)?;
+    s.lab.spawn(
+        Host::ClientB,
+        "iperf3-server",
+        Path::new("/usr/bin/iperf3"),
+        &["-s", "-1", "-B", TUNNEL_B],
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let seconds = options.seconds.to_string();
+    s.lab.spawn(
+        Host::ClientA,
+        "iperf3",
+        Path::new("/usr/bin/iperf3"),
+        &["-c", TUNNEL_B, "-t", &seconds, "-J"],
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(options.seconds as u64 + 20);
+    while s.lab.running("iperf3") {
+        check(&interrupted)?;
+        if Instant::now() > deadline {
+            bail!("iperf3 did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&s.lab.log("iperf3")).context("iperf3's report")?;
+    let mbps = report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or(0.0)
+        / 1e6;
+    println!(
+        "  throughput: {mbps:.0} Mbit/s (WireGuard in userspace on both ends, 2 shared cores)"
+    );
+    std::thread::sleep(Duration::from_millis(1200)); // the daemon's counter flush
+
+    step("the session table, as `relay sessions` shows it on the relay");
+    let table = s.relay_cli(&["sessions", "--pin-dir", s.pin_dir.to_str().context("path")?])?;
+    for line in table.lines() {
+        println!("  {line}");
+    }
+
+    step("which path carried the packets");
+    let after = inspect::snapshot(&s.pin_dir)?;
+    let sum = |snap: &inspect::Snapshot, kernel: bool| -> u64 {
+        snap.sessions
+            .iter()
+            .flat_map(|x| x.directions.iter())
+            .map(|d| {
+                if kernel {
+                    d.kernel_packets
+                } else {
+                    d.userspace_packets
+                }
+            })
+            .sum()
+    };
+    let kernel = sum(&after, true) - sum(&before, true);
+    let user = sum(&after, false) - sum(&before, false);
+    let share = 100.0 * kernel as f64 / (kernel + user).max(1) as f64;
+    println!(
+        "  during the transfer: {kernel} packets forwarded by the XDP program in the kernel, \
+         {user} by the userspace forwarder ({share:.1} % in the kernel)"
+    );
+    let (tx, rx) = wireguard::transfer(&s.lab, Host::ClientA, &names[0])?;
+    println!("  WireGuard on client A: {tx} bytes sent, {rx} received");
+
+    if options.keep {
+        let namespaces = s.keep();
+        let relay_ns = namespaces
+            .iter()
+            .find(|n| n.starts_with("rl-relay"))
+            .cloned()
+            .unwrap_or_default();
+        let client_a = namespaces
+            .iter()
+            .find(|n| n.starts_with("rl-cla"))
+            .cloned()
+            .unwrap_or_default();
+        println!("\n▶ the lab stays up. Poke at it:");
+        println!("  ip netns exec {client_a} ping {TUNNEL_B}");
+        println!(
+            "  ip netns exec {relay_ns} {} sessions --pin-dir /run/relay-lab/bpf/{relay_ns}",
+            options.relay_bin.display()
+        );
+        println!("  ip netns exec {relay_ns} bpftool net show");
+        println!("  namespaces: {}", namespaces.join(" "));
+        println!("  remove it: cargo xtask demo --down");
+    } else {
+        step("tearing down");
+        drop(s);
+        println!("  done: namespaces, processes and pinned state removed");
+    }
+    Ok(())
+}

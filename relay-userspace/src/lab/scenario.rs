@@ -1,0 +1,279 @@
+//! A relay at work in the NAT lab: the `relay` daemon on the relay host, a session allocated
+//! with labels through the API, and a `relay client join` sidecar on each client. Tests, the demo
+//! and the benchmarks build on it.
+
+use std::{
+    net::{SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use aya::programs::XdpMode as AyaMode;
+
+use super::nat_lab::{Host, INET_RELAY_IF, LAB_BPFFS, NatLab};
+use crate::{
+    api::types::SessionDetails,
+    config::XdpMode,
+    dataplane::{Dataplane, LoadOptions, RelayMaps, loader::remove_pins, object::PROGRAM_PASS},
+};
+
+/// The relay's API token in the lab.
+pub const LAB_TOKEN: &str = "lab-token-0123456789abcdef";
+/// The relay port in the lab.
+pub const LAB_PORT: u16 = 6081;
+/// Where each client's application sends (the sidecar's port).
+pub const SIDECAR_PORT: u16 = 51821;
+/// Where each client's application listens (and the sidecar delivers).
+pub const APP_PORT: u16 = 51820;
+
+/// How to run the scenario.
+#[derive(Clone, Debug)]
+pub struct ScenarioOptions {
+    /// The `relay` binary.
+    pub relay_bin: PathBuf,
+    /// XDP mode of the relay.
+    pub xdp: XdpMode,
+    /// Relay endpoint family each client uses: `[A, B]`, true for IPv6.
+    pub v6: [bool; 2],
+    /// Client bind refresh interval.
+    pub keepalive: Duration,
+    /// Clients re-bind after this much relay silence while sending.
+    pub silence: Duration,
+    /// Labels of the session's legs.
+    pub labels: [String; 2],
+    /// Leave everything running when this process exits (`relay-lab demo --keep`).
+    pub keep: bool,
+}
+
+impl ScenarioOptions {
+    /// Defaults: IPv4 for both clients, quick keepalives so tests see re-binds soon.
+    pub fn new(relay_bin: PathBuf, xdp: XdpMode) -> ScenarioOptions {
+        ScenarioOptions {
+            relay_bin,
+            xdp,
+            v6: [false, false],
+            keepalive: Duration::from_secs(2),
+            silence: Duration::from_secs(2),
+            labels: ["alice-laptop".into(), "office-nas".into()],
+            keep: false,
+        }
+    }
+}
+
+/// The running scenario. Dropping it stops everything and removes the lab.
+pub struct Scenario {
+    /// The lab (dropped last).
+    pub lab: NatLab,
+    /// The relay's pin directory.
+    pub pin_dir: PathBuf,
+    /// The session the clients share.
+    pub session: SessionDetails,
+    /// Options it runs with.
+    pub options: ScenarioOptions,
+    /// The pass-everything program on the router side of the relay's link (native XDP_TX on
+    /// a veth only delivers to a peer that runs XDP itself).
+    pass: Option<(Dataplane, PathBuf)>,
+}
+
+fn relay_config(options: &ScenarioOptions, pin_dir: &Path) -> String {
+    let mode = match options.xdp {
+        XdpMode::Native => "native",
+        XdpMode::Generic => "generic",
+        XdpMode::Auto => "auto",
+        XdpMode::Off => "off",
+    };
+    format!(
+        "interfaces: [eth0]\nxdp:\n  mode: {mode}\nrelay:\n  port: {LAB_PORT}\napi:\n  \
+         listen: 127.0.0.1:8080\n  tokens:\n    - name: lab\n      token: {LAB_TOKEN}\n\
+         pin_dir: {}\nlog:\n  level: info\n",
+        pin_dir.display()
+    )
+}
+
+impl Scenario {
+    /// Builds the lab and starts the relay, the session and both sidecars; returns once both
+    /// legs are bound.
+    pub fn start(options: ScenarioOptions) -> Result<Scenario> {
+        let mut lab = NatLab::create()?;
+        lab.tie_to_parent = !options.keep;
+        let pin_dir = Path::new(LAB_BPFFS).join(lab.ns(Host::Relay).name());
+        let mut pass = None;
+        if options.xdp != XdpMode::Off {
+            let pins = PathBuf::from(format!("{}-pass", pin_dir.display()));
+            let mut dp = Dataplane::load(&LoadOptions {
+                pin_dir: pins.clone(),
+                max_sessions: 4,
+                nexthop_cache_entries: 4,
+            })?;
+            let _inside = lab.ns(Host::Inet).enter()?;
+            // Pinned, so a kept lab (`relay-lab demo --keep`) keeps working after we exit.
+            dp.attach_pinned(PROGRAM_PASS, INET_RELAY_IF, AyaMode::Driver)?;
+            pass = Some((dp, pins));
+        }
+        let config_path = lab.dir.join("relay.yaml");
+        std::fs::write(&config_path, relay_config(&options, &pin_dir))?;
+        let config = config_path.to_str().context("path")?.to_string();
+        lab.spawn(
+            Host::Relay,
+            "relay",
+            &options.relay_bin,
+            &["serve", "--config", &config],
+        )?;
+        let mut scenario = Scenario {
+            lab,
+            pin_dir,
+            session: SessionDetails {
+                vni: 0,
+                token: String::new(),
+                state: String::new(),
+                created: String::new(),
+                relay: Default::default(),
+                bind_lifetime_s: 0,
+                idle_lifetime_s: 0,
+                legs: Vec::new(),
+            },
+            options,
+            pass,
+        };
+        scenario.wait_for_api()?;
+        scenario.session = scenario.create_session()?;
+        for (leg, host) in [(0, Host::ClientA), (1, Host::ClientB)] {
+            scenario.start_sidecar(leg, host, &format!("sidecar-{}", ["a", "b"][leg]))?;
+        }
+        if !NatLab::wait_until(Duration::from_secs(15), || {
+            scenario.session_state().is_ok_and(|s| s.state == "bound")
+        }) {
+            bail!(
+                "the clients did not bind within 15 s\n--- relay ---\n{}\n--- sidecar-a ---\n{}\n--- sidecar-b ---\n{}",
+                scenario.lab.log("relay"),
+                scenario.lab.log("sidecar-a"),
+                scenario.lab.log("sidecar-b")
+            );
+        }
+        Ok(scenario)
+    }
+
+    /// Runs the `relay` CLI on the relay host with the lab's token.
+    pub fn relay_cli(&self, args: &[&str]) -> Result<String> {
+        let token = format!("RELAY_TOKEN={LAB_TOKEN}");
+        let bin = self.options.relay_bin.to_str().context("path")?;
+        let mut argv = vec![token.as_str(), bin];
+        argv.extend_from_slice(args);
+        self.lab.exec(Host::Relay, "env", &argv)
+    }
+
+    fn wait_for_api(&mut self) -> Result<()> {
+        let ok = NatLab::wait_until(Duration::from_secs(10), || {
+            self.relay_cli(&["client", "create", "--json", "--label-a", "probe"])
+                .and_then(|out| {
+                    let s: SessionDetails = serde_json::from_str(&out)?;
+                    self.relay_cli(&["client", "delete", &s.vni.to_string()])
+                })
+                .is_ok()
+        });
+        if !ok {
+            bail!(
+                "the relay's API did not come up:\n{}",
+                self.lab.log("relay")
+            );
+        }
+        Ok(())
+    }
+
+    fn create_session(&self) -> Result<SessionDetails> {
+        let out = self.relay_cli(&[
+            "client",
+            "create",
+            "--json",
+            "--label-a",
+            &self.options.labels[0],
+            "--label-b",
+            &self.options.labels[1],
+        ])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// The session as the API shows it now.
+    pub fn session_state(&self) -> Result<SessionDetails> {
+        let out = self.relay_cli(&["client", "get", "--json", &self.session.vni.to_string()])?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Starts (or restarts) the sidecar of leg `leg` on `host` as process `name`.
+    pub fn start_sidecar(&mut self, leg: usize, host: Host, name: &str) -> Result<()> {
+        let ticket = self.session.legs[leg]
+            .ticket
+            .clone()
+            .context("the API returned no ticket")?;
+        let family = if self.options.v6[leg] { "v6" } else { "v4" };
+        let listen = format!("127.0.0.1:{SIDECAR_PORT}");
+        let app = format!("127.0.0.1:{APP_PORT}");
+        let keepalive = format!("{}ms", self.options.keepalive.as_millis());
+        let silence = format!("{}ms", self.options.silence.as_millis());
+        let bin = self.options.relay_bin.clone();
+        self.lab.spawn(
+            host,
+            name,
+            &bin,
+            &[
+                "client",
+                "join",
+                "--ticket",
+                &ticket,
+                "--listen",
+                &listen,
+                "--app",
+                &app,
+                "--family",
+                family,
+                "--keepalive",
+                &keepalive,
+                "--silence",
+                &silence,
+            ],
+        )
+    }
+
+    /// A UDP socket for the application on `host` (bound to the app port).
+    pub fn app_socket(&self, host: Host) -> Result<UdpSocket> {
+        self.lab
+            .in_host(host, || UdpSocket::bind(("127.0.0.1", APP_PORT)))?
+            .context("binding the application socket")
+    }
+
+    /// Where an application on a client sends to reach its peer.
+    pub fn sidecar_addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], SIDECAR_PORT))
+    }
+
+    /// The relay's pinned maps.
+    pub fn maps(&self) -> Result<RelayMaps> {
+        Ok(RelayMaps::open_pinned(&self.pin_dir)?)
+    }
+}
+
+impl Scenario {
+    /// Leaves the lab running (processes, namespaces, pins); returns the namespace names.
+    pub fn keep(mut self) -> Vec<String> {
+        self.pass = None; // its link is pinned: the program stays attached
+        let lab = std::mem::replace(&mut self.lab, NatLab::empty());
+        std::mem::forget(self);
+        lab.keep()
+    }
+}
+
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        // Processes first (the lab's drop would do it too), then the pinned state: the relay
+        // leaves it on purpose when it stops.
+        for name in ["sidecar-a", "sidecar-b", "relay"] {
+            let _ = self.lab.stop(name);
+        }
+        let _ = remove_pins(&self.pin_dir);
+        if let Some((dp, pins)) = self.pass.take() {
+            drop(dp);
+            let _ = remove_pins(&pins);
+        }
+    }
+}
