@@ -102,6 +102,10 @@ pub struct SessionView {
     pub token: Option<String>,
     /// Allocation time, ms since the Unix epoch.
     pub created_unix_ms: Option<u64>,
+    /// Seconds both legs have to bind (from the metadata).
+    pub bind_lifetime_s: Option<u64>,
+    /// Idle seconds after which a bound session expires (from the metadata).
+    pub idle_lifetime_s: Option<u64>,
     /// Legs a and b.
     pub legs: [LegView; 2],
     /// Packets sent by leg a (to b) and by leg b (to a).
@@ -110,6 +114,70 @@ pub struct SessionView {
     pub path: Path_,
     /// Counter slot.
     pub slot: u32,
+    /// Current rate per direction, when measured over an interval (see [`with_rates`]).
+    pub rates: Option<[Rate; 2]>,
+}
+
+/// A rate over an interval.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq)]
+pub struct Rate {
+    /// Packets per second.
+    pub packets_per_sec: f64,
+    /// Bits per second.
+    pub bits_per_sec: f64,
+}
+
+/// Fills each session's `rates` from its counters in `before` (sessions new since then count
+/// from zero). Counters that went down (a reused slot) give no rate.
+pub fn with_rates(after: &mut Snapshot, before: &Snapshot) {
+    let secs = after
+        .taken
+        .saturating_duration_since(before.taken)
+        .as_secs_f64()
+        .max(1e-3);
+    for s in &mut after.sessions {
+        let old = before.sessions.iter().find(|o| o.vni == s.vni);
+        let rate = |leg: usize| {
+            let (p0, b0) = old.map_or((0, 0), |o| {
+                (o.directions[leg].packets(), o.directions[leg].bytes())
+            });
+            let d = &s.directions[leg];
+            Rate {
+                packets_per_sec: d.packets().saturating_sub(p0) as f64 / secs,
+                bits_per_sec: 8.0 * d.bytes().saturating_sub(b0) as f64 / secs,
+            }
+        };
+        s.rates = Some([rate(0), rate(1)]);
+    }
+}
+
+/// Total packets and bytes per second over all sessions, per path, between two snapshots:
+/// `[kernel, userspace]`.
+pub fn path_rates(after: &Snapshot, before: &Snapshot) -> [Rate; 2] {
+    let secs = after
+        .taken
+        .saturating_duration_since(before.taken)
+        .as_secs_f64()
+        .max(1e-3);
+    let sum = |v: &[VerdictCounter]| {
+        relay_common::verdict::Reason::ALL
+            .iter()
+            .filter(|r| r.outcome() == relay_common::verdict::Outcome::Forwarded)
+            .fold((0u64, 0u64), |(p, b), r| {
+                (p + v[*r as usize].packets, b + v[*r as usize].bytes)
+            })
+    };
+    let rate = |a: (u64, u64), b: (u64, u64)| Rate {
+        packets_per_sec: a.0.saturating_sub(b.0) as f64 / secs,
+        bits_per_sec: 8.0 * a.1.saturating_sub(b.1) as f64 / secs,
+    };
+    [
+        rate(sum(&after.kernel_verdicts), sum(&before.kernel_verdicts)),
+        rate(
+            sum(&after.userspace_verdicts),
+            sum(&before.userspace_verdicts),
+        ),
+    ]
 }
 
 /// Everything at one moment.
@@ -198,10 +266,13 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
             state: state.name(),
             token,
             created_unix_ms: meta.map(|m| m.created_unix_ms),
+            bind_lifetime_s: meta.map(|m| m.bind_lifetime_ms as u64 / 1000),
+            idle_lifetime_s: meta.map(|m| m.idle_lifetime_ms as u64 / 1000),
             legs,
             directions,
             path,
             slot: fast.slot,
+            rates: None,
         });
     }
     Ok(Snapshot {

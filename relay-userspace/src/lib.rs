@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod explain;
 pub mod forwarder;
 pub mod inspect;
 pub mod lab;

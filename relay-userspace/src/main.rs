@@ -5,7 +5,9 @@ use clap::{Parser, Subcommand};
 use relay_userspace::{
     cli::{
         client::{self, ClientCommand},
+        explain::{self, ExplainArgs},
         sessions::{self, SessionsArgs},
+        stats::{self, StatsArgs},
     },
     config::{Config, LogFormat},
     daemon, logging,
@@ -32,6 +34,11 @@ enum Command {
     Client(ClientCommand),
     /// The session table, read from the pinned maps (works while the daemon is down).
     Sessions(SessionsArgs),
+    /// Verdict counters of both forwarders, XDP mode per interface, map occupancy.
+    Stats(StatsArgs),
+    /// Why a frame is forwarded, passed or dropped: runs it through the live program, sends
+    /// nothing, changes no counter.
+    Explain(ExplainArgs),
 }
 
 fn main() -> Result<()> {
@@ -50,5 +57,7 @@ fn main() -> Result<()> {
             runtime.block_on(client::run(command))
         }
         Command::Sessions(args) => sessions::run(args),
+        Command::Stats(args) => stats::run(args),
+        Command::Explain(args) => explain::run(args),
     }
 }

@@ -406,6 +406,7 @@ fn kernel_forwarded_traffic_keeps_a_bound_session_alive() {
         pin_dir: probe_pins.clone(),
         max_sessions: 4,
         nexthop_cache_entries: 4,
+        shared_from: None,
     })
     .unwrap();
     let mut stamp = || {

@@ -629,6 +629,7 @@ fn pinned_link_keeps_the_program_attached_after_the_loader_exits() {
             pin_dir: pin_dir.clone(),
             max_sessions: 64,
             nexthop_cache_entries: 64,
+            shared_from: None,
         })
         .unwrap();
         let pin = dataplane

@@ -1,4 +1,6 @@
 //! The `relay` command line: argument parsing and dispatch to the library's modules.
 
 pub mod client;
+pub mod explain;
 pub mod sessions;
+pub mod stats;

@@ -11,7 +11,7 @@ use crate::inspect::{self, SessionView, Snapshot};
 #[derive(Args, Clone, Debug)]
 pub struct PinArgs {
     /// The relay's pin directory (its config's `pin_dir`).
-    #[arg(long, env = "RELAY_PIN_DIR", default_value = relay_common::maps::DEFAULT_PIN_DIR)]
+    #[arg(long, global = true, env = "RELAY_PIN_DIR", default_value = relay_common::maps::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
 }
 
@@ -48,6 +48,9 @@ pub struct SessionsArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Measure current rates over this interval (0: skip them and answer at once).
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
     #[command(subcommand)]
     pub command: Option<SessionsCommand>,
 }
@@ -138,18 +141,23 @@ pub fn select<'a>(snapshot: &'a Snapshot, args: &SessionsArgs) -> Vec<&'a Sessio
 /// The session table as text.
 pub fn table(rows: &[&SessionView]) -> String {
     let mut out = String::new();
-    let _ = writeln!(
+    let with_rates = rows.iter().any(|s| s.rates.is_some());
+    let _ = write!(
         out,
         "{:<9} {:<10} {:<36} {:<36} {:>20} {:>20} {:<9} {:<9}",
         "VNI", "STATE", "LEG A", "LEG B", "A→B", "B→A", "PATH", "SEEN"
     );
+    if with_rates {
+        let _ = write!(out, " {:<24} {:<24}", "RATE A→B", "RATE B→A");
+    }
+    let _ = writeln!(out);
     for s in rows {
         let dir = |i: usize| {
             let d = &s.directions[i];
             format!("{} pkt {}", d.packets(), human_bytes(d.bytes()))
         };
         let seen = s.directions.iter().filter_map(|d| d.last_seen).min();
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<9} {:<10} {:<36} {:<36} {:>20} {:>20} {:<9} {:<9}",
             s.vni,
@@ -161,6 +169,10 @@ pub fn table(rows: &[&SessionView]) -> String {
             s.path.name(),
             human_age(seen)
         );
+        if let Some(r) = &s.rates {
+            let _ = write!(out, " {:<24} {:<24}", human_rate(&r[0]), human_rate(&r[1]));
+        }
+        let _ = writeln!(out);
     }
     out
 }
@@ -173,7 +185,18 @@ fn detail(s: &SessionView) -> String {
         let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
         let _ = writeln!(out, "  created  {}", humantime::format_rfc3339_seconds(t));
     }
+    if let (Some(b), Some(i)) = (s.bind_lifetime_s, s.idle_lifetime_s) {
+        let _ = writeln!(out, "  lifetimes bind {b}s, idle {i}s");
+    }
     let _ = writeln!(out, "  path     {}", s.path.name());
+    if let Some(r) = &s.rates {
+        let _ = writeln!(
+            out,
+            "  rate     a→b {}, b→a {}",
+            human_rate(&r[0]),
+            human_rate(&r[1])
+        );
+    }
     for (i, name) in ["a", "b"].iter().enumerate() {
         let d = &s.directions[i];
         let _ = writeln!(out, "  leg {name}    {}", leg_text(s, i));
@@ -190,9 +213,26 @@ fn detail(s: &SessionView) -> String {
     out
 }
 
+/// A rate for humans.
+pub fn human_rate(r: &inspect::Rate) -> String {
+    let (v, unit) = match r.bits_per_sec {
+        b if b >= 1e9 => (b / 1e9, "Gbit/s"),
+        b if b >= 1e6 => (b / 1e6, "Mbit/s"),
+        b if b >= 1e3 => (b / 1e3, "kbit/s"),
+        b => (b, "bit/s"),
+    };
+    format!("{:.0} pps {v:.1} {unit}", r.packets_per_sec)
+}
+
 /// Runs `relay sessions`.
 pub fn run(args: SessionsArgs) -> Result<()> {
-    let snapshot = inspect::snapshot(&args.pin.pin_dir)?;
+    let mut snapshot = inspect::snapshot(&args.pin.pin_dir)?;
+    if !args.interval.is_zero() {
+        std::thread::sleep(args.interval);
+        let before = snapshot;
+        snapshot = inspect::snapshot(&args.pin.pin_dir)?;
+        inspect::with_rates(&mut snapshot, &before);
+    }
     if let Some(SessionsCommand::Show { vni }) = args.command {
         let s = snapshot
             .sessions

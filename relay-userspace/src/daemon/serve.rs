@@ -72,6 +72,7 @@ fn kernel_state(config: &Config, settings: &FastPathSettings) -> Result<KernelSe
         pin_dir: config.pin_dir.clone(),
         max_sessions: config.sessions.max_sessions,
         nexthop_cache_entries: settings.cache_entries(),
+        shared_from: None,
     };
     let mut dataplane = match Dataplane::load(&options) {
         Ok(d) => d,

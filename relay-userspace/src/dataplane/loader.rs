@@ -21,7 +21,19 @@ pub struct LoadOptions {
     pub max_sessions: u32,
     /// Entries of the per-CPU next-hop cache (a power of two).
     pub nexthop_cache_entries: u32,
+    /// Take the session, config, redirect and metadata maps from this other pin directory
+    /// instead (a private copy of the program over a running relay's state: `relay explain`).
+    pub shared_from: Option<PathBuf>,
 }
+
+/// The maps a copy of the program shares with the relay it inspects: what decides a verdict.
+/// Counters stay private, so inspecting never changes the live numbers.
+pub const SHARED_MAPS: [&str; 4] = [
+    names::SESSIONS,
+    names::CONFIG,
+    names::REDIRECT,
+    names::SESSION_META,
+];
 
 /// The loaded XDP object: its programs and typed maps.
 pub struct Dataplane {
@@ -36,7 +48,20 @@ impl Dataplane {
     /// program into the kernel (not attached anywhere yet).
     pub fn load(options: &LoadOptions) -> Result<Dataplane> {
         bpffs::ensure_pin_dir(&options.pin_dir)?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(shared) = &options.shared_from {
+            for name in SHARED_MAPS {
+                let path = shared.join(name);
+                if !path.exists() {
+                    anyhow::bail!(
+                        "no relay maps pinned in {} ({name} missing)",
+                        shared.display()
+                    );
+                }
+                loader.map_pin_path(name, path);
+            }
+        }
+        let mut ebpf = loader
             .default_map_pin_directory(&options.pin_dir)
             .map_max_entries(names::SESSIONS, options.max_sessions)
             .map_max_entries(names::SESSION_STATS, options.max_sessions)

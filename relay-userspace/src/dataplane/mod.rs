@@ -1,6 +1,7 @@
 //! The kernel side as userspace sees it: the embedded XDP object, loading it with pinned maps,
 //! attaching it to interfaces, and typed access to every map.
 
+pub mod attachment;
 pub mod bpffs;
 pub mod clock;
 pub mod loader;

@@ -106,12 +106,14 @@ impl Sandbox {
             pin_dir: pin_dir.clone(),
             max_sessions: 1024,
             nexthop_cache_entries: settings.cache_entries(),
+            shared_from: None,
         })?;
         // test_run accepts an interface as ingress only when XDP is enabled on it.
         for iface in ["eth0", "eth1"] {
             dataplane.attach(PROGRAM_PASS, iface, XdpMode::Driver)?;
         }
         let clock = dataplane.clock()?;
+        dataplane.pin_clock_probe()?;
         let eth0 = nix::net::if_::if_nametoindex("eth0").context("eth0")?;
         let eth1 = nix::net::if_::if_nametoindex("eth1").context("eth1")?;
         let config = settings.to_map_value(&clock);
@@ -126,6 +128,11 @@ impl Sandbox {
             _entered: entered,
             ns,
         })
+    }
+
+    /// Where the maps are pinned.
+    pub fn pin_dir(&self) -> &std::path::Path {
+        &self.pin_dir
     }
 
     /// The namespace's name.

@@ -105,6 +105,7 @@ impl Scenario {
                 pin_dir: pins.clone(),
                 max_sessions: 4,
                 nexthop_cache_entries: 4,
+                shared_from: None,
             })?;
             let _inside = lab.ns(Host::Inet).enter()?;
             // Pinned, so a kept lab (`relay-lab demo --keep`) keeps working after we exit.
