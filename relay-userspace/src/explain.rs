@@ -22,7 +22,7 @@ use crate::dataplane::{
     attachment::pinned_interfaces,
     loader::remove_pins,
     object::PROGRAM_RELAY,
-    simulate::{XdpAction, run_frame},
+    simulate::run_frame,
 };
 
 /// What happened to one frame.
