@@ -13,6 +13,7 @@
 
 mod counters;
 mod fib;
+mod log;
 mod maps;
 mod packet;
 mod rewrite;
@@ -54,6 +55,9 @@ pub fn relay_xdp(ctx: XdpContext) -> u32 {
         },
     };
     count_verdict(reason, len);
+    if action == XDP_PASS {
+        log::note(&ctx, reason);
+    }
     action
 }
 

@@ -18,11 +18,8 @@ use relay_common::{
 use serde::Serialize;
 
 use crate::dataplane::{
-    Dataplane, LoadOptions, RelayMaps,
-    attachment::pinned_interfaces,
-    loader::remove_pins,
-    object::PROGRAM_RELAY,
-    simulate::run_frame,
+    Dataplane, LoadOptions, RelayMaps, attachment::pinned_interfaces, loader::remove_pins,
+    object::PROGRAM_RELAY, simulate::run_frame,
 };
 
 /// What happened to one frame.

@@ -14,3 +14,4 @@ pub mod forwarder;
 pub mod inspect;
 pub mod lab;
 pub mod logging;
+pub mod metrics;

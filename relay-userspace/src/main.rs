@@ -8,6 +8,7 @@ use relay_userspace::{
         explain::{self, ExplainArgs},
         sessions::{self, SessionsArgs},
         stats::{self, StatsArgs},
+        top::{self, TopArgs},
     },
     config::{Config, LogFormat},
     daemon, logging,
@@ -36,6 +37,8 @@ enum Command {
     Sessions(SessionsArgs),
     /// Verdict counters of both forwarders, XDP mode per interface, map occupancy.
     Stats(StatsArgs),
+    /// A live view of the busiest sessions and the relay's rates (q to quit).
+    Top(TopArgs),
     /// Why a frame is forwarded, passed or dropped: runs it through the live program, sends
     /// nothing, changes no counter.
     Explain(ExplainArgs),
@@ -59,5 +62,6 @@ fn main() -> Result<()> {
         Command::Sessions(args) => sessions::run(args),
         Command::Stats(args) => stats::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Top(args) => top::run(args),
     }
 }

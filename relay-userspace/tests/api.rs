@@ -62,6 +62,7 @@ fn app(max_sessions: u32, quota: u32, max_body: usize) -> axum::Router {
                 v4: Some("198.51.100.1:6081".parse().unwrap()),
                 v6: Some("[2001:db8::1]:6081".parse().unwrap()),
             },
+            metrics: Default::default(),
         },
         max_body,
     )

@@ -377,3 +377,92 @@ fn clear_errors_without_pinned_maps_or_root() {
         "{err}"
     );
 }
+
+/// A tmux session, killed when dropped.
+struct Tmux(String);
+
+impl Tmux {
+    fn capture(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.0])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn wait_for(&self, text: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let screen = self.capture();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{text:?} never appeared:\n{screen}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.0])
+            .output();
+    }
+}
+
+#[test]
+fn top_draws_live_and_quits_on_q_and_ctrl_c() {
+    require_root!();
+    let fx = relay_with_traffic();
+    for (n, key) in [(0, "q"), (1, "C-c")] {
+        let name = format!("relay-top-{}-{n}", std::process::id());
+        let command = format!(
+            "nsenter --net=/run/netns/{} {} top --pin-dir {} --interval 300ms; echo EXITED $?; sleep 30",
+            fx.sandbox.netns_name(),
+            env!("CARGO_BIN_EXE_relay"),
+            fx.sandbox.pin_dir().display()
+        );
+        let status = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &name,
+                "-x",
+                "150",
+                "-y",
+                "40",
+                &command,
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let tmux = Tmux(name);
+        let screen = tmux.wait_for("busiest sessions");
+        assert!(screen.contains("relay top"), "{screen}");
+        assert!(
+            screen.contains("alice-laptop") && screen.contains("4242"),
+            "{screen}"
+        );
+        Command::new("tmux")
+            .args(["send-keys", "-t", &tmux.0, key])
+            .status()
+            .unwrap();
+        let screen = tmux.wait_for("EXITED");
+        assert!(screen.contains("EXITED 0"), "{key}: {screen}");
+    }
+}
+
+#[test]
+fn top_once_prints_a_frame() {
+    require_root!();
+    let fx = relay_with_traffic();
+    let (ok, out, err) = relay(&fx, &["top", "--once", "--interval", "200ms"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("1 sessions (1 bound) of 1024"), "{out}");
+    assert!(out.contains("4242") && out.contains("office-nas"), "{out}");
+}

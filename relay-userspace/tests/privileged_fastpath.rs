@@ -683,3 +683,60 @@ fn micro_benchmark_harness_runs() {
         );
     }
 }
+
+/// Collects log records in memory.
+struct Capture(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}", record.level(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+#[test]
+fn rare_failures_are_logged_through_aya_log_at_most_once_per_interval() {
+    require_root!();
+    let mut fx = Fixture::new();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut reader = fx.sandbox.dataplane.logger(Capture(lines.clone())).unwrap();
+    fx.add_session(VNI, SLOT, leg(sa(LEG_A4)), leg(sa(LEG_B4)));
+    let frame = data_frame(LEG_A4, FrameOpts::default());
+    // Ordinary drops are counted, never logged.
+    let unknown = udp_frame(
+        sa(LEG_A4),
+        relay4(),
+        &geneve_data(VNI + 9, &[1]),
+        FrameOpts::default(),
+    );
+    for _ in 0..10 {
+        fx.run(&unknown, SLOT);
+    }
+    reader.flush();
+    assert!(
+        lines.lock().unwrap().is_empty(),
+        "{:?}",
+        lines.lock().unwrap()
+    );
+    // Forwarding disabled (before any route was cached): every packet falls back to the stack,
+    // one line says why.
+    std::fs::write("/proc/sys/net/ipv4/conf/eth0/forwarding", "0").unwrap();
+    for _ in 0..50 {
+        fx.run(&frame, SLOT);
+    }
+    reader.flush();
+    let got = lines.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert!(got[0].starts_with("WARN"), "{got:?}");
+    assert!(
+        got[0].contains("passed_fib_forwarding_disabled")
+            && got[0].contains("enable IP forwarding"),
+        "{got:?}"
+    );
+}

@@ -411,3 +411,196 @@ fn the_demo_runs_start_to_finish_and_cleans_up() {
         "the demo left namespaces behind: {left}"
     );
 }
+
+/// `GET path` over HTTP/1.0 from the relay host; returns the body.
+fn http_get(s: &Scenario, addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let (addr, path) = (addr.to_string(), path.to_string());
+    s.lab
+        .in_host(Host::Relay, move || {
+            let mut c = std::net::TcpStream::connect(&addr).unwrap();
+            write!(c, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").unwrap();
+            let mut text = String::new();
+            c.read_to_string(&mut text).unwrap();
+            assert!(
+                text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+                "{text}"
+            );
+            text.split_once("\r\n\r\n").unwrap().1.to_string()
+        })
+        .unwrap()
+}
+
+/// One scraped series: name, labels, value.
+type Series = (String, Vec<(String, String)>, f64);
+
+/// Prometheus text exposition → series, parsed independently of the exporter.
+fn parse_exposition(text: &str) -> Vec<Series> {
+    let mut out = Vec::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => {
+                let body = rest.strip_suffix('}').unwrap();
+                let labels = body
+                    .split("\",")
+                    .filter(|p| !p.is_empty())
+                    .map(|p| {
+                        let (k, v) = p.split_once("=\"").unwrap();
+                        (k.to_string(), v.trim_end_matches('"').to_string())
+                    })
+                    .collect();
+                (n.to_string(), labels)
+            }
+            None => (series.to_string(), Vec::new()),
+        };
+        out.push((name, labels, value));
+    }
+    out
+}
+
+fn metric(all: &[Series], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    all.iter()
+        .find(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| *v)
+}
+
+#[test]
+fn metrics_after_traffic_describe_paths_sessions_binds_and_api() {
+    require_root!();
+    let s = start(XdpMode::Native, [false, false]);
+    exchange(&s, 25);
+    let text = http_get(&s, relay_userspace::lab::scenario::LAB_METRICS, "/metrics");
+    let all = parse_exposition(&text);
+    let kernel_v4 = metric(
+        &all,
+        "relay_forwarded_packets_total",
+        &[("path", "kernel"), ("family", "v4")],
+    )
+    .unwrap();
+    assert!(kernel_v4 >= 50.0, "{kernel_v4}\n{text}");
+    assert_eq!(
+        metric(
+            &all,
+            "relay_forwarded_packets_total",
+            &[("path", "userspace"), ("family", "v4")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&all, "relay_sessions", &[("state", "bound")]),
+        Some(1.0)
+    );
+    assert_eq!(metric(&all, "relay_sessions_capacity", &[]), Some(65536.0));
+    assert!(metric(&all, "relay_bind_handshakes_total", &[("result", "bound")]).unwrap() >= 2.0);
+    assert!(
+        metric(
+            &all,
+            "relay_api_requests_total",
+            &[
+                ("endpoint", "/v1/sessions"),
+                ("method", "POST"),
+                ("status", "201")
+            ]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert!(
+        metric(
+            &all,
+            "relay_api_requests_total",
+            &[
+                ("endpoint", "/v1/sessions/{vni}"),
+                ("method", "GET"),
+                ("status", "200")
+            ]
+        )
+        .unwrap()
+            >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &all,
+            "relay_xdp_attached",
+            &[("interface", "eth0"), ("mode", "native")]
+        ),
+        Some(1.0)
+    );
+    // Every reason on both paths; per-session series only for the opted-in top sessions.
+    for r in Reason::ALL {
+        for path in ["kernel", "userspace"] {
+            assert!(
+                metric(
+                    &all,
+                    "relay_verdict_packets_total",
+                    &[("path", path), ("reason", r.name())]
+                )
+                .is_some(),
+                "{} {path}",
+                r.name()
+            );
+        }
+    }
+    let vni = s.session.vni.to_string();
+    assert!(
+        metric(
+            &all,
+            "relay_session_bytes_total",
+            &[("vni", &vni), ("direction", "a_to_b")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    let series = all
+        .iter()
+        .filter(|(n, _, _)| n == "relay_session_bytes_total")
+        .count();
+    assert_eq!(series, 2, "one session, two directions");
+}
+
+#[test]
+fn the_cli_reads_sessions_while_the_daemon_is_stopped() {
+    require_root!();
+    let mut s = start(XdpMode::Native, [false, false]);
+    exchange(&s, 5);
+    // The daemon is gone; the fast path (pinned) and the CLI carry on.
+    assert!(s.lab.stop("relay").unwrap().success());
+    let pin = s.pin_dir.to_str().unwrap().to_string();
+    let out = s
+        .relay_cli(&["sessions", "--pin-dir", &pin, "--interval", "0"])
+        .unwrap();
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(&s.session.vni.to_string()))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("bound")
+            && row.contains("alice-laptop")
+            && row.contains("office-nas")
+            && row.contains("kernel"),
+        "{row}"
+    );
+    exchange(&s, 5); // still relayed in the kernel
+    let json = s
+        .relay_cli(&["sessions", "--pin-dir", &pin, "--interval", "0", "--json"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v[0]["directions"][0]["kernel_packets"].as_u64().unwrap() >= 10);
+    let stats = s.relay_cli(&["stats", "--pin-dir", &pin]).unwrap();
+    assert!(
+        stats.contains("eth0") && stats.contains("native"),
+        "{stats}"
+    );
+}

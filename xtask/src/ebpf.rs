@@ -28,6 +28,7 @@ const MAPS: &[&str] = &[
     "redirect_ifs",
     "nexthop_cache",
     "session_meta",
+    "log_gate",
 ];
 
 /// Cargo profile of the object.

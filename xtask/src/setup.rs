@@ -26,6 +26,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("wireguard-tools", "configuring WireGuard (wg)"),
     ("iperf3", "throughput through the relay"),
     ("iputils-ping", "ping through the tunnel in the lab"),
+    ("tmux", "driving `relay top` in a terminal in its tests"),
     ("tcpdump", "packet captures while debugging the lab"),
     ("procps", "sysctl"),
 ];

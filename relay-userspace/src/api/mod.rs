@@ -40,6 +40,7 @@ use crate::{
         ticket::Ticket,
     },
     daemon::plane::{AllocateError, SharedPlane},
+    metrics::ApiMetrics,
 };
 
 /// What the handlers share.
@@ -51,6 +52,21 @@ pub struct ApiState {
     pub tokens: Arc<TokenStore>,
     /// Endpoints advertised to clients.
     pub endpoints: Endpoints,
+    /// Request counts for the metrics endpoint.
+    pub metrics: Arc<ApiMetrics>,
+}
+
+/// Counts every request by endpoint template, method and status.
+async fn count_requests(
+    State(metrics): State<Arc<ApiMetrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let endpoint = ApiMetrics::endpoint(request.uri().path());
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    metrics.record(endpoint, &method, response.status().as_u16());
+    response
 }
 
 /// The API's routes.
@@ -68,6 +84,10 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            count_requests,
+        ))
         .with_state(state)
 }
 

@@ -4,3 +4,4 @@ pub mod client;
 pub mod explain;
 pub mod sessions;
 pub mod stats;
+pub mod top;

@@ -35,6 +35,22 @@ pub struct Config {
     /// Logging.
     #[serde(default)]
     pub log: LogConfig,
+    /// Prometheus metrics (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsConfig>,
+}
+
+/// `metrics:` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the `/metrics` endpoint (no authentication: keep it on loopback or a private
+    /// network).
+    pub listen: SocketAddr,
+    /// Export per-session byte counters for this many of the busiest sessions (0: none; each
+    /// scrape then reads every session's counters).
+    #[serde(default)]
+    pub top_sessions: usize,
 }
 
 fn default_pin_dir() -> PathBuf {
@@ -350,6 +366,17 @@ impl Config {
         ] {
             if d < Duration::from_secs(1) {
                 return err(key, "must be at least 1s".into());
+            }
+        }
+        if let Some(m) = &self.metrics {
+            if m.listen == self.api.listen {
+                return err("metrics.listen", "must differ from api.listen".into());
+            }
+            if m.top_sessions > 1000 {
+                return err(
+                    "metrics.top_sessions",
+                    "at most 1000 (series cardinality)".into(),
+                );
             }
         }
         if !self.pin_dir.is_absolute() {

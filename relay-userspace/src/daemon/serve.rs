@@ -22,6 +22,7 @@ use crate::{
     control::{address_policy::AddressPolicy, table::TableSettings},
     dataplane::{Dataplane, LoadOptions, settings::FastPathSettings},
     forwarder::{Forwarder, counters::UserCounters, table::ForwardTable},
+    metrics::{self, ApiMetrics, RelayCollector},
 };
 
 /// How often sessions are checked for expiry and userspace counters copied to the maps.
@@ -34,6 +35,8 @@ pub struct Started {
     pub relay: Vec<SocketAddr>,
     /// API address.
     pub api: SocketAddr,
+    /// Metrics endpoint address, if enabled.
+    pub metrics: Option<SocketAddr>,
     /// XDP mode per interface.
     pub xdp: Vec<(String, AttachedMode)>,
     /// Sessions taken over from a previous daemon.
@@ -88,6 +91,10 @@ fn kernel_state(config: &Config, settings: &FastPathSettings) -> Result<KernelSe
             return Err(e.context("loading the XDP fast path (xdp.mode: off runs without it)"));
         }
     };
+    // The program's rare warnings (rate-limited in the kernel) join the daemon's logs.
+    if let Some(reader) = dataplane.logger(log::logger()) {
+        spawn_kernel_log_reader(reader);
+    }
     let clock = dataplane.clock().context("calibrating the kernel clock")?;
     dataplane.pin_clock_probe()?;
     let mut attached = Vec::new();
@@ -113,6 +120,29 @@ fn kernel_state(config: &Config, settings: &FastPathSettings) -> Result<KernelSe
         }
     }
     Ok((Some(KernelState { dataplane, clock }), attached))
+}
+
+/// Forwards aya-log records from the XDP program to the `log` facade (and so to tracing)
+/// whenever its ring buffer has data.
+fn spawn_kernel_log_reader(reader: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns the ring buffer's file descriptor, which stays open and unchanged
+    // for as long as the AsyncFd owns the logger.
+    let registered = unsafe {
+        tokio::io::unix::AsyncFd::register_with_interest(reader, tokio::io::Interest::READABLE)
+    };
+    let Ok(mut fd) = registered else {
+        warn!("cannot poll the XDP program's log buffer; its warnings will not be shown");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut guard) = fd.readable_mut().await else {
+                break;
+            };
+            guard.get_inner_mut().flush();
+            guard.clear_ready();
+        }
+    });
 }
 
 /// A running daemon.
@@ -181,6 +211,7 @@ impl Daemon {
             counters.clone(),
             kernel,
         );
+        let has_kernel = plane.has_kernel();
         let adopted = plane.adopt_pinned()?;
         if adopted > 0 {
             info!(adopted, "took over sessions from the pinned maps");
@@ -195,22 +226,60 @@ impl Daemon {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let forwarder = Forwarder::start(&sockets, workers, forward, counters, plane.clone())
-            .with_context(|| format!("opening the relay sockets {sockets:?}"))?;
+        let forwarder =
+            Forwarder::start(&sockets, workers, forward, counters.clone(), plane.clone())
+                .with_context(|| format!("opening the relay sockets {sockets:?}"))?;
 
         let listener = TcpListener::bind(config.api.listen)
             .await
             .with_context(|| format!("binding the API to {}", config.api.listen))?;
         let api_addr = listener.local_addr()?;
         let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
+        let api_metrics = Arc::new(ApiMetrics::default());
         let router = api::router(
             ApiState {
                 plane: plane.clone(),
                 tokens: Arc::new(TokenStore::new(&config.api.tokens)),
                 endpoints,
+                metrics: api_metrics.clone(),
             },
             config.api.max_body_bytes,
         );
+        let metrics_addr = match &config.metrics {
+            Some(m) => {
+                let source = MetricsSource {
+                    plane: plane.clone(),
+                    pin_dir: has_kernel.then(|| config.pin_dir.clone()),
+                    counters: counters.clone(),
+                    api: api_metrics,
+                    interfaces: config.interfaces.clone(),
+                    top_sessions: m.top_sessions,
+                };
+                let listener = TcpListener::bind(m.listen)
+                    .await
+                    .with_context(|| format!("binding the metrics endpoint to {}", m.listen))?;
+                let addr = listener.local_addr()?;
+                let mut metrics_stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let app = axum::Router::new().route(
+                        "/metrics",
+                        axum::routing::get(move || {
+                            let source = source.clone();
+                            async move { source.scrape() }
+                        }),
+                    );
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = metrics_stopped.wait_for(|s| *s).await;
+                    });
+                    if let Err(e) = serve.await {
+                        warn!(error = %e, "metrics server failed");
+                    }
+                });
+                info!(%addr, "metrics endpoint");
+                Some(addr)
+            }
+            None => None,
+        };
         let mut api_stopped = stopped.clone();
         let api = tokio::spawn(async move {
             let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -237,6 +306,7 @@ impl Daemon {
         let started = Started {
             relay: forwarder.local_addrs().to_vec(),
             api: api_addr,
+            metrics: metrics_addr,
             xdp,
             adopted,
         };
@@ -265,6 +335,42 @@ impl Daemon {
             kernel = plane.has_kernel(),
             "relay stopped; pinned sessions stay in the fast path"
         );
+    }
+}
+
+/// What the metrics endpoint reads on each scrape.
+#[derive(Clone)]
+struct MetricsSource {
+    plane: SharedPlane,
+    pin_dir: Option<std::path::PathBuf>,
+    counters: Arc<UserCounters>,
+    api: Arc<ApiMetrics>,
+    interfaces: Vec<String>,
+    top_sessions: usize,
+}
+
+impl MetricsSource {
+    fn scrape(&self) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let collector = RelayCollector {
+            plane: self.plane.clone(),
+            pin_dir: self.pin_dir.clone(),
+            counters: self.counters.clone(),
+            api: self.api.clone(),
+            interfaces: self.interfaces.clone(),
+            top_sessions: self.top_sessions,
+        };
+        match metrics::render(collector) {
+            Ok(text) => (
+                [(
+                    axum::http::header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                text,
+            )
+                .into_response(),
+            Err(_) => axum::http::StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+        }
     }
 }
 

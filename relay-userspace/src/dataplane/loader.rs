@@ -106,6 +106,12 @@ impl Dataplane {
         self.program(object::PROGRAM_RELAY)
     }
 
+    /// The reader of the program's aya-log records, delivering them to `logger` (the daemon
+    /// passes the `log` facade, which tracing picks up). `None` when the object logs nothing.
+    pub fn logger<T: log::Log>(&mut self, logger: T) -> Option<aya_log::EbpfLogger<T>> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, logger).ok()
+    }
+
     /// Measures how the kernel's jiffies (the maps' timestamps) relate to this process's clock.
     pub fn clock(&mut self) -> Result<super::clock::JiffiesClock> {
         super::clock::JiffiesClock::calibrate(self.program(object::PROGRAM_CLOCK_PROBE)?)

@@ -46,6 +46,9 @@ pub struct ScenarioOptions {
     pub keep: bool,
 }
 
+/// The relay's metrics endpoint in the lab (on the relay host's loopback).
+pub const LAB_METRICS: &str = "127.0.0.1:9101";
+
 impl ScenarioOptions {
     /// Defaults: IPv4 for both clients, quick keepalives so tests see re-binds soon.
     pub fn new(relay_bin: PathBuf, xdp: XdpMode) -> ScenarioOptions {
@@ -86,7 +89,7 @@ fn relay_config(options: &ScenarioOptions, pin_dir: &Path) -> String {
     format!(
         "interfaces: [eth0]\nxdp:\n  mode: {mode}\nrelay:\n  port: {LAB_PORT}\napi:\n  \
          listen: 127.0.0.1:8080\n  tokens:\n    - name: lab\n      token: {LAB_TOKEN}\n\
-         pin_dir: {}\nlog:\n  level: info\n",
+         pin_dir: {}\nlog:\n  level: info\nmetrics:\n  listen: {LAB_METRICS}\n  top_sessions: 5\n",
         pin_dir.display()
     )
 }
