@@ -465,4 +465,9 @@ fn top_once_prints_a_frame() {
     assert!(ok, "{err}");
     assert!(out.contains("1 sessions (1 bound) of 1024"), "{out}");
     assert!(out.contains("4242") && out.contains("office-nas"), "{out}");
+    let (ok, out, err) = relay(&fx, &["top", "--once", "--json", "--interval", "200ms"]);
+    assert!(ok, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["sessions"][0]["vni"], 4242);
+    assert!(v["sessions"][0]["rates"].is_array(), "{out}");
 }

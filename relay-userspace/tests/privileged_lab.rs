@@ -144,6 +144,13 @@ fn generic_xdp_also_carries_the_session_in_the_kernel() {
         kernel - kernel_before
     );
     assert_eq!(userspace_forwarded(&s), user_before);
+    // Operators see the (slower) generic mode.
+    let pin = s.pin_dir.to_str().unwrap().to_string();
+    let stats = s.relay_cli(&["stats", "--pin-dir", &pin]).unwrap();
+    assert!(
+        stats.contains("eth0") && stats.contains("generic mode"),
+        "{stats}"
+    );
 }
 
 #[test]

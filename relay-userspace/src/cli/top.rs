@@ -37,6 +37,9 @@ pub struct TopArgs {
     /// Print one frame (after one interval) as text and exit.
     #[arg(long)]
     pub once: bool,
+    /// With --once: print the sessions with their current rates as JSON instead.
+    #[arg(long, requires = "once")]
+    pub json: bool,
 }
 
 /// What one frame shows.
@@ -223,7 +226,15 @@ pub fn run(args: TopArgs) -> Result<()> {
     if args.once {
         std::thread::sleep(args.interval);
         let m = model(source, &before, inspect::snapshot(&args.pin.pin_dir)?);
-        print!("{}", render_text(&m, 140, 40)?);
+        if args.json {
+            let doc = serde_json::json!({
+                "forwarded": { "kernel": m.forwarded[0], "userspace": m.forwarded[1] },
+                "sessions": m.snapshot.sessions,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc)?);
+        } else {
+            print!("{}", render_text(&m, 140, 40)?);
+        }
         return Ok(());
     }
     enable_raw_mode()?;
