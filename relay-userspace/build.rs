@@ -4,6 +4,7 @@
 //! `cargo build` cannot make it; instead this script finds it and fails with the command to run
 //! when it is missing. `RELAY_EBPF_OBJECT` overrides the path.
 
+use sha2::Digest as _;
 use std::{
     env,
     path::{Path, PathBuf},
@@ -83,4 +84,8 @@ fn main() {
         }
     }
     println!("cargo:rustc-env=RELAY_EBPF_OBJECT={}", path.display());
+    // The build's identity: a restarted daemon swaps the attached program only when it differs.
+    let digest = sha2::Sha256::digest(std::fs::read(&path).expect("reading the XDP object"));
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    println!("cargo:rustc-env=RELAY_EBPF_SHA256={hex}");
 }

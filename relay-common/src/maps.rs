@@ -34,6 +34,9 @@ pub const REDIRECT: &str = "redirect_ifs";
 /// as that state: a restarted daemon adopts sessions from it and the CLI shows labels and owners
 /// even when the daemon is down.
 pub const SESSION_META: &str = "session_meta";
+/// `ARRAY` with one [`BuildInfo`]: which build of the XDP object the pinned links run, so a
+/// restarted daemon replaces the program only when its own build differs.
+pub const BUILD_INFO: &str = "build_info";
 /// `PERCPU_ARRAY` of [`NextHopEntry`]: a direct-mapped cache of route lookups by destination
 /// address, so most packets skip `bpf_fib_lookup` (which costs more than the rest of the fast
 /// path together).
@@ -259,6 +262,14 @@ impl RelayConfig {
     }
 }
 
+/// The build of the XDP object attached to the pinned links.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// SHA-256 of the object file (all zero: unknown).
+    pub object_sha256: [u8; 32],
+}
+
 /// Longest leg label and token name stored in [`SessionMeta`], in bytes.
 pub const META_LABEL_LEN: usize = 64;
 /// Longest token name stored in [`SessionMeta`], in bytes.
@@ -371,6 +382,7 @@ mod pod {
     unsafe impl aya::Pod for RelayConfig {}
     unsafe impl aya::Pod for NextHopEntry {}
     unsafe impl aya::Pod for SessionMeta {}
+    unsafe impl aya::Pod for BuildInfo {}
 }
 
 #[cfg(test)]
@@ -411,6 +423,7 @@ mod tests {
             REDIRECT,
             NEXTHOP_CACHE,
             SESSION_META,
+            BUILD_INFO,
         ] {
             assert!(name.len() <= 15, "{name}");
         }

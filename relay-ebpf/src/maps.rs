@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use relay_common::{
     maps::{
-        DEFAULT_MAX_SESSIONS, DEFAULT_NEXTHOP_CACHE_ENTRIES, MAX_REDIRECT_INTERFACES, NextHopEntry,
-        RelayConfig, Session, SessionMeta, SessionStats,
+        BuildInfo, DEFAULT_MAX_SESSIONS, DEFAULT_NEXTHOP_CACHE_ENTRIES, MAX_REDIRECT_INTERFACES,
+        NextHopEntry, RelayConfig, Session, SessionMeta, SessionStats,
     },
     verdict::{Reason, VerdictCounter},
 };
@@ -52,3 +52,7 @@ pub static NEXTHOP_CACHE: PerCpuArray<NextHopEntry> =
 /// so one loader creates and pins every map).
 #[map(name = "session_meta")]
 pub static SESSION_META: HashMap<u32, SessionMeta> = HashMap::pinned(DEFAULT_MAX_SESSIONS, 0);
+
+/// Which object build the pinned links run (written and read by userspace only).
+#[map(name = "build_info")]
+pub static BUILD_INFO: Array<BuildInfo> = Array::pinned(1, 0);

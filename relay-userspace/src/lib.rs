@@ -3,6 +3,7 @@
 //! into these modules.
 
 pub mod api;
+pub mod check;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -408,6 +408,35 @@ mod dashboard_tests {
     }
 
     #[test]
+    fn every_metric_the_alert_rules_use_is_exported() {
+        let exported = exported_names();
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/prometheus-alerts.yaml"
+        );
+        let rules: serde_yaml::Value =
+            serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut used = 0;
+        for rule in rules["groups"][0]["rules"].as_sequence().unwrap() {
+            assert!(rule["alert"].as_str().is_some() && rule["expr"].as_str().is_some());
+            for word in rule["expr"]
+                .as_str()
+                .unwrap()
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            {
+                if word.starts_with("relay_") {
+                    used += 1;
+                    assert!(
+                        exported.iter().any(|e| e == word),
+                        "alert uses {word}, not exported"
+                    );
+                }
+            }
+        }
+        assert!(used >= 6);
+    }
+
+    #[test]
     fn every_metric_the_dashboard_queries_is_exported() {
         let exported = exported_names();
         assert!(

@@ -138,7 +138,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         if let Some(d) = self.daemon.take() {
-            self.runtime.block_on(d.stop());
+            self.runtime.block_on(d.stop(false));
         }
         let _ = remove_pins(&self.pin_dir);
     }

@@ -611,3 +611,130 @@ fn the_cli_reads_sessions_while_the_daemon_is_stopped() {
         "{stats}"
     );
 }
+
+/// Streams `count` sequence-numbered datagrams A → B every `gap` while `during` runs; returns
+/// the sequence numbers B did not receive.
+fn stream_through(
+    s: &mut Scenario,
+    count: u32,
+    gap: Duration,
+    during: impl FnOnce(&mut Scenario),
+) -> Vec<u32> {
+    let a = s.app_socket(Host::ClientA).unwrap();
+    let b = s.app_socket(Host::ClientB).unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let receiver = std::thread::spawn(move || {
+        let mut seen = std::collections::BTreeSet::new();
+        let mut buf = [0u8; 64];
+        while let Ok((n, _)) = b.recv_from(&mut buf) {
+            if n == 4 {
+                seen.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+            }
+            if seen.len() == count as usize {
+                break;
+            }
+        }
+        seen
+    });
+    let sender = std::thread::spawn(move || {
+        for seq in 0..count {
+            a.send_to(&seq.to_be_bytes(), Scenario::sidecar_addr())
+                .unwrap();
+            std::thread::sleep(gap);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    during(s);
+    sender.join().unwrap();
+    let seen = receiver.join().unwrap();
+    (0..count).filter(|n| !seen.contains(n)).collect()
+}
+
+fn program_on_relay_eth0(s: &Scenario) -> u64 {
+    let out = s
+        .lab
+        .exec(Host::Relay, "ip", &["-j", "-d", "link", "show", "eth0"])
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v[0]["xdp"]["prog"]["id"]
+        .as_u64()
+        .expect("an XDP program on eth0")
+}
+
+#[test]
+fn restart_and_upgrade_lose_no_datagram_in_the_fast_path() {
+    require_root!();
+    let mut s = start(XdpMode::Native, [false, false]);
+    exchange(&s, 2);
+    let program = program_on_relay_eth0(&s);
+
+    // A restart: the new daemon adopts the pinned state and keeps the running program.
+    let lost = stream_through(&mut s, 1500, Duration::from_millis(4), |s| {
+        s.restart_relay().unwrap()
+    });
+    assert!(
+        lost.is_empty(),
+        "lost {} datagrams across a restart: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    assert_eq!(
+        program_on_relay_eth0(&s),
+        program,
+        "a restart with the same build keeps the program"
+    );
+    assert!(
+        s.lab
+            .log("relay")
+            .contains("took over sessions from the pinned maps"),
+        "{}",
+        s.lab.log("relay")
+    );
+
+    // An upgrade: the pinned links ran another build (as far as the new daemon can tell), so it
+    // swaps its program in atomically under the links.
+    let mut maps = s.maps().unwrap();
+    maps.build_info
+        .set(
+            0,
+            relay_common::maps::BuildInfo {
+                object_sha256: [0xaa; 32],
+            },
+            0,
+        )
+        .unwrap();
+    let lost = stream_through(&mut s, 1500, Duration::from_millis(4), |s| {
+        s.restart_relay().unwrap()
+    });
+    assert!(
+        lost.is_empty(),
+        "lost {} datagrams across an upgrade: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    let upgraded = program_on_relay_eth0(&s);
+    assert_ne!(
+        upgraded, program,
+        "the upgrade should have replaced the program"
+    );
+    assert!(
+        s.lab
+            .log("relay")
+            .contains("swapped the program under the pinned XDP link")
+    );
+
+    // The session is still there, bound, for the API, the CLI and the traffic both ways.
+    let shown = s.session_state().unwrap();
+    assert_eq!(shown.state, "bound");
+    assert_eq!(shown.legs[0].label.as_deref(), Some("alice-laptop"));
+    let pin = s.pin_dir.to_str().unwrap().to_string();
+    let out = s
+        .relay_cli(&["sessions", "--pin-dir", &pin, "--interval", "0"])
+        .unwrap();
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(&s.session.vni.to_string()) && l.contains("bound")),
+        "{out}"
+    );
+    exchange(&s, 5);
+}

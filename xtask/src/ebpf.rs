@@ -29,6 +29,7 @@ const MAPS: &[&str] = &[
     "nexthop_cache",
     "session_meta",
     "log_gate",
+    "build_info",
 ];
 
 /// Cargo profile of the object.

@@ -27,6 +27,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iperf3", "throughput through the relay"),
     ("iputils-ping", "ping through the tunnel in the lab"),
     ("tmux", "driving `relay top` in a terminal in its tests"),
+    ("shellcheck", "linting the deploy scripts in the tests"),
     ("tcpdump", "packet captures while debugging the lab"),
     ("procps", "sysctl"),
 ];

@@ -1,6 +1,8 @@
 //! The `relay` command line: argument parsing and dispatch to the library's modules.
 
+pub mod check;
 pub mod client;
+pub mod down;
 pub mod explain;
 pub mod sessions;
 pub mod stats;

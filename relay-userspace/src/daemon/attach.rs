@@ -1,27 +1,48 @@
 //! Attaching the relay program to the configured interfaces in the configured mode, through
-//! pinned links. A link left pinned by a previous daemon is updated in place (atomically, the
-//! kernel swaps the program under it), so restarting never leaves an interface without XDP.
+//! pinned links. A link left pinned by a previous daemon is kept when it runs this build, and
+//! otherwise updated in place (the kernel swaps the program under the link atomically), so
+//! neither a restart nor an upgrade leaves an interface without XDP for a single packet.
+
+/// Records that the pinned links now run this build.
+pub fn record_build(dataplane: &mut Dataplane) -> Result<()> {
+    let ours = BuildInfo {
+        object_sha256: object::sha256(),
+    };
+    dataplane
+        .maps
+        .build_info
+        .set(0, ours, 0)
+        .context("writing build_info")
+}
 
 use std::fmt;
 
 use anyhow::{Context, Result, bail};
 use aya::programs::{XdpMode as AyaMode, links::PinnedLink, xdp::XdpLink};
+use relay_common::maps::BuildInfo;
 use tracing::{info, warn};
 
 use crate::{
     config::XdpMode,
-    dataplane::{Dataplane, loader::link_pin_path, object::PROGRAM_RELAY},
+    dataplane::{
+        Dataplane,
+        loader::link_pin_path,
+        object::{self, PROGRAM_RELAY},
+    },
 };
 
-/// The mode an interface actually runs the program in.
+/// What attaching did on an interface.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachedMode {
-    /// In the driver.
+    /// Attached in the driver.
     Native,
-    /// In the network stack.
+    /// Attached in the network stack.
     Generic,
-    /// Kept from a previous daemon (updated in place; its mode is whatever it was).
+    /// A previous daemon's link runs the same build: left untouched.
     Kept,
+    /// A previous daemon's link ran another build: the program was swapped under the link
+    /// atomically (no packet meets an interface without XDP).
+    Replaced,
 }
 
 impl fmt::Display for AttachedMode {
@@ -29,7 +50,8 @@ impl fmt::Display for AttachedMode {
         f.write_str(match self {
             AttachedMode::Native => "native",
             AttachedMode::Generic => "generic",
-            AttachedMode::Kept => "kept",
+            AttachedMode::Kept => "kept (same build)",
+            AttachedMode::Replaced => "replaced in place (new build)",
         })
     }
 }
@@ -37,6 +59,14 @@ impl fmt::Display for AttachedMode {
 /// Attaches (or re-attaches) the relay program on `interface`.
 pub fn attach(dataplane: &mut Dataplane, interface: &str, mode: XdpMode) -> Result<AttachedMode> {
     let pin = link_pin_path(dataplane.pin_dir(), interface);
+    let ours = BuildInfo {
+        object_sha256: object::sha256(),
+    };
+    let running = dataplane.maps.build_info.get(&0, 0).ok();
+    if pin.exists() && running == Some(ours) {
+        info!(interface, "the pinned XDP link runs this build: kept");
+        return Ok(AttachedMode::Kept);
+    }
     if pin.exists() {
         let pinned = PinnedLink::from_pin(&pin)
             .with_context(|| format!("opening the pinned link {}", pin.display()))?;
@@ -46,8 +76,11 @@ pub fn attach(dataplane: &mut Dataplane, interface: &str, mode: XdpMode) -> Resu
             .relay_program()?
             .attach_to_link(link)
             .with_context(|| format!("replacing the program on {interface}"))?;
-        info!(interface, "updated the pinned XDP link in place");
-        return Ok(AttachedMode::Kept);
+        info!(
+            interface,
+            "swapped the program under the pinned XDP link (new build)"
+        );
+        return Ok(AttachedMode::Replaced);
     }
     match mode {
         XdpMode::Native => {

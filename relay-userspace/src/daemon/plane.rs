@@ -127,6 +127,11 @@ impl Plane {
         &self.table
     }
 
+    /// Drops the loaded object (and any XDP link the daemon holds) before exiting.
+    pub fn release_kernel(&mut self) {
+        self.kernel = None;
+    }
+
     /// Whether the XDP object's maps are in use.
     pub fn has_kernel(&self) -> bool {
         self.kernel.is_some()

@@ -111,13 +111,22 @@ fn kernel_state(config: &Config, settings: &FastPathSettings) -> Result<KernelSe
                 .redirect
                 .insert(ifindex, ifindex, None, 0)
                 .with_context(|| format!("adding {interface} to the redirect map"))?;
-            if config.xdp.manage_forwarding {
-                host::enable_forwarding(interface)?;
+            if config.xdp.manage_forwarding
+                && let Err(e) = host::enable_forwarding(interface)
+            {
+                // Still a working relay, only slower: every packet takes the userspace path
+                // (counted as passed_fib_forwarding_disabled, and logged by the program).
+                warn!(
+                    interface,
+                    error = format!("{e:#}"),
+                    "could not enable IP forwarding: the fast path will hand every packet to userspace"
+                );
             }
             let mode = attach::attach(&mut dataplane, interface, config.xdp.mode)?;
             info!(interface, %mode, "XDP fast path attached");
             attached.push((interface.clone(), mode));
         }
+        attach::record_build(&mut dataplane)?;
     }
     Ok((Some(KernelState { dataplane, clock }), attached))
 }
@@ -152,6 +161,7 @@ pub struct Daemon {
     /// What was started.
     pub started: Started,
     forwarder: Forwarder,
+    pin_dir: Option<std::path::PathBuf>,
     api: tokio::task::JoinHandle<()>,
     ticker: tokio::task::JoinHandle<()>,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -290,6 +300,10 @@ impl Daemon {
             }
         });
         let ticking = plane.clone();
+        // Under systemd with WatchdogSec=, a ping per tick proves the control plane still turns
+        // over (a stuck lock stops the pings and systemd restarts the daemon).
+        let mut watchdog_usec = 0;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec);
         let ticker = tokio::spawn(async move {
             let mut interval = tokio::time::interval(TICK);
             loop {
@@ -297,10 +311,15 @@ impl Daemon {
                     _ = interval.tick() => {}
                     _ = stopped.wait_for(|s| *s) => break,
                 }
-                let mut plane = ticking.lock().unwrap_or_else(|p| p.into_inner());
-                let now = Instant::now();
-                plane.expire(now);
-                plane.flush_counters(now);
+                {
+                    let mut plane = ticking.lock().unwrap_or_else(|p| p.into_inner());
+                    let now = Instant::now();
+                    plane.expire(now);
+                    plane.flush_counters(now);
+                }
+                if watchdog {
+                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+                }
             }
         });
         let started = Started {
@@ -315,6 +334,7 @@ impl Daemon {
             plane,
             started,
             forwarder,
+            pin_dir: has_kernel.then(|| config.pin_dir.clone()),
             api,
             ticker,
             shutdown,
@@ -322,14 +342,27 @@ impl Daemon {
     }
 
     /// Stops accepting API requests and datagrams, writes the final counters, and leaves the
-    /// pinned fast-path state in place: bound sessions keep being forwarded in the kernel.
-    pub async fn stop(self) {
+    /// pinned fast-path state in place: bound sessions keep being forwarded in the kernel and
+    /// the next daemon adopts them. With `detach`, the XDP program is detached from the
+    /// interfaces too (nothing is relayed until a daemon runs again), but sessions stay pinned.
+    pub async fn stop(self, detach: bool) {
         let _ = self.shutdown.send(true);
         let _ = self.api.await;
         let _ = self.ticker.await;
         self.forwarder.stop();
         let mut plane = self.plane.lock().unwrap_or_else(|p| p.into_inner());
         plane.flush_counters(Instant::now());
+        if detach && let Some(dir) = &self.pin_dir {
+            for interface in crate::dataplane::attachment::pinned_interfaces(dir) {
+                let pin = crate::dataplane::loader::link_pin_path(dir, &interface);
+                match std::fs::remove_file(&pin) {
+                    Ok(()) => info!(interface, "XDP detached on exit (--detach-on-exit)"),
+                    Err(e) => warn!(interface, error = %e, "could not unpin the XDP link"),
+                }
+            }
+            // The link's last reference is this process's, closed when it exits.
+            plane.release_kernel();
+        }
         info!(
             sessions = plane.table().len(),
             kernel = plane.has_kernel(),
@@ -374,15 +407,29 @@ impl MetricsSource {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: Config) -> Result<()> {
-    let daemon = Daemon::start(&config).await?;
+/// Runs the daemon until SIGTERM or SIGINT; `detach_on_exit` see [`Daemon::stop`].
+pub async fn run(config: Config, detach_on_exit: bool) -> Result<()> {
+    // Handlers first: a stop request that arrives the moment we report ready must still stop
+    // us gracefully (leaving the fast path running), not kill us.
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let daemon = Daemon::start(&config).await?;
+    let status = format!(
+        "relaying on {:?}, {} sessions adopted",
+        daemon.started.relay, daemon.started.adopted
+    );
+    let _ = sd_notify::notify(
+        false,
+        &[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ],
+    );
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: stopping"),
         _ = int.recv() => info!("SIGINT: stopping"),
     }
-    daemon.stop().await;
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
+    daemon.stop(detach_on_exit).await;
     Ok(())
 }

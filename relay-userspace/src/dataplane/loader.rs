@@ -48,6 +48,7 @@ impl Dataplane {
     /// program into the kernel (not attached anywhere yet).
     pub fn load(options: &LoadOptions) -> Result<Dataplane> {
         bpffs::ensure_pin_dir(&options.pin_dir)?;
+        super::compat::check_pinned(&options.pin_dir, options.max_sessions)?;
         let mut loader = EbpfLoader::new();
         if let Some(shared) = &options.shared_from {
             for name in SHARED_MAPS {

@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use relay_common::{
-    maps::{self as names, RelayConfig, Session, SessionMeta, SessionStats},
+    maps::{self as names, BuildInfo, RelayConfig, Session, SessionMeta, SessionStats},
     verdict::{Reason, VerdictCounter},
 };
 
@@ -66,6 +66,8 @@ pub struct RelayMaps {
     pub redirect: DevMapHash<MapData>,
     /// VNI → the control plane's record of the session.
     pub session_meta: HashMap<MapData, u32, SessionMeta>,
+    /// Which build the pinned links run.
+    pub build_info: Array<MapData, BuildInfo>,
 }
 
 /// Maps a map error to [`MapsError::Map`] naming the map.
@@ -127,6 +129,7 @@ impl RelayMaps {
             config: typed(names::CONFIG, get(names::CONFIG)?)?,
             redirect: typed(names::REDIRECT, get(names::REDIRECT)?)?,
             session_meta: typed(names::SESSION_META, get(names::SESSION_META)?)?,
+            build_info: typed(names::BUILD_INFO, get(names::BUILD_INFO)?)?,
         })
     }
 

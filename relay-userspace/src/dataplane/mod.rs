@@ -4,6 +4,7 @@
 pub mod attachment;
 pub mod bpffs;
 pub mod clock;
+pub mod compat;
 pub mod loader;
 pub mod maps;
 pub mod object;

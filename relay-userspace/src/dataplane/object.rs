@@ -13,3 +13,11 @@ pub const PROGRAM_REFLECTOR: &str = "reflector";
 pub const PROGRAM_PASS: &str = "xdp_pass";
 /// Reports the kernel's jiffies (see `clock`).
 pub const PROGRAM_CLOCK_PROBE: &str = relay_common::maps::CLOCK_PROBE_PROGRAM;
+
+/// SHA-256 of the embedded object, which identifies the program build.
+pub fn sha256() -> [u8; 32] {
+    let hex = env!("RELAY_EBPF_SHA256");
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(hex, &mut out).expect("build.rs writes 64 hex digits");
+    out
+}

@@ -105,7 +105,7 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         if let Some(d) = self.daemon.take() {
-            self.runtime.block_on(d.stop());
+            self.runtime.block_on(d.stop(false));
         }
         let _ = remove_pins(&self.pin_dir);
     }

@@ -158,6 +158,21 @@ impl Scenario {
         Ok(scenario)
     }
 
+    /// Stops the relay daemon (SIGTERM: the fast path stays pinned) and starts a new one with
+    /// the same configuration, which adopts the pinned state; returns once its API answers.
+    pub fn restart_relay(&mut self) -> Result<()> {
+        let status = self.lab.stop("relay")?;
+        if !status.success() {
+            bail!("the relay exited with {status}:\n{}", self.lab.log("relay"));
+        }
+        let config = self.lab.dir.join("relay.yaml");
+        let config = config.to_str().context("path")?.to_string();
+        let bin = self.options.relay_bin.clone();
+        self.lab
+            .spawn(Host::Relay, "relay", &bin, &["serve", "--config", &config])?;
+        self.wait_for_api()
+    }
+
     /// Runs the `relay` CLI on the relay host with the lab's token.
     pub fn relay_cli(&self, args: &[&str]) -> Result<String> {
         let token = format!("RELAY_TOKEN={LAB_TOKEN}");

@@ -19,6 +19,9 @@ use relay_userspace::{
     lab::sandbox::Sandbox,
 };
 
+pub mod process;
+pub use process::run_ok;
+
 /// Returns early from a privileged test, loudly, when not root.
 #[macro_export]
 macro_rules! require_root {

@@ -1,0 +1,179 @@
+//! Everything in deploy/ that can be checked without root: the systemd unit verifies cleanly,
+//! the scripts pass shellcheck and install into a staging directory, the sysctls and the
+//! cloud-init user-data are well-formed.
+
+#[path = "common/process.rs"]
+mod process;
+
+use std::{path::PathBuf, process::Command};
+
+use process::run_ok;
+
+fn deploy(file: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")).join(file)
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("relay-deploy-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn systemd_unit_verifies_without_a_single_warning() {
+    let unit = std::fs::read_to_string(deploy("relay.service")).unwrap();
+    for needed in [
+        "Type=notify",
+        "WatchdogSec=",
+        "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN",
+        "ReadWritePaths=/sys/fs/bpf/relay",
+        "Restart=on-failure",
+    ] {
+        assert!(unit.contains(needed), "{needed} missing");
+    }
+    // Point it at the binary this test built (verify checks that ExecStart exists).
+    let dir = tmp("unit");
+    let path = dir.join("relay.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/local/bin/relay", env!("CARGO_BIN_EXE_relay")),
+    )
+    .unwrap();
+    // systemd-analyze verify prints warnings yet exits 0: require silence.
+    let verify = |path: &PathBuf| {
+        let out = Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text.trim().to_string())
+    };
+    let (ok, text) = verify(&path);
+    assert!(ok && text.is_empty(), "systemd-analyze verify: {text}");
+    // And it does catch mistakes.
+    std::fs::write(
+        &path,
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("Type=notify", "Type=notifyy"),
+    )
+    .unwrap();
+    let (_, text) = verify(&path);
+    assert!(text.contains("notifyy"), "{text}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn scripts_pass_shellcheck_and_bash_syntax() {
+    for script in ["install.sh", "tune-nic.sh"] {
+        let path = deploy(script);
+        run_ok(Command::new("bash").arg("-n").arg(&path));
+        // shellcheck is installed by `cargo xtask setup`.
+        run_ok(Command::new("shellcheck").arg(&path));
+    }
+}
+
+#[test]
+fn install_stages_every_file_and_keeps_an_existing_config() {
+    let dest = tmp("install");
+    let run = |extra: &[&str]| {
+        run_ok(
+            Command::new(deploy("install.sh"))
+                .args([
+                    "--no-build",
+                    "--binary",
+                    env!("CARGO_BIN_EXE_relay"),
+                    "--destdir",
+                ])
+                .arg(&dest)
+                .args(extra),
+        )
+    };
+    // A dry run changes nothing.
+    assert!(run(&["--dry-run"]).contains("+ install -D -m 0755"));
+    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
+    run(&[]);
+    use std::os::unix::fs::PermissionsExt;
+    for (file, mode) in [
+        ("usr/local/bin/relay", 0o755),
+        ("etc/systemd/system/relay.service", 0o644),
+        ("etc/sysctl.d/60-relay.conf", 0o644),
+        ("usr/local/share/doc/relay/operations.md", 0o644),
+        ("etc/relay/relay.yaml", 0o600),
+    ] {
+        let meta = std::fs::metadata(dest.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
+    }
+    // The installed binary works and the installed config loads.
+    assert!(
+        run_ok(Command::new(dest.join("usr/local/bin/relay")).arg("--version"))
+            .starts_with("relay ")
+    );
+    relay_userspace::config::Config::load(&dest.join("etc/relay/relay.yaml")).unwrap();
+    // A second run keeps the operator's config.
+    std::fs::write(dest.join("etc/relay/relay.yaml"), "# mine\n").unwrap();
+    assert!(run(&[]).contains("keeping the existing"));
+    assert_eq!(
+        std::fs::read_to_string(dest.join("etc/relay/relay.yaml")).unwrap(),
+        "# mine\n"
+    );
+    std::fs::remove_dir_all(dest).unwrap();
+}
+
+#[test]
+fn sysctls_name_existing_keys() {
+    let text = std::fs::read_to_string(deploy("sysctl.d/60-relay.conf")).unwrap();
+    let mut keys = 0;
+    for line in text
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+    {
+        let (key, value) = line.split_once('=').unwrap();
+        let path = PathBuf::from("/proc/sys").join(key.trim().replace('.', "/"));
+        assert!(path.exists(), "{} does not exist", key.trim());
+        assert!(value.trim().parse::<u64>().is_ok(), "{line}");
+        keys += 1;
+    }
+    assert!(keys >= 3);
+}
+
+#[test]
+fn cloud_init_user_data_is_well_formed() {
+    let text = std::fs::read_to_string(deploy("cloud-init.yaml")).unwrap();
+    assert!(text.starts_with("#cloud-config\n"));
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    assert!(
+        doc["packages"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|p| p == "nftables")
+    );
+    let runcmd = format!("{:?}", doc["runcmd"]);
+    for step in ["deploy/install.sh", "tune-nic.sh", "enable", "relay"] {
+        assert!(runcmd.contains(step), "runcmd lacks {step}");
+    }
+    // The embedded relay configuration is valid.
+    let files = doc["write_files"].as_sequence().unwrap();
+    let config = files
+        .iter()
+        .find(|f| f["path"] == "/etc/relay/relay.yaml")
+        .unwrap()["content"]
+        .as_str()
+        .unwrap();
+    relay_userspace::config::Config::parse(config, "cloud-init").unwrap();
+    // Where cloud-init is installed, its own schema check too.
+    if Command::new("cloud-init").arg("--version").output().is_ok() {
+        run_ok(
+            Command::new("cloud-init")
+                .args(["schema", "--config-file"])
+                .arg(deploy("cloud-init.yaml")),
+        );
+    }
+}

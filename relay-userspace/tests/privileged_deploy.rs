@@ -1,0 +1,271 @@
+//! Deployment pieces that need root, exercised for real in network namespaces: the NIC tuning
+//! script, the firewall, the daemon's systemd protocol (ready, watchdog, stopping), exiting with
+//! and without detaching XDP, `relay down`, and `relay check`.
+
+mod common;
+
+use std::{
+    os::unix::net::UnixDatagram,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use common::run_ok;
+use relay_userspace::lab::Netns;
+
+fn deploy(file: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")).join(file)
+}
+
+/// A namespace with `eth0` (a veth) up and addressed, loopback up.
+fn host() -> Netns {
+    let ns = Netns::create("rt-deploy").unwrap();
+    ns.ip(&[
+        "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
+    ])
+    .unwrap();
+    ns.ip(&["addr", "add", "198.51.100.10/24", "dev", "eth0"])
+        .unwrap();
+    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    ns.ip(&["link", "set", "peer0", "up"]).unwrap();
+    ns
+}
+
+fn in_ns(ns: &Netns, program: &str) -> Command {
+    // nsenter (network only) keeps /sys/fs/bpf visible, unlike `ip netns exec`.
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{}", ns.name()))
+        .arg(program);
+    c
+}
+
+#[test]
+fn tune_nic_dry_run_then_real_run() {
+    require_root!();
+    let ns = host();
+    let script = deploy("tune-nic.sh");
+    let tune = |args: &[&str]| run_ok(ns.command(script.to_str().unwrap()).args(args));
+    let text = tune(&["eth0", "--dry-run", "--queues", "2"]);
+    // A veth has separate RX and TX channels (as some NICs do), not combined ones.
+    assert!(text.contains("would: ethtool -L eth0 rx 2 tx 2"), "{text}");
+    assert!(
+        text.contains("skip: no interrupts named after eth0"),
+        "{text}"
+    );
+    let channels = || ns.exec("ethtool", &["-l", "eth0"]).unwrap();
+    assert!(
+        channels()
+            .split("Current hardware settings:")
+            .nth(1)
+            .unwrap()
+            .contains("RX:\t\t1"),
+        "dry run changed something"
+    );
+    tune(&["eth0", "--queues", "2"]);
+    assert!(
+        channels()
+            .split("Current hardware settings:")
+            .nth(1)
+            .unwrap()
+            .contains("RX:\t\t2"),
+        "{}",
+        channels()
+    );
+    // Idempotent.
+    assert!(tune(&["eth0", "--queues", "2"]).contains("ok: eth0 has 2 RX queue(s)"));
+    let out = ns
+        .command(script.to_str().unwrap())
+        .arg("nosuch0")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn nftables_example_is_valid_ruleset() {
+    require_root!();
+    let ns = host();
+    run_ok(
+        ns.command("nft")
+            .args(["-c", "-f"])
+            .arg(deploy("nftables.conf")),
+    );
+    // And it loads for real inside the namespace, admitting the relay port only.
+    run_ok(ns.command("nft").arg("-f").arg(deploy("nftables.conf")));
+    let rules = ns
+        .exec("nft", &["list", "chain", "inet", "relay_host", "input"])
+        .unwrap();
+    assert!(
+        rules.contains("udp dport 6081 accept") && rules.contains("policy drop"),
+        "{rules}"
+    );
+}
+
+fn config(ns: &Netns, pin_dir: &std::path::Path) -> PathBuf {
+    let path = std::env::temp_dir().join(format!("{}.yaml", ns.name()));
+    std::fs::write(
+        &path,
+        format!(
+            "interfaces: [eth0]\nxdp:\n  mode: generic\napi:\n  listen: 127.0.0.1:18080\n  tokens:\n    \
+             - name: t\n      token: 0123456789abcdef0123\npin_dir: {}\n",
+            pin_dir.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Receives notify messages until `want` arrives (at most `limit`).
+fn wait_notify(sock: &UnixDatagram, want: &str, limit: Duration) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            let done = msg.lines().any(|l| l == want);
+            seen.push(msg);
+            if done {
+                return seen;
+            }
+        }
+    }
+    panic!("{want} never came; got {seen:?}");
+}
+
+#[test]
+fn systemd_notify_watchdog_detach_on_exit_and_down() {
+    require_root!();
+    let ns = host();
+    ns.ip(&["link", "set", "lo", "up"]).unwrap();
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
+    let cfg = config(&ns, &pin_dir);
+    let sock_path = std::env::temp_dir().join(format!("{}.notify", ns.name()));
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let relay = env!("CARGO_BIN_EXE_relay");
+    let serve = |detach: bool| {
+        // As systemd does: WATCHDOG_PID names the daemon itself (the shell execs into it).
+        let script = format!(
+            "export WATCHDOG_PID=$$; exec nsenter --net=/run/netns/{} {relay} serve --config {}{}",
+            ns.name(),
+            cfg.display(),
+            if detach { " --detach-on-exit" } else { "" }
+        );
+        Command::new("sh")
+            .args(["-c", &script])
+            .env("NOTIFY_SOCKET", &sock_path)
+            .env("WATCHDOG_USEC", "2000000")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let xdp = || ns.exec("ip", &["-d", "link", "show", "eth0"]).unwrap();
+
+    // Default: ready, watchdog pings, and on SIGTERM the fast path stays.
+    let mut daemon = serve(false);
+    let seen = wait_notify(&sock, "READY=1", Duration::from_secs(15));
+    assert!(seen.concat().contains("STATUS=relaying"), "{seen:?}");
+    wait_notify(&sock, "WATCHDOG=1", Duration::from_secs(5));
+    assert!(xdp().contains("xdpgeneric"), "{}", xdp());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    wait_notify(&sock, "STOPPING=1", Duration::from_secs(5));
+    assert!(daemon.wait().unwrap().success());
+    assert!(
+        xdp().contains("xdpgeneric"),
+        "the fast path should survive the daemon"
+    );
+    assert!(pin_dir.join("link_eth0").exists() && pin_dir.join("sessions").exists());
+
+    // With --detach-on-exit: the next daemon keeps the link (same build), then detaches on exit
+    // while the sessions stay pinned.
+    let mut daemon = serve(true);
+    wait_notify(&sock, "READY=1", Duration::from_secs(15));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.wait().unwrap().success());
+    assert!(
+        !xdp().contains("xdpgeneric"),
+        "XDP should be detached: {}",
+        xdp()
+    );
+    assert!(!pin_dir.join("link_eth0").exists());
+    assert!(
+        pin_dir.join("sessions").exists(),
+        "sessions stay pinned for the next daemon"
+    );
+
+    // relay down removes everything.
+    let down = || run_ok(in_ns(&ns, relay).args(["down", "--pin-dir"]).arg(&pin_dir));
+    assert!(down().contains("every session is gone"));
+    assert!(!pin_dir.exists());
+    assert!(down().contains("nothing pinned"));
+    let _ = std::fs::remove_file(&sock_path);
+    let _ = std::fs::remove_file(&cfg);
+}
+
+#[test]
+fn check_reports_and_fails_on_what_cannot_work() {
+    require_root!();
+    let ns = host();
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
+    let cfg = config(&ns, &pin_dir);
+    let relay = env!("CARGO_BIN_EXE_relay");
+    let out = in_ns(&ns, relay)
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for expected in [
+        "PASS  kernel",
+        "PASS  capabilities",
+        "PASS  eth0 driver                  veth",
+        "PASS  eth0 XDP                     native XDP attaches (tried and detached)",
+        "PASS  relay port                   198.51.100.10:6081 is free",
+        "0 failed",
+    ] {
+        assert!(text.contains(expected), "{expected:?} missing:\n{text}");
+    }
+    assert!(
+        !ns.exec("ip", &["-d", "link", "show", "eth0"])
+            .unwrap()
+            .contains("xdp"),
+        "the trial left XDP attached"
+    );
+    // JSON, and failures: another XDP program on the interface, a missing interface.
+    let out = in_ns(&ns, relay)
+        .args([
+            "check",
+            "--json",
+            "--interface",
+            "eth0",
+            "--interface",
+            "nosuch0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fail = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["check"] == "nosuch0")
+        .unwrap();
+    assert_eq!(fail["status"], "fail");
+    ns.ip(&["link", "set", "dev", "eth0", "xdpgeneric", "off"])
+        .unwrap();
+    let _ = std::fs::remove_file(&cfg);
+}
