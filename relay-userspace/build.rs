@@ -1,4 +1,5 @@
-//! Embeds the XDP object built by `cargo xtask build-ebpf`.
+//! Embeds the XDP objects built by `cargo xtask build-ebpf`: the relay's, and the benchmark
+//! lab's (generator, sink, reflector; next to it, only the lab uses it).
 //!
 //! The object is built separately (nightly, `-Z build-std=core`, bpf-linker), so a plain
 //! `cargo build` cannot make it; instead this script finds it and fails with the command to run
@@ -59,10 +60,13 @@ fn main() {
         );
     }
     // The object embeds relay-common's layouts (map sizes, reasons): refuse one older than its
-    // sources, or userspace and kernel would disagree about the maps.
+    // sources, or userspace and kernel would disagree about the maps. `build-ebpf` builds both
+    // objects in one cargo run, which relinks only the one whose sources changed: the newer of
+    // the two tells when that run was.
     if env::var_os("RELAY_EBPF_OBJECT").is_none() {
         let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
-        let built = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let built = modified(&path).max(modified(&path.with_file_name("lab-xdp")));
         for dir in ["relay-common/src", "relay-ebpf/src"] {
             let dir = manifest.parent().unwrap().join(dir);
             println!("cargo:rerun-if-changed={}", dir.display());
@@ -84,6 +88,15 @@ fn main() {
         }
     }
     println!("cargo:rustc-env=RELAY_EBPF_OBJECT={}", path.display());
+    let lab = path.with_file_name("lab-xdp");
+    println!("cargo:rerun-if-changed={}", lab.display());
+    if !lab.is_file() {
+        panic!(
+            "\n\nThe lab's XDP object is missing: {}\nRun `cargo xtask build-ebpf` first.\n\n",
+            lab.display()
+        );
+    }
+    println!("cargo:rustc-env=RELAY_LAB_EBPF_OBJECT={}", lab.display());
     // The build's identity: a restarted daemon swaps the attached program only when it differs.
     let digest = sha2::Sha256::digest(std::fs::read(&path).expect("reading the XDP object"));
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();

@@ -11,6 +11,7 @@
 //! fast path. Userspace converts at its edges (see the `from_*`/`to_*` helpers).
 #![no_std]
 
+pub mod bench;
 pub mod checksum;
 pub mod control;
 pub mod forward;

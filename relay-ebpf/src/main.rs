@@ -3,8 +3,6 @@
 //! * `relay_xdp` forwards data packets of bound sessions between their legs in the kernel and
 //!   hands everything else to the stack (and so to the userspace daemon), counting every packet
 //!   under one `relay_common::verdict::Reason`.
-//! * `reflector` swaps MAC addresses and bounces every frame (XDP_TX): the practical limit the
-//!   benchmarks compare the relay against.
 //! * `clock_probe` reports the kernel's jiffies to userspace (timestamps in the maps are jiffies).
 //! * `xdp_pass` passes everything: attached to the peer of a veth so XDP_TX/REDIRECT frames
 //!   towards it are not dropped (a veth requirement, see docs/operations.md).
@@ -309,18 +307,6 @@ fn relay_v6(ctx: &XdpContext, cfg: &RelayConfig) -> Verdict {
         rewrite::v6_to_v4(ctx, &old, cfg, &to, &hop)?;
     }
     forwarded(ctx, session, dir, &to, &hop, udp_len, true, now)
-}
-
-/// Swaps source and destination MAC and bounces the frame: the cheapest possible forwarder.
-#[xdp]
-pub fn reflector(ctx: XdpContext) -> u32 {
-    let Some(eth) = ptr_at::<EthHdr>(&ctx, 0) else {
-        return XDP_PASS;
-    };
-    // SAFETY: bounds-checked by ptr_at.
-    let eth = unsafe { &mut *eth };
-    core::mem::swap(&mut eth.src, &mut eth.dst);
-    XDP_TX
 }
 
 /// Writes the kernel's jiffies into the first 8 bytes of the frame (native byte order). Userspace

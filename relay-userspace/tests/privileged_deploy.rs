@@ -103,11 +103,15 @@ fn nftables_example_is_valid_ruleset() {
 }
 
 fn config(ns: &Netns, pin_dir: &std::path::Path) -> PathBuf {
+    config_in_mode(ns, pin_dir, "generic")
+}
+
+fn config_in_mode(ns: &Netns, pin_dir: &std::path::Path, mode: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("{}.yaml", ns.name()));
     std::fs::write(
         &path,
         format!(
-            "interfaces: [eth0]\nxdp:\n  mode: generic\napi:\n  listen: 127.0.0.1:18080\n  tokens:\n    \
+            "interfaces: [eth0]\nxdp:\n  mode: {mode}\napi:\n  listen: 127.0.0.1:18080\n  tokens:\n    \
              - name: t\n      token: 0123456789abcdef0123\npin_dir: {}\n",
             pin_dir.display()
         ),
@@ -267,5 +271,59 @@ fn check_reports_and_fails_on_what_cannot_work() {
     assert_eq!(fail["status"], "fail");
     ns.ip(&["link", "set", "dev", "eth0", "xdpgeneric", "off"])
         .unwrap();
+    let _ = std::fs::remove_file(&cfg);
+}
+
+#[test]
+fn a_restart_with_another_xdp_mode_reattaches_in_that_mode_and_off_detaches() {
+    require_root!();
+    let ns = host();
+    ns.ip(&["link", "set", "lo", "up"]).unwrap();
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
+    let sock_path = std::env::temp_dir().join(format!("{}.notify", ns.name()));
+    let _ = std::fs::remove_file(&sock_path);
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let relay = env!("CARGO_BIN_EXE_relay");
+    let mut cfg = PathBuf::new();
+    let xdp = || ns.exec("ip", &["-d", "link", "show", "eth0"]).unwrap();
+    for (mode, shown) in [
+        ("native", Some("xdp ")),
+        ("generic", Some("xdpgeneric")),
+        ("native", Some("xdp ")),
+        ("off", None),
+        ("generic", Some("xdpgeneric")),
+    ] {
+        cfg = config_in_mode(&ns, &pin_dir, mode);
+        let mut daemon = in_ns(&ns, relay)
+            .args(["serve", "--config", cfg.to_str().unwrap()])
+            .env("NOTIFY_SOCKET", &sock_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_notify(&sock, "READY=1", Duration::from_secs(15));
+        let link = xdp();
+        match shown {
+            Some(tag) => {
+                assert!(link.contains(tag), "{mode}: {link}");
+                assert!(pin_dir.join("link_eth0").exists());
+            }
+            None => {
+                assert!(!link.contains("xdp"), "{mode}: {link}");
+                assert!(!pin_dir.join("link_eth0").exists());
+                assert!(pin_dir.join("sessions").exists(), "sessions stay pinned");
+            }
+        }
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        assert!(daemon.wait().unwrap().success(), "{mode}");
+    }
+    run_ok(in_ns(&ns, relay).args(["down", "--pin-dir"]).arg(&pin_dir));
+    let _ = std::fs::remove_file(&sock_path);
     let _ = std::fs::remove_file(&cfg);
 }

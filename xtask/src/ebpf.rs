@@ -15,8 +15,8 @@ use crate::{
 
 /// The BPF target triple.
 pub const TARGET: &str = "bpfel-unknown-none";
-/// Programs the object must contain.
-const PROGRAMS: &[&str] = &["relay_xdp", "reflector", "xdp_pass", "clock_probe"];
+/// Programs the relay object must contain.
+const PROGRAMS: &[&str] = &["relay_xdp", "xdp_pass", "clock_probe"];
 /// Maps the object must contain (names from relay-common's `maps` module).
 const MAPS: &[&str] = &[
     "sessions",
@@ -30,6 +30,14 @@ const MAPS: &[&str] = &[
     "session_meta",
     "log_gate",
     "build_info",
+];
+/// Programs and maps of the benchmark lab's object (names from relay-common's `bench` module).
+const LAB_PROGRAMS: &[&str] = &["bench_gen", "bench_sink", "reflector"];
+const LAB_MAPS: &[&str] = &[
+    "bench_templates",
+    "bench_gen_config",
+    "bench_gen_cursor",
+    "bench_sink_counts",
 ];
 
 /// Cargo profile of the object.
@@ -59,16 +67,24 @@ impl Profile {
     }
 }
 
-/// Where the object of `profile` is written (relay-userspace's build script looks there).
+/// Where the relay object of `profile` is written (relay-userspace's build script looks there).
 pub fn object_path(profile: Profile) -> PathBuf {
+    object_dir(profile).join("relay-ebpf")
+}
+
+/// Where the benchmark lab's object is written.
+pub fn lab_object_path(profile: Profile) -> PathBuf {
+    object_dir(profile).join("lab-xdp")
+}
+
+fn object_dir(profile: Profile) -> PathBuf {
     workspace_root()
         .join("target/ebpf")
         .join(TARGET)
         .join(profile.dir())
-        .join("relay-ebpf")
 }
 
-/// Builds and checks the object; returns its path.
+/// Builds and checks both objects; returns the relay object's path.
 pub fn build(profile: Profile) -> Result<PathBuf> {
     let root = workspace_root();
     println!("== build-ebpf ({})", profile.dir());
@@ -98,12 +114,13 @@ pub fn build(profile: Profile) -> Result<PathBuf> {
          bpf-linker",
     )?;
     let path = object_path(profile);
-    check(&path)?;
+    check(&path, PROGRAMS, MAPS)?;
+    check(&lab_object_path(profile), LAB_PROGRAMS, LAB_MAPS)?;
     Ok(path)
 }
 
 /// Checks the ELF: program section and symbols, every map, BTF. Prints path, size and digest.
-pub fn check(path: &PathBuf) -> Result<()> {
+pub fn check(path: &PathBuf, programs: &[&str], maps: &[&str]) -> Result<()> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let file = object::File::parse(&*bytes).context("parsing the XDP object as ELF")?;
     let section = |name: &str| file.section_by_name(name);
@@ -123,7 +140,7 @@ pub fn check(path: &PathBuf) -> Result<()> {
         .symbols()
         .filter_map(|s| s.name().ok().map(str::to_string))
         .collect();
-    for wanted in PROGRAMS.iter().chain(MAPS) {
+    for wanted in programs.iter().chain(maps) {
         if !symbols.iter().any(|s| s == wanted) {
             bail!("{}: symbol `{wanted}` missing", path.display());
         }
@@ -134,8 +151,8 @@ pub fn check(path: &PathBuf) -> Result<()> {
         "XDP object: {} ({} bytes, sha256 {hex})\n  programs: {}\n  maps: {}\n  BTF: yes",
         path.display(),
         bytes.len(),
-        PROGRAMS.join(", "),
-        MAPS.join(", ")
+        programs.join(", "),
+        maps.join(", ")
     );
     Ok(())
 }

@@ -1,19 +1,10 @@
 //! Attaching the relay program to the configured interfaces in the configured mode, through
 //! pinned links. A link left pinned by a previous daemon is kept when it runs this build, and
 //! otherwise updated in place (the kernel swaps the program under the link atomically), so
-//! neither a restart nor an upgrade leaves an interface without XDP for a single packet.
-
-/// Records that the pinned links now run this build.
-pub fn record_build(dataplane: &mut Dataplane) -> Result<()> {
-    let ours = BuildInfo {
-        object_sha256: object::sha256(),
-    };
-    dataplane
-        .maps
-        .build_info
-        .set(0, ours, 0)
-        .context("writing build_info")
-}
+//! neither a restart nor an upgrade leaves an interface without XDP for a single packet. A link
+//! in another mode than the configured one (the operator changed `xdp.mode`) is replaced: there
+//! is no atomic switch between native and generic, so for that moment packets take the userspace
+//! path, which carries them under the same rules.
 
 use std::fmt;
 
@@ -26,6 +17,7 @@ use crate::{
     config::XdpMode,
     dataplane::{
         Dataplane,
+        attachment::{self, AttachMode},
         loader::link_pin_path,
         object::{self, PROGRAM_RELAY},
     },
@@ -56,6 +48,27 @@ impl fmt::Display for AttachedMode {
     }
 }
 
+/// Whether an attachment the kernel runs in `current` mode is what `configured` asks for.
+pub fn satisfies(configured: XdpMode, current: AttachMode) -> bool {
+    match configured {
+        XdpMode::Native => current == AttachMode::Native,
+        XdpMode::Generic => current == AttachMode::Generic,
+        XdpMode::Auto => matches!(current, AttachMode::Native | AttachMode::Generic),
+        XdpMode::Off => false,
+    }
+}
+
+/// Detaches the relay program from every interface with a pinned link (`xdp.mode: off`: the
+/// operator asked for no XDP at all). Sessions stay pinned.
+pub fn detach_all(dataplane: &Dataplane) -> Result<()> {
+    for interface in attachment::pinned_interfaces(dataplane.pin_dir()) {
+        let pin = link_pin_path(dataplane.pin_dir(), &interface);
+        std::fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+        info!(interface, "xdp.mode is off: detached the relay program");
+    }
+    Ok(())
+}
+
 /// Attaches (or re-attaches) the relay program on `interface`.
 pub fn attach(dataplane: &mut Dataplane, interface: &str, mode: XdpMode) -> Result<AttachedMode> {
     let pin = link_pin_path(dataplane.pin_dir(), interface);
@@ -63,6 +76,27 @@ pub fn attach(dataplane: &mut Dataplane, interface: &str, mode: XdpMode) -> Resu
         object_sha256: object::sha256(),
     };
     let running = dataplane.maps.build_info.get(&0, 0).ok();
+    if pin.exists() {
+        match attachment::attachment(interface) {
+            Ok(a) if !satisfies(mode, a.mode) => {
+                warn!(
+                    interface,
+                    pinned = a.mode.name(),
+                    configured = %mode,
+                    "the pinned XDP link runs in another mode: re-attaching (the userspace path \
+                     carries packets meanwhile)"
+                );
+                std::fs::remove_file(&pin)
+                    .with_context(|| format!("unpinning {}", pin.display()))?;
+            }
+            Ok(_) => {}
+            Err(e) => warn!(
+                interface,
+                error = format!("{e:#}"),
+                "cannot tell the pinned link's mode; keeping it"
+            ),
+        }
+    }
     if pin.exists() && running == Some(ours) {
         info!(interface, "the pinned XDP link runs this build: kept");
         return Ok(AttachedMode::Kept);
@@ -104,5 +138,36 @@ pub fn attach(dataplane: &mut Dataplane, interface: &str, mode: XdpMode) -> Resu
             }
         },
         XdpMode::Off => bail!("attach called with xdp.mode: off"),
+    }
+}
+
+/// Records that the pinned links now run this build.
+pub fn record_build(dataplane: &mut Dataplane) -> Result<()> {
+    let ours = BuildInfo {
+        object_sha256: object::sha256(),
+    };
+    dataplane
+        .maps
+        .build_info
+        .set(0, ours, 0)
+        .context("writing build_info")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_link_is_kept_only_in_the_configured_mode() {
+        use AttachMode::*;
+        assert!(satisfies(XdpMode::Native, Native));
+        assert!(!satisfies(XdpMode::Native, Generic));
+        assert!(satisfies(XdpMode::Generic, Generic));
+        assert!(!satisfies(XdpMode::Generic, Native));
+        assert!(satisfies(XdpMode::Auto, Native) && satisfies(XdpMode::Auto, Generic));
+        // A link whose interface lost its program (deleted and re-created) is re-attached.
+        for mode in [XdpMode::Native, XdpMode::Generic, XdpMode::Auto] {
+            assert!(!satisfies(mode, None));
+        }
     }
 }

@@ -99,8 +99,9 @@ fn kernel_state(config: &Config, settings: &FastPathSettings) -> Result<KernelSe
     dataplane.pin_clock_probe()?;
     let mut attached = Vec::new();
     if config.xdp.mode == XdpMode::Off {
-        // Maps only: the program (if a previous daemon left it attached) passes everything.
+        // Maps only (sessions survive a later switch back); no program on any interface.
         dataplane.maps.set_config(&Default::default())?;
+        attach::detach_all(&dataplane)?;
     } else {
         dataplane.maps.set_config(&settings.to_map_value(&clock))?;
         for interface in &config.interfaces {

@@ -5,10 +5,13 @@ pub fn bytes() -> &'static [u8] {
     aya::include_bytes_aligned!(env!("RELAY_EBPF_OBJECT"))
 }
 
+/// The benchmark lab's object (`relay_common::bench`): load generator, sink, reflector.
+pub fn lab_bytes() -> &'static [u8] {
+    aya::include_bytes_aligned!(env!("RELAY_LAB_EBPF_OBJECT"))
+}
+
 /// The relay's forwarding program.
 pub const PROGRAM_RELAY: &str = "relay_xdp";
-/// MAC-swap XDP_TX reflector, the benchmark baseline.
-pub const PROGRAM_REFLECTOR: &str = "reflector";
 /// Pass-everything program for veth peers in labs.
 pub const PROGRAM_PASS: &str = "xdp_pass";
 /// Reports the kernel's jiffies (see `clock`).

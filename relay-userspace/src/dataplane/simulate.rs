@@ -67,17 +67,17 @@ pub struct RunOutcome {
 /// The `struct xdp_md` context BPF_PROG_TEST_RUN accepts.
 #[repr(C)]
 #[derive(Default)]
-struct XdpMd {
-    data: u32,
-    data_end: u32,
-    data_meta: u32,
-    ingress_ifindex: u32,
-    rx_queue_index: u32,
-    egress_ifindex: u32,
+pub(crate) struct XdpMd {
+    pub data: u32,
+    pub data_end: u32,
+    pub data_meta: u32,
+    pub ingress_ifindex: u32,
+    pub rx_queue_index: u32,
+    pub egress_ifindex: u32,
 }
 
 impl XdpMd {
-    fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         // SAFETY: repr(C) struct of six u32s, no padding.
         unsafe {
             std::slice::from_raw_parts(

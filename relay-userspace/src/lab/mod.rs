@@ -4,6 +4,7 @@
 
 pub mod control_bench;
 pub mod demo;
+pub mod lab_xdp;
 pub mod nat_lab;
 pub mod netns;
 pub mod sandbox;

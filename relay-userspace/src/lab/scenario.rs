@@ -80,12 +80,7 @@ pub struct Scenario {
 }
 
 fn relay_config(options: &ScenarioOptions, pin_dir: &Path) -> String {
-    let mode = match options.xdp {
-        XdpMode::Native => "native",
-        XdpMode::Generic => "generic",
-        XdpMode::Auto => "auto",
-        XdpMode::Off => "off",
-    };
+    let mode = options.xdp.name();
     format!(
         "interfaces: [eth0]\nxdp:\n  mode: {mode}\nrelay:\n  port: {LAB_PORT}\napi:\n  \
          listen: 127.0.0.1:8080\n  tokens:\n    - name: lab\n      token: {LAB_TOKEN}\n\

@@ -20,10 +20,13 @@ use relay_common::{
 };
 use serde::Serialize;
 
-use super::sandbox::{GATEWAY_MAC, RELAY_MAC, RELAY_PORT, RELAY_V4, RELAY_V6, Sandbox};
+use super::{
+    lab_xdp::LabXdp,
+    sandbox::{GATEWAY_MAC, RELAY_MAC, RELAY_PORT, RELAY_V4, RELAY_V6, Sandbox},
+};
 use crate::dataplane::{
-    object::{PROGRAM_PASS, PROGRAM_REFLECTOR, PROGRAM_RELAY},
-    simulate::XdpAction,
+    object::{PROGRAM_PASS, PROGRAM_RELAY},
+    simulate::{XdpAction, run_frame_timed},
 };
 
 /// One forwarding case: a session between two legs, a packet from the first.
@@ -104,11 +107,30 @@ fn leg(addr: SocketAddr) -> Leg {
     }
 }
 
-fn mean_ns(sandbox: &mut Sandbox, program: &str, frame: &[u8], calls: usize) -> Result<f64> {
+/// The programs compared.
+#[derive(Clone, Copy)]
+enum Subject {
+    Relay,
+    Reflector,
+    Pass,
+}
+
+fn mean_ns(
+    sandbox: &mut Sandbox,
+    lab: &mut LabXdp,
+    subject: Subject,
+    frame: &[u8],
+    calls: usize,
+) -> Result<f64> {
+    let ingress = Some(sandbox.eth0);
+    let program = match subject {
+        Subject::Relay => sandbox.dataplane.program(PROGRAM_RELAY)?,
+        Subject::Pass => sandbox.dataplane.program(PROGRAM_PASS)?,
+        Subject::Reflector => lab.program(relay_common::bench::PROGRAM_REFLECTOR)?,
+    };
     let mut total = 0u128;
     for _ in 0..calls {
-        let out = sandbox.run_timed(program, frame)?;
-        total += out.1.as_nanos();
+        total += run_frame_timed(program, frame, ingress)?.1.as_nanos();
     }
     Ok(total as f64 / calls as f64)
 }
@@ -145,13 +167,14 @@ pub fn run(options: BenchOptions) -> Result<Vec<CaseResult>> {
         );
         frames.push(f);
     }
-    let programs = [PROGRAM_RELAY, PROGRAM_REFLECTOR, PROGRAM_PASS];
+    let mut lab = LabXdp::load()?;
+    let programs = [Subject::Relay, Subject::Reflector, Subject::Pass];
     // samples[case][program] = per-round means
     let mut samples = vec![vec![Vec::new(); programs.len()]; CASES.len()];
     for _ in 0..options.rounds {
         for (c, f) in frames.iter().enumerate() {
-            for (p, program) in programs.iter().enumerate() {
-                samples[c][p].push(mean_ns(&mut sandbox, program, f, options.calls)?);
+            for (p, subject) in programs.iter().enumerate() {
+                samples[c][p].push(mean_ns(&mut sandbox, &mut lab, *subject, f, options.calls)?);
             }
         }
     }

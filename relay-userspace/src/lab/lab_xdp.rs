@@ -1,0 +1,144 @@
+//! The benchmark lab's XDP object (`relay_common::bench`): the in-kernel load generator, the
+//! counting sink and the reflector. Loaded privately (nothing pinned) by whoever measures.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, PerCpuArray},
+    programs::{ProgramInfo, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
+};
+use relay_common::bench::{
+    GENERATOR_CONFIG, GeneratorConfig, MAX_TEMPLATES, SINK_COUNTS, SinkCounter, TEMPLATE_LEN,
+    TEMPLATES, Template,
+};
+
+use crate::dataplane::{object, simulate::XdpMd};
+
+/// Frames the kernel runs per batch in live-frame mode (its maximum is 256); each batch is
+/// flushed to the device in one go, as a NIC driver's NAPI poll would.
+pub const LIVE_BATCH: u32 = 64;
+
+/// The loaded lab object.
+pub struct LabXdp {
+    ebpf: Ebpf,
+}
+
+impl LabXdp {
+    /// Loads the object (its maps are private to this instance).
+    pub fn load() -> Result<LabXdp> {
+        let ebpf = EbpfLoader::new()
+            .load(object::lab_bytes())
+            .context("loading the lab's XDP object")?;
+        Ok(LabXdp { ebpf })
+    }
+
+    /// Program `name`, loaded into the kernel on first use.
+    pub fn program(&mut self, name: &str) -> Result<&mut Xdp> {
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .with_context(|| format!("no program `{name}` in the lab object"))?
+            .try_into()?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .with_context(|| format!("verifier rejected `{name}`"))?;
+        }
+        Ok(program)
+    }
+
+    /// Attaches program `name` to `interface` (in the calling thread's namespace).
+    pub fn attach(&mut self, name: &str, interface: &str, mode: XdpMode) -> Result<XdpLinkId> {
+        self.program(name)?
+            .attach(interface, mode)
+            .with_context(|| format!("attaching `{name}` to {interface} ({mode:?})"))
+    }
+
+    /// Detaches what [`LabXdp::attach`] attached.
+    pub fn detach(&mut self, name: &str, link: XdpLinkId) -> Result<()> {
+        Ok(self.program(name)?.detach(link)?)
+    }
+
+    /// The kernel's statistics of program `name` (run count and time need
+    /// `kernel.bpf_stats_enabled`).
+    pub fn info(&mut self, name: &str) -> Result<ProgramInfo> {
+        Ok(self.program(name)?.info()?)
+    }
+
+    /// Makes the generator cycle through `templates` (and restart at the first).
+    pub fn set_templates(&mut self, templates: &[Template]) -> Result<()> {
+        ensure!(
+            !templates.is_empty() && templates.len() as u32 <= MAX_TEMPLATES,
+            "between 1 and {MAX_TEMPLATES} templates, not {}",
+            templates.len()
+        );
+        let mut map: Array<&mut MapData, Template> =
+            Array::try_from(self.ebpf.map_mut(TEMPLATES).context(TEMPLATES)?)?;
+        for (i, t) in templates.iter().enumerate() {
+            map.set(i as u32, t, 0)?;
+        }
+        let mut cursor: PerCpuArray<&mut MapData, u32> = PerCpuArray::try_from(
+            self.ebpf
+                .map_mut(relay_common::bench::GENERATOR_CURSOR)
+                .context("cursor")?,
+        )?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        cursor.set(0, aya::maps::PerCpuValues::try_from(vec![0u32; cpus])?, 0)?;
+        let mut config: Array<&mut MapData, GeneratorConfig> = Array::try_from(
+            self.ebpf
+                .map_mut(GENERATOR_CONFIG)
+                .context(GENERATOR_CONFIG)?,
+        )?;
+        config.set(
+            0,
+            GeneratorConfig {
+                count: templates.len() as u32,
+                _pad: 0,
+            },
+            0,
+        )?;
+        Ok(())
+    }
+
+    /// What the sink has counted so far, summed over CPUs.
+    pub fn sink_counts(&self) -> Result<SinkCounter> {
+        let map: PerCpuArray<&MapData, SinkCounter> =
+            PerCpuArray::try_from(self.ebpf.map(SINK_COUNTS).context(SINK_COUNTS)?)?;
+        let per_cpu = map.get(&0, 0)?;
+        Ok(per_cpu
+            .iter()
+            .fold(SinkCounter::default(), |a, c| SinkCounter {
+                packets: a.packets + c.packets,
+                bytes: a.bytes + c.bytes,
+            }))
+    }
+
+    /// Sends `count` frames out of interface `ifindex` (of the calling thread's namespace): the
+    /// generator runs `count` times over copies of `frame` in live-frame mode, each run restoring
+    /// the next template's headers, and the kernel transmits every frame as if the program had
+    /// run in the driver and returned XDP_TX. Returns the kernel's time for the whole run.
+    pub fn transmit(&mut self, ifindex: u32, frame: &[u8], count: u32) -> Result<Duration> {
+        ensure!(
+            frame.len() >= TEMPLATE_LEN,
+            "frames of at least {TEMPLATE_LEN} bytes"
+        );
+        let ctx = XdpMd {
+            data_end: frame.len() as u32,
+            ingress_ifindex: ifindex,
+            ..Default::default()
+        };
+        let result = self
+            .program(relay_common::bench::PROGRAM_GENERATOR)?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in: Some(ctx.as_bytes()),
+                repeat: count,
+                attrs: TestRunAttrs::new().xdp_live_frames(LIVE_BATCH),
+                ..Default::default()
+            })
+            .context("BPF_PROG_TEST_RUN (live frames)")?;
+        Ok(result.duration)
+    }
+}
