@@ -16,6 +16,7 @@ pub mod checksum;
 pub mod control;
 pub mod forward;
 pub mod maps;
+pub mod ratelimit;
 pub mod verdict;
 pub mod wire;
 

@@ -197,7 +197,11 @@ pub struct SessionStats {
     pub bytes: [u64; 2],
     /// Jiffies of the last packet forwarded from each leg, indexed by the sending leg (0 =
     /// never). Per leg, so a session whose client vanished expires even while its peer sends.
+    /// Also when the leg's rate-limit buckets were last updated.
     pub last_seen: [u64; 2],
+    /// Rate-limit bucket debts of each sending leg ([`crate::ratelimit`]), on this CPU. Not
+    /// summed across CPUs: each CPU enforces the limits on what it receives.
+    pub debts: [crate::ratelimit::Debts; 2],
 }
 
 impl SessionStats {
@@ -244,8 +248,9 @@ pub struct RelayConfig {
     pub nexthop_ttl_jiffies: u32,
     /// [`NEXTHOP_CACHE`] entries − 1 (the map size is a power of two).
     pub nexthop_cache_mask: u32,
-    /// Reserved, zero.
-    pub reserved2: u32,
+    /// The kernel's jiffies per second (HZ), for rate limits; 0 while unknown (no limits are
+    /// enforced then).
+    pub jiffies_per_sec: u32,
 }
 
 impl RelayConfig {
@@ -395,7 +400,7 @@ mod tests {
         assert_eq!(size_of::<Leg>(), 16 + 2 + 1 + 1);
         assert_eq!(size_of::<SessionLimits>(), 8);
         assert_eq!(size_of::<Session>(), 2 * 20 + 4 + 8 + 4);
-        assert_eq!(size_of::<SessionStats>(), 6 * 8);
+        assert_eq!(size_of::<SessionStats>(), 10 * 8);
         assert_eq!(
             size_of::<RelayConfig>(),
             4 + 16 + 2 + 2 + 1 + 1 + 2 + 4 + 4 + 4
@@ -449,11 +454,13 @@ mod tests {
             packets: [1, 2],
             bytes: [10, 20],
             last_seen: [5, 8],
+            ..Default::default()
         };
         a.accumulate(&SessionStats {
             packets: [3, 4],
             bytes: [30, 40],
             last_seen: [9, 2],
+            ..Default::default()
         });
         assert_eq!(a.packets, [4, 6]);
         assert_eq!(a.bytes, [40, 60]);

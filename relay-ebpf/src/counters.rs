@@ -1,7 +1,11 @@
 //! Verdict and per-session counters.
 
 use aya_ebpf::helpers::bpf_jiffies64;
-use relay_common::verdict::Reason;
+use relay_common::{
+    maps::{RelayConfig, SessionLimits},
+    ratelimit,
+    verdict::Reason,
+};
 
 use crate::maps::{SESSION_STATS, VERDICTS};
 
@@ -39,5 +43,45 @@ pub fn count_session(slot: u32, from: usize, payload_len: usize, now: u64) {
             stats.bytes[i] += payload_len as u64;
             stats.last_seen[i] = now;
         }
+    }
+}
+
+/// Applies the session's rate limits to a packet of `payload_len` bytes from leg `from`:
+/// whether it may be forwarded. Updates the buckets only when it may (the caller then stamps the
+/// leg's last-seen time, which is also the buckets' time).
+#[inline(always)]
+pub fn admit(
+    cfg: &RelayConfig,
+    slot: u32,
+    limits: &SessionLimits,
+    from: usize,
+    payload_len: usize,
+    now: u64,
+) -> bool {
+    if limits.packets_per_sec == 0 && limits.kbytes_per_sec == 0 {
+        return true;
+    }
+    if cfg.jiffies_per_sec == 0 {
+        return true;
+    }
+    let Some(stats) = SESSION_STATS.get_ptr_mut(slot) else {
+        return true;
+    };
+    // SAFETY: per-CPU value; `from` is 0 or 1.
+    let stats = unsafe { &mut *stats };
+    let i = from & 1;
+    match ratelimit::admit(
+        stats.debts[i],
+        now.wrapping_sub(stats.last_seen[i]),
+        cfg.jiffies_per_sec as u64,
+        limits.packets_per_sec,
+        limits.kbytes_per_sec,
+        payload_len as u64,
+    ) {
+        Some(debts) => {
+            stats.debts[i] = debts;
+            true
+        }
+        None => false,
     }
 }

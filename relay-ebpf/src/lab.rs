@@ -20,7 +20,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use relay_common::{
-    bench::{GeneratorConfig, MAX_TEMPLATES, SinkCounter, TEMPLATE_LEN, Template, next_template},
+    bench::{
+        CURSOR_PACE, CURSOR_TEMPLATE, GeneratorConfig, MAX_TEMPLATES, SinkCounter, TEMPLATE_LEN,
+        Template, next_template, pace,
+    },
     wire::{ETH_HLEN, ETH_P_IPV4_RAW, ETH_P_IPV6_RAW, EthHdr, IPPROTO_UDP, Ipv4Hdr, Ipv6Hdr},
 };
 
@@ -33,18 +36,28 @@ static TEMPLATES: Array<Template> = Array::with_max_entries(MAX_TEMPLATES, 0);
 static GENERATOR_CONFIG: Array<GeneratorConfig> = Array::with_max_entries(1, 0);
 
 #[map(name = "bench_gen_cursor")]
-static GENERATOR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+static GENERATOR_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(2, 0);
 
 #[map(name = "bench_sink_counts")]
 static SINK_COUNTS: PerCpuArray<SinkCounter> = PerCpuArray::with_max_entries(1, 0);
 
 #[xdp]
 pub fn bench_gen(ctx: XdpContext) -> u32 {
-    let count = match GENERATOR_CONFIG.get(0) {
-        Some(c) => c.count,
-        None => 0,
+    let (count, share) = match GENERATOR_CONFIG.get(0) {
+        Some(c) => (c.count, c.send_per_65536),
+        None => (0, 0),
     };
-    let Some(cursor) = GENERATOR_CURSOR.get_ptr_mut(0) else {
+    let Some(acc) = GENERATOR_CURSOR.get_ptr_mut(CURSOR_PACE) else {
+        return XDP_DROP;
+    };
+    // SAFETY: a per-CPU slot, used by this CPU only.
+    let (next, send) = pace(unsafe { *acc }, share);
+    // SAFETY: as above.
+    unsafe { *acc = next };
+    if !send {
+        return XDP_DROP;
+    }
+    let Some(cursor) = GENERATOR_CURSOR.get_ptr_mut(CURSOR_TEMPLATE) else {
         return XDP_DROP;
     };
     // SAFETY: a per-CPU slot, used by this CPU only.

@@ -32,7 +32,7 @@ use relay_common::{
 };
 
 use crate::{
-    counters::{count_session, count_verdict, jiffies},
+    counters::{admit, count_session, count_verdict, jiffies},
     fib::{NextHop, next_hop},
     maps::{CONFIG, REDIRECT, SESSIONS},
     packet::{frame_len, ptr_at},
@@ -185,6 +185,31 @@ fn forwarded(
     Ok((transmit(ctx, hop), Reason::forwarded(from_v6, to.is_v6())))
 }
 
+/// The session's rate limits for a packet of UDP length `udp_len` (network order) from
+/// `dir.from`.
+#[inline(always)]
+fn within_limits(
+    cfg: &RelayConfig,
+    session: &Session,
+    dir: Direction,
+    udp_len: u16,
+    now: u64,
+) -> Result<(), Reason> {
+    let payload_len = (u16::from_be(udp_len) as usize).saturating_sub(UDP_HLEN);
+    if admit(
+        cfg,
+        session.slot,
+        &session.limits,
+        dir.from,
+        payload_len,
+        now,
+    ) {
+        Ok(())
+    } else {
+        Err(Reason::DroppedRateLimited)
+    }
+}
+
 #[inline(always)]
 fn relay_v4(ctx: &XdpContext, cfg: &RelayConfig) -> Verdict {
     let eth = ptr_at::<EthHdr>(ctx, 0).ok_or(Reason::PassedMalformed)?;
@@ -224,6 +249,7 @@ fn relay_v4(ctx: &XdpContext, cfg: &RelayConfig) -> Verdict {
     let udp_len = udp.len;
     let now = jiffies();
     let hop = route(ctx, cfg, &to, u16::from_be(udp_len), udp.check, now)?;
+    within_limits(cfg, session, dir, udp_len, now)?;
     if to.is_v6() {
         let old = Original {
             saddr: ip.saddr,
@@ -291,6 +317,7 @@ fn relay_v6(ctx: &XdpContext, cfg: &RelayConfig) -> Verdict {
     let udp_len = udp.len;
     let now = jiffies();
     let hop = route(ctx, cfg, &to, u16::from_be(udp_len), udp.check, now)?;
+    within_limits(cfg, session, dir, udp_len, now)?;
     if to.is_v6() {
         rewrite::v6_to_v6(eth, ip, udp, cfg, &to, &hop);
     } else {

@@ -418,6 +418,7 @@ fn kernel_forwarded_traffic_keeps_a_bound_session_alive() {
             packets: [1, 1],
             bytes: [100, 100],
             last_seen: [jiffies, jiffies],
+            ..Default::default()
         };
         maps.session_stats
             .set(slot, PerCpuValues::try_from(values).unwrap(), 0)

@@ -296,14 +296,24 @@ fn a_restart_with_another_xdp_mode_reattaches_in_that_mode_and_off_detaches() {
         ("generic", Some("xdpgeneric")),
     ] {
         cfg = config_in_mode(&ns, &pin_dir, mode);
+        let log_path = std::env::temp_dir().join(format!("{}-{mode}.log", ns.name()));
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut daemon = in_ns(&ns, relay)
             .args(["serve", "--config", cfg.to_str().unwrap()])
             .env("NOTIFY_SOCKET", &sock_path)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
-        wait_notify(&sock, "READY=1", Duration::from_secs(15));
+        let ready = std::panic::catch_unwind(|| {
+            wait_notify(&sock, "READY=1", Duration::from_secs(15));
+        });
+        let log_text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&log_path);
+        assert!(
+            ready.is_ok(),
+            "{mode}: the daemon did not start:\n{log_text}"
+        );
         let link = xdp();
         match shown {
             Some(tag) => {

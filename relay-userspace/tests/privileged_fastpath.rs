@@ -740,3 +740,70 @@ fn rare_failures_are_logged_through_aya_log_at_most_once_per_interval() {
         "{got:?}"
     );
 }
+
+#[test]
+fn per_session_rate_limits_drop_the_excess_in_the_kernel() {
+    require_root!();
+    let mut fx = Fixture::new();
+    assert!(
+        fx.config.jiffies_per_sec > 0,
+        "the daemon tells the program HZ"
+    );
+    let limits = relay_common::maps::SessionLimits {
+        packets_per_sec: 50,
+        kbytes_per_sec: 0,
+    };
+    fx.sandbox
+        .add_limited_session(VNI, SLOT, [leg(sa(LEG_A4)), leg(sa(LEG_B4))], limits)
+        .unwrap();
+    let a = data_frame(LEG_A4, FrameOpts::default());
+    let start = std::time::Instant::now();
+    let mut forwarded = 0u64;
+    let mut limited = 0u64;
+    for _ in 0..200 {
+        let (out, deltas) = fx.run(&a, SLOT);
+        match out.action {
+            XdpAction::Tx => {
+                deltas.assert_only(Reason::ForwardedV4, a.len());
+                forwarded += 1;
+            }
+            XdpAction::Drop => {
+                deltas.assert_only(Reason::DroppedRateLimited, a.len());
+                assert_eq!(deltas.session.packets, [0, 0]);
+                limited += 1;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A 100 ms burst (5 packets) plus what 50 pps refills while the loop ran.
+    let refill = (start.elapsed().as_secs_f64() * 50.0).ceil() as u64 + 1;
+    assert!(
+        (5..=5 + refill).contains(&forwarded),
+        "forwarded {forwarded}, refill allowance {refill}"
+    );
+    assert_eq!(forwarded + limited, 200);
+    // The other direction has its own bucket.
+    let b = data_frame(LEG_B4, FrameOpts::default());
+    assert_forwarded(&mut fx, &b, LEG_A4, Reason::ForwardedV4, 1, VIA_GATEWAY);
+
+    // A byte limit: 1 kB/s holds one 108-byte payload (a full bucket admits any one packet),
+    // not two.
+    let vni2 = VNI + 1;
+    let bytes = relay_common::maps::SessionLimits {
+        packets_per_sec: 0,
+        kbytes_per_sec: 1,
+    };
+    fx.sandbox
+        .add_limited_session(vni2, SLOT + 1, [leg(sa(LEG_A4)), leg(sa(LEG_B4))], bytes)
+        .unwrap();
+    let c = udp_frame(
+        sa(LEG_A4),
+        relay4(),
+        &geneve_data(vni2, &payload(100)),
+        FrameOpts::default(),
+    );
+    assert_eq!(fx.run(&c, SLOT + 1).0.action, XdpAction::Tx);
+    let (out, deltas) = fx.run(&c, SLOT + 1);
+    assert_eq!(out.action, XdpAction::Drop);
+    deltas.assert_only(Reason::DroppedRateLimited, c.len());
+}

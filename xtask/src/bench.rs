@@ -14,8 +14,15 @@ use crate::{
     setup,
 };
 
-/// Runs the benchmarks.
-pub fn run(quick: bool) -> Result<()> {
+/// Benchmark names, as `--only` takes them and as their docs sections are marked.
+const NAMES: [&str; 4] = ["xdp-micro", "throughput", "control-plane", "hot-paths"];
+
+/// Runs the benchmarks (all, or those in `only`).
+pub fn run(quick: bool, only: &[String]) -> Result<()> {
+    if let Some(bad) = only.iter().find(|n| !NAMES.contains(&n.as_str())) {
+        bail!("no benchmark `{bad}`: choose from {}", NAMES.join(", "));
+    }
+    let wanted = |name: &str| only.is_empty() || only.iter().any(|n| n == name);
     if !is_root() {
         bail!("the benchmarks load XDP programs and build network namespaces: run as root");
     }
@@ -34,24 +41,86 @@ pub fn run(quick: bool) -> Result<()> {
     fs::create_dir_all(&out_dir)?;
     let lab = root.join("target/release/relay-lab");
 
-    println!("== fast path micro-benchmark (BPF_PROG_TEST_RUN)");
     let xdp_json = out_dir.join("xdp-micro.json");
-    let mut cmd = Command::new(&lab);
-    cmd.arg("bench-xdp").arg("--json").arg(&xdp_json);
-    if quick {
-        cmd.args(["--rounds", "2", "--calls", "500"]);
+    if wanted("xdp-micro") {
+        println!("== fast path micro-benchmark (BPF_PROG_TEST_RUN)");
+        let mut cmd = Command::new(&lab);
+        cmd.arg("bench-xdp").arg("--json").arg(&xdp_json);
+        if quick {
+            cmd.args(["--rounds", "2", "--calls", "500"]);
+        }
+        status(&mut cmd)?;
     }
-    status(&mut cmd)?;
 
-    println!("== control plane (API, binds, memory, fill)");
+    let throughput_json = out_dir.join("throughput.json");
+    if wanted("throughput") {
+        println!("== relayed packets per second: XDP native, generic, off, reflector (NAT lab)");
+        let mut cmd = Command::new(&lab);
+        cmd.arg("bench-throughput")
+            .arg("--json")
+            .arg(&throughput_json);
+        if quick {
+            cmd.arg("--quick");
+        }
+        status(&mut cmd)?;
+    }
+
     let control_json = out_dir.join("control.json");
-    let mut cmd = Command::new(&lab);
-    cmd.arg("bench-control").arg("--json").arg(&control_json);
-    if quick {
-        cmd.args(["--alloc-seconds", "0.5", "--binds", "500", "--fill", "5000"]);
+    if wanted("control-plane") {
+        println!("== control plane (API, binds, memory, fill)");
+        let mut cmd = Command::new(&lab);
+        cmd.arg("bench-control").arg("--json").arg(&control_json);
+        if quick {
+            cmd.args(["--alloc-seconds", "0.5", "--binds", "500", "--fill", "5000"]);
+        }
+        status(&mut cmd)?;
     }
-    status(&mut cmd)?;
 
+    let criterion_out = if wanted("hot-paths") {
+        hot_paths(quick)?
+    } else {
+        String::new()
+    };
+
+    if quick {
+        println!(
+            "quick run: results in {}, docs untouched",
+            out_dir.display()
+        );
+        return Ok(());
+    }
+    let machine = machine_description();
+    let doc = root.join("docs/benchmarks.md");
+    if wanted("xdp-micro") {
+        let xdp: Value = serde_json::from_str(&fs::read_to_string(&xdp_json)?)?;
+        replace_section(&doc, "xdp-micro", &xdp_micro_section(&xdp, &machine)?)?;
+    }
+    if wanted("throughput") {
+        let throughput: Value = serde_json::from_str(&fs::read_to_string(&throughput_json)?)?;
+        replace_section(
+            &doc,
+            "throughput",
+            &throughput_section(&throughput, &machine)?,
+        )?;
+        throughput_plot(&throughput, &root.join("docs/throughput.svg"))?;
+    }
+    if wanted("control-plane") {
+        let control: Value = serde_json::from_str(&fs::read_to_string(&control_json)?)?;
+        replace_section(&doc, "control-plane", &control_section(&control, &machine)?)?;
+    }
+    if wanted("hot-paths") {
+        replace_section(
+            &doc,
+            "hot-paths",
+            &criterion_section(&criterion_out, &machine),
+        )?;
+    }
+    println!("docs/benchmarks.md updated");
+    Ok(())
+}
+
+/// The criterion benches; returns their bencher-format output.
+fn hot_paths(quick: bool) -> Result<String> {
     println!("== host hot paths (criterion)");
     let mut cmd = clean_command("cargo");
     cmd.args([
@@ -76,27 +145,7 @@ pub fn run(quick: bool) -> Result<()> {
             String::from_utf8_lossy(&criterion.stderr)
         );
     }
-
-    if quick {
-        println!(
-            "quick run: results in {}, docs untouched",
-            out_dir.display()
-        );
-        return Ok(());
-    }
-    let machine = machine_description();
-    let doc = root.join("docs/benchmarks.md");
-    let xdp: Value = serde_json::from_str(&fs::read_to_string(&xdp_json)?)?;
-    replace_section(&doc, "xdp-micro", &xdp_micro_section(&xdp, &machine)?)?;
-    let control: Value = serde_json::from_str(&fs::read_to_string(&control_json)?)?;
-    replace_section(&doc, "control-plane", &control_section(&control, &machine)?)?;
-    replace_section(
-        &doc,
-        "hot-paths",
-        &criterion_section(&criterion_out, &machine),
-    )?;
-    println!("docs/benchmarks.md updated");
-    Ok(())
+    Ok(criterion_out)
 }
 
 fn control_section(doc: &Value, machine: &str) -> Result<String> {
@@ -227,6 +276,151 @@ fn xdp_micro_section(doc: &Value, machine: &str) -> Result<String> {
         num(options, "calls")?
     )?;
     Ok(s)
+}
+
+fn array<'a>(v: &'a Value, key: &str) -> Result<&'a Vec<Value>> {
+    v.get(key)
+        .and_then(Value::as_array)
+        .with_context(|| format!("benchmark JSON: no array `{key}`"))
+}
+
+fn text<'a>(v: &'a Value, key: &str) -> Result<&'a str> {
+    v.get(key)
+        .and_then(Value::as_str)
+        .with_context(|| format!("benchmark JSON: no string `{key}`"))
+}
+
+/// Targets, as `relay-lab` states them.
+const TARGET_VS_REFLECTOR: f64 = 0.9;
+const TARGET_VS_USERSPACE: f64 = 10.0;
+
+fn verdict(value: f64, target: f64) -> &'static str {
+    if value >= target { "met" } else { "**missed**" }
+}
+
+fn throughput_section(doc: &Value, machine: &str) -> Result<String> {
+    let mut s = String::new();
+    let o = doc.get("options").context("benchmark JSON: no `options`")?;
+    writeln!(
+        s,
+        "Machine: {machine}. {} interleaved rounds of {} s passes; medians.\n",
+        num(o, "rounds")?,
+        num(o, "seconds")?
+    )?;
+    writeln!(
+        s,
+        "| mode | UDP payload | sessions | relayed/s at saturation | loss | relay core busy | relay CPU ns/packet | of which daemon | XDP program ns/packet | packets per relay CPU-second |"
+    )?;
+    writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for x in array(doc, "summaries")? {
+        writeln!(
+            s,
+            "| {} | {} B | {} | {:.0} | {:.2} % | {:.0} % | {:.0} | {:.0} | {} | {:.0} |",
+            text(x, "mode")?,
+            num(x, "payload")?,
+            num(x, "sessions")?,
+            num(x, "relayed_pps")?,
+            num(x, "loss")? * 100.0,
+            num(x, "relay_busy")? * 100.0,
+            num(x, "cpu_ns_per_packet")?,
+            num(x, "daemon_ns_per_packet")?,
+            x.get("program_ns")
+                .and_then(Value::as_f64)
+                .map_or("–".to_string(), |p| format!("{p:.0}")),
+            num(x, "packets_per_cpu_second")?,
+        )?;
+    }
+    writeln!(
+        s,
+        "\n![relayed packets per second by mode and size](throughput.svg)\n"
+    )?;
+    writeln!(
+        s,
+        "| UDP payload | sessions | native / reflector, relayed/s (target ≥ {TARGET_VS_REFLECTOR}) | native / reflector, per relay CPU-second | native / userspace, per relay CPU-second (target ≥ {TARGET_VS_USERSPACE}) | generic / userspace, per CPU-second |"
+    )?;
+    writeln!(s, "|---:|---:|---:|---:|---:|---:|")?;
+    for r in array(doc, "ratios")? {
+        let vs_refl = num(r, "native_vs_reflector_pps")?;
+        let vs_off = num(r, "native_vs_off_per_cpu")?;
+        writeln!(
+            s,
+            "| {} B | {} | {:.2} ({}) | {:.2} | {:.1}× ({}) | {:.1}× |",
+            num(r, "payload")?,
+            num(r, "sessions")?,
+            vs_refl,
+            verdict(vs_refl, TARGET_VS_REFLECTOR),
+            num(r, "native_vs_reflector_per_cpu")?,
+            vs_off,
+            verdict(vs_off, TARGET_VS_USERSPACE),
+            num(r, "generic_vs_off_per_cpu")?,
+        )?;
+    }
+    writeln!(
+        s,
+        "\n**On paper: a 10 GbE NIC** (line rate in one direction, the relay's measured CPU ns per packet, XDP native, most sessions):\n"
+    )?;
+    writeln!(
+        s,
+        "| traffic | packets/s at 10 Gbit/s | relay CPU ns/packet | cores |"
+    )?;
+    writeln!(s, "|---|---:|---:|---:|")?;
+    for e in array(doc, "extrapolation")? {
+        writeln!(
+            s,
+            "| {} | {:.0} | {:.0} | {:.2} |",
+            text(e, "case")?,
+            num(e, "line_rate_pps")?,
+            num(e, "cpu_ns_per_packet")?,
+            num(e, "cores")?,
+        )?;
+    }
+    Ok(s)
+}
+
+/// The plot: relayed Mpps at saturation by payload size and mode, most sessions.
+fn throughput_plot(doc: &Value, path: &Path) -> Result<()> {
+    const MODES: [&str; 4] = ["native", "generic", "off", "reflector"];
+    let summaries = array(doc, "summaries")?;
+    let most = summaries
+        .iter()
+        .filter_map(|x| x.get("sessions").and_then(Value::as_u64))
+        .max()
+        .unwrap_or(1);
+    let mut payloads: Vec<u64> = summaries
+        .iter()
+        .filter_map(|x| x.get("payload").and_then(Value::as_u64))
+        .collect();
+    payloads.sort_unstable();
+    payloads.dedup();
+    let mut values = Vec::new();
+    for p in &payloads {
+        let mut row = Vec::new();
+        for m in MODES {
+            let pps = summaries
+                .iter()
+                .find(|x| {
+                    x.get("mode").and_then(Value::as_str) == Some(m)
+                        && x.get("payload").and_then(Value::as_u64) == Some(*p)
+                        && x.get("sessions").and_then(Value::as_u64) == Some(most)
+                })
+                .map_or(Ok(0.0), |x| num(x, "relayed_pps"))?;
+            row.push(pps / 1e6);
+        }
+        values.push(row);
+    }
+    crate::plot::bar_chart(
+        path,
+        &crate::plot::Bars {
+            groups: payloads
+                .iter()
+                .map(|p| format!("{p} B UDP payload"))
+                .collect(),
+            series: &MODES,
+            values,
+            title: format!("Relayed packets per second, {most} sessions, one relay core"),
+            y_label: "Mpps",
+        },
+    )
 }
 
 /// Replaces the text between `<!-- BEGIN name -->` and `<!-- END name -->` in `path`.

@@ -9,6 +9,7 @@
 mod bench;
 mod demo;
 mod ebpf;
+mod plot;
 mod run;
 mod setup;
 mod test;
@@ -52,6 +53,10 @@ enum Command {
         /// A few seconds' smoke run that checks the harness; leaves docs alone.
         #[arg(long)]
         quick: bool,
+        /// Run (and update the docs of) only these benchmarks: xdp-micro, throughput,
+        /// control-plane, hot-paths.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -60,7 +65,7 @@ fn main() -> Result<()> {
         Command::Setup => setup::run(),
         Command::BuildEbpf { release } => ebpf::build(ebpf::profile(release)).map(|_| ()),
         Command::Test => test::run(),
-        Command::Bench { quick } => bench::run(quick),
+        Command::Bench { quick, only } => bench::run(quick, &only),
         Command::Demo {
             keep,
             down,

@@ -11,6 +11,7 @@ use relay_userspace::lab::{
     control_bench::{self, ControlBenchOptions},
     demo::{self, DemoOptions},
     nat_lab,
+    throughput::{self, ThroughputOptions, report},
     xdp_bench::{self, BenchOptions},
 };
 
@@ -42,6 +43,22 @@ enum Command {
         /// Runs per program, case and round.
         #[arg(long, default_value_t = 20_000)]
         calls: usize,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Relayed packets/s and relay CPU per packet through the lab's relay host: XDP native,
+    /// generic, off (userspace forwarder) and a MAC-swap reflector, interleaved.
+    BenchThroughput {
+        /// A few seconds, one size, a few sessions: checks the harness.
+        #[arg(long)]
+        quick: bool,
+        /// Interleaved rounds (default 3; 1 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Seconds per pass (default 1; 0.25 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -131,6 +148,34 @@ fn main() -> Result<()> {
                 json,
                 serde_json::json!({ "options": options, "results": results }),
             )
+        }
+        Command::BenchThroughput {
+            quick,
+            rounds,
+            seconds,
+            json,
+        } => {
+            let mut options = if quick {
+                ThroughputOptions::quick(relay_bin()?)
+            } else {
+                ThroughputOptions::full(relay_bin()?)
+            };
+            options.rounds = rounds.unwrap_or(options.rounds);
+            options.seconds = seconds.unwrap_or(options.seconds);
+            let r = throughput::run(options)?;
+            print!("{}", report::table(&r.summaries));
+            for x in &r.ratios {
+                println!(
+                    "{} B x {} sessions: native/reflector {:.2} pps, {:.2} per CPU; native/off {:.1}x per CPU; generic/off {:.1}x",
+                    x.payload,
+                    x.sessions,
+                    x.native_vs_reflector_pps,
+                    x.native_vs_reflector_per_cpu,
+                    x.native_vs_off_per_cpu,
+                    x.generic_vs_off_per_cpu
+                );
+            }
+            write_json(json, serde_json::to_value(&r)?)
         }
         Command::BenchControl {
             alloc_seconds,

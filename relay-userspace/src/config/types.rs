@@ -222,7 +222,50 @@ pub struct SessionsConfig {
     /// How often the bind-cookie secret rotates (the previous one stays valid once more).
     #[serde(with = "duration")]
     pub cookie_rotation: Duration,
+    /// Packets per second each leg of a session may send (enforced in the kernel and in the
+    /// userspace forwarder; the excess is dropped and counted as `dropped_rate_limited`);
+    /// 0 = unlimited.
+    pub packets_per_sec: u32,
+    /// Kilobytes (1000 bytes) of UDP payload per second each leg may send; 0 = unlimited.
+    pub kbytes_per_sec: u32,
+    /// Bind handshake messages per second accepted from one source address (a fixed table of
+    /// buckets: bounded memory whatever the flood); 0 = unlimited.
+    pub binds_per_sec_per_source: u32,
+    /// Which addresses may be legs.
+    pub leg_addresses: LegAddressesConfig,
 }
+
+/// `sessions.leg_addresses:` which addresses may be legs. Loopback, link-local, multicast,
+/// broadcast, unspecified and the relay's own addresses never may, in any spelling.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LegAddressesConfig {
+    /// Refuse private (RFC 1918, 100.64/10) and unique-local (fc00::/7) addresses.
+    pub refuse_private: bool,
+    /// Ranges admitted although private.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Ranges always refused.
+    pub deny: Vec<ipnet::IpNet>,
+}
+
+impl Default for LegAddressesConfig {
+    fn default() -> Self {
+        LegAddressesConfig {
+            refuse_private: true,
+            allow: Vec::new(),
+            deny: Vec::new(),
+        }
+    }
+}
+
+/// Default bind messages per second per source address (a bind is two messages; clients
+/// refresh every 25 s, so this leaves room for many clients behind one NAT).
+pub const DEFAULT_BINDS_PER_SEC_PER_SOURCE: u32 = 100;
+
+/// Default per-leg packet rate: above what WireGuard at 2 Gbit/s of full-size packets needs.
+pub const DEFAULT_PACKETS_PER_SEC: u32 = 250_000;
+/// Default per-leg byte rate: 2 Gbit/s.
+pub const DEFAULT_KBYTES_PER_SEC: u32 = 250_000;
 
 impl Default for SessionsConfig {
     fn default() -> Self {
@@ -231,6 +274,10 @@ impl Default for SessionsConfig {
             bind_lifetime: Duration::from_secs(30),
             idle_lifetime: Duration::from_secs(300),
             cookie_rotation: Duration::from_secs(120),
+            packets_per_sec: DEFAULT_PACKETS_PER_SEC,
+            kbytes_per_sec: DEFAULT_KBYTES_PER_SEC,
+            binds_per_sec_per_source: DEFAULT_BINDS_PER_SEC_PER_SOURCE,
+            leg_addresses: LegAddressesConfig::default(),
         }
     }
 }

@@ -9,5 +9,6 @@ pub mod crypto;
 pub mod expiry;
 pub mod persist;
 pub mod session;
+pub mod source_limit;
 pub mod table;
 pub mod ticket;

@@ -15,6 +15,8 @@ use relay_common::{control::CONTROL_LEN, maps::SessionStats};
 use tracing::{debug, info, warn};
 
 use crate::{
+    config::DEFAULT_BINDS_PER_SEC_PER_SOURCE,
+    control::source_limit::SourceLimiter,
     control::{
         address_policy::AddressPolicy,
         bind::{self, BindOutcome},
@@ -68,6 +70,8 @@ pub struct Plane {
     forward: Arc<ForwardTable>,
     counters: Arc<UserCounters>,
     kernel: Option<KernelState>,
+    /// Bind messages per source address.
+    sources: SourceLimiter,
     /// Latest known data activity per session and leg (from both forwarders' counters).
     activity: HashMap<u32, [Option<Instant>; 2]>,
     /// Userspace counters last written to the maps, per slot.
@@ -119,7 +123,14 @@ impl Plane {
             activity: HashMap::new(),
             flushed: HashMap::new(),
             stats: PlaneStats::default(),
+            sources: SourceLimiter::new(DEFAULT_BINDS_PER_SEC_PER_SOURCE, Instant::now()),
         }
+    }
+
+    /// Limits bind messages to `per_sec` per source address (0: unlimited).
+    pub fn with_binds_per_source(mut self, per_sec: u32) -> Plane {
+        self.sources = SourceLimiter::new(per_sec, Instant::now());
+        self
     }
 
     /// The session table.
@@ -253,6 +264,11 @@ impl Plane {
         src: SocketAddr,
         now: Instant,
     ) -> Option<[u8; CONTROL_LEN]> {
+        if !self.sources.allow(src.ip(), now) {
+            // Before any MAC or cookie work: a flood costs a hash and a table slot.
+            *self.stats.binds.entry("rate_limited").or_default() += 1;
+            return None;
+        }
         self.jar.rotate_if_due(now, &mut self.rng);
         let response = bind::handle(&mut self.table, &self.jar, &self.policy, datagram, src, now);
         *self.stats.binds.entry(response.outcome.name()).or_default() += 1;
@@ -360,6 +376,7 @@ impl Plane {
                 packets: snap.packets,
                 bytes: snap.bytes,
                 last_seen: [jiffies(snap.last_seen[0]), jiffies(snap.last_seen[1])],
+                ..Default::default()
             };
             if kernel
                 .maps()

@@ -201,7 +201,13 @@ impl Daemon {
         };
         let mut own: Vec<IpAddr> = listen.clone();
         own.extend(endpoints.all().iter().map(|e| e.ip()));
-        let policy = AddressPolicy::strict(own);
+        let legs = &config.sessions.leg_addresses;
+        let policy = AddressPolicy {
+            refuse_private: legs.refuse_private,
+            allow: legs.allow.clone(),
+            deny: legs.deny.clone(),
+            ..AddressPolicy::strict(own)
+        };
         let table = TableSettings {
             max_sessions: config.sessions.max_sessions,
             quotas: config
@@ -212,7 +218,10 @@ impl Daemon {
                 .collect(),
             bind_lifetime: config.sessions.bind_lifetime,
             idle_lifetime: config.sessions.idle_lifetime,
-            limits: SessionLimits::default(),
+            limits: SessionLimits {
+                packets_per_sec: config.sessions.packets_per_sec,
+                kbytes_per_sec: config.sessions.kbytes_per_sec,
+            },
         };
         let mut plane = Plane::new(
             table,
@@ -221,7 +230,8 @@ impl Daemon {
             forward.clone(),
             counters.clone(),
             kernel,
-        );
+        )
+        .with_binds_per_source(config.sessions.binds_per_sec_per_source);
         let has_kernel = plane.has_kernel();
         let adopted = plane.adopt_pinned()?;
         if adopted > 0 {

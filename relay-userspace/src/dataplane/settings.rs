@@ -56,6 +56,7 @@ impl FastPathSettings {
             hop_limit: self.ttl,
             nexthop_ttl_jiffies: clock.to_ticks(self.nexthop_ttl).min(u32::MAX as u64) as u32,
             nexthop_cache_mask: self.cache_entries() - 1,
+            jiffies_per_sec: clock.hz,
             ..Default::default()
         };
         if let Some(v4) = self.v4 {

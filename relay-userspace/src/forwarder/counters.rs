@@ -4,11 +4,18 @@
 //! both paths without asking the daemon.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
     time::{Duration, Instant},
 };
 
-use relay_common::verdict::{Reason, VerdictCounter};
+use relay_common::{
+    maps::SessionLimits,
+    ratelimit::{self, Debts},
+    verdict::{Reason, VerdictCounter},
+};
 
 /// One session slot's counters.
 #[derive(Default)]
@@ -18,6 +25,8 @@ pub struct SlotCounters {
     /// Milliseconds since [`UserCounters::epoch`] + 1 of each leg's last forwarded packet
     /// (0 = never).
     last_seen: [AtomicU64; 2],
+    /// Rate-limit buckets per sending leg; their time is `last_seen` (in milliseconds).
+    debts: Mutex<[Debts; 2]>,
 }
 
 /// A snapshot of one slot.
@@ -81,6 +90,47 @@ impl UserCounters {
         }
     }
 
+    /// Applies the session's rate limits to a packet of `len` payload bytes from leg `from`
+    /// (the same buckets as the XDP program, on a millisecond clock): whether it may be
+    /// forwarded. The caller then counts it with [`UserCounters::forwarded`], which moves the
+    /// buckets' time.
+    pub fn admit(
+        &self,
+        slot: u32,
+        from: usize,
+        limits: &SessionLimits,
+        len: usize,
+        at: Instant,
+    ) -> bool {
+        if limits.packets_per_sec == 0 && limits.kbytes_per_sec == 0 {
+            return true;
+        }
+        let Some(s) = self.slots.get(slot as usize) else {
+            return true;
+        };
+        let leg = from & 1;
+        let mut debts = s.debts.lock().unwrap_or_else(|e| e.into_inner());
+        let elapsed = self
+            .stamp(at)
+            .saturating_sub(s.last_seen[leg].load(Relaxed));
+        match ratelimit::admit(
+            debts[leg],
+            elapsed,
+            1000,
+            limits.packets_per_sec,
+            limits.kbytes_per_sec,
+            len as u64,
+        ) {
+            Some(d) => {
+                debts[leg] = d;
+                // Stamp now, under the lock, so a concurrent worker refills from here.
+                s.last_seen[leg].fetch_max(self.stamp(at), Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Publishes and clears a worker's batch of verdict counts.
     pub fn publish(&self, local: &mut LocalVerdicts) {
         for (shared, mine) in self.verdicts.iter().zip(local.0.iter_mut()) {
@@ -124,6 +174,7 @@ impl UserCounters {
                 s.bytes[l].store(0, Relaxed);
                 s.last_seen[l].store(0, Relaxed);
             }
+            *s.debts.lock().unwrap_or_else(|e| e.into_inner()) = Default::default();
         }
     }
 
@@ -155,6 +206,32 @@ mod tests {
         assert!(s.last_seen[1].unwrap() >= t - Duration::from_millis(1));
         c.reset(2);
         assert_eq!(c.slot(2), SlotSnapshot::default());
+    }
+
+    #[test]
+    fn rate_limits_drop_the_excess_and_reset_with_the_slot() {
+        let c = UserCounters::new(2);
+        let limits = SessionLimits {
+            packets_per_sec: 100,
+            kbytes_per_sec: 0,
+        };
+        let t = Instant::now();
+        let mut passed = 0;
+        for i in 0..1000u64 {
+            // 1000 packets over 1 s against 100 pps.
+            let at = t + Duration::from_millis(i);
+            if c.admit(1, 0, &limits, 100, at) {
+                c.forwarded(1, 0, 100, at);
+                passed += 1;
+            }
+        }
+        // 1 s × 100 pps plus a 100 ms burst (10 packets).
+        assert!((100..=111).contains(&passed), "{passed}");
+        // The other leg has its own buckets; unlimited sessions are never limited.
+        assert!(c.admit(1, 1, &limits, 100, t + Duration::from_millis(999)));
+        assert!(c.admit(0, 0, &SessionLimits::default(), 100, t));
+        c.reset(1);
+        assert!(c.admit(1, 0, &limits, 100, t + Duration::from_millis(999)));
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum Decision {
         from_leg: usize,
         /// The session's counter slot.
         slot: u32,
+        /// The session's rate limits.
+        limits: fast::SessionLimits,
         /// Which forwarding reason to count.
         reason: Reason,
     },
@@ -70,6 +72,7 @@ pub fn decide(
         to,
         from_leg: direction.from,
         slot: session.slot,
+        limits: session.limits,
         reason: Reason::forwarded(from_v6, to.is_ipv6()),
     }
 }
@@ -112,6 +115,7 @@ mod tests {
                 to: "[2001:db8::2]:2000".parse().unwrap(),
                 from_leg: 0,
                 slot: 9,
+                limits: Default::default(),
                 reason: Reason::ForwardedV4ToV6
             }
         );
@@ -121,6 +125,7 @@ mod tests {
                 to: "198.51.100.1:1000".parse().unwrap(),
                 from_leg: 1,
                 slot: 9,
+                limits: Default::default(),
                 reason: Reason::ForwardedV6ToV4
             }
         );

@@ -70,8 +70,16 @@ impl Worker {
                         to,
                         from_leg,
                         slot,
+                        limits,
                         reason,
                     } => {
+                        if !self
+                            .counters
+                            .admit(slot, from_leg, &limits, payload.len(), now)
+                        {
+                            verdicts.add(Reason::DroppedRateLimited, payload.len());
+                            continue;
+                        }
                         self.counters.forwarded(slot, from_leg, payload.len(), now);
                         verdicts.add(reason, payload.len());
                         out[to.is_ipv6() as usize].push((to, i));

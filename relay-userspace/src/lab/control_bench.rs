@@ -81,7 +81,8 @@ impl Instance {
             "xdp:\n  mode: off\nrelay:\n  port: 16081\n  listen: [198.51.100.1]\n  workers: 1\n\
              api:\n  listen: 127.0.0.1:0\n  max_body_bytes: 4096\n  tokens:\n    - name: bench\n      \
              token: {TOKEN}\n      max_sessions: {max_sessions}\npin_dir: {}\nsessions:\n  \
-             max_sessions: {max_sessions}\n  bind_lifetime: 1h\nlog:\n  level: warn\n",
+             max_sessions: {max_sessions}\n  bind_lifetime: 1h\n  \
+             binds_per_sec_per_source: 0\nlog:\n  level: warn\n",
             pin_dir.display()
         );
         let config = Config::parse(&yaml, "benchmark").map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -10,8 +10,8 @@ use aya::{
     programs::{ProgramInfo, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use relay_common::bench::{
-    GENERATOR_CONFIG, GeneratorConfig, MAX_TEMPLATES, SINK_COUNTS, SinkCounter, TEMPLATE_LEN,
-    TEMPLATES, Template,
+    CURSOR_PACE, CURSOR_TEMPLATE, GENERATOR_CONFIG, GENERATOR_CURSOR, GeneratorConfig,
+    MAX_TEMPLATES, PACE_ALL, SINK_COUNTS, SinkCounter, TEMPLATE_LEN, TEMPLATES, Template,
 };
 
 use crate::dataplane::{object, simulate::XdpMd};
@@ -79,26 +79,53 @@ impl LabXdp {
         for (i, t) in templates.iter().enumerate() {
             map.set(i as u32, t, 0)?;
         }
+        self.reset_cursor(CURSOR_TEMPLATE)?;
+        self.set_config(GeneratorConfig {
+            count: templates.len() as u32,
+            send_per_65536: PACE_ALL,
+        })
+    }
+
+    /// Makes the generator transmit on `send_per_65536` of every 65536 runs (see
+    /// [`GeneratorConfig`]), starting from a zero accumulator.
+    pub fn set_pace(&mut self, send_per_65536: u32) -> Result<()> {
+        let config = self.config()?;
+        self.set_config(GeneratorConfig {
+            send_per_65536,
+            ..config
+        })
+    }
+
+    fn config(&self) -> Result<GeneratorConfig> {
+        let map: Array<&MapData, GeneratorConfig> =
+            Array::try_from(self.ebpf.map(GENERATOR_CONFIG).context(GENERATOR_CONFIG)?)?;
+        Ok(map.get(&0, 0)?)
+    }
+
+    /// Zeroes entry `index` of the generator's per-CPU cursor map on every CPU.
+    fn reset_cursor(&mut self, index: u32) -> Result<()> {
         let mut cursor: PerCpuArray<&mut MapData, u32> = PerCpuArray::try_from(
             self.ebpf
-                .map_mut(relay_common::bench::GENERATOR_CURSOR)
-                .context("cursor")?,
+                .map_mut(GENERATOR_CURSOR)
+                .context(GENERATOR_CURSOR)?,
         )?;
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        cursor.set(0, aya::maps::PerCpuValues::try_from(vec![0u32; cpus])?, 0)?;
+        cursor.set(
+            index,
+            aya::maps::PerCpuValues::try_from(vec![0u32; cpus])?,
+            0,
+        )?;
+        Ok(())
+    }
+
+    fn set_config(&mut self, value: GeneratorConfig) -> Result<()> {
+        self.reset_cursor(CURSOR_PACE)?;
         let mut config: Array<&mut MapData, GeneratorConfig> = Array::try_from(
             self.ebpf
                 .map_mut(GENERATOR_CONFIG)
                 .context(GENERATOR_CONFIG)?,
         )?;
-        config.set(
-            0,
-            GeneratorConfig {
-                count: templates.len() as u32,
-                _pad: 0,
-            },
-            0,
-        )?;
+        config.set(0, value, 0)?;
         Ok(())
     }
 

@@ -9,6 +9,7 @@ pub mod nat_lab;
 pub mod netns;
 pub mod sandbox;
 pub mod scenario;
+pub mod throughput;
 pub mod wireguard;
 pub mod xdp_bench;
 

@@ -161,6 +161,23 @@ impl Sandbox {
         Ok(self.dataplane.maps.sessions.insert(vni, session, 0)?)
     }
 
+    /// Installs a session with rate limits.
+    pub fn add_limited_session(
+        &mut self,
+        vni: u32,
+        slot: u32,
+        legs: [Leg; 2],
+        limits: relay_common::maps::SessionLimits,
+    ) -> Result<()> {
+        let session = Session {
+            legs,
+            slot,
+            limits,
+            ..Default::default()
+        };
+        Ok(self.dataplane.maps.sessions.insert(vni, session, 0)?)
+    }
+
     /// Runs `frame` through program `program` as if it arrived on `eth0`.
     pub fn run(&mut self, program: &str, frame: &[u8]) -> Result<RunOutcome> {
         Ok(self.run_timed(program, frame)?.0)

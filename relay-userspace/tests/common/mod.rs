@@ -377,6 +377,7 @@ impl Fixture {
                 session_after.bytes[1] - session_before.bytes[1],
             ],
             last_seen: session_after.last_seen,
+            ..Default::default()
         };
         let stamped = [0, 1].map(|l| session_after.last_seen[l] != session_before.last_seen[l]);
         (

@@ -1,0 +1,585 @@
+//! Relayed packets per second and relay CPU per packet, end to end through the NAT lab's relay
+//! host, for every way the relay can carry packets and for the practical limit of the path.
+//!
+//! ## Set-up
+//!
+//! The lab's internet router is both ends of every session: each leg is an address of its
+//! loopback (bound with the real handshake), so the relay's output comes straight back to it.
+//! On the router's side of the relay link run, in the kernel:
+//!
+//! - the **generator** (`bench_gen`, BPF_PROG_TEST_RUN in live-frame mode): frames built here
+//!   are transmitted with XDP_TX as if a NIC had received them and a program bounced them, 64 per
+//!   flush; no socket, no userspace copy per packet;
+//! - the **sink** (`bench_sink`, native XDP on the same interface): counts and drops the UDP the
+//!   relay sends back.
+//!
+//! ## The two cores
+//!
+//! CPU 0 is the load: the generator (this thread) and the sink's NAPI thread. CPU 1 is the
+//! relay: the relay interface's NAPI thread (threaded NAPI, so its softirq work is a task with
+//! exact run-time accounting) and the daemon (`taskset`). The relay's CPU time is those tasks'
+//! run time (`/proc/<pid>/schedstat`): for native XDP it is the driver receive, the program and
+//! the transmit; for generic XDP and the userspace forwarder also the network stack, sockets and
+//! the daemon. Each mode runs on the same core with the same load, interleaved per round, so
+//! the ratios compare like with like; the generator saturates the relay core in every mode
+//! (relay busy ≈ 100 %), so packets per second measure the relay, not the generator.
+
+pub mod cpu;
+pub mod report;
+pub mod workload;
+
+use std::{
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use aya::programs::XdpMode as AyaMode;
+use relay_common::bench::PACE_ALL;
+use serde::Serialize;
+
+use self::{
+    cpu::{CpuSample, RelayTasks},
+    report::{Measurement, Mode, Pass},
+    workload::Path as FramePath,
+};
+use super::{
+    lab_xdp::LabXdp,
+    nat_lab::{Host, INET_RELAY_IF, LAB_BPFFS, NatLab, RELAY_IF},
+    scenario::{LAB_PORT, LAB_TOKEN},
+};
+use crate::{
+    api::types::CreateSession, client::api::ApiClient, config::XdpMode, control::ticket::Ticket,
+    dataplane::attachment,
+};
+
+/// The core the load runs on.
+const LOAD_CORE: usize = 0;
+/// The core the relay runs on.
+const RELAY_CORE: usize = 1;
+/// Generator runs per BPF_PROG_TEST_RUN call: large, because each call also costs a fixed
+/// ~20 ms of page-pool set-up and tear-down during which nothing is sent (measured per run and
+/// subtracted from the pass time).
+const CALL_RUNS: u32 = 1 << 19;
+/// Passes the search for the loss-free load may take.
+const SEARCH_PASSES: usize = 6;
+/// Time for the last frames of a pass to come back.
+const DRAIN: Duration = Duration::from_millis(50);
+
+/// What to measure.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThroughputOptions {
+    /// The `relay` binary.
+    #[serde(skip)]
+    pub relay_bin: PathBuf,
+    /// Interleaved rounds (medians are reported).
+    pub rounds: usize,
+    /// UDP payload sizes (Geneve header included).
+    pub payloads: Vec<usize>,
+    /// Session counts.
+    pub sessions: Vec<usize>,
+    /// Seconds per pass.
+    pub seconds: f64,
+}
+
+impl ThroughputOptions {
+    /// The full benchmark.
+    pub fn full(relay_bin: PathBuf) -> ThroughputOptions {
+        ThroughputOptions {
+            relay_bin,
+            rounds: 3,
+            payloads: vec![64, 512, 1420],
+            sessions: vec![1, 1000],
+            seconds: 1.0,
+        }
+    }
+
+    /// A few seconds: keeps the harness from rotting.
+    pub fn quick(relay_bin: PathBuf) -> ThroughputOptions {
+        ThroughputOptions {
+            relay_bin,
+            rounds: 1,
+            payloads: vec![64],
+            sessions: vec![4],
+            seconds: 0.25,
+        }
+    }
+}
+
+/// Everything measured, in the JSON's shape.
+#[derive(Clone, Debug, Serialize)]
+pub struct ThroughputResult {
+    /// The options.
+    pub options: ThroughputOptions,
+    /// Every pass of every round.
+    pub measurements: Vec<Measurement>,
+    /// Medians per cell.
+    pub summaries: Vec<report::Summary>,
+    /// The target ratios.
+    pub ratios: Vec<report::Ratios>,
+    /// Cores for 10 GbE.
+    pub extrapolation: Vec<report::Extrapolation>,
+}
+
+/// Runs the benchmark. Needs root and two CPUs.
+pub fn run(options: ThroughputOptions) -> Result<ThroughputResult> {
+    let cpus = std::thread::available_parallelism()?.get();
+    ensure!(
+        cpus > RELAY_CORE,
+        "the throughput benchmark needs 2 CPUs, this machine has {cpus}"
+    );
+    let max_sessions = options.sessions.iter().copied().max().unwrap_or(1);
+    ensure!(
+        max_sessions * 2 <= relay_common::bench::MAX_TEMPLATES as usize,
+        "at most {} sessions",
+        relay_common::bench::MAX_TEMPLATES / 2
+    );
+    cpu::pin(0, LOAD_CORE)?;
+    let mut bench = Bench::new(&options)?;
+    bench.start_relay(Mode::Native)?;
+    bench.allocate(max_sessions)?;
+    bench.attach_sink()?;
+
+    let mut measurements = Vec::new();
+    for round in 0..options.rounds {
+        for mode in Mode::ALL {
+            bench.switch(mode)?;
+            for &payload in &options.payloads {
+                for &sessions in &options.sessions {
+                    let m = bench.measure(mode, payload, sessions, round, options.seconds)?;
+                    eprintln!(
+                        "round {round} {:<9} {payload:>4} B {sessions:>4} sessions: {:>9.0} relayed/s, loss {:.2} %, {:.0} ns/pkt",
+                        mode.name(),
+                        m.saturation.relayed_pps(),
+                        m.saturation.loss() * 100.0,
+                        m.cpu_pass().cpu_ns_per_packet()
+                    );
+                    measurements.push(m);
+                }
+            }
+        }
+    }
+    bench.switch(Mode::Native)?;
+    let summaries = report::summarise(&measurements);
+    Ok(ThroughputResult {
+        ratios: report::ratios(&summaries),
+        extrapolation: report::extrapolate(&summaries),
+        summaries,
+        measurements,
+        options,
+    })
+}
+
+/// The lab, the relay and the lab's XDP programs while the benchmark runs.
+struct Bench {
+    lab: NatLab,
+    xdp: LabXdp,
+    relay_bin: PathBuf,
+    config: PathBuf,
+    pin_dir: PathBuf,
+    path: FramePath,
+    /// The generator's interface in the router's namespace.
+    gen_ifindex: u32,
+    vnis: Vec<u32>,
+    /// The reflector's link while it is attached.
+    reflector: Option<aya::programs::xdp::XdpLinkId>,
+    tasks: Option<RelayTasks>,
+    mode: Option<Mode>,
+    /// The fixed cost of one generator call.
+    call_overhead: Option<Duration>,
+}
+
+fn relay_config(mode: XdpMode, pin_dir: &Path) -> String {
+    format!(
+        "interfaces: [{RELAY_IF}]\nxdp:\n  mode: {mode}\nrelay:\n  port: {LAB_PORT}\n  workers: 1\n\
+         api:\n  listen: 127.0.0.1:8080\n  tokens:\n    - name: bench\n      token: {LAB_TOKEN}\n\
+         \x20     max_sessions: 8192\nsessions:\n  max_sessions: 8192\n  bind_lifetime: 1h\n  \
+         idle_lifetime: 1h\n  \
+         packets_per_sec: 0\n  kbytes_per_sec: 0\n  binds_per_sec_per_source: 0\npin_dir: {}\nlog:\n  level: warn\n",
+        pin_dir.display()
+    )
+}
+
+fn read_sys(lab: &NatLab, host: Host, interface: &str, attr: &str) -> Result<String> {
+    Ok(lab
+        .exec(
+            host,
+            "cat",
+            &[&format!("/sys/class/net/{interface}/{attr}")],
+        )?
+        .trim()
+        .to_string())
+}
+
+fn parse_mac(text: &str) -> Result<[u8; 6]> {
+    let bytes: Vec<u8> = text
+        .split(':')
+        .map(|b| u8::from_str_radix(b, 16))
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("MAC address {text}"))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("MAC address {text}"))
+}
+
+impl Bench {
+    fn new(options: &ThroughputOptions) -> Result<Bench> {
+        let lab = NatLab::create()?;
+        let relay_ip = NatLab::relay_endpoint(false, LAB_PORT);
+        let std::net::SocketAddr::V4(relay) = relay_ip else {
+            bail!("the lab's relay endpoint is IPv4")
+        };
+        let path = FramePath {
+            gen_mac: parse_mac(&read_sys(&lab, Host::Inet, INET_RELAY_IF, "address")?)?,
+            relay_mac: parse_mac(&read_sys(&lab, Host::Relay, RELAY_IF, "address")?)?,
+            relay,
+        };
+        let gen_ifindex = read_sys(&lab, Host::Inet, INET_RELAY_IF, "ifindex")?.parse()?;
+        for a in workload::leg_addresses() {
+            lab.ns(Host::Inet).ip(&["addr", "add", &a, "dev", "lo"])?;
+        }
+        // The relay's receive NAPI runs without an XDP program too (generic and off modes),
+        // and its next hop is resolved for good (no ARP traffic mid-pass).
+        lab.exec(Host::Relay, "ethtool", &["-K", RELAY_IF, "gro", "on"])?;
+        lab.ns(Host::Relay).ip(&[
+            "neigh",
+            "replace",
+            "192.0.2.1",
+            "lladdr",
+            &read_sys(&lab, Host::Inet, INET_RELAY_IF, "address")?,
+            "dev",
+            RELAY_IF,
+            "nud",
+            "permanent",
+        ])?;
+        let pin_dir = Path::new(LAB_BPFFS).join(lab.ns(Host::Relay).name());
+        let config = lab.dir.join("relay.yaml");
+        Ok(Bench {
+            xdp: LabXdp::load()?,
+            relay_bin: options.relay_bin.clone(),
+            config,
+            pin_dir,
+            path,
+            gen_ifindex,
+            vnis: Vec::new(),
+            reflector: None,
+            tasks: None,
+            mode: None,
+            call_overhead: None,
+            lab,
+        })
+    }
+
+    /// (Re)starts the daemon in the XDP mode `mode` runs it in, pinned to the relay core.
+    fn start_relay(&mut self, mode: Mode) -> Result<()> {
+        if self.lab.running("relay") {
+            let status = self.lab.stop("relay")?;
+            ensure!(
+                status.success(),
+                "the relay exited with {status}:\n{}",
+                self.lab.log("relay")
+            );
+        }
+        let xdp = match mode {
+            Mode::Native => XdpMode::Native,
+            Mode::Generic => XdpMode::Generic,
+            Mode::Off | Mode::Reflector => XdpMode::Off,
+        };
+        std::fs::write(&self.config, relay_config(xdp, &self.pin_dir))?;
+        let relay = self.relay_bin.to_str().context("path")?.to_string();
+        let config = self.config.to_str().context("path")?.to_string();
+        let core = RELAY_CORE.to_string();
+        self.lab.spawn(
+            Host::Relay,
+            "relay",
+            Path::new("taskset"),
+            &["-c", &core, &relay, "serve", "--config", &config],
+        )?;
+        let api = ApiClient::new("http://127.0.0.1:8080", LAB_TOKEN)?;
+        let up = self.lab.in_host(Host::Relay, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if rt.block_on(api.list()).is_ok() {
+                    return Ok(true);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            anyhow::Ok(false)
+        })??;
+        if !up {
+            bail!(
+                "the relay's API did not come up:\n{}",
+                self.lab.log("relay")
+            );
+        }
+        let expected = match xdp {
+            XdpMode::Native => Some(attachment::AttachMode::Native),
+            XdpMode::Generic => Some(attachment::AttachMode::Generic),
+            _ => None,
+        };
+        if let Some(expected) = expected {
+            let now = self
+                .lab
+                .in_host(Host::Relay, || attachment::attachment(RELAY_IF))??;
+            ensure!(
+                now.mode == expected,
+                "the relay attached in {:?}, not {expected:?}",
+                now.mode
+            );
+        }
+        Ok(())
+    }
+
+    /// Allocates `n` sessions through the API and binds both legs of each from the router.
+    fn allocate(&mut self, n: usize) -> Result<()> {
+        let api = ApiClient::new("http://127.0.0.1:8080", LAB_TOKEN)?;
+        let sessions = self.lab.in_host(Host::Relay, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut out = Vec::with_capacity(n);
+                for _ in 0..n {
+                    out.push(api.create(&CreateSession::default()).await?);
+                }
+                anyhow::Ok(out)
+            })
+        })??;
+        let mut tickets = Vec::with_capacity(n);
+        for s in &sessions {
+            let mut legs = Vec::new();
+            for leg in &s.legs {
+                let text = leg
+                    .ticket
+                    .as_deref()
+                    .context("the API returned no ticket")?;
+                legs.push(Ticket::decode(text)?);
+            }
+            ensure!(legs.len() == 2, "a session has two legs");
+            tickets.push(legs);
+        }
+        let relay = std::net::SocketAddr::V4(self.path.relay);
+        self.lab.in_host(Host::Inet, || {
+            for (i, legs) in tickets.iter().enumerate() {
+                for (leg, ticket) in legs.iter().enumerate() {
+                    workload::bind_leg(workload::leg_addr(i, leg), ticket, relay)?;
+                }
+            }
+            anyhow::Ok(())
+        })??;
+        self.vnis = sessions.iter().map(|s| s.vni).collect();
+        Ok(())
+    }
+
+    /// Attaches the sink to the generator's interface and moves that interface's NAPI to the
+    /// load core.
+    fn attach_sink(&mut self) -> Result<()> {
+        let xdp = &mut self.xdp;
+        self.lab.in_host(Host::Inet, || {
+            xdp.attach(
+                relay_common::bench::PROGRAM_SINK,
+                INET_RELAY_IF,
+                AyaMode::Driver,
+            )
+        })??;
+        let napi = cpu::threaded_napi(self.lab.ns(Host::Inet), INET_RELAY_IF, LOAD_CORE)?;
+        // The sink's NAPI thread preempts the generator as soon as relayed frames arrive: its
+        // receive ring (256 frames) must never overflow, or the relay's transmits would fail and
+        // count as the relay's loss.
+        cpu::realtime(napi)?;
+        Ok(())
+    }
+
+    /// Makes the relay host carry packets the way `mode` does.
+    fn switch(&mut self, mode: Mode) -> Result<()> {
+        if self.mode == Some(mode) {
+            return Ok(());
+        }
+        if let Some(link) = self.reflector.take() {
+            let xdp = &mut self.xdp;
+            self.lab.in_host(Host::Relay, || {
+                xdp.detach(relay_common::bench::PROGRAM_REFLECTOR, link)
+            })??;
+        }
+        self.start_relay(mode)?;
+        if mode == Mode::Reflector {
+            let xdp = &mut self.xdp;
+            self.reflector = Some(self.lab.in_host(Host::Relay, || {
+                xdp.attach(
+                    relay_common::bench::PROGRAM_REFLECTOR,
+                    RELAY_IF,
+                    AyaMode::Driver,
+                )
+            })??);
+        }
+        let napi = cpu::threaded_napi(self.lab.ns(Host::Relay), RELAY_IF, RELAY_CORE)?;
+        let daemon = self.lab.pid("relay").context("the relay is not running")?;
+        self.tasks = Some(RelayTasks {
+            napi,
+            daemon,
+            core: RELAY_CORE,
+        });
+        self.mode = Some(mode);
+        Ok(())
+    }
+
+    fn sample(&self) -> Result<CpuSample> {
+        self.tasks.context("no relay tasks")?.sample()
+    }
+
+    /// One cell: warm-up, a saturation pass, a paced pass when the saturation lost packets, and
+    /// a short pass with BPF run-time statistics on.
+    fn measure(
+        &mut self,
+        mode: Mode,
+        payload: usize,
+        sessions: usize,
+        round: usize,
+        seconds: f64,
+    ) -> Result<Measurement> {
+        let (frame, templates) = workload::workload(&self.path, &self.vnis[..sessions], payload)?;
+        self.xdp.set_templates(&templates)?;
+        let inet = self.lab.ns(Host::Inet);
+        let _inside = inet.enter()?;
+        if self.call_overhead.is_none() {
+            self.call_overhead = Some(self.calibrate(&frame)?);
+        }
+        self.pass(&frame, 0.2, PACE_ALL)?;
+        let saturation = self.pass(&frame, seconds, PACE_ALL)?;
+        let paced = if saturation.relay_busy() >= report::RELAY_BOUND
+            && saturation.loss() > report::LOSS_FREE
+        {
+            self.loss_free(&frame, seconds, &saturation)?
+        } else {
+            None
+        };
+        let program_ns = self.program_ns(mode, &frame, seconds.min(0.5))?;
+        Ok(Measurement {
+            mode,
+            payload,
+            sessions,
+            round,
+            saturation,
+            paced,
+            program_ns,
+        })
+    }
+
+    /// Searches for the highest load the relay carries without loss (an overloaded relay also
+    /// spends CPU on packets it then drops, and a livelocked one relays less than it could):
+    /// starts at 90 % of what the saturation pass relayed, raises the load by half while no
+    /// packets are lost and lowers it while they are, then bisects between the best loss-free
+    /// and the lowest lossy load; at most [`SEARCH_PASSES`] passes. Returns the loss-free pass at
+    /// the highest load, or the last pass when none was loss-free.
+    fn loss_free(&mut self, frame: &[u8], seconds: f64, saturation: &Pass) -> Result<Option<Pass>> {
+        let mut share = saturation.relayed_pps() * 0.9 / saturation.offered_pps();
+        let mut best: Option<(f64, Pass)> = None;
+        let mut lossy: Option<f64> = None;
+        let mut last = None;
+        for _ in 0..SEARCH_PASSES {
+            let pass = self.pass(frame, seconds, (share * f64::from(PACE_ALL)) as u32)?;
+            if pass.loss() <= report::LOSS_FREE {
+                if best.is_none_or(|(_, b)| pass.relayed_pps() > b.relayed_pps()) {
+                    best = Some((share, pass));
+                }
+                if share >= 1.0 {
+                    break;
+                }
+                share = match lossy {
+                    Some(hi) => (share + hi) / 2.0,
+                    None => (share * 1.5).min(1.0),
+                };
+            } else {
+                lossy = Some(lossy.map_or(share, |hi: f64| hi.min(share)));
+                share = match best {
+                    Some((lo, _)) => (lo + share) / 2.0,
+                    None => share * 0.6,
+                };
+            }
+            last = Some(pass);
+        }
+        Ok(best.map(|(_, p)| p).or(last))
+    }
+
+    /// The fixed cost of one generator call (set-up and tear-down): the median of a few calls
+    /// that send one batch.
+    fn calibrate(&mut self, frame: &[u8]) -> Result<Duration> {
+        let mut walls = Vec::new();
+        for _ in 0..5 {
+            let start = Instant::now();
+            self.xdp
+                .transmit(self.gen_ifindex, frame, super::lab_xdp::LIVE_BATCH)?;
+            walls.push(start.elapsed());
+        }
+        walls.sort();
+        Ok(walls[walls.len() / 2])
+    }
+
+    /// Sends for about `seconds`, transmitting on `send_per_65536` of the generator's runs, and
+    /// counts what came back. The calling thread must be in the router's namespace.
+    fn pass(&mut self, frame: &[u8], seconds: f64, send_per_65536: u32) -> Result<Pass> {
+        self.xdp.set_pace(send_per_65536)?;
+        let sink_before = self.xdp.sink_counts()?;
+        let cpu_before = self.sample()?;
+        let start = Instant::now();
+        let limit = Duration::from_secs_f64(seconds);
+        let mut runs: u64 = 0;
+        let mut calls: u32 = 0;
+        while start.elapsed() < limit {
+            self.xdp.transmit(self.gen_ifindex, frame, CALL_RUNS)?;
+            runs += u64::from(CALL_RUNS);
+            calls += 1;
+        }
+        // Time spent sending: the calls minus their fixed cost.
+        let overhead = self.call_overhead.unwrap_or_default() * calls;
+        let sent_for = start.elapsed().saturating_sub(overhead);
+        std::thread::sleep(DRAIN);
+        let cpu_after = self.sample()?;
+        let sink_after = self.xdp.sink_counts()?;
+        Ok(Pass {
+            seconds: sent_for.as_secs_f64(),
+            offered: relay_common::bench::paced_sends(runs, send_per_65536),
+            relayed: sink_after.packets - sink_before.packets,
+            relay_cpu_ns: cpu_after.relay_ns_since(&cpu_before),
+            daemon_cpu_ns: cpu_after.daemon_ns.saturating_sub(cpu_before.daemon_ns),
+            wall_ns: sent_for.as_nanos() as u64,
+            core_busy: cpu_after.core_busy_since(&cpu_before),
+        })
+    }
+
+    /// The run time per packet of the XDP program carrying the packets, from the kernel's BPF
+    /// statistics over a short saturation pass (they are on only for that pass: they add two
+    /// clock reads per run).
+    fn program_ns(&mut self, mode: Mode, frame: &[u8], seconds: f64) -> Result<Option<f64>> {
+        let id = match mode {
+            Mode::Off => return Ok(None),
+            Mode::Reflector => self.xdp.info(relay_common::bench::PROGRAM_REFLECTOR)?.id(),
+            Mode::Native | Mode::Generic => {
+                let now = self
+                    .lab
+                    .in_host(Host::Relay, || attachment::attachment(RELAY_IF))??;
+                now.program_id
+                    .context("no program on the relay interface")? as u32
+            }
+        };
+        let stats = |id: u32| -> Result<(Duration, u64)> {
+            let info = aya::programs::loaded_programs()
+                .filter_map(Result::ok)
+                .find(|p| p.id() == id)
+                .with_context(|| format!("no loaded program {id}"))?;
+            Ok((info.run_time(), info.run_count()))
+        };
+        let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling BPF run-time statistics")?;
+        let (t0, n0) = stats(id)?;
+        self.pass(frame, seconds, PACE_ALL)?;
+        let (t1, n1) = stats(id)?;
+        if n1 <= n0 {
+            return Ok(None);
+        }
+        Ok(Some((t1 - t0).as_nanos() as f64 / (n1 - n0) as f64))
+    }
+}

@@ -1,0 +1,81 @@
+//! The throughput benchmark's harness in its quick mode (privileged): it must keep measuring what
+//! it claims to — packets that went through the relay in each mode, the relay's CPU time, the
+//! programs' own run time. Speeds are not asserted (see docs/benchmarks.md).
+
+mod common;
+
+use std::path::PathBuf;
+
+use relay_userspace::lab::throughput::{
+    self, ThroughputOptions,
+    report::{Mode, Pass},
+};
+
+fn check_pass(mode: Mode, p: &Pass) {
+    assert!(p.offered > 0, "{mode:?}: nothing offered");
+    assert!(p.relayed > 0, "{mode:?}: nothing relayed");
+    assert!(
+        p.relayed <= p.offered + 64,
+        "{mode:?}: more relayed than offered: {p:?}"
+    );
+    assert!(p.relay_cpu_ns > 0, "{mode:?}: no relay CPU time: {p:?}");
+    assert!(p.seconds > 0.0);
+}
+
+#[test]
+fn throughput_harness_relays_through_every_mode_and_accounts_for_it() {
+    require_root!();
+    let options = ThroughputOptions::quick(PathBuf::from(env!("CARGO_BIN_EXE_relay")));
+    let r = throughput::run(options).unwrap();
+    assert_eq!(r.measurements.len(), 4);
+    for m in &r.measurements {
+        check_pass(m.mode, &m.saturation);
+        if let Some(p) = &m.paced {
+            check_pass(m.mode, p);
+            assert!(
+                p.offered < m.saturation.offered,
+                "a paced pass offers less: {m:?}"
+            );
+        }
+        match m.mode {
+            // The forwarder is the daemon: it must show in the CPU time.
+            Mode::Off => {
+                assert_eq!(m.program_ns, None);
+                assert!(m.cpu_pass().daemon_cpu_ns > 0, "{m:?}");
+            }
+            // Kernel modes: the program ran, and the daemon saw (almost) none of the traffic.
+            _ => {
+                let ns = m.program_ns.expect("bpf_stats run time");
+                assert!(ns > 0.0 && ns < 100_000.0, "{m:?}");
+                assert!(
+                    m.saturation.daemon_cpu_ns < m.saturation.relay_cpu_ns / 2,
+                    "{m:?}"
+                );
+            }
+        }
+    }
+    // Every relayed frame went through the relay: in kernel modes the sink saw at least
+    // (almost) everything offered when the relay was not overloaded.
+    let native = r
+        .measurements
+        .iter()
+        .find(|m| m.mode == Mode::Native)
+        .unwrap();
+    assert!(
+        native.saturation.relayed > native.saturation.offered / 2,
+        "{native:?}"
+    );
+    assert_eq!(r.summaries.len(), 4);
+    assert_eq!(r.ratios.len(), 1);
+    assert_eq!(r.extrapolation.len(), 2);
+    let json = serde_json::to_value(&r).unwrap();
+    for key in [
+        "options",
+        "measurements",
+        "summaries",
+        "ratios",
+        "extrapolation",
+    ] {
+        assert!(json.get(key).is_some(), "JSON lacks {key}");
+    }
+}
