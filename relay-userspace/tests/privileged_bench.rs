@@ -74,6 +74,7 @@ fn throughput_harness_relays_through_every_mode_and_accounts_for_it() {
         "measurements",
         "summaries",
         "ratios",
+        "targets",
         "extrapolation",
     ] {
         assert!(json.get(key).is_some(), "JSON lacks {key}");

@@ -121,6 +121,16 @@ fn config_in_mode(ns: &Netns, pin_dir: &std::path::Path, mode: &str) -> PathBuf 
 }
 
 /// Receives notify messages until `want` arrives (at most `limit`).
+/// A `NOTIFY_SOCKET` for daemons started in `ns` (what systemd gives a `Type=notify` unit).
+fn notify_socket(ns: &Netns) -> (PathBuf, UnixDatagram) {
+    let path = std::env::temp_dir().join(format!("{}.notify", ns.name()));
+    let _ = std::fs::remove_file(&path);
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    (path, sock)
+}
+
 fn wait_notify(sock: &UnixDatagram, want: &str, limit: Duration) -> Vec<String> {
     let deadline = Instant::now() + limit;
     let mut seen = Vec::new();
@@ -145,11 +155,7 @@ fn systemd_notify_watchdog_detach_on_exit_and_down() {
     ns.ip(&["link", "set", "lo", "up"]).unwrap();
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
     let cfg = config(&ns, &pin_dir);
-    let sock_path = std::env::temp_dir().join(format!("{}.notify", ns.name()));
-    let _ = std::fs::remove_file(&sock_path);
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let (sock_path, sock) = notify_socket(&ns);
     let relay = env!("CARGO_BIN_EXE_relay");
     let serve = |detach: bool| {
         // As systemd does: WATCHDOG_PID names the daemon itself (the shell execs into it).
@@ -280,11 +286,7 @@ fn a_restart_with_another_xdp_mode_reattaches_in_that_mode_and_off_detaches() {
     let ns = host();
     ns.ip(&["link", "set", "lo", "up"]).unwrap();
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
-    let sock_path = std::env::temp_dir().join(format!("{}.notify", ns.name()));
-    let _ = std::fs::remove_file(&sock_path);
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    let (sock_path, sock) = notify_socket(&ns);
     let relay = env!("CARGO_BIN_EXE_relay");
     let mut cfg = PathBuf::new();
     let xdp = || ns.exec("ip", &["-d", "link", "show", "eth0"]).unwrap();

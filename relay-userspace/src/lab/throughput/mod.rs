@@ -115,8 +115,10 @@ pub struct ThroughputResult {
     pub measurements: Vec<Measurement>,
     /// Medians per cell.
     pub summaries: Vec<report::Summary>,
-    /// The target ratios.
+    /// The ratios the targets are stated in.
     pub ratios: Vec<report::Ratios>,
+    /// The targets.
+    pub targets: report::Targets,
     /// Cores for 10 GbE.
     pub extrapolation: Vec<report::Extrapolation>,
 }
@@ -163,6 +165,7 @@ pub fn run(options: ThroughputOptions) -> Result<ThroughputResult> {
     let summaries = report::summarise(&measurements);
     Ok(ThroughputResult {
         ratios: report::ratios(&summaries),
+        targets: report::TARGETS,
         extrapolation: report::extrapolate(&summaries),
         summaries,
         measurements,
