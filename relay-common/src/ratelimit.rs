@@ -35,6 +35,20 @@ pub struct Debts {
 /// Exact for `ticks_per_sec` up to 10 000 and any `u32` rate in kilobytes.
 #[inline(always)]
 pub fn take(debt: u64, elapsed: u64, ticks_per_sec: u64, rate: u64, cost: u64) -> Option<u64> {
+    take_with_burst(debt, elapsed, ticks_per_sec, rate, cost, BURST_MS)
+}
+
+/// [`take`] with a bucket that holds `burst_ms` of the rate instead of [`BURST_MS`]: for
+/// limits on things that legitimately come in bursts, such as API requests.
+#[inline(always)]
+pub fn take_with_burst(
+    debt: u64,
+    elapsed: u64,
+    ticks_per_sec: u64,
+    rate: u64,
+    cost: u64,
+    burst_ms: u64,
+) -> Option<u64> {
     if rate == 0 {
         return Some(0);
     }
@@ -45,7 +59,7 @@ pub fn take(debt: u64, elapsed: u64, ticks_per_sec: u64, rate: u64, cost: u64) -
     let refill = elapsed * rate;
     let debt = debt.saturating_sub(refill);
     let cost = cost * ticks_per_sec;
-    let burst = rate * ticks_per_sec * BURST_MS / 1000;
+    let burst = rate * ticks_per_sec * burst_ms / 1000;
     let capacity = if burst > cost { burst } else { cost };
     if debt + cost > capacity {
         None
@@ -145,6 +159,18 @@ mod tests {
         // ...but the next one waits until the debt is paid.
         assert!(admit(d, 10, 1000, 0, 1, 1400).is_none());
         assert!(admit(d, 1400, 1000, 0, 1, 1400).is_some());
+    }
+
+    #[test]
+    fn a_longer_burst_holds_more_of_the_rate() {
+        // 10 per second with a 1 s burst: 10 pass at once, the 11th waits 100 ms.
+        let mut debt = 0;
+        for _ in 0..10 {
+            debt = take_with_burst(debt, 0, 1000, 10, 1, 1000).expect("within the burst");
+        }
+        assert!(take_with_burst(debt, 0, 1000, 10, 1, 1000).is_none());
+        assert!(take_with_burst(debt, 99, 1000, 10, 1, 1000).is_none());
+        assert!(take_with_burst(debt, 100, 1000, 10, 1, 1000).is_some());
     }
 
     #[test]

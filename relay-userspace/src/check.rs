@@ -489,6 +489,16 @@ pub fn run(config: Option<&Config>, interfaces: &[String]) -> Vec<CheckLine> {
                 format!("{}: {e} (the relay is running?)", c.api.listen),
             ),
         });
+        if let Some(tls) = &c.api.tls {
+            out.push(match crate::api::tls::server_config(tls) {
+                Ok(_) => line(
+                    Status::Pass,
+                    "API certificate",
+                    format!("{} and its key load", tls.cert.display()),
+                ),
+                Err(e) => line(Status::Fail, "API certificate", format!("{e:#}")),
+            });
+        }
         for (key, configured, family_v6) in [
             ("advertise v4", c.relay.advertise.v4, false),
             ("advertise v6", c.relay.advertise.v6, true),

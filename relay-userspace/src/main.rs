@@ -69,9 +69,10 @@ fn main() -> Result<std::process::ExitCode> {
             config,
             detach_on_exit,
         } => {
-            let config = Config::load(&config)?;
+            let path = config;
+            let config = Config::load(&path)?;
             logging::init(&config.log.level, config.log.format);
-            runtime.block_on(daemon::serve::run(config, detach_on_exit))?;
+            runtime.block_on(daemon::serve::run(&path, config, detach_on_exit))?;
             Ok(ok)
         }
         Command::Down(args) => down::run(args).map(|()| ok),

@@ -29,6 +29,15 @@ const ALICE: &str = "alice-token-0123456789";
 const BOB: &str = "bob-token-0123456789ab";
 
 fn app(max_sessions: u32, quota: u32, max_body: usize) -> axum::Router {
+    app_limited(max_sessions, quota, max_body, 20)
+}
+
+fn app_limited(
+    max_sessions: u32,
+    quota: u32,
+    max_body: usize,
+    requests_per_sec: u32,
+) -> axum::Router {
     let tokens = [("alice", ALICE), ("bob", BOB)]
         .map(|(name, token)| TokenConfig {
             name: name.into(),
@@ -55,15 +64,15 @@ fn app(max_sessions: u32, quota: u32, max_body: usize) -> axum::Router {
         None,
     );
     api::router(
-        ApiState {
-            plane: Arc::new(Mutex::new(plane)),
-            tokens: Arc::new(TokenStore::new(&tokens)),
-            endpoints: Endpoints {
+        ApiState::new(
+            Arc::new(Mutex::new(plane)),
+            TokenStore::new(&tokens),
+            Endpoints {
                 v4: Some("198.51.100.1:6081".parse().unwrap()),
                 v6: Some("[2001:db8::1]:6081".parse().unwrap()),
             },
-            metrics: Default::default(),
-        },
+            requests_per_sec,
+        ),
         max_body,
     )
 }
@@ -328,4 +337,62 @@ async fn sessions_are_scoped_to_their_token() {
     let (status, text) = call(&app, "GET", "/healthz", None, None).await;
     assert_eq!(status, StatusCode::OK);
     assert!(text.contains(r#""sessions":0"#));
+}
+
+/// A GET of the session list from `peer` (as the server's connect-info layer would tag it).
+async fn list_from(
+    app: &axum::Router,
+    peer: &str,
+    token: Option<&str>,
+) -> axum::response::Response {
+    let mut req = Request::builder().uri("/v1/sessions");
+    if let Some(t) = token {
+        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let mut req = req.body(Body::empty()).unwrap();
+    let peer: std::net::SocketAddr = peer.parse().unwrap();
+    req.extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    app.clone().oneshot(req).await.unwrap()
+}
+
+#[tokio::test]
+async fn requests_over_a_sources_rate_are_429_before_the_token_is_checked() {
+    let app = app_limited(100, 10, 4096, 5);
+    // A burst of one second's worth passes (whatever the outcome: 200 or 401)...
+    for i in 0..5 {
+        let token = (i % 2 == 0).then_some(ALICE);
+        let resp = list_from(&app, "198.51.100.9:40000", token).await;
+        assert_ne!(resp.status(), StatusCode::TOO_MANY_REQUESTS, "request {i}");
+    }
+    // ...the next, with or without a valid token, is refused with a reason.
+    for token in [Some(ALICE), Some("a-guess-at-a-token-123"), None] {
+        let resp = list_from(&app, "198.51.100.9:40001", token).await;
+        assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(resp.headers()[header::RETRY_AFTER], "1");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let e = error(std::str::from_utf8(&body).unwrap());
+        assert_eq!(e.error, "rate_limited");
+        assert!(
+            e.reason.contains("5 requests per second from 198.51.100.9"),
+            "{}",
+            e.reason
+        );
+    }
+    // The IPv4-mapped spelling of the same address shares its bucket; other sources do not.
+    let resp = list_from(&app, "[::ffff:198.51.100.9]:40002", Some(ALICE)).await;
+    assert_eq!(resp.status(), StatusCode::TOO_MANY_REQUESTS);
+    let resp = list_from(&app, "203.0.113.4:40000", Some(ALICE)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    // The bucket refills at the configured rate.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let resp = list_from(&app, "198.51.100.9:40003", Some(ALICE)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // 0 = unlimited.
+    let app = app_limited(100, 10, 4096, 0);
+    for _ in 0..200 {
+        let resp = list_from(&app, "198.51.100.9:40000", Some(ALICE)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
 }

@@ -44,6 +44,11 @@ struct Lab {
 
 impl Lab {
     fn new(extra_sessions_config: &str) -> Lab {
+        Lab::with_config("", extra_sessions_config)
+    }
+
+    /// A lab whose `api:` and `sessions:` sections get these extra lines.
+    fn with_config(extra_api_config: &str, extra_sessions_config: &str) -> Lab {
         let ns = Netns::create("rt-daemon").unwrap();
         for addr in [
             "198.51.100.1/32",
@@ -64,7 +69,7 @@ impl Lab {
         let yaml = format!(
             "xdp:\n  mode: off\nrelay:\n  port: {RELAY_PORT}\n  listen: [198.51.100.1, \"2001:db8::1\"]\n  \
              workers: 2\napi:\n  listen: 127.0.0.1:0\n  tokens:\n    - name: tester\n      token: {TOKEN}\n\
-             pin_dir: {}\nsessions:\n{extra_sessions_config}",
+             {extra_api_config}pin_dir: {}\nsessions:\n{extra_sessions_config}",
             pin_dir.display()
         );
         let config = Config::parse(&yaml, "test").unwrap();
@@ -86,7 +91,7 @@ impl Lab {
 
     fn api(&self) -> ApiClient {
         let addr = self.daemon.as_ref().unwrap().started.api;
-        ApiClient::new(&format!("http://{addr}"), TOKEN).unwrap()
+        ApiClient::new(&format!("http://{addr}"), TOKEN, None).unwrap()
     }
 
     fn create(&self, a: &str, b: &str) -> SessionDetails {
@@ -319,6 +324,98 @@ fn two_sidecars_relay_both_ways_across_families_and_survive_a_move() {
     assert_eq!(stats.binds.get("rebound"), Some(&1), "{stats:?}");
     a2.stop(&lab);
     b.stop(&lab);
+}
+
+#[test]
+fn the_userspace_forwarder_holds_each_leg_to_its_packet_rate() {
+    require_root!();
+    let lab = Lab::new("  packets_per_sec: 200\n");
+    let session = lab.create("flooder", "victim");
+    let ticket = |leg: usize| session.legs[leg].ticket.clone().unwrap();
+    let mut a = sidecar(
+        &lab,
+        &ticket(0),
+        "127.0.0.1:17011",
+        "198.51.100.10",
+        "127.0.0.1:18011",
+    );
+    let mut b = sidecar(
+        &lab,
+        &ticket(1),
+        "127.0.0.1:17012",
+        "198.51.100.11",
+        "127.0.0.1:18012",
+    );
+    a.wait_bound(&lab);
+    b.wait_bound(&lab);
+    let app_a = app("127.0.0.1:18011");
+    let app_b = app("127.0.0.1:18012");
+    deliver(&app_a, "127.0.0.1:17011", &app_b, b"before the flood");
+    // A full bucket again: 200/s with a 100 ms burst holds 20 packets.
+    std::thread::sleep(Duration::from_millis(300));
+    let dropped_before = lab.verdicts()[Reason::DroppedRateLimited as usize];
+
+    // 2000 datagrams at about 20 000/s (paced so that no socket buffer on the way overflows:
+    // every one reaches the forwarder, which must pass the burst plus 200/s and drop the rest).
+    const SENT: u64 = 2000;
+    let start = Instant::now();
+    for i in 0..SENT {
+        app_a
+            .send_to(format!("flood {i}").as_bytes(), "127.0.0.1:17011")
+            .unwrap();
+        if i % 100 == 99 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let mut received = 0u64;
+    let mut buf = [0u8; 2048];
+    let mut last = start;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match app_b.recv_from(&mut buf) {
+            Ok((n, _)) if buf[..n].starts_with(b"flood ") => {
+                received += 1;
+                last = Instant::now();
+            }
+            Ok(_) => {}
+            Err(_) => break, // 200 ms of silence
+        }
+    }
+    let allowed = 20 + (200.0 * last.duration_since(start).as_secs_f64()).ceil() as u64 + 1;
+    assert!(
+        (20..=allowed).contains(&received),
+        "{received} of {SENT} relayed; the limit allows {allowed}"
+    );
+    lab.wait_verdict(Reason::DroppedRateLimited, dropped_before + SENT - received);
+    // The other leg's bucket is its own: it sends at once.
+    deliver(&app_b, "127.0.0.1:17012", &app_a, b"the victim still talks");
+    // And the flooding leg is limited, not blocked.
+    std::thread::sleep(Duration::from_millis(200));
+    deliver(&app_a, "127.0.0.1:17011", &app_b, b"after the flood");
+    a.stop(&lab);
+    b.stop(&lab);
+}
+
+#[test]
+fn the_api_limits_requests_per_source_address() {
+    require_root!();
+    let lab = Lab::with_config("  requests_per_sec_per_source: 3\n", "");
+    let api = lab.api();
+    let start = Instant::now();
+    let results: Vec<_> = (0..20).map(|_| lab.runtime.block_on(api.list())).collect();
+    let allowed = 3 + (3.0 * start.elapsed().as_secs_f64()).ceil() as usize + 1;
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert!(
+        (3..=allowed).contains(&ok),
+        "{ok} of 20 passed, {allowed} allowed"
+    );
+    for refused in results.iter().filter_map(|r| r.as_ref().err()) {
+        let text = refused.to_string();
+        assert!(
+            text.contains("429") && text.contains("rate_limited"),
+            "{text}"
+        );
+    }
 }
 
 #[test]

@@ -339,3 +339,154 @@ fn a_restart_with_another_xdp_mode_reattaches_in_that_mode_and_off_detaches() {
     let _ = std::fs::remove_file(&sock_path);
     let _ = std::fs::remove_file(&cfg);
 }
+
+/// A self-signed certificate for `ip`, written as `<name>.crt` / `<name>.key` in `dir`.
+fn certificate(dir: &std::path::Path, name: &str, ip: &str) -> (PathBuf, PathBuf) {
+    let pair = rcgen::generate_simple_self_signed(vec![ip.to_string()]).unwrap();
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert, pair.cert.pem()).unwrap();
+    std::fs::write(&key, pair.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+/// Removes a directory when dropped (also when the test fails).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn an_https_api_reloads_tokens_and_certificate_on_sighup_and_keeps_them_on_a_bad_file() {
+    require_root!();
+    let ns = host();
+    ns.ip(&["link", "set", "lo", "up"]).unwrap();
+    let dir = TempDir(std::env::temp_dir().join(format!("{}-tls", ns.name())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
+    let (cert, key) = certificate(&dir.0, "api", "198.51.100.10");
+    let first_cert = dir.0.join("first.crt");
+    std::fs::copy(&cert, &first_cert).unwrap();
+    let cfg = dir.0.join("relay.yaml");
+    let write_config = |tokens: &str, extra: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "interfaces: [eth0]\nxdp:\n  mode: off\napi:\n  listen: 198.51.100.10:18443\n  tls:\n    \
+                 cert: {}\n    key: {}\n  tokens:\n{tokens}pin_dir: {}\n{extra}",
+                cert.display(),
+                key.display(),
+                pin_dir.display()
+            ),
+        )
+        .unwrap();
+    };
+    const OLD: &str = "old-token-0123456789";
+    const NEW: &str = "new-token-0123456789";
+    write_config(&format!("    - name: ops\n      token: {OLD}\n"), "");
+    let (sock_path, sock) = notify_socket(&ns);
+    let relay = env!("CARGO_BIN_EXE_relay");
+    let checked = in_ns(&ns, relay)
+        .args(["check", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let checked = String::from_utf8_lossy(&checked.stdout).to_string();
+    assert!(checked.contains("PASS  API certificate"), "{checked}");
+    let log_path = dir.0.join("relay.log");
+    let mut daemon = in_ns(&ns, relay)
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let started = std::panic::catch_unwind(|| {
+        wait_notify(&sock, "READY=1", Duration::from_secs(15));
+    });
+    assert!(started.is_ok(), "the daemon did not start:\n{}", log());
+    // `relay client` from inside the namespace; Ok(stdout) or Err(stderr).
+    let client = |args: &[&str], token: &str, ca: Option<&std::path::Path>| {
+        let mut c = in_ns(&ns, relay);
+        c.arg("client").args(args).env("RELAY_TOKEN", token);
+        c.env("RELAY_API", "https://198.51.100.10:18443");
+        if let Some(ca) = ca {
+            c.env("RELAY_CA_CERT", ca);
+        }
+        let out = c.output().unwrap();
+        let text = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        if out.status.success() {
+            Ok(text(&out.stdout))
+        } else {
+            Err(text(&out.stderr))
+        }
+    };
+
+    // HTTPS with the configured certificate; untrusted without it; no clear text.
+    let created = client(&["create", "--json"], OLD, Some(&first_cert)).unwrap();
+    let vni = serde_json::from_str::<serde_json::Value>(&created).unwrap()["vni"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    let e = client(&["get", &vni], OLD, None).unwrap_err();
+    assert!(e.contains("certificate"), "{e}");
+    let mut plain = in_ns(&ns, relay);
+    plain
+        .args(["client", "get", &vni, "--api", "http://198.51.100.10:18443"])
+        .env("RELAY_TOKEN", OLD);
+    let e = String::from_utf8_lossy(&plain.output().unwrap().stderr).to_string();
+    assert!(e.contains("clear text"), "{e}");
+
+    // Rotate the token (same name: its sessions stay its own), renew the certificate in place,
+    // change a setting that needs a restart; SIGHUP.
+    write_config(
+        &format!("    - name: ops\n      token: {NEW}\n"),
+        "sessions:\n  idle_lifetime: 1m\n",
+    );
+    let (renewed, _) = certificate(&dir.0, "api", "198.51.100.10");
+    let hup = || {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(daemon.id() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+        let seen = wait_notify(&sock, "READY=1", Duration::from_secs(10));
+        assert!(seen.concat().contains("RELOADING=1"), "{seen:?}");
+    };
+    hup();
+    let shown = client(&["get", &vni], NEW, Some(&renewed)).unwrap();
+    assert!(shown.contains(&format!("session {vni}")), "{shown}");
+    let e = client(&["get", &vni], OLD, Some(&renewed)).unwrap_err();
+    assert!(e.contains("401") && e.contains("unknown token"), "{e}");
+    let e = client(&["get", &vni], NEW, Some(&first_cert)).unwrap_err();
+    assert!(
+        e.contains("certificate"),
+        "the old certificate still served: {e}"
+    );
+    assert!(
+        log().contains(r#"next restart keys=["sessions"]"#)
+            && log().contains(r#"API tokens reloaded added=[] removed=[] rotated=["ops"]"#),
+        "{}",
+        log()
+    );
+
+    // A file that does not load changes nothing.
+    std::fs::write(&cfg, "api: [not a mapping\n").unwrap();
+    hup();
+    client(&["get", &vni], NEW, Some(&renewed)).unwrap();
+    assert!(log().contains("reload refused"), "{}", log());
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.wait().unwrap().success(), "{}", log());
+    run_ok(in_ns(&ns, relay).args(["down", "--pin-dir"]).arg(&pin_dir));
+    let _ = std::fs::remove_file(&sock_path);
+}

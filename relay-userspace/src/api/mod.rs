@@ -10,19 +10,27 @@
 //!
 //! Every error is `{"error": code, "reason": text}` with the matching status. A token sees only
 //! its own sessions; another token's session is "not found", not "forbidden", so VNIs cannot be
-//! probed.
+//! probed. Each source address gets `api.requests_per_sec_per_source` requests per second
+//! (429 `rate_limited` beyond), checked before anything else, token guesses included.
 
 pub mod auth;
 pub mod error;
+pub mod tls;
 pub mod types;
 
-use std::{sync::Arc, time::UNIX_EPOCH};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Instant, UNIX_EPOCH},
+};
 
+use arc_swap::ArcSwap;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode, header},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, State, rejection::BytesRejection},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::IntoResponse,
     routing::get,
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
@@ -36,6 +44,7 @@ use self::{
 use crate::{
     control::{
         session::{LEG_NAMES, Session},
+        source_limit::SourceLimiter,
         table::{AllocError, AllocationRequest},
         ticket::Ticket,
     },
@@ -48,12 +57,64 @@ use crate::{
 pub struct ApiState {
     /// The control plane.
     pub plane: SharedPlane,
-    /// Configured tokens.
-    pub tokens: Arc<TokenStore>,
+    /// Configured tokens, replaced as a whole when the configuration is reloaded.
+    pub tokens: Arc<ArcSwap<TokenStore>>,
     /// Endpoints advertised to clients.
     pub endpoints: Endpoints,
     /// Request counts for the metrics endpoint.
     pub metrics: Arc<ApiMetrics>,
+    /// Requests per source address.
+    pub requests: Arc<Mutex<SourceLimiter>>,
+}
+
+impl ApiState {
+    /// The state for `tokens`, allowing `requests_per_sec` requests per second per source
+    /// address (with bursts of one second's worth; 0 = unlimited).
+    pub fn new(
+        plane: SharedPlane,
+        tokens: TokenStore,
+        endpoints: Endpoints,
+        requests_per_sec: u32,
+    ) -> ApiState {
+        ApiState {
+            plane,
+            tokens: Arc::new(ArcSwap::from_pointee(tokens)),
+            endpoints,
+            metrics: Arc::new(ApiMetrics::default()),
+            requests: Arc::new(Mutex::new(SourceLimiter::with_burst(
+                requests_per_sec,
+                1000,
+                Instant::now(),
+            ))),
+        }
+    }
+}
+
+/// Refuses a request over its source's rate with 429 before any other work. Requests without a
+/// peer address (in-process callers, not the server) are not limited.
+async fn limit_requests(
+    State(requests): State<Arc<Mutex<SourceLimiter>>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        let mut limiter = requests.lock().unwrap_or_else(|p| p.into_inner());
+        if !limiter.allow(peer.ip(), Instant::now()) {
+            let reason = format!(
+                "more than {} requests per second from {}; retry in a second",
+                limiter.rate(),
+                peer.ip()
+            );
+            drop(limiter);
+            let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", reason)
+                .into_response();
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+    }
+    next.run(request).await
 }
 
 /// Counts every request by endpoint template, method and status.
@@ -85,17 +146,22 @@ pub fn router(state: ApiState, max_body_bytes: usize) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(axum::middleware::from_fn_with_state(
+            state.requests.clone(),
+            limit_requests,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
             count_requests,
         ))
         .with_state(state)
 }
 
-fn token<'a>(state: &'a ApiState, headers: &HeaderMap) -> Result<&'a str, ApiError> {
+/// The name of the request's token.
+fn token(state: &ApiState, headers: &HeaderMap) -> Result<String, ApiError> {
     let value = headers
         .get(header::AUTHORIZATION)
         .map(|v| v.to_str().unwrap_or(""));
-    state.tokens.authenticate(value)
+    state.tokens.load().authenticate(value).map(str::to_string)
 }
 
 fn parse_vni(text: &str) -> Result<u32, ApiError> {
@@ -151,7 +217,7 @@ async fn create(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SessionDetails>), ApiError> {
-    let token = token(&state, &headers)?.to_string();
+    let token = token(&state, &headers)?;
     let body = body.map_err(|e| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -244,7 +310,7 @@ async fn list(
     let mut sessions: Vec<SessionDetails> = plane
         .table()
         .iter()
-        .filter(|s| s.token == token)
+        .filter(|s| s.token == *token)
         .map(|s| details(s, &state.endpoints, false))
         .collect();
     sessions.sort_by_key(|s| s.vni);
@@ -270,7 +336,7 @@ async fn delete(
     headers: HeaderMap,
     Path(vni): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let token = token(&state, &headers)?.to_string();
+    let token = token(&state, &headers)?;
     let vni = parse_vni(&vni)?;
     let deleted = state
         .plane

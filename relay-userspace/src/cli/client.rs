@@ -1,6 +1,6 @@
 //! `relay client …`: allocate sessions through the API and join them with the sidecar.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -24,6 +24,16 @@ pub struct ApiArgs {
     /// API token (better given in RELAY_TOKEN than on the command line).
     #[arg(long, env = "RELAY_TOKEN", hide_env_values = true)]
     pub token: String,
+    /// PEM file of the certificate (or its CA) an https:// API presents, when the system's
+    /// roots do not vouch for it (e.g. a self-signed certificate).
+    #[arg(long, env = "RELAY_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl ApiArgs {
+    fn client(&self) -> Result<ApiClient> {
+        ApiClient::new(&self.api, &self.token, self.ca_cert.as_deref())
+    }
 }
 
 /// `relay client` subcommands.
@@ -85,6 +95,9 @@ pub struct JoinArgs {
     /// Token for --vni.
     #[arg(long, env = "RELAY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Certificate (or CA) of an https:// API, for --vni.
+    #[arg(long, env = "RELAY_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
     /// Local address the application sends to (e.g. WireGuard's peer Endpoint).
     #[arg(long, default_value = "127.0.0.1:51821")]
     pub listen: SocketAddr,
@@ -142,7 +155,7 @@ pub async fn run(command: ClientCommand) -> Result<()> {
             idempotency_key,
             json,
         } => {
-            let client = ApiClient::new(&api.api, &api.token)?;
+            let client = api.client()?;
             let labels = (label_a.is_some() || label_b.is_some()).then_some(Labels {
                 a: label_a,
                 b: label_b,
@@ -160,7 +173,7 @@ pub async fn run(command: ClientCommand) -> Result<()> {
             }
         }
         ClientCommand::Get { api, vni, json } => {
-            let s = ApiClient::new(&api.api, &api.token)?.get(vni).await?;
+            let s = api.client()?.get(vni).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
@@ -168,7 +181,7 @@ pub async fn run(command: ClientCommand) -> Result<()> {
             }
         }
         ClientCommand::Delete { api, vni } => {
-            ApiClient::new(&api.api, &api.token)?.delete(vni).await?;
+            api.client()?.delete(vni).await?;
             println!("session {vni} deleted");
         }
         ClientCommand::Join(args) => join(args).await?,
@@ -181,7 +194,9 @@ async fn join(args: JoinArgs) -> Result<()> {
         (Some(t), _) => Ticket::decode(t)?,
         (None, Some(vni)) => {
             let token = args.token.as_deref().context("--vni needs --token")?;
-            let session = ApiClient::new(&args.api, token)?.get(vni).await?;
+            let session = ApiClient::new(&args.api, token, args.ca_cert.as_deref())?
+                .get(vni)
+                .await?;
             let leg = args.leg.as_deref().unwrap_or("a");
             let details = session
                 .legs

@@ -1,5 +1,7 @@
 //! A client of the relay's allocation API.
 
+use std::path::Path;
+
 use anyhow::{Context, Result, bail};
 use reqwest::{Response, StatusCode};
 
@@ -24,16 +26,57 @@ async fn check(response: Response) -> Result<Response> {
     }
 }
 
+/// Refuses to send a token in clear text anywhere but to this host: `http://` only to a
+/// loopback address or `localhost`.
+fn check_scheme(base: &str) -> Result<()> {
+    let url = reqwest::Url::parse(base).with_context(|| format!("{base:?} is not a URL"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" => {
+            let local = match url.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+                None => false,
+            };
+            if local {
+                Ok(())
+            } else {
+                bail!(
+                    "refusing to send the API token in clear text to {base}: use https:// \
+                     (plain http:// only reaches a relay on this host)"
+                )
+            }
+        }
+        other => bail!("{base}: unsupported scheme {other:?} (use https:// or http://)"),
+    }
+}
+
 impl ApiClient {
-    /// A client of the API at `base` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base: &str, token: &str) -> Result<ApiClient> {
+    /// A client of the API at `base` (e.g. `https://relay.example.net:8443`, or
+    /// `http://127.0.0.1:8080` on the relay itself). The server certificate must chain to the
+    /// system's roots or to the PEM certificate(s) in `ca_cert`.
+    pub fn new(base: &str, token: &str, ca_cert: Option<&Path>) -> Result<ApiClient> {
+        check_scheme(base)?;
+        let mut http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .https_only(base.starts_with("https:"));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("--ca-cert: reading {}", path.display()))?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("--ca-cert: {} is not PEM", path.display()))?;
+            if certificates.is_empty() {
+                bail!("--ca-cert: {} holds no certificate", path.display());
+            }
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
+        }
         Ok(ApiClient {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(10))
-                .build()
-                .context("building the HTTP client")?,
+            http: http.build().context("building the HTTP client")?,
         })
     }
 
@@ -88,5 +131,48 @@ impl ApiClient {
             bail!("relay API: unexpected {}", response.status());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_travel_in_clear_text_only_to_this_host() {
+        for ok in [
+            "https://relay.example.net:8443",
+            "https://198.51.100.7",
+            "http://127.0.0.1:8080",
+            "http://[::1]:8080/",
+            "http://localhost:8080",
+        ] {
+            check_scheme(ok).unwrap();
+            ApiClient::new(ok, "t", None).unwrap();
+        }
+        for refused in [
+            "http://198.51.100.7:8080",
+            "http://relay.example.net",
+            "http://[2001:db8::1]",
+        ] {
+            let e = ApiClient::new(refused, "t", None)
+                .err()
+                .unwrap()
+                .to_string();
+            assert!(e.contains("clear text"), "{e}");
+        }
+        assert!(check_scheme("ftp://127.0.0.1").is_err());
+        assert!(check_scheme("127.0.0.1:8080").is_err());
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_an_error() {
+        let path = std::env::temp_dir().join(format!("relay-ca-{}.pem", std::process::id()));
+        std::fs::write(&path, "not a certificate\n").unwrap();
+        let e = ApiClient::new("https://127.0.0.1:1", "t", Some(&path))
+            .err()
+            .unwrap();
+        assert!(format!("{e:#}").contains("--ca-cert"), "{e:#}");
+        std::fs::remove_file(path).unwrap();
     }
 }

@@ -4,6 +4,7 @@
 
 mod error;
 mod locate;
+mod reload;
 mod types;
 
 pub use error::ConfigError;

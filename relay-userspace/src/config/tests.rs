@@ -2,7 +2,8 @@ use std::time::Duration;
 
 use super::*;
 
-const MINIMAL: &str = "\
+/// The smallest valid configuration (also the base of the reload tests).
+pub(super) const MINIMAL: &str = "\
 xdp:
   mode: off
 relay:
@@ -60,6 +61,8 @@ fn minimal_config_gets_the_documented_defaults() {
     assert_eq!(c.sessions.idle_lifetime, Duration::from_secs(300));
     assert_eq!(c.sessions.max_sessions, 65_536);
     assert_eq!(c.api.tokens[0].max_sessions, 1000);
+    assert_eq!(c.api.requests_per_sec_per_source, 20);
+    assert_eq!(c.api.tls, None);
     assert_eq!(c.pin_dir, std::path::PathBuf::from("/sys/fs/bpf/relay"));
     assert_eq!(c.log.level, "info");
     assert!(c.xdp.manage_forwarding);
@@ -149,6 +152,36 @@ fn cross_field_rules_name_the_key_and_line() {
 
     let e = error(&format!("{MINIMAL}log:\n  level: \"[[[\"\n"));
     assert_eq!(e.key, "log.level");
+}
+
+#[test]
+fn an_api_beyond_loopback_needs_tls() {
+    for listen in ["0.0.0.0:8443", "198.51.100.7:8443", "\"[::]:8443\""] {
+        let e = error(&MINIMAL.replace("api:\n", &format!("api:\n  listen: {listen}\n")));
+        assert_eq!(e.key, "api.listen", "{listen}");
+        assert_eq!(e.line, Some(6));
+        assert!(e.message.contains("api.tls"), "{e}");
+    }
+    let tls = "api:\n  listen: 0.0.0.0:8443\n  tls:\n    cert: /etc/relay/api.crt\n    key: /etc/relay/api.key\n";
+    let config = Config::parse(&MINIMAL.replace("api:\n", tls), "relay.yaml").unwrap();
+    assert_eq!(
+        config.api.tls.unwrap().cert,
+        std::path::Path::new("/etc/relay/api.crt")
+    );
+    // Loopback in either family needs none.
+    for listen in ["127.0.0.2:8080", "\"[::1]:8080\""] {
+        Config::parse(
+            &MINIMAL.replace("api:\n", &format!("api:\n  listen: {listen}\n")),
+            "relay.yaml",
+        )
+        .unwrap();
+    }
+    let e = error(&MINIMAL.replace(
+        "api:\n",
+        "api:\n  tls:\n    cert: api.crt\n    key: /etc/relay/api.key\n",
+    ));
+    assert_eq!(e.key, "api.tls.cert");
+    assert_eq!(e.line, Some(7));
 }
 
 #[test]

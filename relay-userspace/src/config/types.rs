@@ -164,14 +164,22 @@ pub struct Advertise {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Address the HTTP API listens on. Keep it on loopback unless TLS is configured.
+    /// Address the API listens on. Anything but a loopback address needs `tls`: tokens and
+    /// session keys must not cross a network in clear text.
     #[serde(default = "default_api_listen")]
     pub listen: SocketAddr,
-    /// Who may allocate sessions.
+    /// Serve HTTPS with this certificate (reloaded on SIGHUP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsConfig>,
+    /// Who may allocate sessions (reloaded on SIGHUP).
     pub tokens: Vec<TokenConfig>,
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Requests per second accepted from one source address, with bursts of up to a second's
+    /// worth; the excess gets 429 before its token is even looked at. 0 = unlimited.
+    #[serde(default = "default_requests_per_sec")]
+    pub requests_per_sec_per_source: u32,
 }
 
 fn default_api_listen() -> SocketAddr {
@@ -180,6 +188,20 @@ fn default_api_listen() -> SocketAddr {
 
 fn default_max_body() -> usize {
     4096
+}
+
+fn default_requests_per_sec() -> u32 {
+    20
+}
+
+/// `api.tls:` the API's certificate.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
 }
 
 /// Minimum length of a plaintext API token (guessing must be hopeless).
@@ -412,6 +434,23 @@ impl Config {
             }
             if t.max_sessions == 0 {
                 return err(&key("max_sessions"), "must be at least 1".into());
+            }
+        }
+        if !self.api.listen.ip().is_loopback() && self.api.tls.is_none() {
+            return err(
+                "api.listen",
+                format!(
+                    "{} is not a loopback address: serving the API beyond this host needs \
+                     api.tls (cert and key), or put it on 127.0.0.1 behind a TLS proxy",
+                    self.api.listen
+                ),
+            );
+        }
+        if let Some(tls) = &self.api.tls {
+            for (key, path) in [("api.tls.cert", &tls.cert), ("api.tls.key", &tls.key)] {
+                if !path.is_absolute() {
+                    return err(key, "must be an absolute path".into());
+                }
             }
         }
         if self.api.max_body_bytes < 64 {

@@ -1,8 +1,8 @@
-//! Bind handshakes per source address: a fixed table of token buckets indexed by a keyed hash of
-//! the source IP, so a flood of handshakes (spoofed or not) costs bounded memory and the MAC
-//! checks behind it bounded CPU. Sources that collide share a bucket (the key is random per
-//! process, so nobody can aim a collision at someone else's address); with the default table
-//! that needs thousands of active sources.
+//! Requests per source address (bind handshakes, API requests): a fixed table of token buckets
+//! indexed by a keyed hash of the source IP, so a flood (spoofed or not) costs bounded memory and
+//! the work behind the limiter (MAC checks, token checks) bounded CPU. Sources that collide share
+//! a bucket (the key is random per process, so nobody can aim a collision at someone else's
+//! address); with the default table that needs thousands of active sources.
 
 use std::{
     hash::{BuildHasher, RandomState},
@@ -21,8 +21,10 @@ pub const SLOTS: usize = 16_384;
 pub struct SourceLimiter {
     hasher: RandomState,
     epoch: Instant,
-    /// Handshake messages per second per source; 0 = unlimited.
+    /// Messages per second per source; 0 = unlimited.
     rate: u32,
+    /// How much of the rate a full bucket holds, in milliseconds.
+    burst_ms: u64,
     /// Per slot: bucket debt and the millisecond time it was last updated.
     slots: Box<[(u64, u64)]>,
 }
@@ -31,12 +33,23 @@ impl SourceLimiter {
     /// A limiter allowing `per_sec` messages per second per source (plus a 100 ms burst, at
     /// least one message).
     pub fn new(per_sec: u32, now: Instant) -> SourceLimiter {
+        SourceLimiter::with_burst(per_sec, ratelimit::BURST_MS, now)
+    }
+
+    /// A limiter whose full bucket holds `burst_ms` of the rate (at least one message).
+    pub fn with_burst(per_sec: u32, burst_ms: u64, now: Instant) -> SourceLimiter {
         SourceLimiter {
             hasher: RandomState::new(),
             epoch: now,
             rate: per_sec,
+            burst_ms,
             slots: vec![(0, 0); SLOTS].into_boxed_slice(),
         }
+    }
+
+    /// Messages per second allowed per source (0 = unlimited).
+    pub fn rate(&self) -> u32 {
+        self.rate
     }
 
     /// Whether one more message from `source` may be handled now.
@@ -47,7 +60,8 @@ impl SourceLimiter {
         let slot = (self.hasher.hash_one(normalise(source)) as usize) % SLOTS;
         let ms = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
         let (debt, last) = self.slots[slot];
-        match ratelimit::take(debt, ms.saturating_sub(last), 1000, u64::from(self.rate), 1) {
+        let elapsed = ms.saturating_sub(last);
+        match ratelimit::take_with_burst(debt, elapsed, 1000, self.rate.into(), 1, self.burst_ms) {
             Some(debt) => {
                 self.slots[slot] = (debt, ms);
                 true

@@ -112,6 +112,13 @@ impl SessionTable {
         &self.settings
     }
 
+    /// Replaces the per-token quotas (a configuration reload). A token now over its quota keeps
+    /// its sessions and allocates no more until it is under; a token no longer listed holds its
+    /// sessions until they expire or are deleted.
+    pub fn set_quotas(&mut self, quotas: HashMap<String, u32>) {
+        self.settings.quotas = quotas;
+    }
+
     /// Number of sessions.
     pub fn len(&self) -> usize {
         self.sessions.len()
@@ -390,6 +397,29 @@ mod tests {
             })
         ));
         assert_eq!(t.len(), 1, "refused requests allocate nothing");
+    }
+
+    #[test]
+    fn new_quotas_apply_to_the_next_allocation() {
+        let mut t = table(10, 2);
+        let now = Instant::now();
+        let mut rng = rand::rng();
+        for _ in 0..2 {
+            t.allocate("alice", AllocationRequest::default(), now, 0, &mut rng)
+                .unwrap();
+        }
+        t.set_quotas([("alice".to_string(), 1), ("carol".to_string(), 1)].into());
+        assert!(matches!(
+            t.allocate("alice", AllocationRequest::default(), now, 0, &mut rng),
+            Err(AllocError::TokenQuota { quota: 1, .. })
+        ));
+        assert_eq!(t.held_by("alice"), 2, "nothing is taken away");
+        assert!(matches!(
+            t.allocate("bob", AllocationRequest::default(), now, 0, &mut rng),
+            Err(AllocError::TokenQuota { quota: 0, .. })
+        ));
+        t.allocate("carol", AllocationRequest::default(), now, 0, &mut rng)
+            .unwrap();
     }
 
     #[test]

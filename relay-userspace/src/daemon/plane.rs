@@ -138,6 +138,11 @@ impl Plane {
         &self.table
     }
 
+    /// Replaces the per-token quotas (see [`SessionTable::set_quotas`]).
+    pub fn set_quotas(&mut self, quotas: std::collections::HashMap<String, u32>) {
+        self.table.set_quotas(quotas);
+    }
+
     /// Drops the loaded object (and any XDP link the daemon holds) before exiting.
     pub fn release_kernel(&mut self) {
         self.kernel = None;

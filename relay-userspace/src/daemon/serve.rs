@@ -7,9 +7,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use arc_swap::ArcSwap;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use relay_common::maps::SessionLimits;
 use tokio::{net::TcpListener, signal::unix::SignalKind};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::{
     attach::{self, AttachedMode},
@@ -19,7 +21,7 @@ use super::{
 use crate::{
     api::{self, ApiState, auth::TokenStore, types::Endpoints},
     config::{Config, XdpMode},
-    control::{address_policy::AddressPolicy, table::TableSettings},
+    control::{address_policy::AddressPolicy, source_limit::SourceLimiter, table::TableSettings},
     dataplane::{Dataplane, LoadOptions, settings::FastPathSettings},
     forwarder::{Forwarder, counters::UserCounters, table::ForwardTable},
     metrics::{self, ApiMetrics, RelayCollector},
@@ -27,6 +29,13 @@ use crate::{
 
 /// How often sessions are checked for expiry and userspace counters copied to the maps.
 const TICK: Duration = Duration::from_secs(1);
+
+/// How long a stopping daemon lets API requests in flight finish.
+const API_DRAIN: Duration = Duration::from_secs(5);
+
+/// How long an API connection may take to send its first request (after the TLS handshake,
+/// which has its own 10 s limit): idle connections must not pile up.
+const API_FIRST_REQUEST: Duration = Duration::from_secs(10);
 
 /// What the daemon resolved at start, for logs and tests.
 #[derive(Clone, Debug)]
@@ -41,6 +50,19 @@ pub struct Started {
     pub xdp: Vec<(String, AttachedMode)>,
     /// Sessions taken over from a previous daemon.
     pub adopted: usize,
+    /// Whether the API speaks HTTPS.
+    pub api_tls: bool,
+}
+
+/// What a configuration reload changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reloaded {
+    /// Tokens now configured.
+    pub tokens: usize,
+    /// Whether the API certificate was re-read.
+    pub certificate: bool,
+    /// Changed settings that wait for a restart.
+    pub restart_needed: Vec<&'static str>,
 }
 
 /// The local addresses to listen on: configured, or the interfaces' own.
@@ -163,6 +185,11 @@ pub struct Daemon {
     pub started: Started,
     forwarder: Forwarder,
     pin_dir: Option<std::path::PathBuf>,
+    /// The configuration in force (the last one reloaded, for reload's comparison).
+    config: Config,
+    tokens: Arc<ArcSwap<crate::api::auth::TokenStore>>,
+    requests: Arc<Mutex<SourceLimiter>>,
+    tls: Option<RustlsConfig>,
     api: tokio::task::JoinHandle<()>,
     ticker: tokio::task::JoinHandle<()>,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -251,21 +278,23 @@ impl Daemon {
             Forwarder::start(&sockets, workers, forward, counters.clone(), plane.clone())
                 .with_context(|| format!("opening the relay sockets {sockets:?}"))?;
 
-        let listener = TcpListener::bind(config.api.listen)
-            .await
+        let tls = match &config.api.tls {
+            Some(t) => Some(RustlsConfig::from_config(api::tls::server_config(t)?)),
+            None => None,
+        };
+        let listener = std::net::TcpListener::bind(config.api.listen)
             .with_context(|| format!("binding the API to {}", config.api.listen))?;
         let api_addr = listener.local_addr()?;
         let (shutdown, mut stopped) = tokio::sync::watch::channel(false);
-        let api_metrics = Arc::new(ApiMetrics::default());
-        let router = api::router(
-            ApiState {
-                plane: plane.clone(),
-                tokens: Arc::new(TokenStore::new(&config.api.tokens)),
-                endpoints,
-                metrics: api_metrics.clone(),
-            },
-            config.api.max_body_bytes,
+        let api_state = ApiState::new(
+            plane.clone(),
+            TokenStore::new(&config.api.tokens),
+            endpoints,
+            config.api.requests_per_sec_per_source,
         );
+        let api_metrics = api_state.metrics.clone();
+        let (tokens, requests) = (api_state.tokens.clone(), api_state.requests.clone());
+        let router = api::router(api_state, config.api.max_body_bytes);
         let metrics_addr = match &config.metrics {
             Some(m) => {
                 let source = MetricsSource {
@@ -301,12 +330,24 @@ impl Daemon {
             }
             None => None,
         };
+        let handle = axum_server::Handle::new();
+        let server = axum_server::from_tcp(listener)?
+            .handle(handle.clone())
+            .first_request_timeout(API_FIRST_REQUEST);
+        // The peer address feeds the per-source request limit.
+        let app = router.into_make_service_with_connect_info::<SocketAddr>();
+        let acceptor = tls.clone().map(RustlsAcceptor::new);
         let mut api_stopped = stopped.clone();
+        tokio::spawn(async move {
+            let _ = api_stopped.wait_for(|s| *s).await;
+            handle.graceful_shutdown(Some(API_DRAIN));
+        });
         let api = tokio::spawn(async move {
-            let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
-                let _ = api_stopped.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
+            let served = match acceptor {
+                Some(acceptor) => server.acceptor(acceptor).serve(app).await,
+                None => server.serve(app).await,
+            };
+            if let Err(e) = served {
                 warn!(error = %e, "API server failed");
             }
         });
@@ -339,17 +380,92 @@ impl Daemon {
             metrics: metrics_addr,
             xdp,
             adopted,
+            api_tls: tls.is_some(),
         };
-        info!(relay = ?started.relay, api = %started.api, "relay running");
+        info!(relay = ?started.relay, api = %started.api, tls = started.api_tls, "relay running");
         Ok(Daemon {
             plane,
             started,
             forwarder,
             pin_dir: has_kernel.then(|| config.pin_dir.clone()),
+            config: config.clone(),
+            tokens,
+            requests,
+            tls,
             api,
             ticker,
             shutdown,
         })
+    }
+
+    /// Applies a re-read configuration: the API's tokens and their quotas, its certificate
+    /// files and its request rate take effect at once (requests in flight finish with the old
+    /// ones); other changes are named in the result and wait for a restart. Nothing is applied
+    /// when the new certificate cannot be loaded.
+    pub fn reload(&mut self, new: Config) -> Result<Reloaded> {
+        let certificate = match (&self.tls, &new.api.tls) {
+            (Some(_), Some(files)) => Some(api::tls::server_config(files)?),
+            _ => None,
+        };
+        let restart_needed = self.config.restart_needed_for(&new);
+        let old_tokens = &self.config.api.tokens;
+        let old_names: Vec<&str> = old_tokens.iter().map(|t| t.name.as_str()).collect();
+        let new_names: Vec<&str> = new.api.tokens.iter().map(|t| t.name.as_str()).collect();
+        // Same name, another secret: a rotation (the name keeps its sessions).
+        let rotated: Vec<&str> = new
+            .api
+            .tokens
+            .iter()
+            .filter(|t| {
+                old_tokens.iter().any(|o| {
+                    o.name == t.name && (o.token != t.token || o.token_sha256 != t.token_sha256)
+                })
+            })
+            .map(|t| t.name.as_str())
+            .collect();
+        self.tokens
+            .store(Arc::new(TokenStore::new(&new.api.tokens)));
+        self.plane
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_quotas(
+                new.api
+                    .tokens
+                    .iter()
+                    .map(|t| (t.name.clone(), t.max_sessions))
+                    .collect(),
+            );
+        let rate = new.api.requests_per_sec_per_source;
+        if rate != self.config.api.requests_per_sec_per_source {
+            *self.requests.lock().unwrap_or_else(|p| p.into_inner()) =
+                SourceLimiter::with_burst(rate, 1000, Instant::now());
+        }
+        if let (Some(tls), Some(config)) = (&self.tls, &certificate) {
+            tls.reload_from_config(config.clone());
+        }
+        info!(
+            target: "audit",
+            added = ?new_names.iter().filter(|n| !old_names.contains(n)).collect::<Vec<_>>(),
+            removed = ?old_names.iter().filter(|n| !new_names.contains(n)).collect::<Vec<_>>(),
+            rotated = ?rotated,
+            tokens = new_names.len(),
+            "API tokens reloaded"
+        );
+        let reloaded = Reloaded {
+            tokens: new_names.len(),
+            certificate: certificate.is_some(),
+            restart_needed,
+        };
+        // What a restart would apply stays as it runs now; the next reload compares against
+        // what runs, so it keeps saying so.
+        let mut running = self.config.clone();
+        running.api.tokens = new.api.tokens;
+        running.api.requests_per_sec_per_source = rate;
+        if let (Some(old), Some(files)) = (&mut running.api.tls, new.api.tls) {
+            *old = files;
+        }
+        self.config = running;
+        Ok(reloaded)
     }
 
     /// Stops accepting API requests and datagrams, writes the final counters, and leaves the
@@ -418,13 +534,15 @@ impl MetricsSource {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT; `detach_on_exit` see [`Daemon::stop`].
-pub async fn run(config: Config, detach_on_exit: bool) -> Result<()> {
+/// Runs the daemon until SIGTERM or SIGINT; `detach_on_exit` see [`Daemon::stop`]. SIGHUP
+/// re-reads the configuration at `path` and applies what can be applied in place.
+pub async fn run(path: &std::path::Path, config: Config, detach_on_exit: bool) -> Result<()> {
     // Handlers first: a stop request that arrives the moment we report ready must still stop
     // us gracefully (leaving the fast path running), not kill us.
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
-    let daemon = Daemon::start(&config).await?;
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    let mut daemon = Daemon::start(&config).await?;
     let status = format!(
         "relaying on {:?}, {} sessions adopted",
         daemon.started.relay, daemon.started.adopted
@@ -436,11 +554,45 @@ pub async fn run(config: Config, detach_on_exit: bool) -> Result<()> {
             sd_notify::NotifyState::Status(&status),
         ],
     );
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: stopping"),
-        _ = int.recv() => info!("SIGINT: stopping"),
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: stopping"); break }
+            _ = int.recv() => { info!("SIGINT: stopping"); break }
+            _ = hup.recv() => reload(&mut daemon, path),
+        }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
     daemon.stop(detach_on_exit).await;
     Ok(())
+}
+
+/// SIGHUP: re-reads and applies the configuration, telling systemd (`systemctl reload`) when
+/// done. A file that does not load leaves everything as it runs.
+fn reload(daemon: &mut Daemon, path: &std::path::Path) {
+    let mut states = vec![sd_notify::NotifyState::Reloading];
+    states.extend(sd_notify::NotifyState::monotonic_usec_now().ok());
+    let _ = sd_notify::notify(false, &states);
+    let outcome = Config::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|config| daemon.reload(config));
+    match outcome {
+        Ok(r) => {
+            info!(
+                tokens = r.tokens,
+                certificate = r.certificate,
+                "SIGHUP: configuration reloaded"
+            );
+            if !r.restart_needed.is_empty() {
+                warn!(
+                    keys = ?r.restart_needed,
+                    "SIGHUP: these changes take effect at the next restart"
+                );
+            }
+        }
+        Err(e) => error!(
+            error = format!("{e:#}"),
+            "SIGHUP: reload refused; the running configuration stays"
+        ),
+    }
+    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
 }

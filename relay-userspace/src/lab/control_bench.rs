@@ -79,7 +79,7 @@ impl Instance {
         let pin_dir = std::path::PathBuf::from(format!("/sys/fs/bpf/{}-{max_sessions}", ns.name()));
         let yaml = format!(
             "xdp:\n  mode: off\nrelay:\n  port: 16081\n  listen: [198.51.100.1]\n  workers: 1\n\
-             api:\n  listen: 127.0.0.1:0\n  max_body_bytes: 4096\n  tokens:\n    - name: bench\n      \
+             api:\n  listen: 127.0.0.1:0\n  max_body_bytes: 4096\n  requests_per_sec_per_source: 0\n  tokens:\n    - name: bench\n      \
              token: {TOKEN}\n      max_sessions: {max_sessions}\npin_dir: {}\nsessions:\n  \
              max_sessions: {max_sessions}\n  bind_lifetime: 1h\n  \
              binds_per_sec_per_source: 0\nlog:\n  level: warn\n",

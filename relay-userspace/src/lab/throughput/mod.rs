@@ -195,7 +195,7 @@ struct Bench {
 fn relay_config(mode: XdpMode, pin_dir: &Path) -> String {
     format!(
         "interfaces: [{RELAY_IF}]\nxdp:\n  mode: {mode}\nrelay:\n  port: {LAB_PORT}\n  workers: 1\n\
-         api:\n  listen: 127.0.0.1:8080\n  tokens:\n    - name: bench\n      token: {LAB_TOKEN}\n\
+         api:\n  listen: 127.0.0.1:8080\n  requests_per_sec_per_source: 0\n  tokens:\n    - name: bench\n      token: {LAB_TOKEN}\n\
          \x20     max_sessions: 8192\nsessions:\n  max_sessions: 8192\n  bind_lifetime: 1h\n  \
          idle_lifetime: 1h\n  \
          packets_per_sec: 0\n  kbytes_per_sec: 0\n  binds_per_sec_per_source: 0\npin_dir: {}\nlog:\n  level: warn\n",
@@ -298,7 +298,7 @@ impl Bench {
             Path::new("taskset"),
             &["-c", &core, &relay, "serve", "--config", &config],
         )?;
-        let api = ApiClient::new("http://127.0.0.1:8080", LAB_TOKEN)?;
+        let api = ApiClient::new("http://127.0.0.1:8080", LAB_TOKEN, None)?;
         let up = self.lab.in_host(Host::Relay, || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -338,7 +338,7 @@ impl Bench {
 
     /// Allocates `n` sessions through the API and binds both legs of each from the router.
     fn allocate(&mut self, n: usize) -> Result<()> {
-        let api = ApiClient::new("http://127.0.0.1:8080", LAB_TOKEN)?;
+        let api = ApiClient::new("http://127.0.0.1:8080", LAB_TOKEN, None)?;
         let sessions = self.lab.in_host(Host::Relay, || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
