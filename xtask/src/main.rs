@@ -5,10 +5,12 @@
 //! * `test` runs setup, build-ebpf and every test suite (the README's and CI's test command).
 //! * `demo` runs the NAT lab demo (the README's first command).
 //! * `bench` runs the benchmarks and regenerates `docs/benchmarks.md`.
+//! * `fuzz` builds the cargo-fuzz targets and runs each for a bounded time.
 
 mod bench;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod plot;
 mod run;
 mod setup;
@@ -34,7 +36,7 @@ enum Command {
         #[arg(long)]
         release: bool,
     },
-    /// Run setup, build-ebpf, then every test suite; privileged suites need root.
+    /// Run setup, build-ebpf, every test suite (privileged ones need root), then a short fuzz run.
     Test,
     /// The NAT lab: two WireGuard peers behind NATs talk through the relay (root).
     Demo {
@@ -58,6 +60,16 @@ enum Command {
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Build the fuzz targets (nightly, libFuzzer) and run each for a bounded time; fails on any
+    /// crash. Writes target/fuzz-summary.json.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = fuzz::DEFAULT_SECONDS)]
+        seconds: u32,
+        /// Run only these targets (file names under fuzz/fuzz_targets/); default all.
+        #[arg(long = "target", value_delimiter = ',')]
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -66,6 +78,7 @@ fn main() -> Result<()> {
         Command::BuildEbpf { release } => ebpf::build(ebpf::profile(release)).map(|_| ()),
         Command::Test => test::run(),
         Command::Bench { quick, only } => bench::run(quick, &only),
+        Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Command::Demo {
             keep,
             down,

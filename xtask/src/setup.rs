@@ -12,8 +12,11 @@ use crate::run::{clean_command, is_root, output, status};
 /// system LLVM this Debian lacks).
 pub const BPF_LINKER_VERSION: &str = "0.10.4";
 
-/// The nightly toolchain that builds the XDP object.
+/// The nightly toolchain that builds the XDP object and the fuzz targets.
 pub const NIGHTLY: &str = "nightly";
+
+/// cargo-fuzz release (`cargo xtask fuzz`); builds with the stable toolchain the README asks for.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages the tests, lab and demo use, with what for.
 const PACKAGES: &[(&str, &str)] = &[
@@ -38,6 +41,7 @@ pub fn run() -> Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     cargo_nextest()?;
+    cargo_fuzz()?;
     debian_packages()?;
     bpffs()?;
     kernel_btf();
@@ -113,6 +117,23 @@ fn cargo_nextest() -> Result<()> {
     }
     println!("cargo-nextest: missing, installing");
     status(clean_command("cargo").args(["install", "cargo-nextest", "--locked"]))
+}
+
+/// Any installed cargo-fuzz will do (its flags have been stable across releases); a missing one
+/// is installed at the pinned version.
+fn cargo_fuzz() -> Result<()> {
+    if let Some(v) = output(Command::new("cargo").args(["fuzz", "--version"])) {
+        println!("cargo-fuzz: found {}", v.trim());
+        return Ok(());
+    }
+    println!("cargo-fuzz: missing, installing {CARGO_FUZZ_VERSION}");
+    status(clean_command("cargo").args([
+        "install",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+        "--locked",
+    ]))
 }
 
 fn is_installed(package: &str) -> bool {

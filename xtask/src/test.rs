@@ -1,7 +1,8 @@
 //! `cargo xtask test`: setup, build-ebpf, then every suite. Host tests always run; the privileged
 //! suites (test binaries named `privileged_*`: BPF_PROG_TEST_RUN, XDP attach, network-namespace
-//! labs) run when root and are otherwise listed as "skipped: needs root". The last line printed is
-//! the test runner's summary.
+//! labs) run when root and are otherwise listed as "skipped: needs root". A short fuzz run of
+//! every target comes last, so CI keeps the targets building and their seeds passing; its
+//! closing line (`fuzz: N passed, N failed`) is the last line printed.
 
 use std::process::Command;
 
@@ -9,9 +10,14 @@ use anyhow::Result;
 
 use crate::{
     ebpf::{self, Profile},
+    fuzz,
     run::{clean_command, is_root, output, status},
     setup,
 };
+
+/// Seconds per fuzz target in the test run: a smoke test (every seed, a few hundred thousand
+/// mutations each); `cargo xtask fuzz --seconds N` is for hunting.
+const FUZZ_SMOKE_SECONDS: u32 = 10;
 
 /// nextest filter selecting the privileged test binaries.
 const PRIVILEGED: &str = "binary(/^privileged_/)";
@@ -29,10 +35,15 @@ fn nextest(filter: &str) -> Command {
     cmd
 }
 
-/// Runs every suite.
+/// Runs every suite, then the fuzz smoke run.
 pub fn run() -> Result<()> {
     setup::run()?;
     ebpf::build(Profile::Debug)?;
+    test_suites()?;
+    fuzz::run(FUZZ_SMOKE_SECONDS, &[])
+}
+
+fn test_suites() -> Result<()> {
     let host = format!("not {PRIVILEGED}");
     if is_root() {
         println!("== host tests");

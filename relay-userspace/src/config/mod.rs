@@ -23,7 +23,8 @@ impl Config {
                 .location()
                 .map(|l| l.line())
                 .or_else(|| locate::line_of(text, &key));
-            ConfigError::new(origin, key, line, strip_location(&inner.to_string()))
+            let message = strip_path(&strip_location(&inner.to_string()), &key).to_string();
+            ConfigError::new(origin, key, line, message)
         })?;
         config.validate().map_err(|(key, message)| {
             let line = locate::line_of(text, &key);
@@ -39,6 +40,24 @@ impl Config {
             ConfigError::new(&origin, String::new(), None, format!("cannot read: {e}"))
         })?;
         Config::parse(&text, &origin)
+    }
+}
+
+/// serde_yaml starts a nested value's error with the enclosing key ("sessions: …"); the error
+/// names the full key itself.
+fn strip_path<'a>(message: &'a str, key: &str) -> &'a str {
+    let mut prefix = key;
+    loop {
+        if let Some(rest) = message
+            .strip_prefix(prefix)
+            .and_then(|m| m.strip_prefix(": "))
+        {
+            return rest;
+        }
+        match prefix.rfind('.') {
+            Some(i) => prefix = &prefix[..i],
+            None => return message,
+        }
     }
 }
 

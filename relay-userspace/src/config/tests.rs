@@ -95,7 +95,12 @@ fn bad_values_are_named_with_their_line() {
     let e = error(&format!("{MINIMAL}sessions:\n  bind_lifetime: soon\n"));
     assert_eq!(e.key, "sessions.bind_lifetime");
     assert_eq!(e.line, Some(10));
-    assert!(e.message.contains("not a duration"), "{e}");
+    assert!(e.message.starts_with("\"soon\" is not a duration"), "{e}");
+
+    // Longer than the pinned maps can carry (and than any use needs).
+    let e = error(&format!("{MINIMAL}sessions:\n  idle_lifetime: 31days\n"));
+    assert_eq!(e.key, "sessions.idle_lifetime");
+    assert!(e.message.contains("between 1s and 30days"), "{e}");
 
     let e = error(&MINIMAL.replace("[127.0.0.1]", "[127.0.0.1.5]"));
     assert_eq!(e.key, "relay.listen[0]");

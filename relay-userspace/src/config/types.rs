@@ -204,6 +204,10 @@ pub struct TlsConfig {
     pub key: PathBuf,
 }
 
+/// Longest session lifetime or rotation period: pinned sessions keep their lifetimes in
+/// 32-bit milliseconds (49.7 days), and longer ones serve no purpose a restart should change.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+
 /// Minimum length of a plaintext API token (guessing must be hopeless).
 pub const MIN_TOKEN_LEN: usize = 16;
 
@@ -468,8 +472,8 @@ impl Config {
             ("sessions.idle_lifetime", s.idle_lifetime),
             ("sessions.cookie_rotation", s.cookie_rotation),
         ] {
-            if d < Duration::from_secs(1) {
-                return err(key, "must be at least 1s".into());
+            if d < Duration::from_secs(1) || d > MAX_LIFETIME {
+                return err(key, "must be between 1s and 30days".into());
             }
         }
         if let Some(m) = &self.metrics {

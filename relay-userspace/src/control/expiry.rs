@@ -34,8 +34,10 @@ impl Expiry {
 /// forwarder) as far as is known.
 pub fn check(session: &Session, now: Instant, last_data: [Option<Instant>; 2]) -> Option<Expiry> {
     if session.state() != SessionState::Bound {
-        let deadline = session.created + session.bind_lifetime;
-        return (now >= deadline).then_some(Expiry::BindTimeout);
+        // Measured from creation rather than as `created + bind_lifetime`: a lifetime too long
+        // to add to an `Instant` (the configuration has no upper bound) must not panic.
+        let age = now.saturating_duration_since(session.created);
+        return (age >= session.bind_lifetime).then_some(Expiry::BindTimeout);
     }
     for (leg, state) in session.legs.iter().enumerate() {
         let activity = [state.last_bind, last_data[leg]]
@@ -90,6 +92,17 @@ mod tests {
         assert_eq!(check(&s, t0 + 30 * S, [None; 2]), Some(Expiry::BindTimeout));
         bind(&mut s, 0, t0 + 5 * S);
         assert_eq!(check(&s, t0 + 30 * S, [None; 2]), Some(Expiry::BindTimeout));
+    }
+
+    /// The configuration accepts any lifetime from 1 s up to what a `Duration` parsed from text
+    /// holds (`10000000000000000000s`); one too large to add to an `Instant` is a deadline that
+    /// never comes, not a panic in the expiry sweep.
+    #[test]
+    fn a_lifetime_beyond_the_clocks_range_never_expires() {
+        let t0 = Instant::now();
+        let mut s = session(t0);
+        s.bind_lifetime = Duration::from_secs(10_000_000_000_000_000_000);
+        assert_eq!(check(&s, t0 + 1000 * S, [None; 2]), None);
     }
 
     #[test]
