@@ -24,8 +24,8 @@ pub struct ApiArgs {
     /// API token (better given in RELAY_TOKEN than on the command line).
     #[arg(long, env = "RELAY_TOKEN", hide_env_values = true)]
     pub token: String,
-    /// PEM file of the certificate (or its CA) an https:// API presents, when the system's
-    /// roots do not vouch for it (e.g. a self-signed certificate).
+    /// PEM file of the certificate (or its CA) an https:// API presents, when no public CA
+    /// vouches for it (e.g. a self-signed certificate).
     #[arg(long, env = "RELAY_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
 }

@@ -55,7 +55,8 @@ fn check_scheme(base: &str) -> Result<()> {
 impl ApiClient {
     /// A client of the API at `base` (e.g. `https://relay.example.net:8443`, or
     /// `http://127.0.0.1:8080` on the relay itself). The server certificate must chain to the
-    /// system's roots or to the PEM certificate(s) in `ca_cert`.
+    /// public web roots built into the binary (Mozilla's, as webpki-roots carries them) or to
+    /// the PEM certificate(s) in `ca_cert`.
     pub fn new(base: &str, token: &str, ca_cert: Option<&Path>) -> Result<ApiClient> {
         check_scheme(base)?;
         let mut http = reqwest::Client::builder()

@@ -187,7 +187,7 @@ pub struct Daemon {
     pin_dir: Option<std::path::PathBuf>,
     /// The configuration in force (the last one reloaded, for reload's comparison).
     config: Config,
-    tokens: Arc<ArcSwap<crate::api::auth::TokenStore>>,
+    tokens: Arc<ArcSwap<TokenStore>>,
     requests: Arc<Mutex<SourceLimiter>>,
     tls: Option<RustlsConfig>,
     api: tokio::task::JoinHandle<()>,
