@@ -17,10 +17,7 @@
 //! same empty relay.
 #![no_main]
 
-use std::{
-    sync::{Arc, LazyLock, Mutex},
-    time::Duration,
-};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::{
     Router,
@@ -29,7 +26,6 @@ use axum::{
 };
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
-use relay_common::maps::SessionLimits;
 use relay_userspace::{
     api::{
         self, ApiState,
@@ -37,9 +33,7 @@ use relay_userspace::{
         types::{CreateSession, Endpoints, ErrorDocument, SessionDetails},
     },
     config::TokenConfig,
-    control::{address_policy::AddressPolicy, table::TableSettings},
     daemon::plane::Plane,
-    forwarder::{counters::UserCounters, table::ForwardTable},
 };
 use tower::ServiceExt;
 
@@ -67,20 +61,7 @@ fn router() -> Router {
         token_sha256: None,
         max_sessions: MAX_SESSIONS,
     }];
-    let plane = Plane::new(
-        TableSettings {
-            max_sessions: MAX_SESSIONS,
-            quotas: [("fuzz".to_string(), MAX_SESSIONS)].into(),
-            bind_lifetime: Duration::from_secs(30),
-            idle_lifetime: Duration::from_secs(300),
-            limits: SessionLimits::default(),
-        },
-        Duration::from_secs(120),
-        AddressPolicy::strict(vec![]),
-        Arc::new(ForwardTable::new()),
-        Arc::new(UserCounters::new(MAX_SESSIONS)),
-        None,
-    );
+    let plane = Plane::in_memory(MAX_SESSIONS, [("fuzz".to_string(), MAX_SESSIONS)].into());
     let endpoints = Endpoints {
         v4: Some("198.51.100.1:6081".parse().unwrap()),
         v6: Some("[2001:db8::1]:6081".parse().unwrap()),

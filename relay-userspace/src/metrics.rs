@@ -353,36 +353,14 @@ mod tests {
 
 #[cfg(test)]
 mod dashboard_tests {
-    use std::{
-        sync::{Arc, Mutex},
-        time::Duration,
-    };
-
-    use relay_common::maps::SessionLimits;
+    use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::{
-        control::{address_policy::AddressPolicy, table::TableSettings},
-        daemon::plane::Plane,
-        forwarder::table::ForwardTable,
-    };
+    use crate::daemon::plane::Plane;
 
     fn exported_names() -> Vec<String> {
-        let counters = Arc::new(UserCounters::new(4));
-        let plane = Plane::new(
-            TableSettings {
-                max_sessions: 4,
-                quotas: Default::default(),
-                bind_lifetime: Duration::from_secs(30),
-                idle_lifetime: Duration::from_secs(300),
-                limits: SessionLimits::default(),
-            },
-            Duration::from_secs(120),
-            AddressPolicy::strict(vec![]),
-            Arc::new(ForwardTable::new()),
-            counters.clone(),
-            None,
-        );
+        let plane = Plane::in_memory(4, Default::default());
+        let counters = plane.counters();
         let api = Arc::new(ApiMetrics::default());
         api.record("/v1/sessions", "POST", 201);
         let text = render(RelayCollector {

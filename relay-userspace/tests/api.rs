@@ -11,7 +11,6 @@ use axum::{
     http::{Request, StatusCode, header},
 };
 use http_body_util::BodyExt;
-use relay_common::maps::SessionLimits;
 use relay_userspace::{
     api::{
         self, ApiState,
@@ -19,9 +18,8 @@ use relay_userspace::{
         types::{Endpoints, ErrorDocument, SessionDetails, SessionList},
     },
     config::TokenConfig,
-    control::{address_policy::AddressPolicy, table::TableSettings, ticket::Ticket},
+    control::ticket::Ticket,
     daemon::plane::Plane,
-    forwarder::{counters::UserCounters, table::ForwardTable},
 };
 use tower::ServiceExt;
 
@@ -46,23 +44,11 @@ fn app_limited(
             max_sessions: quota,
         })
         .to_vec();
-    let plane = Plane::new(
-        TableSettings {
-            max_sessions,
-            quotas: tokens
-                .iter()
-                .map(|t| (t.name.clone(), t.max_sessions))
-                .collect(),
-            bind_lifetime: Duration::from_secs(30),
-            idle_lifetime: Duration::from_secs(300),
-            limits: SessionLimits::default(),
-        },
-        Duration::from_secs(120),
-        AddressPolicy::strict(vec![]),
-        Arc::new(ForwardTable::new()),
-        Arc::new(UserCounters::new(max_sessions)),
-        None,
-    );
+    let quotas = tokens
+        .iter()
+        .map(|t| (t.name.clone(), t.max_sessions))
+        .collect();
+    let plane = Plane::in_memory(max_sessions, quotas);
     api::router(
         ApiState::new(
             Arc::new(Mutex::new(plane)),

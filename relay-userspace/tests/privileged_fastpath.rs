@@ -703,6 +703,7 @@ impl log::Log for Capture {
 #[test]
 fn rare_failures_are_logged_through_aya_log_at_most_once_per_interval() {
     require_root!();
+    pin_to_current_cpu();
     let mut fx = Fixture::new();
     let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let mut reader = fx.sandbox.dataplane.logger(Capture(lines.clone())).unwrap();
@@ -744,6 +745,7 @@ fn rare_failures_are_logged_through_aya_log_at_most_once_per_interval() {
 #[test]
 fn per_session_rate_limits_drop_the_excess_in_the_kernel() {
     require_root!();
+    pin_to_current_cpu();
     let mut fx = Fixture::new();
     assert!(
         fx.config.jiffies_per_sec > 0,

@@ -81,13 +81,18 @@ impl ApiState {
             tokens: Arc::new(ArcSwap::from_pointee(tokens)),
             endpoints,
             metrics: Arc::new(ApiMetrics::default()),
-            requests: Arc::new(Mutex::new(SourceLimiter::with_burst(
-                requests_per_sec,
-                1000,
-                Instant::now(),
-            ))),
+            requests: Arc::new(Mutex::new(request_limiter(requests_per_sec))),
         }
     }
+}
+
+/// How much of the request rate one source may spend at once: a second's worth, so a client's
+/// few quick calls (create, then get) pass.
+const REQUEST_BURST_MS: u64 = 1000;
+
+/// The per-source request limiter for `per_sec` requests per second (0 = unlimited).
+pub fn request_limiter(per_sec: u32) -> SourceLimiter {
+    SourceLimiter::with_burst(per_sec, REQUEST_BURST_MS, Instant::now())
 }
 
 /// Refuses a request over its source's rate with 429 before any other work. Requests without a

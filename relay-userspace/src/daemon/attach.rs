@@ -62,9 +62,31 @@ pub fn satisfies(configured: XdpMode, current: AttachMode) -> bool {
 /// operator asked for no XDP at all). Sessions stay pinned.
 pub fn detach_all(dataplane: &Dataplane) -> Result<()> {
     for interface in attachment::pinned_interfaces(dataplane.pin_dir()) {
-        let pin = link_pin_path(dataplane.pin_dir(), &interface);
-        std::fs::remove_file(&pin).with_context(|| format!("unpinning {}", pin.display()))?;
+        unpin_and_wait(&link_pin_path(dataplane.pin_dir(), &interface), &interface)?;
         info!(interface, "xdp.mode is off: detached the relay program");
+    }
+    Ok(())
+}
+
+/// How long an unpinned link may take to leave its interface.
+const RELEASE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Removes the link pinned at `pin` and waits (bounded) until `interface` runs no XDP program:
+/// bpffs drops its reference to a link from a workqueue, so the link can still be attached for
+/// a moment after the unlink — and a native attach while a generic one remains fails with
+/// "File exists".
+fn unpin_and_wait(pin: &std::path::Path, interface: &str) -> Result<()> {
+    std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))?;
+    let deadline = std::time::Instant::now() + RELEASE_WAIT;
+    while attachment::attachment(interface).is_ok_and(|a| a.mode != AttachMode::None) {
+        if std::time::Instant::now() >= deadline {
+            warn!(
+                interface,
+                "the unpinned XDP link is still attached after 2 s"
+            );
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
     Ok(())
 }
@@ -86,8 +108,7 @@ pub fn attach(dataplane: &mut Dataplane, interface: &str, mode: XdpMode) -> Resu
                     "the pinned XDP link runs in another mode: re-attaching (the userspace path \
                      carries packets meanwhile)"
                 );
-                std::fs::remove_file(&pin)
-                    .with_context(|| format!("unpinning {}", pin.display()))?;
+                unpin_and_wait(&pin, interface)?;
             }
             Ok(_) => {}
             Err(e) => warn!(

@@ -127,6 +127,36 @@ impl Plane {
         }
     }
 
+    /// A plane with no kernel side (sessions live in memory only), the configuration's
+    /// defaults for everything but its size and quotas, and a strict address policy: the
+    /// control plane the API's in-process tests and its fuzz target drive.
+    pub fn in_memory(max_sessions: u32, quotas: HashMap<String, u32>) -> Plane {
+        let defaults = crate::config::SessionsConfig::default();
+        Plane::new(
+            TableSettings {
+                max_sessions,
+                quotas,
+                bind_lifetime: defaults.bind_lifetime,
+                idle_lifetime: defaults.idle_lifetime,
+                limits: relay_common::maps::SessionLimits {
+                    packets_per_sec: defaults.packets_per_sec,
+                    kbytes_per_sec: defaults.kbytes_per_sec,
+                },
+            },
+            defaults.cookie_rotation,
+            AddressPolicy::strict(Vec::new()),
+            Arc::new(ForwardTable::new()),
+            Arc::new(UserCounters::new(max_sessions)),
+            None,
+        )
+        .with_binds_per_source(defaults.binds_per_sec_per_source)
+    }
+
+    /// The userspace forwarder's counters this plane flushes.
+    pub fn counters(&self) -> Arc<UserCounters> {
+        self.counters.clone()
+    }
+
     /// Limits bind messages to `per_sec` per source address (0: unlimited).
     pub fn with_binds_per_source(mut self, per_sec: u32) -> Plane {
         self.sources = SourceLimiter::new(per_sec, Instant::now());

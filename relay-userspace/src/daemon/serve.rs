@@ -437,8 +437,7 @@ impl Daemon {
             );
         let rate = new.api.requests_per_sec_per_source;
         if rate != self.config.api.requests_per_sec_per_source {
-            *self.requests.lock().unwrap_or_else(|p| p.into_inner()) =
-                SourceLimiter::with_burst(rate, 1000, Instant::now());
+            *self.requests.lock().unwrap_or_else(|p| p.into_inner()) = api::request_limiter(rate);
         }
         if let (Some(tls), Some(config)) = (&self.tls, &certificate) {
             tls.reload_from_config(config.clone());

@@ -51,6 +51,17 @@ pub const LEG_UNREACHABLE: &str = "192.0.2.200:40005";
 /// Directly connected on the second interface (XDP_REDIRECT).
 pub const LEG_OTHER_IF: &str = "192.0.2.10:40006";
 
+/// Pins the calling thread to the CPU it runs on. The program keeps some state per CPU (rate
+/// buckets, the log gate) and BPF_PROG_TEST_RUN runs it on the caller's CPU, so a test that
+/// checks such state must not migrate mid-way (which a loaded machine makes likely).
+pub fn pin_to_current_cpu() {
+    use nix::sched::{CpuSet, sched_getcpu, sched_setaffinity};
+    let mut set = CpuSet::new();
+    set.set(sched_getcpu().expect("sched_getcpu"))
+        .expect("a CPU number within the set");
+    sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).expect("sched_setaffinity");
+}
+
 pub fn sa(s: &str) -> SocketAddr {
     s.parse().unwrap()
 }
