@@ -9,7 +9,7 @@ mod common;
 use std::{
     net::{SocketAddr, UdpSocket},
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, atomic::Ordering::Relaxed},
     time::{Duration, Instant},
 };
 
@@ -153,28 +153,40 @@ impl Drop for Lab {
 struct Sidecar {
     stop: watch::Sender<bool>,
     status: watch::Receiver<Option<SocketAddr>>,
+    stats: Arc<SidecarStats>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// A sidecar that delivers to `app` and re-binds on the defaults' timers.
 fn sidecar(lab: &Lab, ticket: &str, listen: &str, bind: &str, app: &str) -> Sidecar {
-    let (stop, shutdown) = watch::channel(false);
-    let (status_tx, status) = watch::channel(None);
-    let options = SidecarOptions {
+    sidecar_with(lab, options(ticket, listen, bind, Some(app)))
+}
+
+fn options(ticket: &str, listen: &str, bind: &str, app: Option<&str>) -> SidecarOptions {
+    SidecarOptions {
         ticket: Ticket::decode(ticket).unwrap(),
         listen: listen.parse().unwrap(),
-        app: Some(app.parse().unwrap()),
+        app: app.map(|a| a.parse().unwrap()),
         family: Family::Auto,
         bind: Some(bind.parse().unwrap()),
         keepalive: Duration::from_secs(25),
         silence: Duration::from_secs(5),
-    };
-    let task = lab.runtime.spawn(sidecar::run(
-        options,
-        Arc::new(SidecarStats::default()),
-        status_tx,
-        shutdown,
-    ));
-    Sidecar { stop, status, task }
+    }
+}
+
+fn sidecar_with(lab: &Lab, options: SidecarOptions) -> Sidecar {
+    let (stop, shutdown) = watch::channel(false);
+    let (status_tx, status) = watch::channel(None);
+    let stats = Arc::new(SidecarStats::default());
+    let task = lab
+        .runtime
+        .spawn(sidecar::run(options, stats.clone(), status_tx, shutdown));
+    Sidecar {
+        stop,
+        status,
+        stats,
+        task,
+    }
 }
 
 impl Sidecar {
@@ -323,6 +335,115 @@ fn two_sidecars_relay_both_ways_across_families_and_survive_a_move() {
     assert_eq!(stats.binds.get("bound"), Some(&2), "{stats:?}");
     assert_eq!(stats.binds.get("rebound"), Some(&1), "{stats:?}");
     a2.stop(&lab);
+    b.stop(&lab);
+}
+
+#[test]
+fn without_app_the_sidecar_delivers_to_wireguards_port_and_counts_what_it_cannot_deliver() {
+    require_root!();
+    let lab = Lab::new("  max_sessions: 16\n");
+    let session = lab.create("answers-only", "sends-first");
+    let ticket = |leg: usize| session.legs[leg].ticket.clone().unwrap();
+    // Leg a is the README's sidecar: no --app. Its application has never sent anything.
+    let mut a = sidecar_with(
+        &lab,
+        options(&ticket(0), "127.0.0.2:51821", "198.51.100.10", None),
+    );
+    let mut b = sidecar(
+        &lab,
+        &ticket(1),
+        "127.0.0.1:17032",
+        "198.51.100.11",
+        "127.0.0.1:18032",
+    );
+    a.wait_bound(&lab);
+    b.wait_bound(&lab);
+    let app_b = app("127.0.0.1:18032");
+
+    // Nothing listens on 127.0.0.2:51820 yet: the kernel refuses the delivery, and the
+    // sidecar counts it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while a.stats.undeliverable.load(Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no undeliverable datagram counted"
+        );
+        app_b.send_to(b"knock knock", "127.0.0.1:17032").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // The application comes up on WireGuard's port and receives the peer's first datagram
+    // without having sent anything.
+    let app_a = app("127.0.0.2:51820");
+    deliver(&app_b, "127.0.0.1:17032", &app_a, b"handshake initiation");
+    // Its answer goes back the same way.
+    deliver(&app_a, "127.0.0.2:51821", &app_b, b"handshake response");
+    assert!(a.stats.to_app.load(Relaxed) >= 1);
+    a.stop(&lab);
+    b.stop(&lab);
+}
+
+#[test]
+fn one_way_traffic_binds_only_on_the_keepalive() {
+    require_root!();
+    let lab = Lab::new("  max_sessions: 16\n");
+    let session = lab.create("sender", "silent");
+    let ticket = |leg: usize| session.legs[leg].ticket.clone().unwrap();
+    let quick = |o: SidecarOptions| SidecarOptions {
+        keepalive: Duration::from_secs(3),
+        silence: Duration::from_millis(500),
+        ..o
+    };
+    let mut a = sidecar_with(
+        &lab,
+        quick(options(
+            &ticket(0),
+            "127.0.0.1:17041",
+            "198.51.100.10",
+            Some("127.0.0.1:18041"),
+        )),
+    );
+    let mut b = sidecar_with(
+        &lab,
+        quick(options(
+            &ticket(1),
+            "127.0.0.1:17042",
+            "198.51.100.11",
+            Some("127.0.0.1:18042"),
+        )),
+    );
+    a.wait_bound(&lab);
+    b.wait_bound(&lab);
+    let app_a = app("127.0.0.1:18041");
+    let app_b = app("127.0.0.1:18042");
+    // Two-way first, so the peer's datagrams have been seen, then a goes on sending for 7 s
+    // and b never answers: each half-second of silence used to cost a bind.
+    deliver(&app_a, "127.0.0.1:17041", &app_b, b"hello");
+    deliver(&app_b, "127.0.0.1:17042", &app_a, b"hello back");
+    let binds_before = a.stats.binds.load(Relaxed);
+    let start = Instant::now();
+    let mut sent = 0;
+    while start.elapsed() < Duration::from_secs(7) {
+        app_a.send_to(b"one way", "127.0.0.1:17041").unwrap();
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let binds = a.stats.binds.load(Relaxed) - binds_before;
+    // One check when the peer went quiet, then the keepalives (every 3 s after a bind).
+    assert!(
+        (2..=4).contains(&binds),
+        "{binds} binds in 7 s of one-way traffic"
+    );
+    let mut received = 0;
+    let mut buf = [0u8; 64];
+    while let Ok((n, _)) = app_b.recv_from(&mut buf) {
+        received += usize::from(&buf[..n] == b"one way");
+    }
+    assert!(
+        received >= sent * 9 / 10,
+        "{received} of {sent} one-way datagrams arrived"
+    );
+    a.stop(&lab);
     b.stop(&lab);
 }
 

@@ -370,6 +370,70 @@ fn wireguard_runs_through_the_relay_and_the_counters_match() {
     assert!(kernel.packets[0] > 1000, "{kernel:?}");
 }
 
+/// The README's commands, word for word: `relay client join --ticket … --listen …` with no
+/// other flag, and its WireGuard configuration (no PersistentKeepalive). The peer that sends
+/// first is given; the other never sends on its own and must still answer.
+fn readme_recipe_with_first_sender(first: Host) {
+    use relay_userspace::lab::wireguard::{self, ReadmeRecipe, TUNNEL_A, TUNNEL_B};
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let recipe = ReadmeRecipe::parse(&readme).unwrap();
+    let mut options = ScenarioOptions::new(relay_bin(), XdpMode::Native);
+    options.join_command = Some(recipe.join_command.clone());
+    let mut s = Scenario::start(options).unwrap();
+    let names = wireguard::start_from_config(&mut s, &recipe.wg_config).unwrap();
+    let (answerer, answerer_if, target) = match first {
+        Host::ClientB => (Host::ClientA, &names[0], TUNNEL_A),
+        _ => (Host::ClientB, &names[1], TUNNEL_B),
+    };
+    // Nothing has crossed yet: the answering peer has sent nothing on its own.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        wireguard::transfer(&s.lab, answerer, answerer_if).unwrap(),
+        (0, 0)
+    );
+    let kernel_before = total(&forwarded(&s.maps().unwrap().kernel_verdicts().unwrap()));
+    let ping = s
+        .lab
+        .exec(first, "ping", &["-c", "5", "-i", "0.2", "-W", "3", target]);
+    assert!(
+        ping.as_ref().is_ok_and(|p| p.contains(" 0% packet loss")),
+        "{first:?} → {target} through the README's recipe: {ping:?}\n--- sidecar-a ---\n{}\n--- sidecar-b ---\n{}",
+        s.lab.log("sidecar-a"),
+        s.lab.log("sidecar-b")
+    );
+    let (tx, rx) = wireguard::transfer(&s.lab, answerer, answerer_if).unwrap();
+    assert!(
+        tx > 0 && rx > 0,
+        "the answering peer sent {tx}, received {rx}"
+    );
+    let kernel = total(&forwarded(&s.maps().unwrap().kernel_verdicts().unwrap()));
+    assert!(
+        kernel - kernel_before >= 10,
+        "the kernel forwarded {} packets",
+        kernel - kernel_before
+    );
+    for log in ["sidecar-a", "sidecar-b"] {
+        assert!(
+            !s.lab.log(log).contains("could not deliver"),
+            "{log}:\n{}",
+            s.lab.log(log)
+        );
+    }
+}
+
+#[test]
+fn the_readme_wireguard_recipe_works_when_the_symmetric_nat_side_sends_first() {
+    require_root!();
+    readme_recipe_with_first_sender(Host::ClientB);
+}
+
+#[test]
+fn the_readme_wireguard_recipe_works_when_the_other_side_sends_first() {
+    require_root!();
+    readme_recipe_with_first_sender(Host::ClientA);
+}
+
 #[test]
 fn the_demo_runs_start_to_finish_and_cleans_up() {
     require_root!();

@@ -1,6 +1,11 @@
 //! `relay client …`: allocate sessions through the API and join them with the sidecar.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -74,6 +79,12 @@ pub enum ClientCommand {
         vni: u32,
     },
     /// Join a leg and carry a local application's UDP through the relay.
+    ///
+    /// The application sends to --listen; the peer's datagrams go to --app. With WireGuard:
+    /// set the peer's `Endpoint = 127.0.0.1:51821` (--listen) and keep `ListenPort = 51820`,
+    /// where the sidecar delivers by default, so a peer that only answers (no
+    /// PersistentKeepalive, a server) receives the handshakes it answers. For any other
+    /// application, or another ListenPort, give --app.
     Join(JoinArgs),
 }
 
@@ -101,7 +112,9 @@ pub struct JoinArgs {
     /// Local address the application sends to (e.g. WireGuard's peer Endpoint).
     #[arg(long, default_value = "127.0.0.1:51821")]
     pub listen: SocketAddr,
-    /// Where to deliver the peer's datagrams (default: where the application sends from).
+    /// Where the application listens: the peer's datagrams are delivered there. Default: where
+    /// the application last sent from, and until it has sent, port 51820 (WireGuard's
+    /// ListenPort) on the --listen host.
     #[arg(long)]
     pub app: Option<SocketAddr>,
     /// Which relay endpoint to use.
@@ -113,7 +126,8 @@ pub struct JoinArgs {
     /// Bind refresh interval.
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration)]
     pub keepalive: Duration,
-    /// Re-bind when the relay is silent this long while the application sends.
+    /// Check the path with one bind when the peer's datagrams stop this long while the
+    /// application keeps sending (a NAT that moved the mapping).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub silence: Duration,
 }
@@ -214,7 +228,8 @@ async fn join(args: JoinArgs) -> Result<()> {
         let _ = tokio::signal::ctrl_c().await;
         let _ = shutdown_tx.send(true);
     });
-    sidecar::run(
+    let stats = Arc::new(SidecarStats::default());
+    let result = sidecar::run(
         SidecarOptions {
             ticket,
             listen: args.listen,
@@ -224,9 +239,18 @@ async fn join(args: JoinArgs) -> Result<()> {
             keepalive: args.keepalive,
             silence: args.silence,
         },
-        Arc::new(SidecarStats::default()),
+        stats.clone(),
         status,
         shutdown,
     )
-    .await
+    .await;
+    tracing::info!(
+        to_relay = stats.to_relay.load(Relaxed),
+        to_app = stats.to_app.load(Relaxed),
+        binds = stats.binds.load(Relaxed),
+        undeliverable = stats.undeliverable.load(Relaxed),
+        unsent = stats.unsent.load(Relaxed),
+        "sidecar stopped"
+    );
+    result
 }

@@ -3,4 +3,5 @@
 
 pub mod api;
 pub mod handshake;
+pub mod link;
 pub mod sidecar;

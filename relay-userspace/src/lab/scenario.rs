@@ -24,8 +24,9 @@ pub const LAB_TOKEN: &str = "lab-token-0123456789abcdef";
 pub const LAB_PORT: u16 = 6081;
 /// Where each client's application sends (the sidecar's port).
 pub const SIDECAR_PORT: u16 = 51821;
-/// Where each client's application listens (and the sidecar delivers).
-pub const APP_PORT: u16 = 51820;
+/// Where each client's application listens: the sidecar's default delivery port (WireGuard's
+/// conventional `ListenPort`), so the lab's sidecars need no `--app`.
+pub const APP_PORT: u16 = crate::client::link::WIREGUARD_LISTEN_PORT;
 
 /// How to run the scenario.
 #[derive(Clone, Debug)]
@@ -44,7 +45,14 @@ pub struct ScenarioOptions {
     pub labels: [String; 2],
     /// Leave everything running when this process exits (`relay-lab demo --keep`).
     pub keep: bool,
+    /// Run each sidecar with exactly these arguments (after `relay`; [`TICKET_PLACEHOLDER`]
+    /// stands for the leg's ticket) instead of the lab's (family, quick timers): the README's
+    /// command, word for word.
+    pub join_command: Option<Vec<String>>,
 }
+
+/// How the README writes a ticket in its commands; replaced by the leg's real ticket.
+pub const TICKET_PLACEHOLDER: &str = "relay1.…";
 
 /// The relay's metrics endpoint in the lab (on the relay host's loopback).
 pub const LAB_METRICS: &str = "127.0.0.1:9101";
@@ -60,6 +68,7 @@ impl ScenarioOptions {
             silence: Duration::from_secs(2),
             labels: ["alice-laptop".into(), "office-nas".into()],
             keep: false,
+            join_command: None,
         }
     }
 }
@@ -220,33 +229,33 @@ impl Scenario {
             .ticket
             .clone()
             .context("the API returned no ticket")?;
-        let family = if self.options.v6[leg] { "v6" } else { "v4" };
-        let listen = format!("127.0.0.1:{SIDECAR_PORT}");
-        let app = format!("127.0.0.1:{APP_PORT}");
-        let keepalive = format!("{}ms", self.options.keepalive.as_millis());
-        let silence = format!("{}ms", self.options.silence.as_millis());
         let bin = self.options.relay_bin.clone();
-        self.lab.spawn(
-            host,
-            name,
-            &bin,
-            &[
+        let args: Vec<String> = match &self.options.join_command {
+            Some(command) => command
+                .iter()
+                .map(|a| a.replace(TICKET_PLACEHOLDER, &ticket))
+                .collect(),
+            // No --app: the sidecar's default (WireGuard's port, where the lab's applications
+            // listen) is what users get too.
+            None => [
                 "client",
                 "join",
                 "--ticket",
                 &ticket,
                 "--listen",
-                &listen,
-                "--app",
-                &app,
+                &format!("127.0.0.1:{SIDECAR_PORT}"),
                 "--family",
-                family,
+                if self.options.v6[leg] { "v6" } else { "v4" },
                 "--keepalive",
-                &keepalive,
+                &format!("{}ms", self.options.keepalive.as_millis()),
                 "--silence",
-                &silence,
-            ],
-        )
+                &format!("{}ms", self.options.silence.as_millis()),
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.lab.spawn(host, name, &bin, &args)
     }
 
     /// A UDP socket for the application on `host` (bound to the app port).

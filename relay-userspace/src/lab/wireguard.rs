@@ -28,8 +28,76 @@ pub fn interface_names(lab: &NatLab) -> [String; 2] {
     [format!("wga{tag}"), format!("wgb{tag}")].map(|n| n.chars().take(15).collect())
 }
 
-/// Starts wireguard-go on both clients and configures them as each other's peer.
+/// Starts wireguard-go on both clients and configures them as each other's peer, the lab's way
+/// (`wg set`, listen port [`APP_PORT`], endpoint the client's own sidecar).
 pub fn start(scenario: &mut Scenario) -> Result<[String; 2]> {
+    start_with(scenario, |keys, _| {
+        let (mine, peer, peer_addr) = keys;
+        Ok(vec![
+            "set".into(),
+            "IFACE".into(),
+            "private-key".into(),
+            mine.to_str().context("path")?.to_string(),
+            "listen-port".into(),
+            APP_PORT.to_string(),
+            "peer".into(),
+            peer.to_string(),
+            "endpoint".into(),
+            format!("127.0.0.1:{SIDECAR_PORT}"),
+            "allowed-ips".into(),
+            format!("{peer_addr}/32"),
+        ])
+    })
+}
+
+/// Starts wireguard-go on both clients, each configured (`wg setconf`) from `template`: a
+/// WireGuard configuration file whose `PrivateKey`, `PublicKey` and `AllowedIPs` values are
+/// replaced by the client's key, its peer's key and its peer's tunnel address; every other line
+/// is used as written (the README's configuration, word for word).
+pub fn start_from_config(scenario: &mut Scenario, template: &str) -> Result<[String; 2]> {
+    let template = template.to_string();
+    start_with(scenario, move |(mine, peer, peer_addr), dir| {
+        let private = std::fs::read_to_string(mine)?;
+        let file = dir.join(format!("{}.conf", peer_addr.replace('.', "-")));
+        std::fs::write(
+            &file,
+            fill_config(&template, private.trim(), peer, &format!("{peer_addr}/32")),
+        )?;
+        Ok(vec![
+            "setconf".into(),
+            "IFACE".into(),
+            file.to_str().context("path")?.to_string(),
+        ])
+    })
+}
+
+/// `template` with the values of `PrivateKey`, `PublicKey` and `AllowedIPs` replaced.
+pub fn fill_config(template: &str, private: &str, peer: &str, allowed: &str) -> String {
+    template
+        .lines()
+        .map(|line| {
+            let key = line.split('=').next().unwrap_or("").trim();
+            match key {
+                "PrivateKey" => format!("PrivateKey = {private}"),
+                "PublicKey" => format!("PublicKey = {peer}"),
+                "AllowedIPs" => format!("AllowedIPs = {allowed}"),
+                _ => line.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+/// A client's private-key file, its peer's public key and its peer's tunnel address.
+type PeerKeys<'a> = (&'a Path, &'a str, &'a str);
+
+/// Starts wireguard-go on both clients; `wg_args` gives the `wg` command that configures one
+/// (`IFACE` stands for its interface), then the tunnel address is added and the link set up.
+fn start_with(
+    scenario: &mut Scenario,
+    wg_args: impl Fn(PeerKeys, &Path) -> Result<Vec<String>>,
+) -> Result<[String; 2]> {
     super::nat_lab::require_tool("wireguard-go")?;
     let names = interface_names(&scenario.lab);
     let mut keys = Vec::new();
@@ -69,30 +137,17 @@ pub fn start(scenario: &mut Scenario) -> Result<[String; 2]> {
                 scenario.lab.log(&format!("wireguard-{i}"))
             );
         }
-        let (mine, peer) = (&keys[i].0, &keys[1 - i].1);
         let (addr, peer_addr) = if i == 0 {
             (TUNNEL_A, TUNNEL_B)
         } else {
             (TUNNEL_B, TUNNEL_A)
         };
-        scenario.lab.exec(
-            host,
-            "wg",
-            &[
-                "set",
-                iface,
-                "private-key",
-                mine.to_str().context("path")?,
-                "listen-port",
-                &APP_PORT.to_string(),
-                "peer",
-                peer,
-                "endpoint",
-                &format!("127.0.0.1:{SIDECAR_PORT}"),
-                "allowed-ips",
-                &format!("{peer_addr}/32"),
-            ],
-        )?;
+        let args = wg_args((&keys[i].0, &keys[1 - i].1, peer_addr), &scenario.lab.dir)?;
+        let args: Vec<&str> = args
+            .iter()
+            .map(|a| if a == "IFACE" { iface.as_str() } else { a })
+            .collect();
+        scenario.lab.exec(host, "wg", &args)?;
         scenario.lab.exec(
             host,
             "ip",
@@ -105,6 +160,42 @@ pub fn start(scenario: &mut Scenario) -> Result<[String; 2]> {
     Ok(names)
 }
 
+/// The README's recipe for WireGuard through sidecars: the `relay client join` command and the
+/// WireGuard configuration, read from the README itself so the test runs what users read.
+#[derive(Clone, Debug)]
+pub struct ReadmeRecipe {
+    /// The join command's arguments after `relay` (the ticket as
+    /// [`super::scenario::TICKET_PLACEHOLDER`]).
+    pub join_command: Vec<String>,
+    /// The WireGuard configuration block.
+    pub wg_config: String,
+}
+
+impl ReadmeRecipe {
+    /// Reads the recipe from the README's text: the first `relay client join` line of a code
+    /// block (its trailing `# comment` removed) and the first ```ini block.
+    pub fn parse(readme: &str) -> Result<ReadmeRecipe> {
+        let join = readme
+            .lines()
+            .map(str::trim)
+            .find(|l| l.starts_with("relay client join "))
+            .context("the README has no `relay client join` command")?;
+        let join = join.split(" #").next().unwrap_or(join);
+        let join_command: Vec<String> = join.split_whitespace().skip(1).map(String::from).collect();
+        let start = readme
+            .find("```ini\n")
+            .context("the README has no ```ini WireGuard configuration")?
+            + "```ini\n".len();
+        let end = readme[start..]
+            .find("```")
+            .context("unterminated ```ini block")?;
+        Ok(ReadmeRecipe {
+            join_command,
+            wg_config: readme[start..start + end].to_string(),
+        })
+    }
+}
+
 /// Bytes WireGuard on `host` sent to and received from its peer (`wg show … transfer`).
 pub fn transfer(lab: &NatLab, host: Host, iface: &str) -> Result<(u64, u64)> {
     let out = lab.exec(host, "wg", &["show", iface, "transfer"])?;
@@ -112,4 +203,40 @@ pub fn transfer(lab: &NatLab, host: Host, iface: &str) -> Result<(u64, u64)> {
     let rx = fields.next().context("rx")?.parse()?;
     let tx = fields.next().context("tx")?.parse()?;
     Ok((tx, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_readme_recipe_is_found_and_filled() {
+        let readme = "x\n```sh\nrelay client join --ticket relay1.… --listen 127.0.0.1:51821      # on each peer\n```\n\
+                      ```ini\n[Interface]\nPrivateKey = …\nListenPort = 51820  # here\n\n[Peer]\nPublicKey = …\nAllowedIPs = 10.99.0.2/32\n```\n";
+        let recipe = ReadmeRecipe::parse(readme).unwrap();
+        assert_eq!(
+            recipe.join_command,
+            [
+                "client",
+                "join",
+                "--ticket",
+                "relay1.…",
+                "--listen",
+                "127.0.0.1:51821"
+            ]
+        );
+        let filled = fill_config(&recipe.wg_config, "PRIV", "PUB", "10.99.0.1/32");
+        assert_eq!(
+            filled,
+            "[Interface]\nPrivateKey = PRIV\nListenPort = 51820  # here\n\n[Peer]\nPublicKey = PUB\nAllowedIPs = 10.99.0.1/32\n"
+        );
+    }
+
+    #[test]
+    fn the_projects_readme_has_a_recipe_without_extra_flags() {
+        let readme = include_str!("../../../README.md");
+        let recipe = ReadmeRecipe::parse(readme).unwrap();
+        assert_eq!(&recipe.join_command[..3], ["client", "join", "--ticket"]);
+        assert!(!recipe.wg_config.contains("PersistentKeepalive"));
+    }
 }
