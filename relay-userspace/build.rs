@@ -1,5 +1,5 @@
-//! Embeds the XDP objects built by `cargo xtask build-ebpf`: the relay's, and the benchmark
-//! lab's (generator, sink, reflector; next to it, only the lab uses it).
+//! Embeds the relay's XDP object built by `cargo xtask build-ebpf` (the lab's object, built in
+//! the same run, is embedded by relay-lab's build script).
 //!
 //! The object is built separately (nightly, `-Z build-std=core`, bpf-linker), so a plain
 //! `cargo build` cannot make it; instead this script finds it and fails with the command to run
@@ -88,15 +88,6 @@ fn main() {
         }
     }
     println!("cargo:rustc-env=RELAY_EBPF_OBJECT={}", path.display());
-    let lab = path.with_file_name("lab-xdp");
-    println!("cargo:rerun-if-changed={}", lab.display());
-    if !lab.is_file() {
-        panic!(
-            "\n\nThe lab's XDP object is missing: {}\nRun `cargo xtask build-ebpf` first.\n\n",
-            lab.display()
-        );
-    }
-    println!("cargo:rustc-env=RELAY_LAB_EBPF_OBJECT={}", lab.display());
     // The build's identity: a restarted daemon swaps the attached program only when it differs.
     let digest = sha2::Sha256::digest(std::fs::read(&path).expect("reading the XDP object"));
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();

@@ -13,6 +13,5 @@ pub mod dataplane;
 pub mod explain;
 pub mod forwarder;
 pub mod inspect;
-pub mod lab;
 pub mod logging;
 pub mod metrics;

@@ -34,6 +34,8 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
         "--locked",
         "-p",
         "relay-userspace",
+        "-p",
+        "relay-lab",
         "--bins",
     ]))?;
     let root = workspace_root();

@@ -24,6 +24,8 @@ pub fn run(keep: bool, down: bool, seconds: u32) -> Result<()> {
         "--locked",
         "-p",
         "relay-userspace",
+        "-p",
+        "relay-lab",
         "--bins",
     ]))?;
     let lab = workspace_root().join("target/release/relay-lab");

@@ -46,8 +46,8 @@ const INPUT_TIMEOUT_S: u32 = 10;
 /// The host triple cargo-fuzz builds for (its default), which names the output directory.
 const FUZZ_TRIPLE: &str = "x86_64-unknown-linux-gnu";
 
-/// Stand-ins for the XDP objects that relay-userspace's build script embeds. No target loads
-/// them, and pointing `RELAY_EBPF_OBJECT` here keeps fuzzing independent of the eBPF build
+/// Stand-in for the XDP object that relay-userspace's build script embeds. No target loads
+/// it, and pointing `RELAY_EBPF_OBJECT` here keeps fuzzing independent of the eBPF build
 /// (and of its staleness check, which fails whenever relay-common changed since that build).
 const XDP_PLACEHOLDER_DIR: &str = "target/fuzz-xdp-placeholder";
 
@@ -165,12 +165,10 @@ fn build() -> Result<()> {
     let placeholder = workspace_root().join(XDP_PLACEHOLDER_DIR);
     fs::create_dir_all(&placeholder)
         .with_context(|| format!("creating {}", placeholder.display()))?;
-    for name in ["relay-ebpf", "lab-xdp"] {
-        let file = placeholder.join(name);
-        // Written once: a new modification time would make cargo rebuild relay-userspace.
-        if !file.exists() {
-            fs::write(&file, b"").with_context(|| format!("writing {}", file.display()))?;
-        }
+    let file = placeholder.join("relay-ebpf");
+    // Written once: a new modification time would make cargo rebuild relay-userspace.
+    if !file.exists() {
+        fs::write(&file, b"").with_context(|| format!("writing {}", file.display()))?;
     }
     let mut cmd = clean_command("cargo");
     cmd.args([

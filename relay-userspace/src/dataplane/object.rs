@@ -5,11 +5,6 @@ pub fn bytes() -> &'static [u8] {
     aya::include_bytes_aligned!(env!("RELAY_EBPF_OBJECT"))
 }
 
-/// The benchmark lab's object (`relay_common::bench`): load generator, sink, reflector.
-pub fn lab_bytes() -> &'static [u8] {
-    aya::include_bytes_aligned!(env!("RELAY_LAB_EBPF_OBJECT"))
-}
-
 /// The relay's forwarding program.
 pub const PROGRAM_RELAY: &str = "relay_xdp";
 /// Pass-everything program for veth peers in labs.

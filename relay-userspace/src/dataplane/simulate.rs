@@ -67,17 +67,24 @@ pub struct RunOutcome {
 /// The `struct xdp_md` context BPF_PROG_TEST_RUN accepts.
 #[repr(C)]
 #[derive(Default)]
-pub(crate) struct XdpMd {
+pub struct XdpMd {
+    /// Offset of the frame's start.
     pub data: u32,
+    /// Offset of the frame's end.
     pub data_end: u32,
+    /// Offset of the metadata area.
     pub data_meta: u32,
+    /// Interface the frame arrives on.
     pub ingress_ifindex: u32,
+    /// Receive queue it arrives on.
     pub rx_queue_index: u32,
+    /// Interface it leaves by (redirects).
     pub egress_ifindex: u32,
 }
 
 impl XdpMd {
-    pub(crate) fn as_bytes(&self) -> &[u8] {
+    /// The context as BPF_PROG_TEST_RUN takes it.
+    pub fn as_bytes(&self) -> &[u8] {
         // SAFETY: repr(C) struct of six u32s, no padding.
         unsafe {
             std::slice::from_raw_parts(

@@ -65,7 +65,7 @@ fn relay_with_traffic() -> Fixture {
 fn relay(fx: &Fixture, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", fx.sandbox.netns_name()))
-        .arg(env!("CARGO_BIN_EXE_relay"))
+        .arg(&relay_path())
         .args(args)
         .arg("--pin-dir")
         .arg(fx.sandbox.pin_dir())
@@ -350,7 +350,7 @@ fn explain_cli_reads_hex_and_pcap() {
 #[test]
 fn clear_errors_without_pinned_maps_or_root() {
     require_root!();
-    let out = Command::new(env!("CARGO_BIN_EXE_relay"))
+    let out = Command::new(&relay_path())
         .args(["sessions", "--pin-dir", "/sys/fs/bpf/no-such-relay"])
         .output()
         .unwrap();
@@ -365,7 +365,7 @@ fn clear_errors_without_pinned_maps_or_root() {
     let fx = relay_with_traffic();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_relay"))
+        .arg(&relay_path())
         .args(["stats", "--pin-dir"])
         .arg(fx.sandbox.pin_dir())
         .output()
@@ -423,7 +423,7 @@ fn top_draws_live_and_quits_on_q_and_ctrl_c() {
         let command = format!(
             "nsenter --net=/run/netns/{} {} top --pin-dir {} --interval 300ms; echo EXITED $?; sleep 30",
             fx.sandbox.netns_name(),
-            env!("CARGO_BIN_EXE_relay"),
+            &relay_path(),
             fx.sandbox.pin_dir().display()
         );
         let status = Command::new("tmux")

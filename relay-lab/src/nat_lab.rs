@@ -31,7 +31,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::netns::{Netns, run_checked};
+use crate::netns::{Netns, run_checked};
 
 /// A host of the lab.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -106,7 +106,7 @@ pub const LAB_BPFFS: &str = "/run/relay-lab/bpf";
 /// Mounts [`LAB_BPFFS`] unless it is mounted already.
 pub fn ensure_lab_bpffs() -> Result<()> {
     let path = Path::new(LAB_BPFFS);
-    if crate::dataplane::bpffs::is_bpffs(path) {
+    if relay_userspace::dataplane::bpffs::is_bpffs(path) {
         return Ok(());
     }
     std::fs::create_dir_all(path)?;
@@ -259,7 +259,8 @@ pub fn remove_stale_labs() -> Vec<String> {
         }
         let _ = Command::new("ip").args(["netns", "del", name]).output();
         for pins in [name.to_string(), format!("{name}-pass")] {
-            let _ = crate::dataplane::loader::remove_pins(&Path::new(LAB_BPFFS).join(pins));
+            let _ =
+                relay_userspace::dataplane::loader::remove_pins(&Path::new(LAB_BPFFS).join(pins));
         }
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("relay-lab-{name}")));
         removed.push(name.to_string());

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use relay_userspace::lab::throughput::{
+use relay_lab::throughput::{
     self, ThroughputOptions,
     report::{Mode, Pass},
 };
@@ -25,7 +25,7 @@ fn check_pass(mode: Mode, p: &Pass) {
 #[test]
 fn throughput_harness_relays_through_every_mode_and_accounts_for_it() {
     require_root!();
-    let options = ThroughputOptions::quick(PathBuf::from(env!("CARGO_BIN_EXE_relay")));
+    let options = ThroughputOptions::quick(PathBuf::from(common::relay_path()));
     let r = throughput::run(options).unwrap();
     assert_eq!(r.measurements.len(), 4);
     for m in &r.measurements {

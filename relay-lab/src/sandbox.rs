@@ -20,8 +20,8 @@ use anyhow::{Context, Result};
 use aya::programs::XdpMode;
 use relay_common::maps::{Leg, RelayConfig, Session};
 
-use super::{Netns, netns::EnteredNetns};
-use crate::dataplane::{
+use crate::{Netns, netns::EnteredNetns};
+use relay_userspace::dataplane::{
     Dataplane, LoadOptions,
     clock::JiffiesClock,
     loader::remove_pins,

@@ -13,7 +13,7 @@ use std::{collections::BTreeSet, path::Path};
 use anyhow::{Context, Result, bail};
 use nix::{sched::CpuSet, unistd::Pid};
 
-use crate::lab::Netns;
+use crate::Netns;
 
 /// Nanoseconds a task has run on a CPU, from the first field of `/proc/<pid>/schedstat`.
 pub fn parse_schedstat(text: &str) -> Option<u64> {

@@ -14,7 +14,7 @@ use relay_common::{
     wire::{GENEVE_HLEN, GENEVE_PROTOCOL_DATA, GeneveHdr},
 };
 
-use crate::{
+use relay_userspace::{
     client::handshake::{Handshake, Step},
     control::ticket::Ticket,
 };

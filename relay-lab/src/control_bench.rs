@@ -20,8 +20,8 @@ use anyhow::{Context, Result, bail};
 use relay_common::maps as names;
 use serde::Serialize;
 
-use super::{Netns, netns::EnteredNetns};
-use crate::{
+use crate::{Netns, netns::EnteredNetns};
+use relay_userspace::{
     client::handshake::{Handshake, Step},
     config::Config,
     control::table::AllocationRequest,

@@ -14,13 +14,13 @@ use relay_common::{
     verdict::{Reason, VerdictCounter},
     wire::{GENEVE_PROTOCOL_BIND, GENEVE_PROTOCOL_DATA, GeneveHdr},
 };
-use relay_userspace::{
-    dataplane::{clock::JiffiesClock, object::PROGRAM_RELAY, simulate::RunOutcome},
-    lab::sandbox::Sandbox,
+use relay_lab::sandbox::Sandbox;
+use relay_userspace::dataplane::{
+    clock::JiffiesClock, object::PROGRAM_RELAY, simulate::RunOutcome,
 };
 
 pub mod process;
-pub use process::run_ok;
+pub use process::{relay_path, run_ok};
 
 /// Returns early from a privileged test, loudly, when not root.
 #[macro_export]
@@ -33,7 +33,7 @@ macro_rules! require_root {
     };
 }
 
-pub use relay_userspace::lab::sandbox::{
+pub use relay_lab::sandbox::{
     DIRECT_NEIGHBOUR_MAC, GATEWAY_MAC, RELAY_MAC, RELAY_PORT, RELAY_V4, RELAY_V6, SECOND_IF_MAC,
 };
 /// Some client's MAC as seen on the wire towards the relay.
@@ -324,7 +324,7 @@ impl Deltas {
     }
 }
 
-/// The sandboxed relay program (see `relay_userspace::lab::sandbox`) with counter bookkeeping.
+/// The sandboxed relay program (see `relay_lab::sandbox`) with counter bookkeeping.
 pub struct Fixture {
     pub sandbox: Sandbox,
     pub clock: JiffiesClock,

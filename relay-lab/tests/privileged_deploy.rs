@@ -11,8 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::run_ok;
-use relay_userspace::lab::Netns;
+use common::{relay_path, run_ok};
+use relay_lab::Netns;
 
 fn deploy(file: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")).join(file)
@@ -156,7 +156,7 @@ fn systemd_notify_watchdog_detach_on_exit_and_down() {
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
     let cfg = config(&ns, &pin_dir);
     let (sock_path, sock) = notify_socket(&ns);
-    let relay = env!("CARGO_BIN_EXE_relay");
+    let relay = &relay_path();
     let serve = |detach: bool| {
         // As systemd does: WATCHDOG_PID names the daemon itself (the shell execs into it).
         let script = format!(
@@ -231,7 +231,7 @@ fn check_reports_and_fails_on_what_cannot_work() {
     let ns = host();
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
     let cfg = config(&ns, &pin_dir);
-    let relay = env!("CARGO_BIN_EXE_relay");
+    let relay = &relay_path();
     let out = in_ns(&ns, relay)
         .args(["check", "--config", cfg.to_str().unwrap()])
         .output()
@@ -287,7 +287,7 @@ fn a_restart_with_another_xdp_mode_reattaches_in_that_mode_and_off_detaches() {
     ns.ip(&["link", "set", "lo", "up"]).unwrap();
     let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
     let (sock_path, sock) = notify_socket(&ns);
-    let relay = env!("CARGO_BIN_EXE_relay");
+    let relay = &relay_path();
     let mut cfg = PathBuf::new();
     let xdp = || ns.exec("ip", &["-d", "link", "show", "eth0"]).unwrap();
     for (mode, shown) in [
@@ -390,7 +390,7 @@ fn an_https_api_reloads_tokens_and_certificate_on_sighup_and_keeps_them_on_a_bad
     const NEW: &str = "new-token-0123456789";
     write_config(&format!("    - name: ops\n      token: {OLD}\n"), "");
     let (sock_path, sock) = notify_socket(&ns);
-    let relay = env!("CARGO_BIN_EXE_relay");
+    let relay = &relay_path();
     let checked = in_ns(&ns, relay)
         .args(["check", "--config", cfg.to_str().unwrap()])
         .output()

@@ -19,3 +19,11 @@ pub fn run_ok(cmd: &mut Command) -> String {
     );
     stdout
 }
+
+/// The `relay` binary under test (see `relay_lab::relay_bin`).
+pub fn relay_path() -> String {
+    relay_lab::relay_bin()
+        .expect("the relay binary")
+        .display()
+        .to_string()
+}

@@ -17,6 +17,7 @@ use relay_common::{
     verdict::Reason,
     wire::{GENEVE_PROTOCOL_DATA, GeneveHdr},
 };
+use relay_lab::{Netns, netns::EnteredNetns};
 use relay_userspace::{
     api::types::{CreateSession, Labels, SessionDetails},
     client::{
@@ -27,7 +28,6 @@ use relay_userspace::{
     control::ticket::Ticket,
     daemon::serve::Daemon,
     dataplane::{RelayMaps, loader::remove_pins},
-    lab::{Netns, netns::EnteredNetns},
 };
 use tokio::sync::watch;
 
@@ -689,14 +689,12 @@ fn kernel_forwarded_traffic_keeps_a_bound_session_alive() {
 #[test]
 fn control_benchmark_harness_runs() {
     require_root!();
-    let r = relay_userspace::lab::control_bench::run(
-        relay_userspace::lab::control_bench::ControlBenchOptions {
-            alloc_seconds: 0.3,
-            concurrency: 4,
-            binds: 50,
-            fill: 500,
-        },
-    )
+    let r = relay_lab::control_bench::run(relay_lab::control_bench::ControlBenchOptions {
+        alloc_seconds: 0.3,
+        concurrency: 4,
+        binds: 50,
+        fill: 500,
+    })
     .unwrap();
     assert!(
         r.allocations_per_sec > 0.0 && r.binds_per_sec > 0.0,

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::sync::{Arc, atomic::AtomicBool};
 
-use relay_userspace::lab::{
+use relay_lab::{
     control_bench::{self, ControlBenchOptions},
     demo::{self, DemoOptions},
     nat_lab,
@@ -92,19 +92,6 @@ fn write_json(path: Option<PathBuf>, doc: serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-/// The `relay` binary next to this one.
-fn relay_bin() -> Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let relay = me.with_file_name("relay");
-    if !relay.exists() {
-        anyhow::bail!(
-            "{} not found: build the `relay` binary too",
-            relay.display()
-        );
-    }
-    Ok(relay)
-}
-
 fn main() -> Result<()> {
     relay_userspace::logging::init("warn", relay_userspace::config::LogFormat::Text);
     match Cli::parse().command {
@@ -115,7 +102,7 @@ fn main() -> Result<()> {
             }
             demo::run(
                 DemoOptions {
-                    relay_bin: relay_bin()?,
+                    relay_bin: relay_lab::relay_bin()?,
                     seconds,
                     keep,
                 },
@@ -156,9 +143,9 @@ fn main() -> Result<()> {
             json,
         } => {
             let mut options = if quick {
-                ThroughputOptions::quick(relay_bin()?)
+                ThroughputOptions::quick(relay_lab::relay_bin()?)
             } else {
-                ThroughputOptions::full(relay_bin()?)
+                ThroughputOptions::full(relay_lab::relay_bin()?)
             };
             options.rounds = rounds.unwrap_or(options.rounds);
             options.seconds = seconds.unwrap_or(options.seconds);

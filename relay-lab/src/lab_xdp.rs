@@ -14,7 +14,13 @@ use relay_common::bench::{
     MAX_TEMPLATES, PACE_ALL, SINK_COUNTS, SinkCounter, TEMPLATE_LEN, TEMPLATES, Template,
 };
 
-use crate::dataplane::{object, simulate::XdpMd};
+use relay_userspace::dataplane::simulate::XdpMd;
+
+/// The lab's XDP object, built by `cargo xtask build-ebpf` next to the relay's and embedded by
+/// this crate's build script.
+pub fn lab_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(env!("RELAY_LAB_EBPF_OBJECT"))
+}
 
 /// Frames the kernel runs per batch in live-frame mode (its maximum is 256); each batch is
 /// flushed to the device in one go, as a NIC driver's NAPI poll would.
@@ -29,7 +35,7 @@ impl LabXdp {
     /// Loads the object (its maps are private to this instance).
     pub fn load() -> Result<LabXdp> {
         let ebpf = EbpfLoader::new()
-            .load(object::lab_bytes())
+            .load(lab_object())
             .context("loading the lab's XDP object")?;
         Ok(LabXdp { ebpf })
     }

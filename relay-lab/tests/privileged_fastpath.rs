@@ -612,10 +612,8 @@ fn cached_next_hop_still_checks_the_mtu_for_longer_packets() {
 #[test]
 fn pinned_link_keeps_the_program_attached_after_the_loader_exits() {
     require_root!();
-    use relay_userspace::{
-        dataplane::{Dataplane, LoadOptions, loader::remove_pins},
-        lab::Netns,
-    };
+    use relay_lab::Netns;
+    use relay_userspace::dataplane::{Dataplane, LoadOptions, loader::remove_pins};
     let ns = Netns::create("rt-link").unwrap();
     ns.ip(&[
         "link", "add", "eth0", "type", "veth", "peer", "name", "peer0",
@@ -669,12 +667,11 @@ fn pinned_link_keeps_the_program_attached_after_the_loader_exits() {
 #[test]
 fn micro_benchmark_harness_runs() {
     require_root!();
-    let results =
-        relay_userspace::lab::xdp_bench::run(relay_userspace::lab::xdp_bench::BenchOptions {
-            rounds: 1,
-            calls: 20,
-        })
-        .unwrap();
+    let results = relay_lab::xdp_bench::run(relay_lab::xdp_bench::BenchOptions {
+        rounds: 1,
+        calls: 20,
+    })
+    .unwrap();
     assert_eq!(results.len(), 4);
     for r in results {
         assert!(

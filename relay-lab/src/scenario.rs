@@ -11,8 +11,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::programs::XdpMode as AyaMode;
 
-use super::nat_lab::{Host, INET_RELAY_IF, LAB_BPFFS, NatLab};
-use crate::{
+use crate::nat_lab::{Host, INET_RELAY_IF, LAB_BPFFS, NatLab};
+use relay_userspace::{
     api::types::SessionDetails,
     config::XdpMode,
     dataplane::{Dataplane, LoadOptions, RelayMaps, loader::remove_pins, object::PROGRAM_PASS},
@@ -26,7 +26,7 @@ pub const LAB_PORT: u16 = 6081;
 pub const SIDECAR_PORT: u16 = 51821;
 /// Where each client's application listens: the sidecar's default delivery port (WireGuard's
 /// conventional `ListenPort`), so the lab's sidecars need no `--app`.
-pub const APP_PORT: u16 = crate::client::link::WIREGUARD_LISTEN_PORT;
+pub const APP_PORT: u16 = relay_userspace::client::link::WIREGUARD_LISTEN_PORT;
 
 /// How to run the scenario.
 #[derive(Clone, Debug)]

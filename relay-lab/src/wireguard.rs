@@ -5,7 +5,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
-use super::{
+use crate::{
     nat_lab::{Host, NatLab},
     scenario::{APP_PORT, SIDECAR_PORT, Scenario},
 };
@@ -98,7 +98,7 @@ fn start_with(
     scenario: &mut Scenario,
     wg_args: impl Fn(PeerKeys, &Path) -> Result<Vec<String>>,
 ) -> Result<[String; 2]> {
-    super::nat_lab::require_tool("wireguard-go")?;
+    crate::nat_lab::require_tool("wireguard-go")?;
     let names = interface_names(&scenario.lab);
     let mut keys = Vec::new();
     for (i, host) in [Host::ClientA, Host::ClientB].into_iter().enumerate() {
@@ -165,7 +165,7 @@ fn start_with(
 #[derive(Clone, Debug)]
 pub struct ReadmeRecipe {
     /// The join command's arguments after `relay` (the ticket as
-    /// [`super::scenario::TICKET_PLACEHOLDER`]).
+    /// [`crate::scenario::TICKET_PLACEHOLDER`]).
     pub join_command: Vec<String>,
     /// The WireGuard configuration block.
     pub wg_config: String,
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn the_projects_readme_has_a_recipe_without_extra_flags() {
-        let readme = include_str!("../../../README.md");
+        let readme = include_str!("../../README.md");
         let recipe = ReadmeRecipe::parse(readme).unwrap();
         assert_eq!(&recipe.join_command[..3], ["client", "join", "--ticket"]);
         assert!(!recipe.wg_config.contains("PersistentKeepalive"));

@@ -9,17 +9,16 @@ use std::{
     time::Duration,
 };
 
+use common::relay_path;
 use relay_common::verdict::{Outcome, Reason, VerdictCounter};
-use relay_userspace::{
-    config::XdpMode,
-    lab::{
-        nat_lab::{Host, NatLab, addr, udp_probe},
-        scenario::{Scenario, ScenarioOptions},
-    },
+use relay_lab::{
+    nat_lab::{Host, NatLab, addr, udp_probe},
+    scenario::{Scenario, ScenarioOptions},
 };
+use relay_userspace::config::XdpMode;
 
 fn relay_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_relay"))
+    PathBuf::from(relay_path())
 }
 
 fn start(xdp: XdpMode, v6: [bool; 2]) -> Scenario {
@@ -265,7 +264,7 @@ fn a_spoofer_elsewhere_cannot_receive_the_session() {
         .unwrap();
     let relay = SocketAddr::new(
         addr::RELAY_V4.parse().unwrap(),
-        relay_userspace::lab::scenario::LAB_PORT,
+        relay_lab::scenario::LAB_PORT,
     );
     let mut data = relay_common::wire::GeneveHdr::new(
         s.session.vni,
@@ -315,7 +314,7 @@ fn a_spoofer_elsewhere_cannot_receive_the_session() {
 #[test]
 fn wireguard_runs_through_the_relay_and_the_counters_match() {
     require_root!();
-    use relay_userspace::lab::wireguard::{self, TUNNEL_B};
+    use relay_lab::wireguard::{self, TUNNEL_B};
     let mut s = start(XdpMode::Native, [false, false]);
     let names = wireguard::start(&mut s).unwrap();
     let ping = s.lab.exec(
@@ -374,7 +373,7 @@ fn wireguard_runs_through_the_relay_and_the_counters_match() {
 /// other flag, and its WireGuard configuration (no PersistentKeepalive). The peer that sends
 /// first is given; the other never sends on its own and must still answer.
 fn readme_recipe_with_first_sender(first: Host) {
-    use relay_userspace::lab::wireguard::{self, ReadmeRecipe, TUNNEL_A, TUNNEL_B};
+    use relay_lab::wireguard::{self, ReadmeRecipe, TUNNEL_A, TUNNEL_B};
     let readme =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
     let recipe = ReadmeRecipe::parse(&readme).unwrap();
@@ -552,7 +551,7 @@ fn metrics_after_traffic_describe_paths_sessions_binds_and_api() {
     require_root!();
     let s = start(XdpMode::Native, [false, false]);
     exchange(&s, 25);
-    let text = http_get(&s, relay_userspace::lab::scenario::LAB_METRICS, "/metrics");
+    let text = http_get(&s, relay_lab::scenario::LAB_METRICS, "/metrics");
     let all = parse_exposition(&text);
     let kernel_v4 = metric(
         &all,

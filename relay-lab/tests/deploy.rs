@@ -7,7 +7,7 @@ mod process;
 
 use std::{path::PathBuf, process::Command};
 
-use process::run_ok;
+use process::{relay_path, run_ok};
 
 fn deploy(file: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy")).join(file)
@@ -35,11 +35,7 @@ fn systemd_unit_verifies_without_a_single_warning() {
     // Point it at the binary this test built (verify checks that ExecStart exists).
     let dir = tmp("unit");
     let path = dir.join("relay.service");
-    std::fs::write(
-        &path,
-        unit.replace("/usr/local/bin/relay", env!("CARGO_BIN_EXE_relay")),
-    )
-    .unwrap();
+    std::fs::write(&path, unit.replace("/usr/local/bin/relay", &relay_path())).unwrap();
     // systemd-analyze verify prints warnings yet exits 0: require silence.
     let verify = |path: &PathBuf| {
         let out = Command::new("systemd-analyze")
@@ -85,12 +81,7 @@ fn install_stages_every_file_and_keeps_an_existing_config() {
     let run = |extra: &[&str]| {
         run_ok(
             Command::new(deploy("install.sh"))
-                .args([
-                    "--no-build",
-                    "--binary",
-                    env!("CARGO_BIN_EXE_relay"),
-                    "--destdir",
-                ])
+                .args(["--no-build", "--binary", &relay_path(), "--destdir"])
                 .arg(&dest)
                 .args(extra),
         )

@@ -43,12 +43,12 @@ use self::{
     report::{Measurement, Mode, Pass},
     workload::Path as FramePath,
 };
-use super::{
+use crate::{
     lab_xdp::LabXdp,
     nat_lab::{Host, INET_RELAY_IF, LAB_BPFFS, NatLab, RELAY_IF},
     scenario::{LAB_PORT, LAB_TOKEN},
 };
-use crate::{
+use relay_userspace::{
     api::types::CreateSession, client::api::ApiClient, config::XdpMode, control::ticket::Ticket,
     dataplane::attachment,
 };
@@ -514,7 +514,7 @@ impl Bench {
         for _ in 0..5 {
             let start = Instant::now();
             self.xdp
-                .transmit(self.gen_ifindex, frame, super::lab_xdp::LIVE_BATCH)?;
+                .transmit(self.gen_ifindex, frame, crate::lab_xdp::LIVE_BATCH)?;
             walls.push(start.elapsed());
         }
         walls.sort();

@@ -20,11 +20,11 @@ use relay_common::{
 };
 use serde::Serialize;
 
-use super::{
+use crate::{
     lab_xdp::LabXdp,
     sandbox::{GATEWAY_MAC, RELAY_MAC, RELAY_PORT, RELAY_V4, RELAY_V6, Sandbox},
 };
-use crate::dataplane::{
+use relay_userspace::dataplane::{
     object::{PROGRAM_PASS, PROGRAM_RELAY},
     simulate::{XdpAction, run_frame_timed},
 };

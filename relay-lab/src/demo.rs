@@ -12,12 +12,12 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{
+use crate::{
     nat_lab::{Host, addr},
     scenario::{Scenario, ScenarioOptions},
     wireguard::{self, TUNNEL_B},
 };
-use crate::{config::XdpMode, inspect};
+use relay_userspace::{config::XdpMode, inspect};
 
 /// Demo settings.
 pub struct DemoOptions {
