@@ -65,7 +65,7 @@ fn relay_with_traffic() -> Fixture {
 fn relay(fx: &Fixture, args: &[&str]) -> (bool, String, String) {
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", fx.sandbox.netns_name()))
-        .arg(&relay_path())
+        .arg(relay_path())
         .args(args)
         .arg("--pin-dir")
         .arg(fx.sandbox.pin_dir())
@@ -350,7 +350,7 @@ fn explain_cli_reads_hex_and_pcap() {
 #[test]
 fn clear_errors_without_pinned_maps_or_root() {
     require_root!();
-    let out = Command::new(&relay_path())
+    let out = Command::new(relay_path())
         .args(["sessions", "--pin-dir", "/sys/fs/bpf/no-such-relay"])
         .output()
         .unwrap();
@@ -365,7 +365,7 @@ fn clear_errors_without_pinned_maps_or_root() {
     let fx = relay_with_traffic();
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(&relay_path())
+        .arg(relay_path())
         .args(["stats", "--pin-dir"])
         .arg(fx.sandbox.pin_dir())
         .output()
