@@ -1,4 +1,4 @@
-//! Bind-handshake control messages (`relay_common::control`): the first thing the relay does
+//! Bind-handshake control messages (`relay_common::geneve::control`): the first thing the relay does
 //! with a control datagram from anyone on the internet, before any cryptography.
 //!
 //! Invariants:
@@ -14,9 +14,9 @@
 
 use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
-use relay_common::{
+use relay_common::geneve::{
+    VNI_MAX,
     control::{CONTROL_LEN, ControlMessage, MessageType, Observed, ParseError},
-    wire::VNI_MAX,
 };
 
 fuzz_target!(|data: &[u8]| {

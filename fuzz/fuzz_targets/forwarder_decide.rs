@@ -18,9 +18,9 @@ use std::net::{IpAddr, SocketAddr};
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use relay_common::{
+    geneve::{Datagram, GENEVE_PROTOCOL_DATA, GeneveHdr},
     maps::{Leg, Session, SessionLimits},
     verdict::Reason,
-    wire::{Datagram, GENEVE_PROTOCOL_DATA, GeneveHdr},
 };
 use relay_userspace::{
     control::{

@@ -1,5 +1,6 @@
-//! The data plane's wire format and checksum math (`relay_common::wire`, `relay_common::checksum`)
-//! and the host's one full-frame parser (`relay explain`'s `describe`), on arbitrary bytes.
+//! The data plane's wire format and checksum math (`relay_common::wire`, `relay_common::geneve`,
+//! `relay_common::checksum`) and the host's one full-frame parser (`relay explain`'s
+//! `describe`), on arbitrary bytes.
 //!
 //! Invariants:
 //! * Geneve: `from_bytes` reads exactly the first 8 bytes (`to_bytes` gives them back), the VNI
@@ -15,7 +16,8 @@
 use libfuzzer_sys::fuzz_target;
 use relay_common::{
     checksum::{Incremental, ipv4_header_checksum},
-    wire::{Datagram, GENEVE_FLAG_CONTROL, GENEVE_HLEN, GeneveHdr, IPV4_HLEN, VNI_MAX},
+    geneve::{Datagram, GENEVE_FLAG_CONTROL, GENEVE_HLEN, GeneveHdr, VNI_MAX},
+    wire::IPV4_HLEN,
 };
 
 fuzz_target!(|data: &[u8]| {

@@ -1,7 +1,8 @@
 //! The contract between the relay's XDP program and its userspace control plane.
 //!
-//! Everything both sides must agree on lives here and nowhere else: the data-plane wire format
-//! (Geneve framing and the bind-handshake control messages), the BPF map names, keys and values,
+//! Everything both sides must agree on lives here and nowhere else: the packet headers every
+//! front shares ([`wire`]), each protocol front's wire format ([`geneve`]: the session protocol's
+//! framing and its bind-handshake control messages), the BPF map names, keys and values,
 //! the verdict reasons both forwarders count, the forwarding decision itself and the checksum math
 //! the kernel uses to rewrite headers. The crate is `no_std` so the XDP program can use it; with
 //! the `user` feature it also implements `aya::Pod` for the map types.
@@ -13,8 +14,8 @@
 
 pub mod bench;
 pub mod checksum;
-pub mod control;
 pub mod forward;
+pub mod geneve;
 pub mod maps;
 pub mod ratelimit;
 pub mod verdict;

@@ -23,11 +23,12 @@ use aya_ebpf::{
 };
 use relay_common::{
     forward::{Direction, decide_v4, decide_v6},
+    geneve::{GENEVE_HLEN, GeneveHdr},
     maps::{CONFIG_HAS_V4, CONFIG_HAS_V6, Leg, RelayConfig, Session},
     verdict::{Outcome, Reason},
     wire::{
-        ETH_HLEN, ETH_P_IPV4_RAW, ETH_P_IPV6_RAW, EthHdr, GENEVE_HLEN, GeneveHdr, IPPROTO_UDP,
-        IPV4_FRAG_MASK_RAW, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, UDP_HLEN, UdpHdr, words_eq,
+        ETH_HLEN, ETH_P_IPV4_RAW, ETH_P_IPV6_RAW, EthHdr, IPPROTO_UDP, IPV4_FRAG_MASK_RAW,
+        IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, Ipv6Hdr, UDP_HLEN, UdpHdr, words_eq,
     },
 };
 

@@ -15,8 +15,8 @@ use std::net::{IpAddr, SocketAddr};
 use anyhow::{Result, ensure};
 use etherparse::PacketBuilder;
 use relay_common::{
+    geneve::{GENEVE_PROTOCOL_DATA, GeneveHdr},
     maps::Leg,
-    wire::{GENEVE_PROTOCOL_DATA, GeneveHdr},
 };
 use serde::Serialize;
 

@@ -14,8 +14,8 @@ use std::{
 };
 
 use relay_common::{
+    geneve::{GENEVE_PROTOCOL_DATA, GeneveHdr},
     verdict::Reason,
-    wire::{GENEVE_PROTOCOL_DATA, GeneveHdr},
 };
 use relay_lab::{Netns, netns::EnteredNetns};
 use relay_userspace::{

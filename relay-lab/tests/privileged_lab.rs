@@ -266,10 +266,10 @@ fn a_spoofer_elsewhere_cannot_receive_the_session() {
         addr::RELAY_V4.parse().unwrap(),
         relay_lab::scenario::LAB_PORT,
     );
-    let mut data = relay_common::wire::GeneveHdr::new(
+    let mut data = relay_common::geneve::GeneveHdr::new(
         s.session.vni,
         false,
-        relay_common::wire::GENEVE_PROTOCOL_DATA,
+        relay_common::geneve::GENEVE_PROTOCOL_DATA,
     )
     .to_bytes()
     .to_vec();

@@ -16,7 +16,7 @@ use std::{
 use common::*;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::IndexedRandom};
-use relay_common::{maps::Leg, wire::Datagram};
+use relay_common::{geneve::Datagram, maps::Leg};
 use relay_userspace::dataplane::simulate::XdpAction;
 
 const FRAMES: usize = 1_000_000;

@@ -11,9 +11,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use rand::{SeedableRng, rngs::StdRng};
 use relay_common::{
     checksum::Incremental,
-    control::CONTROL_LEN,
+    geneve::{GENEVE_PROTOCOL_DATA, GeneveHdr, control::CONTROL_LEN},
     maps::SessionLimits,
-    wire::{GENEVE_PROTOCOL_DATA, GeneveHdr},
 };
 use relay_userspace::{
     client::handshake::{Handshake, Step},

@@ -12,8 +12,8 @@ use std::{
 use anyhow::{Context, Result};
 use etherparse::{LinkSlice, NetSlice, SlicedPacket, TransportSlice};
 use relay_common::{
+    geneve::{Datagram, GeneveHdr},
     verdict::Reason,
-    wire::{Datagram, GeneveHdr},
 };
 use serde::Serialize;
 

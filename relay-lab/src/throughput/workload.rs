@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use etherparse::PacketBuilder;
 use relay_common::{
     bench::{TEMPLATE_LEN, Template},
-    wire::{GENEVE_HLEN, GENEVE_PROTOCOL_DATA, GeneveHdr},
+    geneve::{GENEVE_HLEN, GENEVE_PROTOCOL_DATA, GeneveHdr},
 };
 
 use relay_userspace::{

@@ -10,9 +10,9 @@ use etherparse::{
     UdpHeader,
 };
 use relay_common::{
+    geneve::{GENEVE_PROTOCOL_BIND, GENEVE_PROTOCOL_DATA, GeneveHdr},
     maps::{DEFAULT_TTL, FAMILY_NONE, Leg, RelayConfig, SessionStats},
     verdict::{Reason, VerdictCounter},
-    wire::{GENEVE_PROTOCOL_BIND, GENEVE_PROTOCOL_DATA, GeneveHdr},
 };
 use relay_lab::sandbox::Sandbox;
 use relay_userspace::dataplane::{

@@ -34,7 +34,7 @@ use axum::{
     routing::get,
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
-use relay_common::wire::VNI_MAX;
+use relay_common::geneve::VNI_MAX;
 
 use self::{
     auth::TokenStore,

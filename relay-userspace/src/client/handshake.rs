@@ -10,7 +10,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_common::control::{CONTROL_LEN, ControlMessage, KEY_LEN, MessageType, Observed, set_mac};
+use relay_common::geneve::control::{
+    CONTROL_LEN, ControlMessage, KEY_LEN, MessageType, Observed, set_mac,
+};
 
 use crate::control::crypto::{message_mac, verify_message};
 

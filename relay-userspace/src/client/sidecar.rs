@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
-use relay_common::wire::{Datagram, GENEVE_HLEN, GENEVE_PROTOCOL_DATA, GeneveHdr};
+use relay_common::geneve::{Datagram, GENEVE_HLEN, GENEVE_PROTOCOL_DATA, GeneveHdr};
 use tokio::{net::UdpSocket, sync::watch};
 use tracing::{debug, info, warn};
 

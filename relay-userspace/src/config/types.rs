@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use relay_common::{maps::DEFAULT_PIN_DIR, wire::VNI_MAX};
+use relay_common::{geneve::VNI_MAX, maps::DEFAULT_PIN_DIR};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The whole configuration file.

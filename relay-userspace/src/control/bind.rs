@@ -18,7 +18,7 @@ use std::{
     time::Instant,
 };
 
-use relay_common::control::{
+use relay_common::geneve::control::{
     CONTROL_LEN, ControlMessage, MessageType, Observed, ParseError, set_mac,
 };
 

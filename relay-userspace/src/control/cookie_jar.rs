@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use relay_common::control::{COOKIE_LEN, KEY_LEN};
+use relay_common::geneve::control::{COOKIE_LEN, KEY_LEN};
 
 use super::crypto::{CookieInput, cookie, verify_cookie};
 

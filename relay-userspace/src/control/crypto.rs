@@ -6,7 +6,7 @@ use blake2::{
     Blake2sMac,
     digest::{Mac, consts::U16},
 };
-use relay_common::control::{CONTROL_LEN, COOKIE_LEN, KEY_LEN, MAC_COVERED_LEN, MAC_LEN};
+use relay_common::geneve::control::{CONTROL_LEN, COOKIE_LEN, KEY_LEN, MAC_COVERED_LEN, MAC_LEN};
 
 type Blake2sMac128 = Blake2sMac<U16>;
 

@@ -7,7 +7,7 @@ use std::{
 };
 
 use relay_common::{
-    control::KEY_LEN,
+    geneve::control::KEY_LEN,
     maps::{self as fast, Leg, SessionLimits},
 };
 

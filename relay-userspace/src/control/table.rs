@@ -8,7 +8,10 @@ use std::{
 };
 
 use rand::{Rng, RngCore};
-use relay_common::{control::KEY_LEN, maps::SessionLimits, wire::VNI_MAX};
+use relay_common::{
+    geneve::{VNI_MAX, control::KEY_LEN},
+    maps::SessionLimits,
+};
 
 use super::session::{LegIndex, LegState, Session};
 

@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use relay_common::control::KEY_LEN;
+use relay_common::geneve::control::KEY_LEN;
 
 const PREFIX: &str = "relay1.";
 const VERSION: u8 = 1;

@@ -11,7 +11,7 @@ use std::{
 };
 
 use rand::{SeedableRng, rngs::StdRng};
-use relay_common::{control::CONTROL_LEN, maps::SessionStats};
+use relay_common::{geneve::control::CONTROL_LEN, maps::SessionStats};
 use tracing::{debug, info, warn};
 
 use crate::{

@@ -1,14 +1,14 @@
 //! What the userspace forwarder does with one datagram received on the relay port: the same
-//! classification and forwarding rule as the XDP program (`relay_common::wire::Datagram`,
+//! classification and forwarding rule as the XDP program (`relay_common::geneve::Datagram`,
 //! `relay_common::forward`), applied to what the socket delivers (source address and payload).
 
 use std::net::{IpAddr, SocketAddr};
 
 use relay_common::{
     forward::{decide_v4, decide_v6},
+    geneve::Datagram,
     maps::{self as fast, Leg},
     verdict::Reason,
-    wire::Datagram,
 };
 
 use crate::control::{persist::leg_address, session::canonical};
@@ -79,7 +79,7 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests {
-    use relay_common::wire::{GENEVE_PROTOCOL_BIND, GENEVE_PROTOCOL_DATA, GeneveHdr};
+    use relay_common::geneve::{GENEVE_PROTOCOL_BIND, GENEVE_PROTOCOL_DATA, GeneveHdr};
 
     use super::*;
     use crate::control::session::leg_at;

@@ -21,7 +21,7 @@ use std::{
     time::Duration,
 };
 
-use relay_common::control::CONTROL_LEN;
+use relay_common::geneve::control::CONTROL_LEN;
 
 use self::{counters::UserCounters, table::ForwardTable, worker::Worker};
 

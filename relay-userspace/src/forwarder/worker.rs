@@ -10,7 +10,7 @@ use std::{
     time::Instant,
 };
 
-use relay_common::{control::CONTROL_LEN, verdict::Reason};
+use relay_common::{geneve::control::CONTROL_LEN, verdict::Reason};
 use tracing::warn;
 
 use super::{

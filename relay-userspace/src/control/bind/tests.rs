@@ -1,7 +1,7 @@
 use std::time::Duration;
 
 use rand::{SeedableRng, rngs::StdRng};
-use relay_common::{control::COOKIE_LEN, maps::SessionLimits};
+use relay_common::{geneve::control::COOKIE_LEN, maps::SessionLimits};
 
 use super::*;
 use crate::control::table::{AllocationRequest, TableSettings};

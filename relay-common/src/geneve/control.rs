@@ -22,7 +22,7 @@
 //!
 //! The crypto lives in userspace; this module only defines and parses the layout.
 
-use crate::wire::{GENEVE_HLEN, GENEVE_PROTOCOL_BIND, GeneveHdr};
+use super::{GENEVE_HLEN, GENEVE_PROTOCOL_BIND, GeneveHdr};
 
 /// Body length after the Geneve header.
 pub const BODY_LEN: usize = 64;
@@ -156,7 +156,7 @@ impl ControlMessage {
         if !header.is_supported()
             || !header.is_control()
             || u16::from_be(header.protocol) != GENEVE_PROTOCOL_BIND
-            || header.flags & !crate::wire::GENEVE_FLAG_CONTROL != 0
+            || header.flags & !crate::geneve::GENEVE_FLAG_CONTROL != 0
             || header.reserved != 0
         {
             return Err(ParseError::Header);
