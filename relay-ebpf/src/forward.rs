@@ -1,0 +1,185 @@
+//! Forwarding a packet of a two-leg session to its other leg, shared by the fronts whose
+//! payload crosses the relay unchanged: check the destination is reachable from here, apply the
+//! session's rate limits, rewrite the headers (same family or across families) and transmit,
+//! counting the packet against the session.
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_PASS, XDP_TX},
+    programs::XdpContext,
+};
+use relay_common::{
+    forward::Direction,
+    maps::{CONFIG_HAS_V4, CONFIG_HAS_V6, Leg, RelayConfig, Session},
+    verdict::Reason,
+    wire::{EthHdr, Ipv4Hdr, Ipv6Hdr, UDP_HLEN, UdpHdr},
+};
+
+use crate::{
+    Verdict,
+    counters::{admit, count_session, jiffies},
+    fib::{NextHop, next_hop},
+    maps::REDIRECT,
+    rewrite::{self, Original, ip_len_towards},
+};
+
+/// Forwards an IPv4 packet of `session` in direction `dir`.
+#[inline(always)]
+pub fn from_v4(
+    ctx: &XdpContext,
+    cfg: &RelayConfig,
+    session: &Session,
+    dir: Direction,
+    eth: &mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    udp: &mut UdpHdr,
+) -> Verdict {
+    let to = session.legs[dir.to & 1];
+    let udp_len = udp.len;
+    let now = jiffies();
+    let hop = route(ctx, cfg, &to, u16::from_be(udp_len), udp.check, now)?;
+    within_limits(cfg, session, dir, udp_len, now)?;
+    if to.is_v6() {
+        let old = Original {
+            saddr: ip.saddr,
+            daddr: ip.daddr,
+            sport: udp.source,
+            dport: udp.dest,
+            check: udp.check,
+            udp_len,
+            traffic_class: ip.tos,
+        };
+        rewrite::v4_to_v6(ctx, &old, cfg, &to, &hop)?;
+    } else {
+        rewrite::v4_to_v4(eth, ip, udp, cfg, &to, &hop);
+    }
+    forwarded(ctx, session, dir, &to, &hop, udp_len, false, now)
+}
+
+/// Forwards an IPv6 packet of `session` in direction `dir`.
+#[inline(always)]
+pub fn from_v6(
+    ctx: &XdpContext,
+    cfg: &RelayConfig,
+    session: &Session,
+    dir: Direction,
+    eth: &mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    udp: &mut UdpHdr,
+) -> Verdict {
+    let to = session.legs[dir.to & 1];
+    let udp_len = udp.len;
+    let now = jiffies();
+    let hop = route(ctx, cfg, &to, u16::from_be(udp_len), udp.check, now)?;
+    within_limits(cfg, session, dir, udp_len, now)?;
+    if to.is_v6() {
+        rewrite::v6_to_v6(eth, ip, udp, cfg, &to, &hop);
+    } else {
+        let tc_bytes = ip.vtc_flow[0].to_ne_bytes();
+        let old = Original {
+            saddr: ip.saddr,
+            daddr: ip.daddr,
+            sport: udp.source,
+            dport: udp.dest,
+            check: udp.check,
+            udp_len,
+            traffic_class: (tc_bytes[0] << 4) | (tc_bytes[1] >> 4),
+        };
+        rewrite::v6_to_v4(ctx, &old, cfg, &to, &hop)?;
+    }
+    forwarded(ctx, session, dir, &to, &hop, udp_len, true, now)
+}
+
+/// Checks the destination leg is reachable by the fast path and finds its next hop.
+#[inline(always)]
+fn route(
+    ctx: &XdpContext,
+    cfg: &RelayConfig,
+    to: &Leg,
+    udp_len: u16,
+    udp_check: u16,
+    now: u64,
+) -> Result<NextHop, Reason> {
+    if to.is_v6() {
+        if !cfg.has(CONFIG_HAS_V6) {
+            return Err(Reason::PassedFibFailed);
+        }
+        // IPv6 requires a UDP checksum; a zero (absent) IPv4 one would need a full sum.
+        if udp_check == 0 {
+            return Err(Reason::PassedChecksumUnsupported);
+        }
+        if to.is_v6_source(&cfg.addr_v6, to.port) {
+            return Err(Reason::PassedHairpin);
+        }
+    } else {
+        if !cfg.has(CONFIG_HAS_V4) {
+            return Err(Reason::PassedFibFailed);
+        }
+        if to.is_v4_source(cfg.addr_v4, to.port) {
+            return Err(Reason::PassedHairpin);
+        }
+    }
+    let hop = next_hop(ctx, cfg, to, ip_len_towards(to, udp_len), now)?;
+    if hop.ifindex != ctx.ingress_ifindex() as u32 && REDIRECT.get_ifindex(hop.ifindex).is_none() {
+        return Err(Reason::PassedRedirectFailed);
+    }
+    Ok(hop)
+}
+
+/// XDP_TX back out of the ingress interface, or XDP_REDIRECT to the egress one.
+#[inline(always)]
+fn transmit(ctx: &XdpContext, hop: &NextHop) -> u32 {
+    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+        XDP_TX
+    } else {
+        // Membership was checked before rewriting; should the interface vanish in between, the
+        // fallback action lets the stack have the frame rather than silently losing it.
+        REDIRECT
+            .redirect(hop.ifindex, XDP_PASS as u64)
+            .unwrap_or(XDP_PASS)
+    }
+}
+
+#[inline(always)]
+fn forwarded(
+    ctx: &XdpContext,
+    session: &Session,
+    dir: Direction,
+    to: &Leg,
+    hop: &NextHop,
+    udp_len: u16,
+    from_v6: bool,
+    now: u64,
+) -> Verdict {
+    count_session(
+        session.slot,
+        dir.from,
+        u16::from_be(udp_len) as usize - UDP_HLEN,
+        now,
+    );
+    Ok((transmit(ctx, hop), Reason::forwarded(from_v6, to.is_v6())))
+}
+
+/// The session's rate limits for a packet of UDP length `udp_len` (network order) from
+/// `dir.from`.
+#[inline(always)]
+fn within_limits(
+    cfg: &RelayConfig,
+    session: &Session,
+    dir: Direction,
+    udp_len: u16,
+    now: u64,
+) -> Result<(), Reason> {
+    let payload_len = (u16::from_be(udp_len) as usize).saturating_sub(UDP_HLEN);
+    if admit(
+        cfg,
+        session.slot,
+        &session.limits,
+        dir.from,
+        payload_len,
+        now,
+    ) {
+        Ok(())
+    } else {
+        Err(Reason::DroppedRateLimited)
+    }
+}

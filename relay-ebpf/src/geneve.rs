@@ -1,0 +1,80 @@
+//! The session protocol's part of the program: a Geneve data packet from one bound leg of a
+//! session goes to the session's other leg; a control packet (the bind handshake) goes to the
+//! daemon; anything else on the session port is dropped with its reason.
+
+use aya_ebpf::programs::XdpContext;
+use relay_common::{
+    forward::{decide_v4, decide_v6},
+    geneve::{GENEVE_HLEN, GeneveHdr},
+    maps::{RelayConfig, Session},
+    verdict::Reason,
+    wire::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, UDP_HLEN, UdpHdr},
+};
+
+use crate::{
+    Verdict, forward,
+    maps::SESSIONS,
+    packet::ptr_at,
+    parse::{Packet, udp_payload_len},
+};
+
+/// Relays `packet`, which arrived on the session port.
+#[inline(always)]
+pub fn relay(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdict {
+    match packet {
+        Packet::V4 { eth, ip, udp } => {
+            let ip_len = u16::from_be(ip.tot_len) as usize;
+            if ip_len < IPV4_HLEN {
+                return Err(Reason::DroppedMalformed);
+            }
+            let vni = vni_of(ctx, IPV4_HLEN, ip_len - IPV4_HLEN, udp)?;
+            let session = session_of(vni)?;
+            let dir = decide_v4(session, ip.saddr, udp.source)?;
+            forward::from_v4(ctx, cfg, session, dir, eth, ip, udp)
+        }
+        Packet::V6 { eth, ip, udp } => {
+            let vni = vni_of(ctx, IPV6_HLEN, u16::from_be(ip.payload_len) as usize, udp)?;
+            // A zero checksum is invalid over IPv6 (RFC 8200); the stack decides (and normally
+            // drops).
+            if udp.check == 0 {
+                return Err(Reason::PassedChecksumUnsupported);
+            }
+            let session = session_of(vni)?;
+            let dir = decide_v6(session, &ip.saddr, udp.source)?;
+            forward::from_v6(ctx, cfg, session, dir, eth, ip, udp)
+        }
+    }
+}
+
+/// Checks the UDP length, then reads the Geneve header: the VNI of a data packet.
+#[inline(always)]
+fn vni_of(
+    ctx: &XdpContext,
+    ip_hlen: usize,
+    ip_payload_len: usize,
+    udp: &UdpHdr,
+) -> Result<u32, Reason> {
+    if udp_payload_len(ctx, ip_hlen, ip_payload_len, udp)? < GENEVE_HLEN {
+        return Err(Reason::DroppedMalformed);
+    }
+    let geneve =
+        ptr_at::<GeneveHdr>(ctx, ETH_HLEN + ip_hlen + UDP_HLEN).ok_or(Reason::DroppedMalformed)?;
+    // SAFETY: bounds-checked by ptr_at.
+    let geneve = unsafe { &*geneve };
+    if !geneve.is_supported() {
+        return Err(Reason::DroppedMalformed);
+    }
+    if geneve.is_control() {
+        return Err(Reason::PassedControl);
+    }
+    Ok(geneve.vni())
+}
+
+/// The session a VNI names.
+#[inline(always)]
+fn session_of(vni: u32) -> Result<&'static Session, Reason> {
+    let session = SESSIONS.get_ptr(vni).ok_or(Reason::DroppedUnknownVni)?;
+    // SAFETY: map values stay valid for the whole program run (RCU), even if userspace replaces
+    // or deletes the entry meanwhile.
+    Ok(unsafe { &*session })
+}
