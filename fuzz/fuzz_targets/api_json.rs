@@ -33,7 +33,8 @@ use relay_userspace::{
         types::{CreateSession, Endpoints, ErrorDocument, SessionDetails},
     },
     config::TokenConfig,
-    daemon::plane::Plane,
+    control::plane::Plane,
+    fronts::geneve,
 };
 use tower::ServiceExt;
 
@@ -66,13 +67,9 @@ fn router() -> Router {
         v4: Some("198.51.100.1:6081".parse().unwrap()),
         v6: Some("[2001:db8::1]:6081".parse().unwrap()),
     };
-    let state = ApiState::new(
-        Arc::new(Mutex::new(plane)),
-        TokenStore::new(&tokens),
-        endpoints,
-        0,
-    );
-    api::router(state, MAX_BODY_BYTES)
+    let state = ApiState::new(Arc::new(Mutex::new(plane)), TokenStore::new(&tokens), 0);
+    let sessions = geneve::api::routes(&state, endpoints);
+    api::router(&state, [sessions], MAX_BODY_BYTES)
 }
 
 /// Sends a request and returns the status and body.

@@ -1,4 +1,4 @@
-//! The userspace forwarder's decision (`relay_userspace::forwarder::decide`) for an arbitrary
+//! The userspace forwarder's decision (`relay_userspace::fronts::geneve::decide`) for an arbitrary
 //! datagram from an arbitrary source, against a session with arbitrary legs — bound or not, any
 //! family tag, any address, including IPv4-mapped IPv6 sources as a dual-stack socket reports
 //! them.
@@ -27,7 +27,7 @@ use relay_userspace::{
         persist::leg_address,
         session::{canonical, leg_at},
     },
-    forwarder::decide::{Decision, decide},
+    fronts::geneve::decide::{Decision, decide},
 };
 
 #[derive(Arbitrary, Debug)]

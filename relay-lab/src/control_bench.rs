@@ -25,8 +25,9 @@ use relay_userspace::{
     client::handshake::{Handshake, Step},
     config::Config,
     control::table::AllocationRequest,
-    daemon::serve::Daemon,
+    daemon::Daemon,
     dataplane::loader::remove_pins,
+    fronts::geneve::SessionFront,
 };
 
 /// How much to measure.
@@ -187,7 +188,12 @@ fn allocations_per_sec(instance: &Instance, options: &ControlBenchOptions) -> Re
 }
 
 fn binds_per_sec(instance: &Instance, binds: usize) -> Result<f64> {
-    let plane = &instance.daemon().plane;
+    let daemon = instance.daemon();
+    let plane = &daemon.plane;
+    let control = daemon
+        .front::<SessionFront>()
+        .context("no session front")?
+        .control();
     let mut sessions = Vec::with_capacity(binds);
     {
         let mut p = plane.lock().unwrap_or_else(|e| e.into_inner());
@@ -202,20 +208,16 @@ fn binds_per_sec(instance: &Instance, binds: usize) -> Result<f64> {
         let mut hs = Handshake::new(*vni, 0, *key);
         let request = hs.start(Instant::now(), 1 + i as u64);
         let t = Instant::now();
-        let challenge = plane
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .handle_control(&request, src, Instant::now())
+        let challenge = control
+            .handle(&request, src, Instant::now())
             .context("no challenge")?;
         relay_time += t.elapsed();
         let Step::Send(answer) = hs.on_datagram(&challenge, Instant::now()) else {
             bail!("the client refused the challenge");
         };
         let t = Instant::now();
-        let bound = plane
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .handle_control(&answer, src, Instant::now())
+        let bound = control
+            .handle(&answer, src, Instant::now())
             .context("not bound")?;
         relay_time += t.elapsed();
         if !matches!(hs.on_datagram(&bound, Instant::now()), Step::Bound { .. }) {

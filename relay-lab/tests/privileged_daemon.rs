@@ -25,9 +25,10 @@ use relay_userspace::{
         sidecar::{self, Family, SidecarOptions, SidecarStats},
     },
     config::Config,
-    control::ticket::Ticket,
-    daemon::serve::Daemon,
+    daemon::Daemon,
     dataplane::{RelayMaps, loader::remove_pins},
+    fronts::geneve::SessionFront,
+    fronts::geneve::ticket::Ticket,
 };
 use tokio::sync::watch;
 
@@ -323,17 +324,17 @@ fn two_sidecars_relay_both_ways_across_families_and_survive_a_move() {
     assert_eq!(moved.ip().to_string(), "198.51.100.11");
     deliver(&app_a, "127.0.0.1:17001", &app_b, b"after the move");
     deliver(&app_b, "127.0.0.1:17002", &app_a, b"reply after the move");
-    let stats = lab
+    let binds = lab
         .daemon
         .as_ref()
         .unwrap()
-        .plane
-        .lock()
+        .front::<SessionFront>()
         .unwrap()
-        .stats
-        .clone();
-    assert_eq!(stats.binds.get("bound"), Some(&2), "{stats:?}");
-    assert_eq!(stats.binds.get("rebound"), Some(&1), "{stats:?}");
+        .control()
+        .bind_results();
+    let count = |result: &str| binds.iter().find(|(r, _)| *r == result).map(|(_, n)| *n);
+    assert_eq!(count("bound"), Some(2), "{binds:?}");
+    assert_eq!(count("rebound"), Some(1), "{binds:?}");
     a2.stop(&lab);
     b.stop(&lab);
 }

@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use common::*;
 use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 use relay_common::{maps::Leg, verdict::Reason};
-use relay_userspace::forwarder::decide::{Decision, decide};
+use relay_userspace::fronts::geneve::decide::{Decision, decide};
 
 const VNI: u32 = 0x0042_4242;
 const SLOT: u32 = 3;

@@ -18,13 +18,15 @@ use relay_userspace::{
     client::handshake::{Handshake, Step},
     control::{
         address_policy::AddressPolicy,
-        bind,
-        cookie_jar::CookieJar,
-        crypto::{CookieInput, verify_message},
         session::leg_at,
         table::{AllocationRequest, SessionTable, TableSettings},
     },
-    forwarder::decide::decide,
+    fronts::geneve::{
+        bind,
+        cookie_jar::CookieJar,
+        crypto::{CookieInput, verify_message},
+        decide::decide,
+    },
 };
 
 fn table(n: u32) -> (SessionTable, Vec<(u32, [u8; 32])>) {

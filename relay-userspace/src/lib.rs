@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod explain;
 pub mod forwarder;
+pub mod fronts;
 pub mod inspect;
 pub mod logging;
 pub mod metrics;

@@ -21,31 +21,21 @@ use prometheus_client::{
 use relay_common::verdict::{Outcome, Reason, VerdictCounter};
 
 use crate::{
+    control::plane::SharedPlane,
     control::session::SessionState,
-    daemon::plane::SharedPlane,
     dataplane::{RelayMaps, attachment},
     forwarder::counters::UserCounters,
 };
 
-/// API requests by endpoint, method and status.
+/// API requests by endpoint (route template), method and status.
 #[derive(Debug, Default)]
 pub struct ApiMetrics {
-    counts: Mutex<HashMap<(&'static str, String, u16), u64>>,
+    counts: Mutex<HashMap<(String, String, u16), u64>>,
 }
 
 impl ApiMetrics {
-    /// The route template of a request path (bounded: unknown paths are "other").
-    pub fn endpoint(path: &str) -> &'static str {
-        match path {
-            "/v1/sessions" => "/v1/sessions",
-            "/healthz" => "/healthz",
-            p if p.starts_with("/v1/sessions/") && !p[13..].contains('/') => "/v1/sessions/{vni}",
-            _ => "other",
-        }
-    }
-
-    /// Counts one request.
-    pub fn record(&self, endpoint: &'static str, method: &str, status: u16) {
+    /// Counts one request to `endpoint`, a route template (or "other": bounded either way).
+    pub fn record(&self, endpoint: &str, method: &str, status: u16) {
         let method = match method {
             "GET" | "POST" | "DELETE" => method,
             _ => "other",
@@ -54,11 +44,12 @@ impl ApiMetrics {
             .counts
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry((endpoint, method.to_string(), status))
+            .entry((endpoint.to_string(), method.to_string(), status))
             .or_default() += 1;
     }
 
-    fn snapshot(&self) -> Vec<((&'static str, String, u16), u64)> {
+    /// Every count, sorted.
+    pub fn snapshot(&self) -> Vec<((String, String, u16), u64)> {
         let mut v: Vec<_> = self
             .counts
             .lock()
@@ -69,6 +60,13 @@ impl ApiMetrics {
         v.sort();
         v
     }
+}
+
+/// The metric families a protocol front adds to each scrape (the shared ones — verdicts,
+/// sessions, API, XDP mode — are the collector's).
+pub trait FrontMetrics: Send + Sync {
+    /// Encodes the front's families.
+    fn encode(&self, encoder: &mut DescriptorEncoder) -> fmt::Result;
 }
 
 /// Produces every metric on each scrape.
@@ -85,6 +83,8 @@ pub struct RelayCollector {
     pub interfaces: Vec<String>,
     /// Per-session series for this many of the busiest sessions (0: none).
     pub top_sessions: usize,
+    /// The protocol fronts' own series.
+    pub fronts: Vec<Arc<dyn FrontMetrics>>,
 }
 
 impl fmt::Debug for RelayCollector {
@@ -102,9 +102,11 @@ fn family(r: Reason) -> &'static str {
     }
 }
 
-type Labels = Vec<(&'static str, String)>;
+/// A series' labels.
+pub type Labels = Vec<(&'static str, String)>;
 
-fn counters(
+/// Encodes one counter family.
+pub fn counters(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -117,7 +119,8 @@ fn counters(
     Ok(())
 }
 
-fn gauges(
+/// Encodes one gauge family.
+pub fn gauges(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -188,7 +191,7 @@ impl Collector for RelayCollector {
             &bytes,
         )?;
 
-        let (states, capacity, binds, expired, allocated, deleted) = {
+        let (states, capacity, expired, allocated, deleted) = {
             let plane = self.plane.lock().unwrap_or_else(|p| p.into_inner());
             let table = plane.table();
             let states: Vec<(Labels, i64)> = SessionState::ALL
@@ -198,13 +201,6 @@ impl Collector for RelayCollector {
                     (vec![("state", st.name().to_string())], n as i64)
                 })
                 .collect();
-            let mut binds: Vec<(Labels, u64)> = plane
-                .stats
-                .binds
-                .iter()
-                .map(|(k, v)| (vec![("result", k.to_string())], *v))
-                .collect();
-            binds.sort();
             let mut expired: Vec<(Labels, u64)> = plane
                 .stats
                 .expired
@@ -215,7 +211,6 @@ impl Collector for RelayCollector {
             (
                 states,
                 table.settings().max_sessions,
-                binds,
                 expired,
                 plane.stats.allocated,
                 plane.stats.deleted,
@@ -251,12 +246,9 @@ impl Collector for RelayCollector {
             "Sessions expired, by reason.",
             &expired,
         )?;
-        counters(
-            &mut encoder,
-            "relay_bind_handshakes",
-            "Bind-handshake messages by result.",
-            &binds,
-        )?;
+        for front in &self.fronts {
+            front.encode(&mut encoder)?;
+        }
 
         let api: Vec<(Labels, u64)> = self
             .api
@@ -265,7 +257,7 @@ impl Collector for RelayCollector {
             .map(|((endpoint, method, status), v)| {
                 (
                     vec![
-                        ("endpoint", endpoint.to_string()),
+                        ("endpoint", endpoint),
                         ("method", method),
                         ("status", status.to_string()),
                     ],
@@ -336,40 +328,33 @@ pub fn render(collector: RelayCollector) -> Result<String, fmt::Error> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn endpoints_are_route_templates() {
-        assert_eq!(ApiMetrics::endpoint("/v1/sessions"), "/v1/sessions");
-        assert_eq!(
-            ApiMetrics::endpoint("/v1/sessions/123"),
-            "/v1/sessions/{vni}"
-        );
-        assert_eq!(ApiMetrics::endpoint("/v1/sessions/1/x"), "other");
-        assert_eq!(ApiMetrics::endpoint("/random/abc"), "other");
-    }
-}
-
-#[cfg(test)]
 mod dashboard_tests {
     use std::sync::{Arc, Mutex};
 
     use super::*;
-    use crate::daemon::plane::Plane;
+    use crate::{
+        control::plane::Plane,
+        fronts::geneve::{SessionControl, bind_service::BindService},
+    };
 
     fn exported_names() -> Vec<String> {
         let plane = Plane::in_memory(4, Default::default());
         let counters = plane.counters();
+        let plane = Arc::new(Mutex::new(plane));
         let api = Arc::new(ApiMetrics::default());
         api.record("/v1/sessions", "POST", 201);
+        let sessions = SessionControl::new(
+            BindService::new(std::time::Duration::from_secs(120), 0),
+            plane.clone(),
+        );
         let text = render(RelayCollector {
-            plane: Arc::new(Mutex::new(plane)),
+            plane,
             pin_dir: None,
             counters,
             api,
             interfaces: vec![],
             top_sessions: 0,
+            fronts: vec![Arc::new(sessions)],
         })
         .unwrap();
         text.lines()

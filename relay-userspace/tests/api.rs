@@ -18,8 +18,8 @@ use relay_userspace::{
         types::{Endpoints, ErrorDocument, SessionDetails, SessionList},
     },
     config::TokenConfig,
-    control::ticket::Ticket,
-    daemon::plane::Plane,
+    control::plane::Plane,
+    fronts::geneve::{self, ticket::Ticket},
 };
 use tower::ServiceExt;
 
@@ -36,6 +36,16 @@ fn app_limited(
     max_body: usize,
     requests_per_sec: u32,
 ) -> axum::Router {
+    app_with_state(max_sessions, quota, max_body, requests_per_sec).0
+}
+
+/// The router and the state its handlers share (for its request metrics).
+fn app_with_state(
+    max_sessions: u32,
+    quota: u32,
+    max_body: usize,
+    requests_per_sec: u32,
+) -> (axum::Router, ApiState) {
     let tokens = [("alice", ALICE), ("bob", BOB)]
         .map(|(name, token)| TokenConfig {
             name: name.into(),
@@ -49,18 +59,19 @@ fn app_limited(
         .map(|t| (t.name.clone(), t.max_sessions))
         .collect();
     let plane = Plane::in_memory(max_sessions, quotas);
-    api::router(
-        ApiState::new(
-            Arc::new(Mutex::new(plane)),
-            TokenStore::new(&tokens),
-            Endpoints {
-                v4: Some("198.51.100.1:6081".parse().unwrap()),
-                v6: Some("[2001:db8::1]:6081".parse().unwrap()),
-            },
-            requests_per_sec,
-        ),
-        max_body,
-    )
+    let state = ApiState::new(
+        Arc::new(Mutex::new(plane)),
+        TokenStore::new(&tokens),
+        requests_per_sec,
+    );
+    let sessions = geneve::api::routes(
+        &state,
+        Endpoints {
+            v4: Some("198.51.100.1:6081".parse().unwrap()),
+            v6: Some("[2001:db8::1]:6081".parse().unwrap()),
+        },
+    );
+    (api::router(&state, [sessions], max_body), state)
 }
 
 async fn call(
@@ -381,4 +392,32 @@ async fn requests_over_a_sources_rate_are_429_before_the_token_is_checked() {
         let resp = list_from(&app, "198.51.100.9:40000", Some(ALICE)).await;
         assert_eq!(resp.status(), StatusCode::OK);
     }
+}
+
+#[tokio::test]
+async fn requests_are_counted_by_route_template_with_a_bounded_other() {
+    let (app, state) = app_with_state(10, 10, 4096, 0);
+    call(&app, "GET", "/v1/sessions", Some(ALICE), None).await;
+    call(&app, "GET", "/v1/sessions/123", Some(ALICE), None).await;
+    call(&app, "DELETE", "/v1/sessions/456", Some(ALICE), None).await;
+    call(&app, "GET", "/v1/sessions/1/x", Some(ALICE), None).await;
+    call(&app, "GET", "/random/abc", None, None).await;
+    call(&app, "PUT", "/healthz", None, None).await;
+    let counted: Vec<(String, String, u16, u64)> = state
+        .metrics
+        .snapshot()
+        .into_iter()
+        .map(|((endpoint, method, status), n)| (endpoint, method, status, n))
+        .collect();
+    let row = |e: &str, m: &str, s: u16, n: u64| (e.to_string(), m.to_string(), s, n);
+    assert_eq!(
+        counted,
+        [
+            row("/healthz", "other", 405, 1),
+            row("/v1/sessions", "GET", 200, 1),
+            row("/v1/sessions/{vni}", "DELETE", 404, 1),
+            row("/v1/sessions/{vni}", "GET", 404, 1),
+            row("other", "GET", 404, 2),
+        ]
+    );
 }

@@ -49,8 +49,8 @@ use crate::{
     scenario::{LAB_PORT, LAB_TOKEN},
 };
 use relay_userspace::{
-    api::types::CreateSession, client::api::ApiClient, config::XdpMode, control::ticket::Ticket,
-    dataplane::attachment,
+    api::types::CreateSession, client::api::ApiClient, config::XdpMode, dataplane::attachment,
+    fronts::geneve::ticket::Ticket,
 };
 
 /// The core the load runs on.

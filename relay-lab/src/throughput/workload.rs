@@ -16,7 +16,7 @@ use relay_common::{
 
 use relay_userspace::{
     client::handshake::{Handshake, Step},
-    control::ticket::Ticket,
+    fronts::geneve::ticket::Ticket,
 };
 
 /// Distinct leg addresses per side (sessions beyond this share addresses, not ports).

@@ -17,7 +17,7 @@ use crate::{
         api::ApiClient,
         sidecar::{self, Family, SidecarOptions, SidecarStats},
     },
-    control::ticket::Ticket,
+    fronts::geneve::ticket::Ticket,
 };
 
 /// Where the API is and who is asking.

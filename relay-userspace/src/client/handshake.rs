@@ -14,7 +14,7 @@ use relay_common::geneve::control::{
     CONTROL_LEN, ControlMessage, KEY_LEN, MessageType, Observed, set_mac,
 };
 
-use crate::control::crypto::{message_mac, verify_message};
+use crate::fronts::geneve::crypto::{message_mac, verify_message};
 
 /// First retransmission delay; doubles up to [`MAX_RETRY`].
 pub const FIRST_RETRY: Duration = Duration::from_millis(300);
@@ -210,11 +210,12 @@ mod tests {
     use relay_common::maps::SessionLimits;
 
     use super::*;
-    use crate::control::{
-        address_policy::AddressPolicy,
-        bind,
-        cookie_jar::CookieJar,
-        table::{AllocationRequest, SessionTable, TableSettings},
+    use crate::{
+        control::{
+            address_policy::AddressPolicy,
+            table::{AllocationRequest, SessionTable, TableSettings},
+        },
+        fronts::geneve::{bind, cookie_jar::CookieJar},
     };
 
     struct Relay {

@@ -33,7 +33,7 @@ use super::{
     handshake::{Handshake, Step},
     link::{BindOutcome, BindSchedule, Delivery, DeliverySource, LogEvery, RebindReason},
 };
-use crate::control::ticket::Ticket;
+use crate::fronts::geneve::ticket::Ticket;
 
 /// Which of the ticket's relay endpoints to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -1,12 +1,12 @@
-//! The userspace forwarder: carries every data packet that reaches userspace (XDP off, generic
-//! fallback, no neighbour entry yet, checksum cases the kernel passes up) under the same rules
-//! and with the same verdict reasons as the XDP program, and hands bind-handshake messages to
-//! the control plane. Several threads, each with its own SO_REUSEPORT socket per family, batch
-//! their I/O with recvmmsg/sendmmsg.
+//! The userspace forwarder: carries every datagram that reaches userspace on a front's ports (XDP
+//! off, generic fallback, no neighbour entry yet, checksum cases the kernel passes up, control
+//! messages) under the same rules and with the same verdict reasons as the XDP program. The
+//! front decides each datagram ([`DatagramHandler`]); this module does the I/O: several threads,
+//! each with its own SO_REUSEPORT socket per family, batch it with recvmmsg/sendmmsg, and count
+//! what was decided.
 
 pub mod batch_io;
 pub mod counters;
-pub mod decide;
 pub mod table;
 mod worker;
 
@@ -18,17 +18,39 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use relay_common::geneve::control::CONTROL_LEN;
+use self::{
+    counters::{LocalVerdicts, UserCounters},
+    worker::Worker,
+};
 
-use self::{counters::UserCounters, table::ForwardTable, worker::Worker};
+/// What to do with one received datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Send it, unchanged, to `to` (from the relay socket of `to`'s family).
+    Forward {
+        /// Destination.
+        to: SocketAddr,
+    },
+    /// Send these bytes back to the datagram's source, from the socket it arrived on.
+    Reply(Vec<u8>),
+    /// Nothing to send (the reason was counted).
+    Drop,
+}
 
-/// Handles bind-handshake datagrams (the daemon's control plane).
-pub trait ControlHandler: Send + Sync {
-    /// Handles `datagram` from `src`; returns the reply to send back, if any.
-    fn handle(&self, datagram: &[u8], src: SocketAddr) -> Option<[u8; CONTROL_LEN]>;
+/// A front's decision for each datagram its relay sockets receive: the userspace counterpart of
+/// its part of the XDP program.
+pub trait DatagramHandler: Send + Sync {
+    /// Decides `payload` from `src`, counting it under a verdict reason in `verdicts`.
+    fn handle(
+        &self,
+        payload: &[u8],
+        src: SocketAddr,
+        now: Instant,
+        verdicts: &mut LocalVerdicts,
+    ) -> Action;
 }
 
 /// How often workers look at the stop flag while idle.
@@ -45,13 +67,12 @@ pub struct Forwarder {
 
 impl Forwarder {
     /// Opens `workers` sockets on each of `listen` (one address per family) and starts a
-    /// thread per socket.
+    /// thread per socket; `handler` decides every datagram, `counters` receive the verdicts.
     pub fn start(
         listen: &[SocketAddr],
         workers: usize,
-        table: Arc<ForwardTable>,
+        handler: Arc<dyn DatagramHandler>,
         counters: Arc<UserCounters>,
-        control: Arc<dyn ControlHandler>,
     ) -> io::Result<Forwarder> {
         let workers = workers.max(1);
         let stop = Arc::new(AtomicBool::new(false));
@@ -74,9 +95,8 @@ impl Forwarder {
                 let worker = Worker {
                     socket: socket.clone(),
                     senders: pair.clone(),
-                    table: table.clone(),
+                    handler: handler.clone(),
                     counters: counters.clone(),
-                    control: control.clone(),
                     stop: stop.clone(),
                     batch: BATCH,
                 };

@@ -1,5 +1,5 @@
-//! One forwarder thread: receive a batch on its socket, decide every datagram, send the batch
-//! out grouped by destination family, publish the counters.
+//! One forwarder thread: receive a batch on its socket, have the front decide every datagram,
+//! send the batch out grouped by destination family, publish the counters.
 
 use std::{
     net::{SocketAddr, UdpSocket},
@@ -10,15 +10,13 @@ use std::{
     time::Instant,
 };
 
-use relay_common::{geneve::control::CONTROL_LEN, verdict::Reason};
+use relay_common::verdict::Reason;
 use tracing::warn;
 
 use super::{
-    ControlHandler,
+    Action, DatagramHandler,
     batch_io::{Received, RecvBatch, SendBatch},
     counters::{LocalVerdicts, UserCounters},
-    decide::{Decision, decide},
-    table::ForwardTable,
 };
 
 /// What a worker needs.
@@ -27,12 +25,10 @@ pub struct Worker {
     pub socket: Arc<UdpSocket>,
     /// Sockets it sends from, per family: [IPv4, IPv6].
     pub senders: [Option<Arc<UdpSocket>>; 2],
-    /// Sessions.
-    pub table: Arc<ForwardTable>,
-    /// Counters.
+    /// The front's decision.
+    pub handler: Arc<dyn DatagramHandler>,
+    /// Where verdicts are published.
     pub counters: Arc<UserCounters>,
-    /// Bind handshake handler.
-    pub control: Arc<dyn ControlHandler>,
     /// Set to stop.
     pub stop: Arc<AtomicBool>,
     /// Datagrams per batch.
@@ -46,7 +42,7 @@ impl Worker {
         let mut send = SendBatch::new(self.batch);
         let mut received: Vec<Received> = Vec::with_capacity(self.batch);
         let mut verdicts = LocalVerdicts::default();
-        let mut replies: Vec<(SocketAddr, [u8; CONTROL_LEN])> = Vec::new();
+        let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
         // Indexes into the receive batch to forward, per destination family.
         let mut out: [Vec<(SocketAddr, usize)>; 2] = [Vec::new(), Vec::new()];
         while !self.stop.load(Ordering::Relaxed) {
@@ -65,32 +61,10 @@ impl Worker {
                     verdicts.add(Reason::DroppedMalformed, r.len);
                     continue;
                 }
-                match decide(payload, r.src, |vni| self.table.get(vni)) {
-                    Decision::Forward {
-                        to,
-                        from_leg,
-                        slot,
-                        limits,
-                        reason,
-                    } => {
-                        if !self
-                            .counters
-                            .admit(slot, from_leg, &limits, payload.len(), now)
-                        {
-                            verdicts.add(Reason::DroppedRateLimited, payload.len());
-                            continue;
-                        }
-                        self.counters.forwarded(slot, from_leg, payload.len(), now);
-                        verdicts.add(reason, payload.len());
-                        out[to.is_ipv6() as usize].push((to, i));
-                    }
-                    Decision::Control => {
-                        verdicts.add(Reason::PassedControl, payload.len());
-                        if let Some(reply) = self.control.handle(payload, r.src) {
-                            replies.push((r.src, reply));
-                        }
-                    }
-                    Decision::Drop(reason) => verdicts.add(reason, payload.len()),
+                match self.handler.handle(payload, r.src, now, &mut verdicts) {
+                    Action::Forward { to } => out[to.is_ipv6() as usize].push((to, i)),
+                    Action::Reply(reply) => replies.push((r.src, reply)),
+                    Action::Drop => {}
                 }
             }
             for (family, list) in out.iter_mut().enumerate() {

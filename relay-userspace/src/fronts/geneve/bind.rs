@@ -23,9 +23,11 @@ use relay_common::geneve::control::{
 };
 
 use super::{
-    address_policy::AddressPolicy,
     cookie_jar::CookieJar,
     crypto::{CookieInput, message_mac, verify_message},
+};
+use crate::control::{
+    address_policy::AddressPolicy,
     session::canonical,
     table::{BindChange, SessionTable},
 };

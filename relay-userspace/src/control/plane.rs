@@ -1,34 +1,28 @@
-//! The control plane with its side effects: the session table and handshake logic from
-//! `control`, applied to the places sessions live — the pinned BPF maps (when the fast path is
-//! loaded) and the userspace forwarder's table and counters. Shared behind a mutex by the API,
-//! the forwarder threads (bind messages) and the expiry timer.
+//! The session control plane with its side effects: the session table applied to the places
+//! sessions live — the pinned BPF maps (when the fast path is loaded) and the userspace
+//! forwarder's table and counters — plus expiry and the counters' flush into the maps. Shared
+//! behind a mutex by the API, the fronts (a bind moves a leg) and the daemon's ticker.
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
     sync::{Arc, Mutex},
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use rand::{SeedableRng, rngs::StdRng};
-use relay_common::{geneve::control::CONTROL_LEN, maps::SessionStats};
-use tracing::{debug, info, warn};
+use relay_common::maps::SessionStats;
+use tracing::{info, warn};
 
+use super::{
+    address_policy::AddressPolicy,
+    expiry::{self, Expiry},
+    persist,
+    session::{Session, SessionState},
+    table::{AllocError, AllocationRequest, SessionTable, TableSettings},
+};
 use crate::{
-    config::DEFAULT_BINDS_PER_SEC_PER_SOURCE,
-    control::source_limit::SourceLimiter,
-    control::{
-        address_policy::AddressPolicy,
-        bind::{self, BindOutcome},
-        cookie_jar::CookieJar,
-        expiry::{self, Expiry},
-        persist,
-        session::{Session, SessionState},
-        table::{AllocError, AllocationRequest, BindChange, SessionTable, TableSettings},
-    },
     dataplane::{Dataplane, RelayMaps, clock::JiffiesClock, object::PROGRAM_CLOCK_PROBE},
     forwarder::{
-        ControlHandler,
         counters::{SlotSnapshot, UserCounters},
         table::ForwardTable,
     },
@@ -51,8 +45,6 @@ impl KernelState {
 /// Counts of what the control plane did, for logs and metrics.
 #[derive(Clone, Debug, Default)]
 pub struct PlaneStats {
-    /// Bind handshake results by outcome name.
-    pub binds: HashMap<&'static str, u64>,
     /// Expired sessions by reason name.
     pub expired: HashMap<&'static str, u64>,
     /// Sessions allocated.
@@ -64,14 +56,11 @@ pub struct PlaneStats {
 /// The control plane and everything it writes to.
 pub struct Plane {
     table: SessionTable,
-    jar: CookieJar,
     policy: AddressPolicy,
     rng: StdRng,
     forward: Arc<ForwardTable>,
     counters: Arc<UserCounters>,
     kernel: Option<KernelState>,
-    /// Bind messages per source address.
-    sources: SourceLimiter,
     /// Latest known data activity per session and leg (from both forwarders' counters).
     activity: HashMap<u32, [Option<Instant>; 2]>,
     /// Userspace counters last written to the maps, per slot.
@@ -104,26 +93,21 @@ impl Plane {
     /// A plane over an empty table.
     pub fn new(
         settings: TableSettings,
-        cookie_rotation: std::time::Duration,
         policy: AddressPolicy,
         forward: Arc<ForwardTable>,
         counters: Arc<UserCounters>,
         kernel: Option<KernelState>,
     ) -> Plane {
-        let mut rng = StdRng::from_os_rng();
-        let jar = CookieJar::new(cookie_rotation, Instant::now(), &mut rng);
         Plane {
             table: SessionTable::new(settings),
-            jar,
             policy,
-            rng,
+            rng: StdRng::from_os_rng(),
             forward,
             counters,
             kernel,
             activity: HashMap::new(),
             flushed: HashMap::new(),
             stats: PlaneStats::default(),
-            sources: SourceLimiter::new(DEFAULT_BINDS_PER_SEC_PER_SOURCE, Instant::now()),
         }
     }
 
@@ -143,13 +127,11 @@ impl Plane {
                     kbytes_per_sec: defaults.kbytes_per_sec,
                 },
             },
-            defaults.cookie_rotation,
             AddressPolicy::strict(Vec::new()),
             Arc::new(ForwardTable::new()),
             Arc::new(UserCounters::new(max_sessions)),
             None,
         )
-        .with_binds_per_source(defaults.binds_per_sec_per_source)
     }
 
     /// The userspace forwarder's counters this plane flushes.
@@ -157,15 +139,15 @@ impl Plane {
         self.counters.clone()
     }
 
-    /// Limits bind messages to `per_sec` per source address (0: unlimited).
-    pub fn with_binds_per_source(mut self, per_sec: u32) -> Plane {
-        self.sources = SourceLimiter::new(per_sec, Instant::now());
-        self
-    }
-
     /// The session table.
     pub fn table(&self) -> &SessionTable {
         &self.table
+    }
+
+    /// The session table to change, with the address policy legs must pass. Whoever changes a
+    /// session through it publishes it afterwards ([`Plane::publish`]).
+    pub fn table_and_policy(&mut self) -> (&mut SessionTable, &AddressPolicy) {
+        (&mut self.table, &self.policy)
     }
 
     /// Replaces the per-token quotas (see [`SessionTable::set_quotas`]).
@@ -216,7 +198,7 @@ impl Plane {
     }
 
     /// Writes `session` wherever sessions live.
-    fn publish(&mut self, session: &Session) -> Result<(), String> {
+    pub fn publish(&mut self, session: &Session) -> Result<(), String> {
         if let Some(kernel) = &mut self.kernel {
             kernel
                 .maps()
@@ -290,39 +272,6 @@ impl Plane {
         self.stats.deleted += 1;
         info!(target: "audit", token, vni, "session deleted");
         true
-    }
-
-    /// Handles a bind-handshake datagram.
-    pub fn handle_control(
-        &mut self,
-        datagram: &[u8],
-        src: SocketAddr,
-        now: Instant,
-    ) -> Option<[u8; CONTROL_LEN]> {
-        if !self.sources.allow(src.ip(), now) {
-            // Before any MAC or cookie work: a flood costs a hash and a table slot.
-            *self.stats.binds.entry("rate_limited").or_default() += 1;
-            return None;
-        }
-        self.jar.rotate_if_due(now, &mut self.rng);
-        let response = bind::handle(&mut self.table, &self.jar, &self.policy, datagram, src, now);
-        *self.stats.binds.entry(response.outcome.name()).or_default() += 1;
-        if let (BindOutcome::Accepted(change), Some((vni, leg))) =
-            (response.outcome, response.target)
-        {
-            let session = self.table.get(vni).expect("bound above").clone();
-            match change {
-                BindChange::Bound | BindChange::Moved { .. } => {
-                    info!(vni, leg, addr = %src, change = response.outcome.name(), state = session.state().name(), "leg bound");
-                }
-                _ => debug!(vni, leg, addr = %src, "leg refreshed"),
-            }
-            // Refreshes only move the generation, which the metadata keeps for restarts.
-            if let Err(e) = self.publish(&session) {
-                warn!(vni, error = %e, "updating the fast path after a bind failed");
-            }
-        }
-        response.reply
     }
 
     /// When each leg of `session` last sent data, from both forwarders' counters.
@@ -421,12 +370,5 @@ impl Plane {
                 self.flushed.insert(session.slot, snap);
             }
         }
-    }
-}
-
-impl ControlHandler for Mutex<Plane> {
-    fn handle(&self, datagram: &[u8], src: SocketAddr) -> Option<[u8; CONTROL_LEN]> {
-        let mut plane = self.lock().unwrap_or_else(|p| p.into_inner());
-        plane.handle_control(datagram, src, Instant::now())
     }
 }

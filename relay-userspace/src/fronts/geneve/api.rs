@@ -1,0 +1,236 @@
+//! The session protocol's API routes: allocate, list, show and delete sessions, with the
+//! tickets clients join them by.
+
+use std::time::UNIX_EPOCH;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State, rejection::BytesRejection},
+    http::{HeaderMap, StatusCode, header},
+    routing::get,
+};
+use base64::{Engine, engine::general_purpose::STANDARD};
+use relay_common::geneve::VNI_MAX;
+
+use super::ticket::Ticket;
+use crate::{
+    api::{
+        ApiState,
+        error::ApiError,
+        types::{CreateSession, Endpoints, LegDetails, SessionDetails, SessionList},
+    },
+    control::{
+        plane::AllocateError,
+        session::{LEG_NAMES, Session},
+        table::{AllocError, AllocationRequest},
+    },
+};
+
+/// What the session routes need: the shared API state and the endpoints tickets name.
+#[derive(Clone)]
+pub struct SessionsApi {
+    /// Tokens, the plane, limits.
+    pub shared: ApiState,
+    /// The relay's session-protocol endpoints, advertised in tickets.
+    pub endpoints: Endpoints,
+}
+
+/// The `/v1/sessions` routes.
+pub fn routes(shared: &ApiState, endpoints: Endpoints) -> Router {
+    Router::new()
+        .route("/v1/sessions", get(list).post(create))
+        .route("/v1/sessions/{vni}", get(show).delete(delete))
+        .with_state(SessionsApi {
+            shared: shared.clone(),
+            endpoints,
+        })
+}
+
+fn parse_vni(text: &str) -> Result<u32, ApiError> {
+    match text.parse::<u32>() {
+        Ok(v) if (1..=VNI_MAX).contains(&v) => Ok(v),
+        _ => Err(ApiError::invalid(format!(
+            "{text:?} is not a session id (1 to {VNI_MAX})"
+        ))),
+    }
+}
+
+fn rfc3339(unix_ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(unix_ms))
+        .to_string()
+}
+
+/// The JSON view of a session; with credentials only for single-session responses.
+fn details(session: &Session, endpoints: &Endpoints, credentials: bool) -> SessionDetails {
+    let legs = session
+        .legs
+        .iter()
+        .enumerate()
+        .map(|(i, leg)| LegDetails {
+            leg: LEG_NAMES[i].to_string(),
+            label: leg.label.clone(),
+            bound: leg.bound,
+            key: credentials.then(|| STANDARD.encode(leg.key)),
+            ticket: credentials.then(|| {
+                Ticket {
+                    vni: session.vni,
+                    leg: i as u8,
+                    key: leg.key,
+                    relay: endpoints.all(),
+                }
+                .encode()
+            }),
+        })
+        .collect();
+    SessionDetails {
+        vni: session.vni,
+        token: session.token.clone(),
+        state: session.state().name().to_string(),
+        created: rfc3339(session.created_unix_ms),
+        relay: endpoints.clone(),
+        bind_lifetime_s: session.bind_lifetime.as_secs(),
+        idle_lifetime_s: session.idle_lifetime.as_secs(),
+        legs,
+    }
+}
+
+async fn create(
+    State(state): State<SessionsApi>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<SessionDetails>), ApiError> {
+    let token = state.shared.token(&headers)?;
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            e.body_text(),
+        )
+    })?;
+    let request: CreateSession = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateSession::default()
+    } else {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !json {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as Content-Type: application/json",
+            ));
+        }
+        serde_json::from_slice(&body).map_err(|e| {
+            let code = if e.is_data() {
+                "invalid_request"
+            } else {
+                "invalid_json"
+            };
+            ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+        })?
+    };
+    let header_key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII"))?;
+    let idempotency_key = match (header_key, request.idempotency_key) {
+        (Some(h), Some(b)) if h != b => {
+            return Err(ApiError::invalid(
+                "Idempotency-Key header and idempotency_key field differ",
+            ));
+        }
+        (h, b) => h.or(b),
+    };
+    let labels = request.labels.unwrap_or_default();
+    let allocation = AllocationRequest {
+        labels: [labels.a, labels.b],
+        idempotency_key,
+    };
+    let result = state
+        .shared
+        .plane
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .allocate(&token, allocation);
+    match result {
+        Ok((session, created)) => {
+            let status = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            Ok((status, Json(details(&session, &state.endpoints, true))))
+        }
+        Err(AllocateError::Refused(e @ AllocError::TokenQuota { .. })) => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "quota_exceeded",
+            e.to_string(),
+        )),
+        Err(AllocateError::Refused(e @ AllocError::RelayFull { .. })) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "relay_full",
+            e.to_string(),
+        )),
+        Err(AllocateError::Refused(e @ AllocError::Invalid { .. })) => {
+            Err(ApiError::invalid(e.to_string()))
+        }
+        Err(e @ AllocateError::FastPath(_)) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "relay_full",
+            e.to_string(),
+        )),
+    }
+}
+
+async fn list(
+    State(state): State<SessionsApi>,
+    headers: HeaderMap,
+) -> Result<Json<SessionList>, ApiError> {
+    let token = state.shared.token(&headers)?;
+    let plane = state.shared.plane.lock().unwrap_or_else(|p| p.into_inner());
+    let mut sessions: Vec<SessionDetails> = plane
+        .table()
+        .iter()
+        .filter(|s| s.token == *token)
+        .map(|s| details(s, &state.endpoints, false))
+        .collect();
+    sessions.sort_by_key(|s| s.vni);
+    Ok(Json(SessionList { sessions }))
+}
+
+async fn show(
+    State(state): State<SessionsApi>,
+    headers: HeaderMap,
+    Path(vni): Path<String>,
+) -> Result<Json<SessionDetails>, ApiError> {
+    let token = state.shared.token(&headers)?;
+    let vni = parse_vni(&vni)?;
+    let plane = state.shared.plane.lock().unwrap_or_else(|p| p.into_inner());
+    match plane.table().get(vni) {
+        Some(s) if s.token == token => Ok(Json(details(s, &state.endpoints, true))),
+        _ => Err(ApiError::not_found(format!("no session {vni}"))),
+    }
+}
+
+async fn delete(
+    State(state): State<SessionsApi>,
+    headers: HeaderMap,
+    Path(vni): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let token = state.shared.token(&headers)?;
+    let vni = parse_vni(&vni)?;
+    let deleted = state
+        .shared
+        .plane
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .delete(&token, vni);
+    if deleted {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no session {vni}")))
+    }
+}

@@ -1,0 +1,61 @@
+//! Protocol fronts: the ways clients use the relay. A front owns its ports and everything that
+//! arrives on them: its part of the XDP program (a module of `relay-ebpf`, dispatched by
+//! destination port), its userspace path (a [`DatagramHandler`] on the shared forwarder), its
+//! control protocol, its API routes and its metric series. The shared services it builds on —
+//! the session table and plane, policy, quotas, expiry, the forwarder's I/O and counters, the
+//! API server — are in [`crate::control`], [`crate::forwarder`] and [`crate::api`].
+//!
+//! The daemon starts every front in [`start_all`]: adding a front is a module here and one line
+//! there. Today there is one: [`geneve`], the session protocol of `relay client`.
+//!
+//! [`DatagramHandler`]: crate::forwarder::DatagramHandler
+
+pub mod geneve;
+
+use std::{any::Any, net::IpAddr, net::SocketAddr, sync::Arc};
+
+use anyhow::Result;
+use axum::Router;
+
+use crate::{
+    api::ApiState,
+    config::Config,
+    control::plane::SharedPlane,
+    forwarder::{counters::UserCounters, table::ForwardTable},
+    metrics::FrontMetrics,
+};
+
+/// What a front starts from: the configuration and the shared services.
+pub struct FrontContext<'a> {
+    /// The whole configuration (each front reads its own section).
+    pub config: &'a Config,
+    /// The relay's own addresses, one per family, that fronts' sockets listen on.
+    pub listen: &'a [IpAddr],
+    /// The session control plane.
+    pub plane: &'a SharedPlane,
+    /// Sessions as the userspace forwarder reads them.
+    pub forward: &'a Arc<ForwardTable>,
+    /// The userspace forwarder's counters.
+    pub counters: &'a Arc<UserCounters>,
+    /// The API's shared state (tokens, plane, limits), for the front's routes.
+    pub api: &'a ApiState,
+}
+
+/// A running protocol front.
+pub trait Front: Any + Send + Sync {
+    /// Its name, for logs.
+    fn name(&self) -> &'static str;
+    /// The addresses its sockets listen on.
+    fn local_addrs(&self) -> Vec<SocketAddr>;
+    /// The routes it adds to the API.
+    fn api_routes(&self) -> Router;
+    /// The series it adds to the metrics.
+    fn metrics(&self) -> Option<Arc<dyn FrontMetrics>>;
+    /// Stops its sockets and threads (the daemon is stopping).
+    fn stop(&self);
+}
+
+/// Starts every front.
+pub fn start_all(context: &FrontContext) -> Result<Vec<Arc<dyn Front>>> {
+    Ok(vec![Arc::new(geneve::SessionFront::start(context)?)])
+}
