@@ -54,9 +54,7 @@ fn vni_of(
     ip_payload_len: usize,
     udp: &UdpHdr,
 ) -> Result<u32, Reason> {
-    if udp_payload_len(ctx, ip_hlen, ip_payload_len, udp)? < GENEVE_HLEN {
-        return Err(Reason::DroppedMalformed);
-    }
+    udp_payload_len(ctx, ip_hlen, ip_payload_len, udp, GENEVE_HLEN)?;
     let geneve =
         ptr_at::<GeneveHdr>(ctx, ETH_HLEN + ip_hlen + UDP_HLEN).ok_or(Reason::DroppedMalformed)?;
     // SAFETY: bounds-checked by ptr_at.

@@ -135,7 +135,8 @@ fn udp_v6<'a>(
     Ok(Packet::V6 { eth, ip, udp })
 }
 
-/// Checks the UDP length against the IP payload length and the frame; returns the UDP payload
+/// Checks the UDP length against the IP payload length and the frame, and that at least
+/// `min_payload` bytes of UDP payload (the front's own header) follow; returns the UDP payload
 /// length. Called once a front owns the packet, so an inconsistent one is dropped, not passed.
 #[inline(always)]
 pub fn udp_payload_len(
@@ -143,10 +144,11 @@ pub fn udp_payload_len(
     ip_hlen: usize,
     ip_payload_len: usize,
     udp: &UdpHdr,
+    min_payload: usize,
 ) -> Result<usize, Reason> {
     let udp_len = u16::from_be(udp.len) as usize;
     if udp_len != ip_payload_len
-        || udp_len < UDP_HLEN
+        || udp_len < UDP_HLEN + min_payload
         || ETH_HLEN + ip_hlen + udp_len > frame_len(ctx)
     {
         return Err(Reason::DroppedMalformed);
