@@ -2,7 +2,8 @@
 //!
 //! Everything both sides must agree on lives here and nowhere else: the packet headers every
 //! front shares ([`wire`]), each protocol front's wire format ([`geneve`]: the session protocol's
-//! framing and its bind-handshake control messages), the BPF map names, keys and values,
+//! framing and its bind-handshake control messages; [`turn`]: ChannelData and the TURN
+//! allocation maps), the BPF map names, keys and values,
 //! the verdict reasons both forwarders count, the forwarding decision itself and the checksum math
 //! the kernel uses to rewrite headers. The crate is `no_std` so the XDP program can use it; with
 //! the `user` feature it also implements `aya::Pod` for the map types.
@@ -18,6 +19,7 @@ pub mod forward;
 pub mod geneve;
 pub mod maps;
 pub mod ratelimit;
+pub mod turn;
 pub mod verdict;
 pub mod wire;
 

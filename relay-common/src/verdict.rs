@@ -107,6 +107,26 @@ reasons! {
     PassedFibForwardingDisabled = 25 => "passed_fib_forwarding_disabled", Passed;
     /// Userspace only: the kernel refused to send the datagram (no route, buffer full, …).
     DroppedSendError = 26 => "dropped_send_error", Dropped;
+    /// TURN: application data from a client to a peer (ChannelData or a Send indication).
+    ForwardedTurnToPeer = 27 => "forwarded_turn_to_peer", Forwarded;
+    /// TURN: a peer's datagram to its client (ChannelData or a Data indication).
+    ForwardedTurnToClient = 28 => "forwarded_turn_to_client", Forwarded;
+    /// TURN: a STUN request for the server (Allocate, Refresh, CreatePermission, ChannelBind,
+    /// Binding).
+    PassedTurnStun = 29 => "passed_turn_stun", Passed;
+    /// TURN: not STUN, not ChannelData, or a length that does not fit.
+    DroppedTurnMalformed = 30 => "dropped_turn_malformed", Dropped;
+    /// TURN: ChannelData on a channel its client has not bound (or whose peer lost its
+    /// permission).
+    DroppedTurnUnknownChannel = 31 => "dropped_turn_unknown_channel", Dropped;
+    /// TURN: a peer without a permission, or a Send indication to one.
+    DroppedTurnNoPermission = 32 => "dropped_turn_no_permission", Dropped;
+    /// TURN: a Send indication from a client without an allocation, or data to a relayed port
+    /// whose allocation just ended.
+    DroppedTurnNoAllocation = 33 => "dropped_turn_no_allocation", Dropped;
+    /// TURN: to one of the relay's own addresses, on a port that is no allocation's (the relay
+    /// must not become a way to reach its host's other services).
+    DroppedTurnOwnAddress = 34 => "dropped_turn_own_address", Dropped;
 }
 
 impl Reason {

@@ -11,6 +11,11 @@ use relay_common::{
         BuildInfo, DEFAULT_MAX_SESSIONS, DEFAULT_NEXTHOP_CACHE_ENTRIES, MAX_REDIRECT_INTERFACES,
         NextHopEntry, RelayConfig, Session, SessionMeta, SessionStats,
     },
+    turn::{
+        ChannelBinding, ChannelKey, DEFAULT_MAX_ALLOCATIONS, DEFAULT_MAX_TURN_BINDINGS,
+        PeerChannel, PeerKey, Permission, PermissionKey, RelayPort, RelayPortKey, TurnAllocation,
+        TurnAllocationMeta, TurnKeys,
+    },
     verdict::{Reason, VerdictCounter},
 };
 
@@ -56,3 +61,48 @@ pub static SESSION_META: HashMap<u32, SessionMeta> = HashMap::pinned(DEFAULT_MAX
 /// Which object build the pinned links run (written and read by userspace only).
 #[map(name = "build_info")]
 pub static BUILD_INFO: Array<BuildInfo> = Array::pinned(1, 0);
+
+// TURN: written by the daemon (and kept pinned, so a restarted daemon adopts its allocations).
+// Declared here so one loader creates and pins every map; the program reads them from issue 17
+// on (ChannelData in the kernel).
+
+/// Relay port → the front and record that own it.
+#[map(name = "relay_ports")]
+pub static RELAY_PORTS: HashMap<RelayPortKey, RelayPort> = HashMap::pinned(65_536, 0);
+
+/// Allocation slot → the allocation as the fast path sees it.
+#[map(name = "turn_allocs")]
+pub static TURN_ALLOCATIONS: HashMap<u32, TurnAllocation> =
+    HashMap::pinned(DEFAULT_MAX_ALLOCATIONS, 0);
+
+/// Allocation slot → the daemon's record of it (userspace only).
+#[map(name = "turn_alloc_meta")]
+pub static TURN_ALLOCATION_META: HashMap<u32, TurnAllocationMeta> =
+    HashMap::pinned(DEFAULT_MAX_ALLOCATIONS, 0);
+
+/// (client, channel) → peer and allocation.
+#[map(name = "turn_channels")]
+pub static TURN_CHANNELS: HashMap<ChannelKey, ChannelBinding> =
+    HashMap::pinned(DEFAULT_MAX_TURN_BINDINGS, 0);
+
+/// (allocation, peer) → channel.
+#[map(name = "turn_peers")]
+pub static TURN_PEERS: HashMap<PeerKey, PeerChannel> =
+    HashMap::pinned(DEFAULT_MAX_TURN_BINDINGS, 0);
+
+/// (allocation, peer IP) → permission.
+#[map(name = "turn_perms")]
+pub static TURN_PERMISSIONS: HashMap<PermissionKey, Permission> =
+    HashMap::pinned(DEFAULT_MAX_TURN_BINDINGS, 0);
+
+/// Allocation slot → per-CPU fast-path counters.
+#[map(name = "turn_stats")]
+pub static TURN_STATS: PerCpuArray<SessionStats> = PerCpuArray::pinned(DEFAULT_MAX_ALLOCATIONS, 0);
+
+/// Allocation slot → userspace counters (written by the daemon only).
+#[map(name = "turn_user_stats")]
+pub static TURN_USERSPACE_STATS: Array<SessionStats> = Array::pinned(DEFAULT_MAX_ALLOCATIONS, 0);
+
+/// Secrets that outlive a daemon (userspace only).
+#[map(name = "turn_keys")]
+pub static TURN_KEYS: Array<TurnKeys> = Array::pinned(1, 0);

@@ -105,6 +105,7 @@ impl Sandbox {
         let mut dataplane = Dataplane::load(&LoadOptions {
             pin_dir: pin_dir.clone(),
             max_sessions: 1024,
+            max_allocations: 64,
             nexthop_cache_entries: settings.cache_entries(),
             shared_from: None,
         })?;

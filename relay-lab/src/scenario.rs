@@ -111,6 +111,7 @@ impl Scenario {
             let mut dp = Dataplane::load(&LoadOptions {
                 pin_dir: pins.clone(),
                 max_sessions: 4,
+                max_allocations: 4,
                 nexthop_cache_entries: 4,
                 shared_from: None,
             })?;

@@ -635,6 +635,7 @@ fn kernel_forwarded_traffic_keeps_a_bound_session_alive() {
     let mut probe = Dataplane::load(&LoadOptions {
         pin_dir: probe_pins.clone(),
         max_sessions: 4,
+        max_allocations: 4,
         nexthop_cache_entries: 4,
         shared_from: None,
     })

@@ -626,6 +626,7 @@ fn pinned_link_keeps_the_program_attached_after_the_loader_exits() {
         let mut dataplane = Dataplane::load(&LoadOptions {
             pin_dir: pin_dir.clone(),
             max_sessions: 64,
+            max_allocations: 64,
             nexthop_cache_entries: 64,
             shared_from: None,
         })

@@ -254,6 +254,7 @@ fn attach_trial(interface: &str, pin_parent: &Path) -> Result<(), String> {
         let mut dp = Dataplane::load(&LoadOptions {
             pin_dir: pins.clone(),
             max_sessions: 1,
+            max_allocations: 1,
             nexthop_cache_entries: 1,
             shared_from: None,
         })?;

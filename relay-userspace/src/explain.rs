@@ -56,6 +56,7 @@ impl Explainer {
         let copy = Dataplane::load(&LoadOptions {
             pin_dir: pins.clone(),
             max_sessions: capacity.max(1),
+            max_allocations: 1,
             nexthop_cache_entries: 64,
             shared_from: Some(live.to_path_buf()),
         })

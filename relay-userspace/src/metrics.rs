@@ -93,12 +93,15 @@ impl fmt::Debug for RelayCollector {
     }
 }
 
-fn family(r: Reason) -> &'static str {
+/// The front and the family (sessions) or direction (TURN) of a forwarding reason.
+fn front_and_family(r: Reason) -> (&'static str, &'static str) {
     match r {
-        Reason::ForwardedV4 => "v4",
-        Reason::ForwardedV6 => "v6",
-        Reason::ForwardedV4ToV6 => "v4_to_v6",
-        _ => "v6_to_v4",
+        Reason::ForwardedV4 => ("sessions", "v4"),
+        Reason::ForwardedV6 => ("sessions", "v6"),
+        Reason::ForwardedV4ToV6 => ("sessions", "v4_to_v6"),
+        Reason::ForwardedTurnToPeer => ("turn", "to_peer"),
+        Reason::ForwardedTurnToClient => ("turn", "to_client"),
+        _ => ("sessions", "v6_to_v4"),
     }
 }
 
@@ -157,9 +160,11 @@ impl Collector for RelayCollector {
                 packets.push((labels.clone(), c.packets));
                 bytes.push((labels, c.bytes));
                 if r.outcome() == Outcome::Forwarded {
+                    let (front, family) = front_and_family(*r);
                     let labels = vec![
                         ("path", path.to_string()),
-                        ("family", family(*r).to_string()),
+                        ("front", front.to_string()),
+                        ("family", family.to_string()),
                     ];
                     fwd_packets.push((labels.clone(), c.packets));
                     fwd_bytes.push((labels, c.bytes));
@@ -169,13 +174,13 @@ impl Collector for RelayCollector {
         counters(
             &mut encoder,
             "relay_forwarded_packets",
-            "Packets forwarded, by path and address family.",
+            "Packets forwarded, by path, front and address family (sessions) or direction (TURN).",
             &fwd_packets,
         )?;
         counters(
             &mut encoder,
             "relay_forwarded_bytes",
-            "Frame bytes forwarded, by path and address family.",
+            "Frame bytes forwarded, by path, front and address family (sessions) or direction (TURN).",
             &fwd_bytes,
         )?;
         counters(

@@ -1,4 +1,5 @@
-//! HTTPS for the API: the rustls server configuration from the PEM files named in `api.tls`.
+//! TLS servers' configuration (the API's HTTPS, TURN over TLS): rustls from the PEM files named
+//! in `api.tls` or `turn.tls`.
 //!
 //! rustls with the *ring* provider, the one the API client (reqwest) already links, so the binary
 //! carries one crypto library. Errors name the config key and the file, because they surface at
@@ -17,8 +18,18 @@ use crate::config::TlsConfig;
 /// Reads the certificate chain and key and builds the server configuration (TLS 1.2 and 1.3,
 /// HTTP/2 and HTTP/1.1 offered by ALPN).
 pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>> {
-    let chain = certificates(&tls.cert)?;
-    let key = private_key(&tls.key)?;
+    files_config(tls, "api.tls", vec![b"h2".to_vec(), b"http/1.1".to_vec()])
+}
+
+/// The server configuration from the PEM files in `tls`, errors naming the config key
+/// `section` (`api.tls`, `turn.tls`), offering `alpn` (none: whatever the client asks).
+pub fn files_config(
+    tls: &TlsConfig,
+    section: &str,
+    alpn: Vec<Vec<u8>>,
+) -> Result<Arc<ServerConfig>> {
+    let chain = certificates(&format!("{section}.cert"), &tls.cert)?;
+    let key = private_key(&format!("{section}.key"), &tls.key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -27,12 +38,12 @@ pub fn server_config(tls: &TlsConfig) -> Result<Arc<ServerConfig>> {
         .with_single_cert(chain, key)
         .with_context(|| {
             format!(
-                "api.tls: the key in {} does not fit the certificate in {}",
+                "{section}: the key in {} does not fit the certificate in {}",
                 tls.key.display(),
                 tls.cert.display()
             )
         })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn;
     Ok(Arc::new(config))
 }
 
@@ -40,25 +51,22 @@ fn read(key: &str, path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{key}: reading {}", path.display()))
 }
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let pem = read("api.tls.cert", path)?;
+fn certificates(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = read(key, path)?;
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("api.tls.cert: {} is not valid PEM", path.display()))?;
+        .with_context(|| format!("{key}: {} is not valid PEM", path.display()))?;
     if chain.is_empty() {
-        bail!(
-            "api.tls.cert: {} holds no CERTIFICATE block",
-            path.display()
-        );
+        bail!("{key}: {} holds no CERTIFICATE block", path.display());
     }
     Ok(chain)
 }
 
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>> {
-    let pem = read("api.tls.key", path)?;
+fn private_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>> {
+    let pem = read(key, path)?;
     PrivateKeyDer::from_pem_slice(&pem).with_context(|| {
         format!(
-            "api.tls.key: {} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
+            "{key}: {} holds no PEM private key (PKCS#8, PKCS#1 or SEC1)",
             path.display()
         )
     })

@@ -1,7 +1,8 @@
 //! What a reload (SIGHUP) can apply to a running daemon, and what needs a restart.
 //!
 //! A reload applies the API's tokens (with their quotas), its certificate files and its
-//! per-source request rate: the things operators rotate or tune while sessions run. Everything
+//! per-source request rate, and TURN's shared secrets, static users and certificate files: the
+//! things operators rotate or tune while sessions run. Everything
 //! else (interfaces, addresses, the fast path, map sizes, lifetimes) shapes state that already
 //! exists, so a change there is reported and left for a restart — which loses no session.
 
@@ -27,9 +28,10 @@ impl Config {
             ("pin_dir", self.pin_dir != new.pin_dir),
             ("log", self.log != new.log),
             ("metrics", self.metrics != new.metrics),
+            ("turn", turn_restart(&self.turn) != turn_restart(&new.turn)),
         ];
-        // Not listed, because a reload applies them: api.tokens, the api.tls file paths and
-        // api.requests_per_sec_per_source.
+        // Not listed, because a reload applies them: api.tokens, the api.tls file paths,
+        // api.requests_per_sec_per_source, turn.secrets, turn.users and the turn.tls files.
         for (key, differs) in sections {
             if differs {
                 changed.push(key);
@@ -37,6 +39,19 @@ impl Config {
         }
         changed
     }
+}
+
+/// The TURN settings only a restart applies: everything but what a reload swaps in place.
+fn turn_restart(turn: &Option<super::TurnConfig>) -> Option<super::TurnConfig> {
+    turn.clone().map(|mut t| {
+        t.secrets.clear();
+        t.users.clear();
+        if let Some(tls) = &mut t.tls {
+            tls.cert = Default::default();
+            tls.key = Default::default();
+        }
+        t
+    })
 }
 
 #[cfg(test)]
@@ -83,5 +98,24 @@ mod tests {
             "api:\n  tls:\n    cert: /etc/a.crt\n    key: /etc/a.key\n",
         ));
         assert_eq!(old.restart_needed_for(&with_tls), ["api.tls"]);
+    }
+
+    #[test]
+    fn turn_secrets_users_and_certificates_reload_the_rest_restarts() {
+        let turn = |secret: &str, user: &str, cert: &str, port: u16| {
+            parse(&format!(
+                "{BASE}turn:\n  realm: r\n  port: {port}\n  secrets: [{secret}]\n  users:\n    - name: {user}\n      password: p\n  tls:\n    cert: /etc/{cert}.crt\n    key: /etc/{cert}.key\n"
+            ))
+        };
+        let old = turn("0123456789abcdef", "a", "x", 3478);
+        assert!(
+            old.restart_needed_for(&turn("fedcba9876543210", "b", "y", 3478))
+                .is_empty()
+        );
+        assert_eq!(
+            old.restart_needed_for(&turn("0123456789abcdef", "a", "x", 3479)),
+            ["turn"]
+        );
+        assert_eq!(parse(BASE).restart_needed_for(&old), ["turn"]);
     }
 }

@@ -38,6 +38,9 @@ pub struct Config {
     /// Prometheus metrics (off when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<MetricsConfig>,
+    /// The TURN server front (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<TurnConfig>,
 }
 
 /// `metrics:` section.
@@ -308,6 +311,178 @@ impl Default for SessionsConfig {
     }
 }
 
+/// Default TURN port (UDP and TCP), IANA's.
+pub const DEFAULT_TURN_PORT: u16 = 3478;
+/// Default TURN over TLS port, IANA's.
+pub const DEFAULT_TURNS_PORT: u16 = 5349;
+
+/// Which channel numbers a ChannelBind may use.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelNumbers {
+    /// 0x4000–0x7FFF (RFC 5766): what coturn's clients and older stacks use.
+    #[default]
+    Rfc5766,
+    /// 0x4000–0x4FFF (RFC 8656).
+    Rfc8656,
+}
+
+/// `turn:` section.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// Realm of the long-term credentials (required; usually the relay's domain name).
+    pub realm: String,
+    /// UDP and TCP port of the TURN server.
+    pub port: u16,
+    /// TURN over TLS (`turns:` URLs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TurnTlsConfig>,
+    /// Relayed ports are taken from this range, written `first-last`.
+    pub relay_ports: PortRange,
+    /// Relayed addresses handed to clients behind a 1:1 NAT, per family (addresses only).
+    /// Default: the IPs of `relay.advertise`, else the listen addresses.
+    pub advertise: TurnAdvertise,
+    /// Shared secrets of the TURN REST API convention (several at once for rotation; reloaded
+    /// on SIGHUP).
+    pub secrets: Vec<String>,
+    /// Static users (reloaded on SIGHUP).
+    pub users: Vec<TurnUserConfig>,
+    /// Longest a REST credential may still be valid for when it is used.
+    #[serde(with = "duration")]
+    pub max_credential_ttl: Duration,
+    /// Allocation lifetime when the client asks for none.
+    #[serde(with = "duration")]
+    pub default_lifetime: Duration,
+    /// Longest allocation lifetime granted.
+    #[serde(with = "duration")]
+    pub max_lifetime: Duration,
+    /// Channel numbers accepted.
+    pub channel_numbers: ChannelNumbers,
+    /// Allocations held at once, all users; also the BPF map capacity.
+    pub max_allocations: u32,
+    /// Allocations one user may hold at once.
+    pub max_allocations_per_user: u32,
+    /// Permissions (peer addresses) per allocation.
+    pub max_permissions: u32,
+    /// Channels per allocation.
+    pub max_channels: u32,
+    /// Packets per second each allocation may relay per direction; 0 = unlimited.
+    pub packets_per_sec: u32,
+    /// Kilobytes per second each allocation may relay per direction; 0 = unlimited.
+    pub kbytes_per_sec: u32,
+    /// STUN requests per second accepted from one source address, before any other work;
+    /// 0 = unlimited.
+    pub requests_per_sec_per_source: u32,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        TurnConfig {
+            realm: String::new(),
+            port: DEFAULT_TURN_PORT,
+            tls: None,
+            relay_ports: PortRange {
+                first: 49152,
+                last: 65535,
+            },
+            advertise: TurnAdvertise::default(),
+            secrets: Vec::new(),
+            users: Vec::new(),
+            max_credential_ttl: Duration::from_secs(7 * 24 * 3600),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            channel_numbers: ChannelNumbers::Rfc5766,
+            max_allocations: relay_common::turn::DEFAULT_MAX_ALLOCATIONS,
+            max_allocations_per_user: 100,
+            max_permissions: 64,
+            max_channels: 64,
+            packets_per_sec: DEFAULT_PACKETS_PER_SEC,
+            kbytes_per_sec: DEFAULT_KBYTES_PER_SEC,
+            requests_per_sec_per_source: 100,
+        }
+    }
+}
+
+/// `turn.tls:` certificate and ports of TURN over TLS.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TurnTlsConfig {
+    /// PEM certificate chain, leaf first (reloaded on SIGHUP).
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+    /// TCP ports to serve TLS on (5349; 443 gets through firewalls that allow only HTTPS).
+    #[serde(default = "default_turns_ports")]
+    pub ports: Vec<u16>,
+}
+
+fn default_turns_ports() -> Vec<u16> {
+    vec![DEFAULT_TURNS_PORT]
+}
+
+/// A port range, written `first-last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub first: u16,
+    /// Last port (inclusive).
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl<'de> Deserialize<'de> for PortRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<PortRange, D::Error> {
+        let text = String::deserialize(d)?;
+        let parsed = text
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.trim().parse().ok()?, b.trim().parse().ok()?)));
+        match parsed {
+            Some((first, last)) if first <= last && first > 0 => Ok(PortRange { first, last }),
+            _ => Err(serde::de::Error::custom(format!(
+                "{text:?} is not a port range like 49152-65535"
+            ))),
+        }
+    }
+}
+
+impl Serialize for PortRange {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{}-{}", self.first, self.last))
+    }
+}
+
+/// `turn.advertise:` public relayed addresses.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TurnAdvertise {
+    /// IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v4: Option<std::net::Ipv4Addr>,
+    /// IPv6 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v6: Option<std::net::Ipv6Addr>,
+}
+
+/// One static TURN user.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TurnUserConfig {
+    /// Username.
+    pub name: String,
+    /// Password.
+    pub password: String,
+}
+
+/// Shortest TURN REST secret: it is all that stands between the internet and the relay.
+pub const MIN_TURN_SECRET_LEN: usize = 16;
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -490,11 +665,129 @@ impl Config {
         if !self.pin_dir.is_absolute() {
             return err("pin_dir", "must be an absolute path on bpffs".into());
         }
+        if let Some(turn) = &self.turn {
+            self.validate_turn(turn)?;
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return err(
                 "log.level",
                 format!("{:?} is not a log filter", self.log.level),
             );
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    fn validate_turn(&self, t: &TurnConfig) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: String| Err((format!("turn.{key}"), msg));
+        if t.realm.trim().is_empty() || t.realm.len() > 127 {
+            return err(
+                "realm",
+                "give the realm (1 to 127 characters), e.g. the relay's domain".into(),
+            );
+        }
+        if t.port == 0 {
+            return err("port", "must not be 0".into());
+        }
+        if t.port == self.relay.port {
+            return err(
+                "port",
+                format!("{} is relay.port (the session protocol's)", t.port),
+            );
+        }
+        let range = t.relay_ports;
+        if range.last - range.first < 15 {
+            return err("relay_ports", "needs at least 16 ports".into());
+        }
+        for (name, port) in [("port", t.port), ("relay.port", self.relay.port)] {
+            if range.contains(port) {
+                return err("relay_ports", format!("must not include {name} {port}"));
+            }
+        }
+        if t.secrets.is_empty() && t.users.is_empty() {
+            return err(
+                "secrets",
+                "give shared secrets, static users, or both: nobody could authenticate".into(),
+            );
+        }
+        for (i, secret) in t.secrets.iter().enumerate() {
+            if secret.len() < MIN_TURN_SECRET_LEN {
+                return err(
+                    &format!("secrets[{i}]"),
+                    format!("must be at least {MIN_TURN_SECRET_LEN} characters"),
+                );
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, u) in t.users.iter().enumerate() {
+            if u.name.is_empty() || u.name.len() > relay_common::turn::META_USERNAME_LEN {
+                return err(
+                    &format!("users[{i}].name"),
+                    format!(
+                        "must be 1 to {} bytes",
+                        relay_common::turn::META_USERNAME_LEN
+                    ),
+                );
+            }
+            if !names.insert(u.name.as_str()) {
+                return err(
+                    &format!("users[{i}].name"),
+                    format!("duplicate user {:?}", u.name),
+                );
+            }
+            if u.password.is_empty() {
+                return err(&format!("users[{i}].password"), "must not be empty".into());
+            }
+        }
+        if t.max_credential_ttl < Duration::from_secs(60)
+            || t.max_credential_ttl > Duration::from_secs(366 * 24 * 3600)
+        {
+            return err(
+                "max_credential_ttl",
+                "must be between 1m and 366days".into(),
+            );
+        }
+        if t.default_lifetime < Duration::from_secs(60) || t.default_lifetime > t.max_lifetime {
+            return err(
+                "default_lifetime",
+                "must be at least 1m and at most max_lifetime".into(),
+            );
+        }
+        if t.max_lifetime > MAX_LIFETIME {
+            return err("max_lifetime", "must be at most 30days".into());
+        }
+        if t.max_allocations == 0 || t.max_allocations > 1 << 20 {
+            return err("max_allocations", "must be between 1 and 1048576".into());
+        }
+        if t.max_allocations_per_user == 0 {
+            return err("max_allocations_per_user", "must be at least 1".into());
+        }
+        for (key, n) in [
+            ("max_permissions", t.max_permissions),
+            ("max_channels", t.max_channels),
+        ] {
+            if n == 0 || n > 4096 {
+                return err(key, "must be between 1 and 4096".into());
+            }
+        }
+        if let Some(tls) = &t.tls {
+            for (key, path) in [("tls.cert", &tls.cert), ("tls.key", &tls.key)] {
+                if !path.is_absolute() {
+                    return err(key, "must be an absolute path".into());
+                }
+            }
+            if tls.ports.is_empty() {
+                return err("tls.ports", "give at least one port (5349)".into());
+            }
+            for port in &tls.ports {
+                if *port == 0 || *port == t.port || range.contains(*port) {
+                    return err(
+                        "tls.ports",
+                        format!("{port} is 0, the TURN port or a relayed port"),
+                    );
+                }
+            }
         }
         Ok(())
     }

@@ -63,6 +63,12 @@ pub fn start(config: &Config, settings: &FastPathSettings) -> Result<KernelSetup
     let options = LoadOptions {
         pin_dir: config.pin_dir.clone(),
         max_sessions: config.sessions.max_sessions,
+        max_allocations: config
+            .turn
+            .as_ref()
+            .map_or(relay_common::turn::DEFAULT_MAX_ALLOCATIONS, |t| {
+                t.max_allocations
+            }),
         nexthop_cache_entries: settings.cache_entries(),
         shared_from: None,
     };

@@ -162,6 +162,7 @@ impl Daemon {
             forward: &forward,
             counters: &counters,
             api: &api_state,
+            pin_dir: pin_dir.as_deref(),
         })?;
 
         let (shutdown, stopped) = watch::channel(false);

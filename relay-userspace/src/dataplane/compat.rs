@@ -34,7 +34,7 @@ struct Expected {
     kind: Kind,
 }
 
-fn expected(max_sessions: u32) -> Vec<Expected> {
+fn expected(max_sessions: u32, max_allocations: u32) -> Vec<Expected> {
     let map = |name, value: Option<usize>, entries, kind| Expected {
         name,
         key: 4,
@@ -94,11 +94,78 @@ fn expected(max_sessions: u32) -> Vec<Expected> {
             Kind::Counters,
         ),
     ]
+    .into_iter()
+    .chain(turn_expected(max_allocations))
+    .collect()
+}
+
+/// The TURN maps this build expects.
+fn turn_expected(max_allocations: u32) -> Vec<Expected> {
+    use relay_common::turn::{self as t, *};
+    let bindings = Some(super::turn_maps::binding_capacity(max_allocations));
+    let per_allocation = Some(max_allocations);
+    let state = |name, key: usize, value: usize, entries| Expected {
+        name,
+        key: key as u32,
+        value: Some(value as u32),
+        entries,
+        kind: Kind::State,
+    };
+    vec![
+        state(
+            t::RELAY_PORTS,
+            size_of::<RelayPortKey>(),
+            size_of::<RelayPort>(),
+            Some(65_536),
+        ),
+        state(
+            t::TURN_ALLOCATIONS,
+            4,
+            size_of::<TurnAllocation>(),
+            per_allocation,
+        ),
+        state(
+            t::TURN_ALLOCATION_META,
+            4,
+            size_of::<TurnAllocationMeta>(),
+            per_allocation,
+        ),
+        state(
+            t::TURN_CHANNELS,
+            size_of::<ChannelKey>(),
+            size_of::<ChannelBinding>(),
+            bindings,
+        ),
+        state(
+            t::TURN_PEERS,
+            size_of::<PeerKey>(),
+            size_of::<PeerChannel>(),
+            bindings,
+        ),
+        state(
+            t::TURN_PERMISSIONS,
+            size_of::<PermissionKey>(),
+            size_of::<Permission>(),
+            bindings,
+        ),
+        state(t::TURN_STATS, 4, size_of::<SessionStats>(), per_allocation),
+        state(
+            t::TURN_USERSPACE_STATS,
+            4,
+            size_of::<SessionStats>(),
+            per_allocation,
+        ),
+        state(t::TURN_KEYS, 4, size_of::<TurnKeys>(), Some(1)),
+    ]
 }
 
 /// Checks the maps pinned in `dir` against this build. Returns the counter maps it removed so
 /// they are created anew; fails, naming the map and the way out, for state maps that differ.
-pub fn check_pinned(dir: &Path, max_sessions: u32) -> Result<Vec<&'static str>> {
+pub fn check_pinned(
+    dir: &Path,
+    max_sessions: u32,
+    max_allocations: u32,
+) -> Result<Vec<&'static str>> {
     let mut recreated = Vec::new();
     for Expected {
         name,
@@ -106,7 +173,7 @@ pub fn check_pinned(dir: &Path, max_sessions: u32) -> Result<Vec<&'static str>> 
         value,
         entries,
         kind,
-    } in expected(max_sessions)
+    } in expected(max_sessions, max_allocations)
     {
         let path = dir.join(name);
         if !path.exists() {
@@ -140,10 +207,15 @@ pub fn check_pinned(dir: &Path, max_sessions: u32) -> Result<Vec<&'static str>> 
             Kind::State
                 if name != names::CONFIG && entries.is_some_and(|e| e != info.max_entries()) =>
             {
+                let key = if name.starts_with("turn") {
+                    "turn.max_allocations"
+                } else {
+                    "sessions.max_sessions"
+                };
                 bail!(
-                    "pinned map `{name}` in {} has {mismatch}: sessions.max_sessions changed since the \
-                 pinned state was created. Restore the old value, or run `relay down` first (drops \
-                 every session)",
+                    "pinned map `{name}` in {} has {mismatch}: {key} changed since the pinned \
+                 state was created. Restore the old value, or run `relay down` first (drops \
+                 every session and allocation)",
                     dir.display()
                 )
             }

@@ -7,7 +7,7 @@ use aya::{
     Ebpf, EbpfLoader,
     programs::{Xdp, XdpMode, links::FdLink},
 };
-use relay_common::maps as names;
+use relay_common::{maps as names, turn};
 
 use super::{RelayMaps, bpffs, object};
 
@@ -19,6 +19,8 @@ pub struct LoadOptions {
     pub pin_dir: PathBuf,
     /// Capacity of the session map and of the per-slot counter arrays.
     pub max_sessions: u32,
+    /// Capacity of the TURN allocation maps (their binding maps get four entries each).
+    pub max_allocations: u32,
     /// Entries of the per-CPU next-hop cache (a power of two).
     pub nexthop_cache_entries: u32,
     /// Take the session, config, redirect and metadata maps from this other pin directory
@@ -48,7 +50,11 @@ impl Dataplane {
     /// program into the kernel (not attached anywhere yet).
     pub fn load(options: &LoadOptions) -> Result<Dataplane> {
         bpffs::ensure_pin_dir(&options.pin_dir)?;
-        super::compat::check_pinned(&options.pin_dir, options.max_sessions)?;
+        super::compat::check_pinned(
+            &options.pin_dir,
+            options.max_sessions,
+            options.max_allocations,
+        )?;
         let mut loader = EbpfLoader::new();
         if let Some(shared) = &options.shared_from {
             for name in SHARED_MAPS {
@@ -62,6 +68,7 @@ impl Dataplane {
                 loader.map_pin_path(name, path);
             }
         }
+        let bindings = super::turn_maps::binding_capacity(options.max_allocations);
         let mut ebpf = loader
             .default_map_pin_directory(&options.pin_dir)
             .map_max_entries(names::SESSIONS, options.max_sessions)
@@ -69,6 +76,13 @@ impl Dataplane {
             .map_max_entries(names::USERSPACE_STATS, options.max_sessions)
             .map_max_entries(names::SESSION_META, options.max_sessions)
             .map_max_entries(names::NEXTHOP_CACHE, options.nexthop_cache_entries)
+            .map_max_entries(turn::TURN_ALLOCATIONS, options.max_allocations)
+            .map_max_entries(turn::TURN_ALLOCATION_META, options.max_allocations)
+            .map_max_entries(turn::TURN_STATS, options.max_allocations)
+            .map_max_entries(turn::TURN_USERSPACE_STATS, options.max_allocations)
+            .map_max_entries(turn::TURN_CHANNELS, bindings)
+            .map_max_entries(turn::TURN_PEERS, bindings)
+            .map_max_entries(turn::TURN_PERMISSIONS, bindings)
             .load(object::bytes())
             .context("loading the XDP object")?;
         let maps = RelayMaps::take_from(&mut ebpf)?;

@@ -48,6 +48,30 @@ pub enum MapsError {
     },
 }
 
+/// Reopens map `name` pinned in `dir`.
+pub fn pinned_map(dir: &Path, name: &'static str) -> Result<Map, MapsError> {
+    let path = dir.join(name);
+    match std::fs::metadata(&path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(MapsError::NotPinned {
+                dir: dir.to_path_buf(),
+                map: name,
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Err(MapsError::PermissionDenied { path });
+        }
+        _ => {}
+    }
+    let data = MapData::from_pin(&path).map_err(|source| match &source {
+        MapError::SyscallError(e) if e.io_error.kind() == std::io::ErrorKind::PermissionDenied => {
+            MapsError::PermissionDenied { path: path.clone() }
+        }
+        _ => MapsError::Map { map: name, source },
+    })?;
+    Map::from_map_data(data).map_err(err(name))
+}
+
 /// Every map of the relay, typed.
 pub struct RelayMaps {
     /// VNI → session.
@@ -68,6 +92,8 @@ pub struct RelayMaps {
     pub session_meta: HashMap<MapData, u32, SessionMeta>,
     /// Which build the pinned links run.
     pub build_info: Array<MapData, BuildInfo>,
+    /// The TURN front's allocations.
+    pub turn: super::turn_maps::TurnMaps,
 }
 
 /// Maps a map error to [`MapsError::Map`] naming the map.
@@ -90,30 +116,7 @@ impl RelayMaps {
 
     /// Reopens the maps pinned in `dir` by a running (or crashed) daemon.
     pub fn open_pinned(dir: &Path) -> Result<RelayMaps, MapsError> {
-        Self::assemble(|name| {
-            let path = dir.join(name);
-            match std::fs::metadata(&path) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(MapsError::NotPinned {
-                        dir: dir.to_path_buf(),
-                        map: name,
-                    });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                    return Err(MapsError::PermissionDenied { path });
-                }
-                _ => {}
-            }
-            let data = MapData::from_pin(&path).map_err(|source| match &source {
-                MapError::SyscallError(e)
-                    if e.io_error.kind() == std::io::ErrorKind::PermissionDenied =>
-                {
-                    MapsError::PermissionDenied { path: path.clone() }
-                }
-                _ => MapsError::Map { map: name, source },
-            })?;
-            Map::from_map_data(data).map_err(err(name))
-        })
+        Self::assemble(|name| pinned_map(dir, name))
     }
 
     /// Builds the typed set from a source of untyped maps by name.
@@ -130,6 +133,7 @@ impl RelayMaps {
             redirect: typed(names::REDIRECT, get(names::REDIRECT)?)?,
             session_meta: typed(names::SESSION_META, get(names::SESSION_META)?)?,
             build_info: typed(names::BUILD_INFO, get(names::BUILD_INFO)?)?,
+            turn: super::turn_maps::TurnMaps::assemble(&mut get)?,
         })
     }
 

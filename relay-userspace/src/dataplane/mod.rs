@@ -10,6 +10,7 @@ pub mod maps;
 pub mod object;
 pub mod settings;
 pub mod simulate;
+pub mod turn_maps;
 
 pub use loader::{Dataplane, LoadOptions};
 pub use maps::RelayMaps;

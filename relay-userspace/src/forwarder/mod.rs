@@ -27,7 +27,7 @@ use self::{
 };
 
 /// What to do with one received datagram.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum Action {
     /// Send it, unchanged, to `to` (from the relay socket of `to`'s family).
     Forward {
@@ -36,6 +36,15 @@ pub enum Action {
     },
     /// Send these bytes back to the datagram's source, from the socket it arrived on.
     Reply(Vec<u8>),
+    /// Send `datagram[range]` to `to` from another socket (a TURN allocation's relayed port).
+    Relay {
+        /// The socket to send from.
+        from: Arc<UdpSocket>,
+        /// Destination.
+        to: SocketAddr,
+        /// The part of the received datagram to send.
+        range: std::ops::Range<usize>,
+    },
     /// Nothing to send (the reason was counted).
     Drop,
 }
@@ -63,6 +72,7 @@ pub struct Forwarder {
     threads: Vec<JoinHandle<()>>,
     stop: Arc<AtomicBool>,
     local: Vec<SocketAddr>,
+    senders: [Option<Arc<UdpSocket>>; 2],
 }
 
 impl Forwarder {
@@ -112,12 +122,19 @@ impl Forwarder {
             threads,
             stop,
             local,
+            senders: sockets.first().cloned().unwrap_or_default(),
         })
     }
 
     /// The addresses the sockets are bound to (one per family).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.local
+    }
+
+    /// A socket per family ([IPv4, IPv6]) to send from the forwarder's address outside its
+    /// threads (a TURN front's peer data towards UDP clients).
+    pub fn senders(&self) -> [Option<Arc<UdpSocket>>; 2] {
+        self.senders.clone()
     }
 
     /// Stops every thread and waits for them.

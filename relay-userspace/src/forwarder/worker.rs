@@ -43,6 +43,8 @@ impl Worker {
         let mut received: Vec<Received> = Vec::with_capacity(self.batch);
         let mut verdicts = LocalVerdicts::default();
         let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+        let mut relays: Vec<(Arc<UdpSocket>, SocketAddr, usize, std::ops::Range<usize>)> =
+            Vec::new();
         // Indexes into the receive batch to forward, per destination family.
         let mut out: [Vec<(SocketAddr, usize)>; 2] = [Vec::new(), Vec::new()];
         while !self.stop.load(Ordering::Relaxed) {
@@ -64,6 +66,7 @@ impl Worker {
                 match self.handler.handle(payload, r.src, now, &mut verdicts) {
                     Action::Forward { to } => out[to.is_ipv6() as usize].push((to, i)),
                     Action::Reply(reply) => replies.push((r.src, reply)),
+                    Action::Relay { from, to, range } => relays.push((from, to, i, range)),
                     Action::Drop => {}
                 }
             }
@@ -84,6 +87,22 @@ impl Worker {
                 }
                 list.clear();
             }
+            // Grouped by sending socket, each group in one sendmmsg.
+            relays.sort_by_key(|(from, ..)| Arc::as_ptr(from) as usize);
+            for group in relays.chunk_by(|a, b| Arc::ptr_eq(&a.0, &b.0)) {
+                let datagrams: Vec<(SocketAddr, &[u8])> = group
+                    .iter()
+                    .map(|(_, to, i, range)| {
+                        let payload = recv.payload(*i, &received[*i]);
+                        (*to, payload.get(range.clone()).unwrap_or_default())
+                    })
+                    .collect();
+                let failed = send.send(&group[0].0, &datagrams);
+                for _ in 0..failed {
+                    verdicts.add(Reason::DroppedSendError, 0);
+                }
+            }
+            relays.clear();
             if !replies.is_empty() {
                 let datagrams: Vec<(SocketAddr, &[u8])> =
                     replies.iter().map(|(to, r)| (*to, &r[..])).collect();

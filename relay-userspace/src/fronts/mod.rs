@@ -6,13 +6,14 @@
 //! API server — are in [`crate::control`], [`crate::forwarder`] and [`crate::api`].
 //!
 //! The daemon starts every front in [`start_all`]: adding a front is a module here and one line
-//! there. Today there is one: [`geneve`], the session protocol of `relay client`.
+//! there: [`geneve`], the session protocol of `relay client`, and [`turn`], the TURN server.
 //!
 //! [`DatagramHandler`]: crate::forwarder::DatagramHandler
 
 pub mod geneve;
+pub mod turn;
 
-use std::{any::Any, net::IpAddr, net::SocketAddr, sync::Arc};
+use std::{any::Any, net::IpAddr, net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::Result;
 use axum::Router;
@@ -39,6 +40,8 @@ pub struct FrontContext<'a> {
     pub counters: &'a Arc<UserCounters>,
     /// The API's shared state (tokens, plane, limits), for the front's routes.
     pub api: &'a ApiState,
+    /// Where the maps are pinned, when the fast path's maps are in use.
+    pub pin_dir: Option<&'a Path>,
 }
 
 /// A running protocol front.
@@ -55,7 +58,11 @@ pub trait Front: Any + Send + Sync {
     fn stop(&self);
 }
 
-/// Starts every front.
+/// Starts every front: the session protocol always, TURN when configured.
 pub fn start_all(context: &FrontContext) -> Result<Vec<Arc<dyn Front>>> {
-    Ok(vec![Arc::new(geneve::SessionFront::start(context)?)])
+    let mut fronts: Vec<Arc<dyn Front>> = vec![Arc::new(geneve::SessionFront::start(context)?)];
+    if let Some(turn) = &context.config.turn {
+        fronts.push(Arc::new(turn::TurnFront::start(context, turn)?));
+    }
+    Ok(fronts)
 }

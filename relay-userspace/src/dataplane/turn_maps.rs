@@ -1,0 +1,361 @@
+//! Typed access to the TURN maps (`relay_common::turn`): the daemon mirrors its allocations
+//! into them, a restarted daemon adopts from them, the CLI reads them.
+
+use std::collections::HashSet;
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues};
+use relay_common::{
+    maps::SessionStats,
+    turn::{
+        self as names, ChannelBinding, ChannelKey, FRONT_TURN, PeerChannel, PeerKey, Permission,
+        PermissionKey, RelayPort, RelayPortKey, TurnAllocation, TurnAllocationMeta, TurnKeys,
+    },
+};
+
+use super::maps::MapsError;
+
+/// Capacity of the binding maps (channels, peers, permissions) for `max_allocations`: four per
+/// allocation on average, at least 1024.
+pub fn binding_capacity(max_allocations: u32) -> u32 {
+    max_allocations.saturating_mul(4).max(1024)
+}
+
+/// One allocation as the maps hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TurnRecord {
+    /// The fast path's view.
+    pub allocation: TurnAllocation,
+    /// The daemon's record.
+    pub meta: TurnAllocationMeta,
+    /// Its live channels (with their peer-side entries).
+    pub channels: Vec<(ChannelKey, ChannelBinding)>,
+    /// Its permissions.
+    pub permissions: Vec<(PermissionKey, Permission)>,
+}
+
+/// The TURN maps, typed.
+pub struct TurnMaps {
+    /// Relay port → owner.
+    pub relay_ports: HashMap<MapData, RelayPortKey, RelayPort>,
+    /// Slot → allocation.
+    pub allocations: HashMap<MapData, u32, TurnAllocation>,
+    /// Slot → the daemon's record.
+    pub meta: HashMap<MapData, u32, TurnAllocationMeta>,
+    /// (client, channel) → binding.
+    pub channels: HashMap<MapData, ChannelKey, ChannelBinding>,
+    /// (slot, peer) → channel.
+    pub peers: HashMap<MapData, PeerKey, PeerChannel>,
+    /// (slot, peer IP) → permission.
+    pub permissions: HashMap<MapData, PermissionKey, Permission>,
+    /// Slot → per-CPU fast-path counters.
+    pub stats: PerCpuArray<MapData, SessionStats>,
+    /// Slot → userspace counters.
+    pub user_stats: Array<MapData, SessionStats>,
+    /// Persistent secrets.
+    pub keys: Array<MapData, TurnKeys>,
+    /// What [`TurnMaps::put`] wrote per slot, so a change touches only that allocation's
+    /// entries (a slot not in it is found by scanning the maps).
+    installed: std::collections::HashMap<u32, Installed>,
+}
+
+/// The binding entries of one slot.
+#[derive(Clone, Debug, Default)]
+struct Installed {
+    channels: Vec<(ChannelKey, ChannelBinding)>,
+    permissions: Vec<PermissionKey>,
+}
+
+fn err(map: &'static str) -> impl Fn(MapError) -> MapsError {
+    move |source| MapsError::Map { map, source }
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(err(name))
+}
+
+/// `Ok` for a removal whose key was already gone.
+fn gone(r: Result<(), MapError>, map: &'static str) -> Result<(), MapsError> {
+    match r {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(source) => Err(MapsError::Map { map, source }),
+    }
+}
+
+impl TurnMaps {
+    /// Every TURN map name.
+    pub const NAMES: [&'static str; 9] = [
+        names::RELAY_PORTS,
+        names::TURN_ALLOCATIONS,
+        names::TURN_ALLOCATION_META,
+        names::TURN_CHANNELS,
+        names::TURN_PEERS,
+        names::TURN_PERMISSIONS,
+        names::TURN_STATS,
+        names::TURN_USERSPACE_STATS,
+        names::TURN_KEYS,
+    ];
+
+    /// Reopens the TURN maps pinned in `dir` (the TURN front's own handles next to the plane's).
+    pub fn open_pinned(dir: &std::path::Path) -> Result<TurnMaps, MapsError> {
+        Self::assemble(|name| super::maps::pinned_map(dir, name))
+    }
+
+    /// Builds the typed set from a source of untyped maps by name.
+    pub fn assemble(
+        mut get: impl FnMut(&'static str) -> Result<Map, MapsError>,
+    ) -> Result<TurnMaps, MapsError> {
+        Ok(TurnMaps {
+            relay_ports: typed(names::RELAY_PORTS, get(names::RELAY_PORTS)?)?,
+            allocations: typed(names::TURN_ALLOCATIONS, get(names::TURN_ALLOCATIONS)?)?,
+            meta: typed(
+                names::TURN_ALLOCATION_META,
+                get(names::TURN_ALLOCATION_META)?,
+            )?,
+            channels: typed(names::TURN_CHANNELS, get(names::TURN_CHANNELS)?)?,
+            peers: typed(names::TURN_PEERS, get(names::TURN_PEERS)?)?,
+            permissions: typed(names::TURN_PERMISSIONS, get(names::TURN_PERMISSIONS)?)?,
+            stats: typed(names::TURN_STATS, get(names::TURN_STATS)?)?,
+            user_stats: typed(
+                names::TURN_USERSPACE_STATS,
+                get(names::TURN_USERSPACE_STATS)?,
+            )?,
+            keys: typed(names::TURN_KEYS, get(names::TURN_KEYS)?)?,
+            installed: Default::default(),
+        })
+    }
+
+    /// The nonce key kept with the allocations, creating it from `fresh` on first use.
+    pub fn nonce_key(&mut self, fresh: [u8; 32]) -> Result<[u8; 32], MapsError> {
+        let stored = self.keys.get(&0, 0).map_err(err(names::TURN_KEYS))?;
+        if stored.nonce_key != [0; 32] {
+            return Ok(stored.nonce_key);
+        }
+        self.keys
+            .set(0, TurnKeys { nonce_key: fresh }, 0)
+            .map_err(err(names::TURN_KEYS))?;
+        Ok(fresh)
+    }
+
+    /// Writes an allocation (its port entry, records, channels and permissions), replacing
+    /// the bindings it had.
+    pub fn put(&mut self, record: &TurnRecord) -> Result<(), MapsError> {
+        let slot = record.allocation.slot;
+        self.meta
+            .insert(slot, record.meta, 0)
+            .map_err(err(names::TURN_ALLOCATION_META))?;
+        self.allocations
+            .insert(slot, record.allocation, 0)
+            .map_err(err(names::TURN_ALLOCATIONS))?;
+        let port_key = RelayPortKey {
+            port: record.allocation.relay_port,
+            reserved: 0,
+        };
+        self.relay_ports
+            .insert(
+                port_key,
+                RelayPort {
+                    front: FRONT_TURN,
+                    reserved: [0; 3],
+                    slot,
+                },
+                0,
+            )
+            .map_err(err(names::RELAY_PORTS))?;
+        let (old_channels, old_permissions) = self.bindings_of(slot)?;
+        let want_channels: HashSet<ChannelKey> = record.channels.iter().map(|(k, _)| *k).collect();
+        let want_permissions: HashSet<PermissionKey> =
+            record.permissions.iter().map(|(k, _)| *k).collect();
+        for (key, binding) in old_channels {
+            if !want_channels.contains(&key) {
+                gone(self.channels.remove(&key), names::TURN_CHANNELS)?;
+                gone(
+                    self.peers.remove(&PeerKey {
+                        peer: binding.peer,
+                        slot,
+                    }),
+                    names::TURN_PEERS,
+                )?;
+            }
+        }
+        for key in old_permissions {
+            if !want_permissions.contains(&key) {
+                gone(self.permissions.remove(&key), names::TURN_PERMISSIONS)?;
+            }
+        }
+        for (key, permission) in &record.permissions {
+            self.permissions
+                .insert(key, permission, 0)
+                .map_err(err(names::TURN_PERMISSIONS))?;
+        }
+        for (key, binding) in &record.channels {
+            self.peers
+                .insert(
+                    PeerKey {
+                        peer: binding.peer,
+                        slot,
+                    },
+                    PeerChannel {
+                        channel: key.channel,
+                        reserved: 0,
+                    },
+                    0,
+                )
+                .map_err(err(names::TURN_PEERS))?;
+            self.channels
+                .insert(key, binding, 0)
+                .map_err(err(names::TURN_CHANNELS))?;
+        }
+        self.installed.insert(
+            slot,
+            Installed {
+                channels: record.channels.clone(),
+                permissions: want_permissions.into_iter().collect(),
+            },
+        );
+        Ok(())
+    }
+
+    /// The channel and permission entries of `slot`.
+    #[allow(clippy::type_complexity)]
+    fn bindings_of(
+        &self,
+        slot: u32,
+    ) -> Result<(Vec<(ChannelKey, ChannelBinding)>, Vec<PermissionKey>), MapsError> {
+        if let Some(i) = self.installed.get(&slot) {
+            return Ok((i.channels.clone(), i.permissions.clone()));
+        }
+        let mut channels = Vec::new();
+        for entry in self.channels.iter() {
+            let (key, binding) = entry.map_err(err(names::TURN_CHANNELS))?;
+            if binding.slot == slot {
+                channels.push((key, binding));
+            }
+        }
+        let mut permissions = Vec::new();
+        for key in self.permissions.keys() {
+            let key = key.map_err(err(names::TURN_PERMISSIONS))?;
+            if key.slot == slot {
+                permissions.push(key);
+            }
+        }
+        Ok((channels, permissions))
+    }
+
+    /// Removes an allocation and everything of it.
+    pub fn delete(&mut self, slot: u32) -> Result<(), MapsError> {
+        if let Ok(allocation) = self.allocations.get(&slot, 0) {
+            let port_key = RelayPortKey {
+                port: allocation.relay_port,
+                reserved: 0,
+            };
+            if self
+                .relay_ports
+                .get(&port_key, 0)
+                .is_ok_and(|p| p.front == FRONT_TURN && p.slot == slot)
+            {
+                gone(self.relay_ports.remove(&port_key), names::RELAY_PORTS)?;
+            }
+        }
+        let (channels, permissions) = self.bindings_of(slot)?;
+        for (key, binding) in channels {
+            gone(self.channels.remove(&key), names::TURN_CHANNELS)?;
+            gone(
+                self.peers.remove(&PeerKey {
+                    peer: binding.peer,
+                    slot,
+                }),
+                names::TURN_PEERS,
+            )?;
+        }
+        for key in permissions {
+            gone(self.permissions.remove(&key), names::TURN_PERMISSIONS)?;
+        }
+        self.installed.remove(&slot);
+        gone(self.allocations.remove(&slot), names::TURN_ALLOCATIONS)?;
+        gone(self.meta.remove(&slot), names::TURN_ALLOCATION_META)
+    }
+
+    /// Every allocation with its records, sorted by slot.
+    pub fn all(&self) -> Result<Vec<TurnRecord>, MapsError> {
+        let mut out = Vec::new();
+        for entry in self.allocations.iter() {
+            let (slot, allocation) = entry.map_err(err(names::TURN_ALLOCATIONS))?;
+            let meta = match self.meta.get(&slot, 0) {
+                Ok(m) => m,
+                Err(MapError::KeyNotFound) => TurnAllocationMeta::default(),
+                Err(source) => {
+                    return Err(MapsError::Map {
+                        map: names::TURN_ALLOCATION_META,
+                        source,
+                    });
+                }
+            };
+            let (channels, _) = self.bindings_of(slot)?;
+            let mut permissions = Vec::new();
+            for entry in self.permissions.iter() {
+                let (key, permission) = entry.map_err(err(names::TURN_PERMISSIONS))?;
+                if key.slot == slot {
+                    permissions.push((key, permission));
+                }
+            }
+            out.push(TurnRecord {
+                allocation,
+                meta,
+                channels,
+                permissions,
+            });
+        }
+        out.sort_by_key(|r| r.allocation.slot);
+        Ok(out)
+    }
+
+    /// Fast-path counters of `slot`, summed over CPUs.
+    pub fn kernel_stats(&self, slot: u32) -> Result<SessionStats, MapsError> {
+        let per_cpu = self.stats.get(&slot, 0).map_err(err(names::TURN_STATS))?;
+        let mut total = SessionStats::default();
+        for s in per_cpu.iter() {
+            total.accumulate(s);
+        }
+        Ok(total)
+    }
+
+    /// Userspace counters of `slot`, as last flushed.
+    pub fn userspace_stats(&self, slot: u32) -> Result<SessionStats, MapsError> {
+        self.user_stats
+            .get(&slot, 0)
+            .map_err(err(names::TURN_USERSPACE_STATS))
+    }
+
+    /// Stores the userspace counters of `slot`.
+    pub fn set_userspace_stats(
+        &mut self,
+        slot: u32,
+        stats: &SessionStats,
+    ) -> Result<(), MapsError> {
+        self.user_stats
+            .set(slot, stats, 0)
+            .map_err(err(names::TURN_USERSPACE_STATS))
+    }
+
+    /// Zeroes both counter slots of `slot` before a new allocation uses it.
+    pub fn reset_slot(&mut self, slot: u32) -> Result<(), MapsError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Cpus(e))?;
+        let zeros =
+            PerCpuValues::try_from(vec![SessionStats::default(); cpus]).map_err(MapsError::Cpus)?;
+        self.stats
+            .set(slot, zeros, 0)
+            .map_err(err(names::TURN_STATS))?;
+        self.user_stats
+            .set(slot, SessionStats::default(), 0)
+            .map_err(err(names::TURN_USERSPACE_STATS))
+    }
+
+    /// Capacity of the allocation map.
+    pub fn capacity(&self) -> u32 {
+        use aya::maps::IterableMap;
+        self.allocations.map().info().map_or(0, |i| i.max_entries())
+    }
+}
