@@ -14,6 +14,7 @@ pub mod netns;
 pub mod sandbox;
 pub mod scenario;
 pub mod throughput;
+pub mod turn_clients;
 pub mod wireguard;
 pub mod xdp_bench;
 

@@ -6,10 +6,13 @@
 //!  client-a ── nat-a ──┐                          ┌── relay (eth0: 192.0.2.10, 2001:db8:1::10)
 //!  10.0.1.2            │ 198.51.100.2             │
 //!  2001:db8:a:1::2     ├──────────── inet ────────┤
-//!  client-b ── nat-b ──┘ 203.0.113.2              └── attacker (192.0.2.66 on its own link)
-//!  10.0.2.2
+//!  client-b ── nat-b ──┘ 203.0.113.2              ├── attacker (192.0.2.66 on its own link)
+//!  10.0.2.2                                       └── peer (192.0.2.130, 2001:db8:2::10)
 //!  2001:db8:b:1::2
 //! ```
+//!
+//! The peer is a public host, such as the far end of a TURN allocation (a media server, a
+//! client with a public address).
 //!
 //! * nat-a masquerades IPv4 (port-preserving, "easy" NAT); nat-b masquerades with random ports
 //!   (symmetric NAT) and lets its client send only to the relay (a strict firewall). Both pass
@@ -50,11 +53,13 @@ pub enum Host {
     Relay,
     /// A host that spoofs.
     Attacker,
+    /// A public host (a TURN client's peer).
+    Peer,
 }
 
 impl Host {
     /// Every host.
-    pub const ALL: [Host; 7] = [
+    pub const ALL: [Host; 8] = [
         Host::Inet,
         Host::NatA,
         Host::NatB,
@@ -62,6 +67,7 @@ impl Host {
         Host::ClientB,
         Host::Relay,
         Host::Attacker,
+        Host::Peer,
     ];
 
     fn role(self) -> &'static str {
@@ -73,6 +79,7 @@ impl Host {
             Host::ClientB => "clb",
             Host::Relay => "relay",
             Host::Attacker => "atk",
+            Host::Peer => "peer",
         }
     }
 }
@@ -97,6 +104,10 @@ pub mod addr {
     pub const CLIENT_B_V6: &str = "2001:db8:b:1::2";
     /// The attacker's address.
     pub const ATTACKER_V4: &str = "192.0.2.66";
+    /// The public peer's IPv4 address.
+    pub const PEER_V4: &str = "192.0.2.130";
+    /// The public peer's IPv6 address.
+    pub const PEER_V6: &str = "2001:db8:2::10";
 }
 
 /// A bpffs for the lab's pins outside /sys: `ip netns exec` remounts /sys in a private mount
@@ -159,6 +170,14 @@ const LINKS: &[Link] = &[
         b: (Host::Attacker, "eth0", &["192.0.2.66/26"]),
     },
     Link {
+        a: (
+            Host::Inet,
+            "to-peer",
+            &["192.0.2.129/26", "2001:db8:2::1/64"],
+        ),
+        b: (Host::Peer, "eth0", &["192.0.2.130/26", "2001:db8:2::10/64"]),
+    },
+    Link {
         a: (Host::NatA, "lan", &["10.0.1.1/24", "2001:db8:a:1::1/64"]),
         b: (
             Host::ClientA,
@@ -182,6 +201,7 @@ const ROUTES: &[(Host, &str, Option<&str>)] = &[
     (Host::NatB, "203.0.113.1", Some("2001:db8:b::1")),
     (Host::Relay, "192.0.2.1", Some("2001:db8:1::1")),
     (Host::Attacker, "192.0.2.65", None),
+    (Host::Peer, "192.0.2.129", Some("2001:db8:2::1")),
     (Host::ClientA, "10.0.1.1", Some("2001:db8:a:1::1")),
     (Host::ClientB, "10.0.2.1", Some("2001:db8:b:1::1")),
 ];
@@ -359,7 +379,7 @@ impl NatLab {
                 .exec("nft", &["-f", path.to_str().context("path")?])?;
         }
         // Hosts that originate UDP compute full checksums (see the module docs).
-        for host in [Host::ClientA, Host::ClientB, Host::Attacker] {
+        for host in [Host::ClientA, Host::ClientB, Host::Attacker, Host::Peer] {
             self.ns(host)
                 .exec("ethtool", &["-K", "eth0", "tx", "off"])?;
         }
@@ -431,6 +451,33 @@ impl NatLab {
     /// Runs `program args…` in `host` and returns its stdout.
     pub fn exec(&self, host: Host, program: &str, args: &[&str]) -> Result<String> {
         self.ns(host).exec(program, args)
+    }
+
+    /// Runs `program args…` in `host` for at most `limit` (then it is killed) and returns what it
+    /// printed on both streams, whatever its exit status (for clients whose status says
+    /// nothing).
+    pub fn exec_output(
+        &self,
+        host: Host,
+        program: &str,
+        args: &[&str],
+        limit: Duration,
+    ) -> Result<String> {
+        let out = self
+            .ns(host)
+            .command("timeout")
+            .args(["--kill-after=5", &limit.as_secs().max(1).to_string()])
+            // Line-buffered, so what it printed survives being killed.
+            .args(["stdbuf", "-oL", "-eL", program])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {program}"))?;
+        Ok(format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 
     /// Waits until `check` holds, at most `limit`.

@@ -45,6 +45,12 @@ pub struct ScenarioOptions {
     pub labels: [String; 2],
     /// Leave everything running when this process exits (`relay-lab demo --keep`).
     pub keep: bool,
+    /// Allocate a session and start the sidecars (the session protocol's scenario); off for
+    /// scenarios of other fronts.
+    pub sessions: bool,
+    /// Run the TURN front ([`TURN_REALM`], [`TURN_SECRET`], [`TURN_USER`]) with TLS on
+    /// [`TURNS_PORT`].
+    pub turn: bool,
     /// Run each sidecar with exactly these arguments (after `relay`; [`TICKET_PLACEHOLDER`]
     /// stands for the leg's ticket) instead of the lab's (family, quick timers): the README's
     /// command, word for word.
@@ -53,6 +59,17 @@ pub struct ScenarioOptions {
 
 /// How the README writes a ticket in its commands; replaced by the leg's real ticket.
 pub const TICKET_PLACEHOLDER: &str = "relay1.…";
+
+/// The TURN realm in the lab.
+pub const TURN_REALM: &str = "lab.relay.test";
+/// The TURN REST shared secret in the lab.
+pub const TURN_SECRET: &str = "lab-turn-shared-secret-0123";
+/// A static TURN user in the lab: (name, password).
+pub const TURN_USER: (&str, &str) = ("lab-user", "lab-password");
+/// TURN over TLS port in the lab.
+pub const TURNS_PORT: u16 = 5349;
+/// The relayed port range in the lab.
+pub const TURN_RELAY_PORTS: (u16, u16) = (50_000, 50_999);
 
 /// The relay's metrics endpoint in the lab (on the relay host's loopback).
 pub const LAB_METRICS: &str = "127.0.0.1:9101";
@@ -68,6 +85,8 @@ impl ScenarioOptions {
             silence: Duration::from_secs(2),
             labels: ["alice-laptop".into(), "office-nas".into()],
             keep: false,
+            sessions: true,
+            turn: false,
             join_command: None,
         }
     }
@@ -88,14 +107,44 @@ pub struct Scenario {
     pass: Option<(Dataplane, PathBuf)>,
 }
 
-fn relay_config(options: &ScenarioOptions, pin_dir: &Path) -> String {
+fn relay_config(options: &ScenarioOptions, pin_dir: &Path, dir: &Path) -> String {
     let mode = options.xdp.name();
-    format!(
+    let mut config = format!(
         "interfaces: [eth0]\nxdp:\n  mode: {mode}\nrelay:\n  port: {LAB_PORT}\napi:\n  \
          listen: 127.0.0.1:8080\n  tokens:\n    - name: lab\n      token: {LAB_TOKEN}\n\
          pin_dir: {}\nlog:\n  level: info\nmetrics:\n  listen: {LAB_METRICS}\n  top_sessions: 5\n",
         pin_dir.display()
-    )
+    );
+    if options.turn {
+        config = config.replace(
+            "level: info",
+            "level: info,relay_userspace::fronts::turn=debug",
+        );
+        let (first, last) = TURN_RELAY_PORTS;
+        config.push_str(&format!(
+            "turn:\n  realm: {TURN_REALM}\n  relay_ports: {first}-{last}\n  secrets: [{TURN_SECRET}]\n  \
+             users:\n    - name: {}\n      password: {}\n  tls:\n    cert: {}\n    key: {}\n    \
+             ports: [{TURNS_PORT}]\n  requests_per_sec_per_source: 0\n",
+            TURN_USER.0,
+            TURN_USER.1,
+            dir.join("turn.crt").display(),
+            dir.join("turn.key").display(),
+        ));
+    }
+    config
+}
+
+/// A self-signed certificate for the relay's lab addresses (TURN over TLS), written into `dir`.
+fn write_turn_certificate(dir: &Path) -> Result<()> {
+    let names = vec![
+        crate::nat_lab::addr::RELAY_V4.to_string(),
+        crate::nat_lab::addr::RELAY_V6.to_string(),
+        TURN_REALM.to_string(),
+    ];
+    let pair = rcgen::generate_simple_self_signed(names)?;
+    std::fs::write(dir.join("turn.crt"), pair.cert.pem())?;
+    std::fs::write(dir.join("turn.key"), pair.signing_key.serialize_pem())?;
+    Ok(())
 }
 
 impl Scenario {
@@ -120,8 +169,11 @@ impl Scenario {
             dp.attach_pinned(PROGRAM_PASS, INET_RELAY_IF, AyaMode::Driver)?;
             pass = Some((dp, pins));
         }
+        if options.turn {
+            write_turn_certificate(&lab.dir)?;
+        }
         let config_path = lab.dir.join("relay.yaml");
-        std::fs::write(&config_path, relay_config(&options, &pin_dir))?;
+        std::fs::write(&config_path, relay_config(&options, &pin_dir, &lab.dir))?;
         let config = config_path.to_str().context("path")?.to_string();
         lab.spawn(
             Host::Relay,
@@ -146,6 +198,9 @@ impl Scenario {
             pass,
         };
         scenario.wait_for_api()?;
+        if !scenario.options.sessions {
+            return Ok(scenario);
+        }
         scenario.session = scenario.create_session()?;
         for (leg, host) in [(0, Host::ClientA), (1, Host::ClientB)] {
             scenario.start_sidecar(leg, host, &format!("sidecar-{}", ["a", "b"][leg]))?;

@@ -33,7 +33,28 @@ const PACKAGES: &[(&str, &str)] = &[
     ("shellcheck", "linting the deploy scripts in the tests"),
     ("tcpdump", "packet captures while debugging the lab"),
     ("procps", "sysctl"),
+    (
+        "coturn",
+        "coturn's TURN test client and echo peer (turnutils_uclient, turnutils_peer), and coturn \
+         itself as the TURN benchmark's baseline",
+    ),
+    (
+        "chromium",
+        "headless WebRTC peers relaying through the TURN front",
+    ),
+    (
+        "python3-venv",
+        "the lab's Python environment (aioice, the Chromium driver)",
+    ),
+    ("python3-pip", "installing the lab's Python packages"),
 ];
+
+/// The lab's Python environment (under target/, created by setup): real TURN and WebRTC
+/// clients the tests drive.
+pub const LAB_VENV: &str = "target/lab-venv";
+
+/// PyPI packages of the lab's environment, pinned.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[("aioice", "0.10.1"), ("websockets", "15.0.1")];
 
 /// Runs every setup step.
 pub fn run() -> Result<()> {
@@ -43,6 +64,7 @@ pub fn run() -> Result<()> {
     cargo_nextest()?;
     cargo_fuzz()?;
     debian_packages()?;
+    python_venv()?;
     bpffs()?;
     kernel_btf();
     println!("== setup done");
@@ -176,6 +198,55 @@ fn debian_packages() -> Result<()> {
         install()?;
     }
     Ok(())
+}
+
+/// Creates the lab's venv and installs the pinned packages missing from it.
+fn python_venv() -> Result<()> {
+    let root = crate::run::workspace_root();
+    let venv = root.join(LAB_VENV);
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        println!("python venv: missing, creating {}", venv.display());
+        status(
+            Command::new("/usr/bin/python3")
+                .args(["-m", "venv"])
+                .arg(&venv),
+        )?;
+    }
+    let installed = output(Command::new(&python).args(["-m", "pip", "freeze"])).unwrap_or_default();
+    let missing: Vec<String> = PYTHON_PACKAGES
+        .iter()
+        .map(|(p, v)| format!("{p}=={v}"))
+        .filter(|want| {
+            !installed
+                .lines()
+                .any(|l| l.trim().eq_ignore_ascii_case(want))
+        })
+        .collect();
+    if missing.is_empty() {
+        println!(
+            "python venv: {} ({})",
+            venv.display(),
+            PYTHON_PACKAGES
+                .iter()
+                .map(|(p, v)| format!("{p} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        return Ok(());
+    }
+    println!("python venv: installing {}", missing.join(" "));
+    status(
+        Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--quiet",
+            ])
+            .args(&missing),
+    )
 }
 
 fn bpffs() -> Result<()> {

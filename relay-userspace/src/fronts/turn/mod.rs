@@ -11,6 +11,7 @@
 //! * every change mirrored into the TURN maps, so a restarted daemon adopts the allocations and
 //!   the CLI shows them.
 
+pub mod amplification;
 pub mod auth;
 pub mod persist;
 pub mod relaying;

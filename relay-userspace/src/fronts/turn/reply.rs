@@ -1,7 +1,7 @@
 //! Building the TURN server's responses: successes and errors to a request, signed with the
-//! request's key when it authenticated, fingerprinted when it was, and — for requests that did
-//! not authenticate — never larger than the request (a server that answers a spoofed source with
-//! more bytes than it received is a traffic amplifier; coturn's was).
+//! request's key when it authenticated, fingerprinted when it was. Challenges carry no reason
+//! phrase and nothing optional: they go to sources that have not authenticated, within the
+//! bytes those sent ([`super::amplification`]).
 
 use stun_types::{
     attribute::{
@@ -102,9 +102,4 @@ impl Reply {
         }
         self.out.finish()
     }
-}
-
-/// `response` if it is no larger than the unauthenticated request it answers, else nothing.
-pub fn bounded(request_len: usize, response: Vec<u8>) -> Option<Vec<u8>> {
-    (response.len() <= request_len).then_some(response)
 }

@@ -4,9 +4,10 @@
 //! implements with real sockets and the tests with a set.
 //!
 //! Decisions enforced here, and why:
-//! * Every method but Binding needs long-term credentials ([`super::auth`]); the 401 that asks
-//!   for them, and every other answer to a request that has not authenticated, is never larger
-//!   than the request, or it is not sent: the relay must not amplify spoofed traffic.
+//! * Every method but Binding needs long-term credentials ([`super::auth`]). Over UDP, the 401
+//!   that asks for them and every other answer to a request that has not authenticated is sent
+//!   only within what its source address has sent ([`super::amplification`]): the relay must
+//!   not amplify spoofed traffic.
 //! * An allocation belongs to its 5-tuple and its username: another username gets 441, another
 //!   5-tuple finds none (437).
 //! * Permissions (per peer IP, 300 s) and channels (600 s) expire on their own; only the
@@ -45,8 +46,9 @@ use turn_types::{
 };
 
 use super::{
+    amplification::AmplificationGuard,
     auth::{Credentials, NonceCheck, Nonces, quota_user},
-    reply::{Reply, Signer, bounded},
+    reply::{Reply, Signer},
 };
 use crate::control::address_policy::{AddressPolicy, normalise};
 
@@ -323,14 +325,16 @@ const KNOWN_ATTRIBUTES: &[u16] = &[
 /// An error response's code and reason.
 struct Refuse(u16, &'static str);
 
-/// The outcome of authenticating a request.
-enum Authenticated {
-    Yes {
-        username: String,
-        key: IntegrityKey,
-        algorithm: IntegrityAlgorithm,
+/// Why a request did not authenticate.
+enum Unauthenticated {
+    /// Answer with a 401 or 438 challenge.
+    Challenge {
+        code: u16,
+        result: &'static str,
+        why: &'static str,
     },
-    No(Outcome),
+    /// Answer 400.
+    BadRequest(&'static str),
 }
 
 /// The TURN server.
@@ -345,6 +349,7 @@ pub struct TurnServer {
     ports_used: HashSet<u16>,
     reservations: HashMap<u64, Reservation>,
     per_user: HashMap<String, u32>,
+    guard: AmplificationGuard,
     rng: StdRng,
 }
 
@@ -369,6 +374,7 @@ impl TurnServer {
             ports_used: HashSet::new(),
             reservations: HashMap::new(),
             per_user: HashMap::new(),
+            guard: AmplificationGuard::new(),
             rng: StdRng::from_os_rng(),
         }
     }
@@ -519,6 +525,10 @@ impl TurnServer {
                 ..Default::default()
             };
         }
+        if five_tuple.transport == Transport::Udp {
+            self.guard
+                .received(five_tuple.client.ip(), datagram.len(), clock.now);
+        }
         let unknown: Vec<AttributeType> = request
             .iter_attributes()
             .map(|(_, a)| a.get_type())
@@ -526,7 +536,7 @@ impl TurnServer {
             .collect();
         if !unknown.is_empty() {
             let reply = Reply::unknown_attributes(&request, &unknown).finish(None);
-            return unauthenticated(datagram.len(), reply, "error_420", "unknown attributes");
+            return self.unverified(&five_tuple, clock, reply, "error_420", "unknown attributes");
         }
         let method = request.method();
         if method == BINDING {
@@ -535,21 +545,22 @@ impl TurnServer {
                 five_tuple.client,
                 request.transaction_id(),
             ));
-            return unauthenticated(datagram.len(), reply.finish(None), "binding", "");
+            return self.unverified(&five_tuple, clock, reply.finish(None), "binding", "");
         }
         if ![ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method) {
             let reply = Reply::error(&request, 400, "").finish(None);
-            return unauthenticated(datagram.len(), reply, "error_400", "unsupported method");
+            return self.unverified(&five_tuple, clock, reply, "error_400", "unsupported method");
         }
-        let (username, key, algorithm) =
-            match self.authenticate(&request, datagram.len(), five_tuple, clock) {
-                Authenticated::Yes {
-                    username,
-                    key,
-                    algorithm,
-                } => (username, key, algorithm),
-                Authenticated::No(outcome) => return outcome,
-            };
+        let (username, key, algorithm) = match self.authenticate(&request, five_tuple, clock) {
+            Ok(authenticated) => authenticated,
+            Err(Unauthenticated::Challenge { code, result, why }) => {
+                return self.challenge(&request, &five_tuple, clock, code, result, why);
+            }
+            Err(Unauthenticated::BadRequest(why)) => {
+                let reply = Reply::error(&request, 400, "").finish(None);
+                return self.unverified(&five_tuple, clock, reply, "error_400", why);
+            }
+        };
         let signer = Signer {
             key: &key,
             algorithm,
@@ -591,42 +602,11 @@ impl TurnServer {
     fn authenticate(
         &self,
         request: &Message,
-        request_len: usize,
         five_tuple: FiveTuple,
         clock: &Clock,
-    ) -> Authenticated {
-        let client = five_tuple.client.ip();
-        let challenge = |code: u16, result: &'static str, why: &str| {
-            // The full challenge if it fits, else one without the RFC 8489 extras.
-            let full = Reply::challenge(
-                request,
-                code,
-                self.credentials.realm(),
-                &self.nonces.issue(client, clock.unix_s(), true),
-                true,
-            )
-            .finish(None);
-            let reply = bounded(request_len, full).or_else(|| {
-                let short = Reply::challenge(
-                    request,
-                    code,
-                    self.credentials.realm(),
-                    &self.nonces.issue(client, clock.unix_s(), false),
-                    false,
-                )
-                .finish(None);
-                bounded(request_len, short)
-            });
-            Authenticated::No(Outcome {
-                result: if reply.is_some() {
-                    result
-                } else {
-                    "unanswered_too_small"
-                },
-                reply,
-                change: None,
-                reason: Some(why.to_string()),
-            })
+    ) -> Result<(String, IntegrityKey, IntegrityAlgorithm), Unauthenticated> {
+        let challenge = |code: u16, result: &'static str, why: &'static str| {
+            Err(Unauthenticated::Challenge { code, result, why })
         };
         let has_sha256 = request.has_attribute(MessageIntegritySha256::TYPE);
         if !has_sha256 && !request.has_attribute(MessageIntegrity::TYPE) {
@@ -637,11 +617,7 @@ impl TurnServer {
             request.attribute::<Realm>(),
             request.attribute::<Nonce>(),
         ) else {
-            let reply = Reply::error(request, 400, "").finish(None);
-            return Authenticated::No(unauthenticated(
-                request_len,
-                reply,
-                "error_400",
+            return Err(Unauthenticated::BadRequest(
                 "integrity without username, realm or nonce",
             ));
         };
@@ -653,16 +629,15 @@ impl TurnServer {
             });
             let consistent = (chosen.algorithm() == PasswordAlgorithmValue::SHA256) == has_sha256;
             if !echoed || !consistent {
-                let reply = Reply::error(request, 400, "").finish(None);
-                return Authenticated::No(unauthenticated(
-                    request_len,
-                    reply,
-                    "error_400",
+                return Err(Unauthenticated::BadRequest(
                     "password algorithms do not match what was offered",
                 ));
             }
         }
-        match self.nonces.check(nonce.nonce(), client, clock.unix_s()) {
+        match self
+            .nonces
+            .check(nonce.nonce(), five_tuple.client.ip(), clock.unix_s())
+        {
             NonceCheck::Fresh => {}
             NonceCheck::Stale => return challenge(438, "error_438", "stale nonce"),
             // Not ours (another server's, or from before a restart without pinned maps): a
@@ -688,12 +663,84 @@ impl TurnServer {
             .into_iter()
             .find(|k| request.validate_integrity_with_key(k).is_ok())
         {
-            Some(key) => Authenticated::Yes {
-                username: username.username().to_string(),
-                key,
-                algorithm,
-            },
+            Some(key) => Ok((username.username().to_string(), key, algorithm)),
             None => challenge(401, "wrong_password", "message integrity does not verify"),
+        }
+    }
+
+    /// A 401 or 438 with the realm and a fresh nonce: the full RFC 8489 challenge when the
+    /// source's credit allows it, else one without PASSWORD-ALGORITHMS (and a nonce without the
+    /// feature cookie, which would promise them), else nothing yet.
+    fn challenge(
+        &mut self,
+        request: &Message,
+        five_tuple: &FiveTuple,
+        clock: &Clock,
+        code: u16,
+        result: &'static str,
+        why: &'static str,
+    ) -> Outcome {
+        let client = five_tuple.client.ip();
+        for features in [true, false] {
+            let reply = Reply::challenge(
+                request,
+                code,
+                self.credentials.realm(),
+                &self.nonces.issue(client, clock.unix_s(), features),
+                features,
+            )
+            .finish(None);
+            if self.may_answer(five_tuple, clock, reply.len()) {
+                return Outcome {
+                    reply: Some(reply),
+                    change: None,
+                    result,
+                    reason: Some(why.to_string()),
+                };
+            }
+        }
+        Outcome {
+            result: "unanswered_no_credit",
+            reason: Some(format!(
+                "{why}: the challenge would exceed what this source has sent"
+            )),
+            ..Default::default()
+        }
+    }
+
+    /// Whether a response of `len` bytes may go to `five_tuple`'s client, which has not
+    /// authenticated ([`super::amplification`]); spends the credit if so. Streams proved their
+    /// source in their handshake.
+    fn may_answer(&mut self, five_tuple: &FiveTuple, clock: &Clock, len: usize) -> bool {
+        five_tuple.transport != Transport::Udp
+            || self.guard.spend(five_tuple.client.ip(), len, clock.now)
+    }
+
+    /// An outcome for a request that did not authenticate: its reply only if the source's
+    /// credit allows.
+    fn unverified(
+        &mut self,
+        five_tuple: &FiveTuple,
+        clock: &Clock,
+        reply: Vec<u8>,
+        result: &'static str,
+        reason: &str,
+    ) -> Outcome {
+        if self.may_answer(five_tuple, clock, reply.len()) {
+            Outcome {
+                reply: Some(reply),
+                result,
+                change: None,
+                reason: Some(reason.to_string()).filter(|r| !r.is_empty()),
+            }
+        } else {
+            Outcome {
+                result: "unanswered_no_credit",
+                reason: Some(format!(
+                    "{result}: the answer would exceed what this source has sent"
+                )),
+                ..Default::default()
+            }
         }
     }
 
@@ -1073,30 +1120,6 @@ impl TurnServer {
             Some(Change::Updated(allocation.slot)),
             "channel_bind",
         ))
-    }
-}
-
-/// An outcome for a request that did not authenticate: its reply only if it fits.
-fn unauthenticated(
-    request_len: usize,
-    reply: Vec<u8>,
-    result: &'static str,
-    reason: &str,
-) -> Outcome {
-    match bounded(request_len, reply) {
-        Some(reply) => Outcome {
-            reply: Some(reply),
-            result,
-            change: None,
-            reason: Some(reason.to_string()).filter(|r| !r.is_empty()),
-        },
-        None => Outcome {
-            result: "unanswered_too_small",
-            reason: Some(format!(
-                "{result}: the response would be larger than the request"
-            )),
-            ..Default::default()
-        },
     }
 }
 

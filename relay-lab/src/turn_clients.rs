@@ -1,0 +1,115 @@
+//! TURN clients nobody here wrote, driven in the lab: coturn's `turnutils_uclient` (with its echo
+//! peer `turnutils_peer`) and aioice (Python). Each function fails when its client is missing.
+
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    nat_lab::{Host, NatLab, addr, require_tool},
+    scenario::{TURN_REALM, TURN_SECRET},
+};
+
+/// The echo peer's UDP port (turnutils_peer's default).
+pub const PEER_PORT: u16 = 3480;
+
+/// Starts `turnutils_peer` on the peer host, listening on its IPv4 and IPv6 addresses.
+pub fn start_peer(lab: &mut NatLab) -> Result<()> {
+    require_tool("turnutils_peer")?;
+    let program = Path::new("/usr/bin/turnutils_peer");
+    let port = PEER_PORT.to_string();
+    for (name, address) in [
+        ("turn-peer-v4", addr::PEER_V4),
+        ("turn-peer-v6", addr::PEER_V6),
+    ] {
+        lab.spawn(Host::Peer, name, program, &["-L", address, "-p", &port])?;
+    }
+    // It binds at once; give it a moment to do so.
+    std::thread::sleep(Duration::from_millis(300));
+    Ok(())
+}
+
+/// What `turnutils_uclient` reported.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UclientReport {
+    /// Messages sent by all its clients.
+    pub sent: u64,
+    /// Messages received back (echoed by the peer through the relay).
+    pub received: u64,
+    /// Lost packets, as it counts them.
+    pub lost: u64,
+    /// Its whole output.
+    pub output: String,
+}
+
+/// Parses the summary lines of `turnutils_uclient` (its exit status does not reflect loss).
+pub fn parse_uclient(output: &str) -> Result<UclientReport> {
+    let number_after = |key: &str| -> Option<u64> {
+        let at = output.rfind(key)? + key.len();
+        output[at..]
+            .trim_start_matches([' ', '=', ':'])
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    let (Some(sent), Some(received), Some(lost)) = (
+        number_after("tot_send_msgs"),
+        number_after("tot_recv_msgs"),
+        number_after("Total lost packets"),
+    ) else {
+        bail!("turnutils_uclient printed no summary:\n{output}");
+    };
+    Ok(UclientReport {
+        sent,
+        received,
+        lost,
+        output: output.to_string(),
+    })
+}
+
+/// Runs `turnutils_uclient` on `host` against the relay with the lab's REST secret and `args`
+/// (its flags: `-D`, `-s`, `-t`, `-x`, `-m N`, …), the echo peer as its peer.
+pub fn uclient(lab: &NatLab, host: Host, args: &[&str], v6_server: bool) -> Result<UclientReport> {
+    require_tool("turnutils_uclient")?;
+    let peer = if args.contains(&"-x") {
+        addr::PEER_V6
+    } else {
+        addr::PEER_V4
+    };
+    let server = if v6_server {
+        addr::RELAY_V6
+    } else {
+        addr::RELAY_V4
+    };
+    let port = PEER_PORT.to_string();
+    let mut argv = vec!["-W", TURN_SECRET, "-e", peer, "-r", &port];
+    argv.extend_from_slice(args);
+    argv.push(server);
+    let out = lab
+        .exec_output(host, "turnutils_uclient", &argv, Duration::from_secs(20))
+        .context("running turnutils_uclient")?;
+    parse_uclient(&out)
+}
+
+/// The realm clients must see (for assertions on challenges).
+pub fn realm() -> &'static str {
+    TURN_REALM
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_uclient_summary_is_read() {
+        let output = "0: Total connect time is 0\n\
+                      1: start_mclient: tot_send_msgs=50, tot_recv_msgs=48\n\
+                      1: start_mclient: tot_send_bytes ~ 5000, tot_recv_bytes ~ 4800\n\
+                      1: Total transmit time is 1\n\
+                      1: Total lost packets 2 (4.000000%), total send dropped 0 (0.000000%)\n";
+        let r = parse_uclient(output).unwrap();
+        assert_eq!((r.sent, r.received, r.lost), (50, 48, 2));
+        assert!(parse_uclient("nothing").is_err());
+    }
+}
