@@ -22,6 +22,14 @@ use std::path::PathBuf;
 
 pub use netns::Netns;
 
+/// The workspace's root directory (scripts and the lab's Python venv live under it).
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("relay-lab sits in the workspace")
+        .to_path_buf()
+}
+
 /// The `relay` binary of the same build: next to the running executable (`relay-lab`), or one
 /// directory up (a test binary in `target/<profile>/deps/`). Cargo builds it with the
 /// workspace's tests (`cargo xtask test`); alone, `cargo build -p relay-userspace` does.

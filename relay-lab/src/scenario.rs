@@ -66,6 +66,8 @@ pub const TURN_REALM: &str = "lab.relay.test";
 pub const TURN_SECRET: &str = "lab-turn-shared-secret-0123";
 /// A static TURN user in the lab: (name, password).
 pub const TURN_USER: (&str, &str) = ("lab-user", "lab-password");
+/// The TURN port in the lab (UDP and TCP; the default).
+pub const TURN_PORT: u16 = 3478;
 /// TURN over TLS port in the lab.
 pub const TURNS_PORT: u16 = 5349;
 /// The relayed port range in the lab.

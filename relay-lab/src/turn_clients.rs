@@ -92,6 +92,126 @@ pub fn uclient(lab: &NatLab, host: Host, args: &[&str], v6_server: bool) -> Resu
     parse_uclient(&out)
 }
 
+/// What the aioice script reported.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct AioiceReport {
+    /// The relayed address the server gave it.
+    pub relayed: Option<(String, u16)>,
+    /// Datagrams sent to the peer.
+    pub sent: u64,
+    /// Echoes received back.
+    pub received: u64,
+    /// Whether every echo came back byte for byte.
+    pub exact: bool,
+}
+
+/// The lab's Python (`cargo xtask setup` creates the venv).
+pub fn lab_python() -> Result<std::path::PathBuf> {
+    let python = crate::workspace_root().join("target/lab-venv/bin/python");
+    if !python.exists() {
+        bail!("{} is missing: run `cargo xtask setup`", python.display());
+    }
+    Ok(python)
+}
+
+/// Relays `count` datagrams from `host` to the echo peer through the relay with aioice over
+/// `transport` (`udp` or `tcp`), authenticated as the lab's static user.
+pub fn aioice(lab: &NatLab, host: Host, transport: &str, count: u32) -> Result<AioiceReport> {
+    let python = lab_python()?;
+    let script = crate::workspace_root().join("relay-lab/scripts/aioice_turn.py");
+    let port = crate::scenario::TURN_PORT.to_string();
+    let peer_port = PEER_PORT.to_string();
+    let count = count.to_string();
+    let out = lab.exec_output(
+        host,
+        python.to_str().context("path")?,
+        &[
+            script.to_str().context("path")?,
+            addr::RELAY_V4,
+            &port,
+            crate::scenario::TURN_USER.0,
+            crate::scenario::TURN_USER.1,
+            transport,
+            addr::PEER_V4,
+            &peer_port,
+            &count,
+        ],
+        Duration::from_secs(30),
+    )?;
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("aioice printed no result:\n{out}"))?;
+    serde_json::from_str(line).with_context(|| format!("aioice's result: {line}\n{out}"))
+}
+
+/// The candidate pair a page's getStats() selected.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct CandidatePair {
+    /// Local candidate type (`relay` through TURN).
+    pub local: String,
+    /// Remote candidate type.
+    pub remote: String,
+    /// Local candidate's address.
+    pub local_address: String,
+    /// Remote candidate's address.
+    pub remote_address: String,
+    /// How the local relay candidate reaches its TURN server (`udp`, `tcp`, `tls`).
+    pub relay_protocol: Option<String>,
+}
+
+/// What the two Chromium pages reported.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct WebRtcReport {
+    /// Whether the DataChannel opened on both pages.
+    pub open: bool,
+    /// Messages page B received.
+    #[serde(default)]
+    pub b_got: Vec<String>,
+    /// Messages page A received.
+    #[serde(default)]
+    pub a_got: Vec<String>,
+    /// Page A's selected pair.
+    pub pair_a: Option<CandidatePair>,
+    /// Page B's selected pair.
+    pub pair_b: Option<CandidatePair>,
+}
+
+/// Opens a DataChannel between two headless Chromium pages on `host`, relay candidates only,
+/// through `url` (`turn:…` or `turns:…`) with a REST credential, and exchanges `messages` each
+/// way.
+pub fn webrtc_pair(lab: &NatLab, host: Host, url: &str, messages: u32) -> Result<WebRtcReport> {
+    require_tool("chromium")?;
+    let python = lab_python()?;
+    let script = crate::workspace_root().join("relay-lab/scripts/webrtc_pair.py");
+    let expiry = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + 3600;
+    let username = relay_userspace::fronts::turn::auth::rest_username("chromium", expiry);
+    let password =
+        relay_userspace::fronts::turn::auth::rest_password(TURN_SECRET.as_bytes(), &username);
+    let out = lab.exec_output(
+        host,
+        python.to_str().context("path")?,
+        &[
+            script.to_str().context("path")?,
+            url,
+            &username,
+            &password,
+            &messages.to_string(),
+        ],
+        Duration::from_secs(90),
+    )?;
+    let line = out
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("the WebRTC pair printed no result:\n{out}"))?;
+    serde_json::from_str(line).with_context(|| format!("its result: {line}\n{out}"))
+}
+
 /// The realm clients must see (for assertions on challenges).
 pub fn realm() -> &'static str {
     TURN_REALM

@@ -80,3 +80,75 @@ fn coturn_uclient_relays_every_way_without_loss() {
     assert!(delta(Reason::ForwardedTurnToClient) >= 250);
     assert!(delta(Reason::PassedTurnStun) > 0);
 }
+
+#[test]
+fn aioice_relays_over_udp_and_tcp() {
+    require_root!();
+    let s = turn_lab(XdpMode::Off);
+    for transport in ["udp", "tcp"] {
+        let r = turn_clients::aioice(&s.lab, Host::ClientA, transport, 20).unwrap_or_else(|e| {
+            panic!("{transport}: {e:#}\n--- relay ---\n{}", s.lab.log("relay"))
+        });
+        assert!(
+            r.exact && r.sent == 20 && r.received == 20,
+            "{transport}: {r:?}\n--- relay ---\n{}",
+            s.lab.log("relay")
+        );
+        let (ip, port) = r.relayed.clone().unwrap();
+        assert_eq!(ip, relay_lab::nat_lab::addr::RELAY_V4);
+        assert!((50_000..=50_999).contains(&port), "{r:?}");
+    }
+}
+
+#[test]
+fn two_chromium_pages_talk_through_relayed_candidates_over_udp_and_tls() {
+    require_root!();
+    let s = turn_lab(XdpMode::Off);
+    for (url, protocol) in [
+        (
+            format!(
+                "turn:{}:3478?transport=udp",
+                relay_lab::nat_lab::addr::RELAY_V4
+            ),
+            "udp",
+        ),
+        (
+            format!(
+                "turns:{}:5349?transport=tcp",
+                relay_lab::nat_lab::addr::RELAY_V4
+            ),
+            "tls",
+        ),
+    ] {
+        let r = turn_clients::webrtc_pair(&s.lab, Host::ClientA, &url, 10)
+            .unwrap_or_else(|e| panic!("{url}: {e:#}\n--- relay ---\n{}", s.lab.log("relay")));
+        assert!(
+            r.open,
+            "{url}: the DataChannel did not open: {r:?}\n{}",
+            s.lab.log("relay")
+        );
+        let expect = |tag: &str| (0..10).map(|i| format!("{tag} {i}")).collect::<Vec<_>>();
+        assert_eq!(r.b_got, expect("a->b"), "{url}");
+        assert_eq!(r.a_got, expect("b->a"), "{url}");
+        for pair in [&r.pair_a, &r.pair_b] {
+            let pair = pair
+                .as_ref()
+                .unwrap_or_else(|| panic!("{url}: no selected pair: {r:?}"));
+            assert_eq!(
+                (pair.local.as_str(), pair.remote.as_str()),
+                ("relay", "relay"),
+                "{url}"
+            );
+            assert!(
+                pair.local_address
+                    .starts_with(relay_lab::nat_lab::addr::RELAY_V4),
+                "{url}: {pair:?}"
+            );
+            assert_eq!(
+                pair.relay_protocol.as_deref(),
+                Some(protocol),
+                "{url}: {pair:?}"
+            );
+        }
+    }
+}
