@@ -15,6 +15,7 @@ pub mod sandbox;
 pub mod scenario;
 pub mod throughput;
 pub mod turn_clients;
+pub mod turn_probe;
 pub mod wireguard;
 pub mod xdp_bench;
 

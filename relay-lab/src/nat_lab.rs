@@ -108,6 +108,10 @@ pub mod addr {
     pub const PEER_V4: &str = "192.0.2.130";
     /// The public peer's IPv6 address.
     pub const PEER_V6: &str = "2001:db8:2::10";
+    /// A second address of the peer host, in [`DENIED_NET`].
+    pub const DENIED_PEER_V4: &str = "192.0.2.161";
+    /// A range the TURN scenario's relay refuses as peers (`sessions.leg_addresses.deny`).
+    pub const DENIED_NET: &str = "192.0.2.160/27";
 }
 
 /// A bpffs for the lab's pins outside /sys: `ip netns exec` remounts /sys in a private mount
@@ -175,7 +179,11 @@ const LINKS: &[Link] = &[
             "to-peer",
             &["192.0.2.129/26", "2001:db8:2::1/64"],
         ),
-        b: (Host::Peer, "eth0", &["192.0.2.130/26", "2001:db8:2::10/64"]),
+        b: (
+            Host::Peer,
+            "eth0",
+            &["192.0.2.130/26", "192.0.2.161/26", "2001:db8:2::10/64"],
+        ),
     },
     Link {
         a: (Host::NatA, "lan", &["10.0.1.1/24", "2001:db8:a:1::1/64"]),

@@ -70,6 +70,8 @@ pub const TURN_USER: (&str, &str) = ("lab-user", "lab-password");
 pub const TURN_PORT: u16 = 3478;
 /// TURN over TLS port in the lab.
 pub const TURNS_PORT: u16 = 5349;
+/// Allocations one TURN user may hold in the lab.
+pub const TURN_QUOTA: u32 = 8;
 /// The relayed port range in the lab.
 pub const TURN_RELAY_PORTS: (u16, u16) = (50_000, 50_999);
 
@@ -126,11 +128,13 @@ fn relay_config(options: &ScenarioOptions, pin_dir: &Path, dir: &Path) -> String
         config.push_str(&format!(
             "turn:\n  realm: {TURN_REALM}\n  relay_ports: {first}-{last}\n  secrets: [{TURN_SECRET}]\n  \
              users:\n    - name: {}\n      password: {}\n  tls:\n    cert: {}\n    key: {}\n    \
-             ports: [{TURNS_PORT}]\n  requests_per_sec_per_source: 0\n",
+             ports: [{TURNS_PORT}]\n  requests_per_sec_per_source: 0\n  \
+             max_allocations_per_user: {TURN_QUOTA}\nsessions:\n  leg_addresses:\n    deny: [{}]\n",
             TURN_USER.0,
             TURN_USER.1,
             dir.join("turn.crt").display(),
             dir.join("turn.key").display(),
+            crate::nat_lab::addr::DENIED_NET,
         ));
     }
     config

@@ -152,3 +152,129 @@ fn two_chromium_pages_talk_through_relayed_candidates_over_udp_and_tls() {
         }
     }
 }
+
+fn server() -> std::net::SocketAddr {
+    format!("{}:3478", relay_lab::nat_lab::addr::RELAY_V4)
+        .parse()
+        .unwrap()
+}
+
+fn peer(address: &str) -> std::net::SocketAddr {
+    format!("{address}:{}", turn_clients::PEER_PORT)
+        .parse()
+        .unwrap()
+}
+
+fn rest(user: &str, ttl: i64) -> (String, String) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let username = relay_userspace::fronts::turn::auth::rest_username(user, (now + ttl) as u64);
+    let password = relay_userspace::fronts::turn::auth::rest_password(
+        relay_lab::scenario::TURN_SECRET.as_bytes(),
+        &username,
+    );
+    (username, password)
+}
+
+#[test]
+fn refusals_get_their_error_codes_and_relay_nothing() {
+    require_root!();
+    use relay_lab::{nat_lab::addr, scenario::TURN_QUOTA, turn_probe::TurnProbe};
+    let s = turn_lab(XdpMode::Off);
+    let probe = |user: &str, password: &str| {
+        TurnProbe::new(&s.lab, Host::ClientA, server(), user, password).unwrap()
+    };
+    let before = userspace(&s);
+    // Wrong password, expired REST credential: 401, no allocation.
+    let (user, _) = rest("mallory", 3600);
+    assert_eq!(probe(&user, "guessed").allocate().unwrap(), Err(401));
+    let (user, password) = rest("late", -60);
+    assert_eq!(probe(&user, &password).allocate().unwrap(), Err(401));
+    // A good one works, and relays to the echo peer.
+    let (user, password) = rest("alice", 3600);
+    let mut ok = probe(&user, &password);
+    ok.allocate().unwrap().expect("an allocation");
+    assert_eq!(ok.channel_bind(0x4000, peer(addr::PEER_V4)).unwrap(), 0);
+    ok.send_channel(0x4000, b"hello peer").unwrap();
+    assert_eq!(
+        ok.receive(Duration::from_secs(2)).as_deref(),
+        Some(&b"hello peer"[..])
+    );
+    // A peer in a denied range: 403 for its permission and channel; data to it goes nowhere.
+    let denied = peer(addr::DENIED_PEER_V4);
+    assert_eq!(ok.create_permission(denied).unwrap(), 403);
+    assert_eq!(ok.channel_bind(0x4001, denied).unwrap(), 403);
+    ok.send_indication(denied, b"let me in").unwrap();
+    assert_eq!(ok.receive(Duration::from_millis(700)), None);
+    // Private and loopback peers in any spelling, too.
+    for refused in ["10.0.1.2:3480", "127.0.0.1:22", "[::ffff:127.0.0.1]:22"] {
+        assert_eq!(
+            ok.create_permission(refused.parse().unwrap()).unwrap(),
+            403,
+            "{refused}"
+        );
+    }
+    // A channel number out of range: 400.
+    assert_eq!(ok.channel_bind(0x3fff, peer(addr::PEER_V4)).unwrap(), 400);
+    // The user's quota: the next allocations until it is full, then 486.
+    let (bob, bob_password) = rest("bob", 3600);
+    let mut held = Vec::new();
+    for _ in 0..TURN_QUOTA {
+        let mut p = probe(&bob, &bob_password);
+        p.allocate().unwrap().expect("within the quota");
+        held.push(p);
+    }
+    assert_eq!(probe(&bob, &bob_password).allocate().unwrap(), Err(486));
+    let after = userspace(&s);
+    let delta = |r: Reason| after[r as usize].packets - before[r as usize].packets;
+    assert_eq!(
+        delta(Reason::ForwardedTurnToPeer),
+        1,
+        "only the good client's datagram"
+    );
+    assert!(delta(Reason::DroppedTurnNoPermission) >= 1);
+}
+
+#[test]
+fn a_restart_keeps_allocations_permissions_and_channels() {
+    require_root!();
+    use relay_lab::{nat_lab::addr, turn_probe::TurnProbe};
+    let mut s = turn_lab(XdpMode::Off);
+    let (user, password) = rest("carol", 3600);
+    let mut client = TurnProbe::new(&s.lab, Host::ClientA, server(), &user, &password).unwrap();
+    let relayed = client.allocate().unwrap().expect("an allocation");
+    assert_eq!(client.channel_bind(0x4abc, peer(addr::PEER_V4)).unwrap(), 0);
+    client.send_channel(0x4abc, b"before").unwrap();
+    assert_eq!(
+        client.receive(Duration::from_secs(2)).as_deref(),
+        Some(&b"before"[..])
+    );
+    s.restart_relay().unwrap();
+    // The channel still carries data, with no request in between.
+    let mut echoed = None;
+    for _ in 0..10 {
+        client.send_channel(0x4abc, b"after").unwrap();
+        echoed = client.receive(Duration::from_millis(500));
+        if echoed.is_some() {
+            break;
+        }
+    }
+    assert_eq!(
+        echoed.as_deref(),
+        Some(&b"after"[..]),
+        "--- relay ---\n{}",
+        s.lab.log("relay")
+    );
+    // The allocation is the same one: a Refresh from the client succeeds (its nonce, under the
+    // pinned key, is still good), and a new Allocate from it is a mismatch.
+    assert_eq!(client.refresh(600).unwrap(), 0);
+    assert_eq!(client.allocate().unwrap(), Err(437));
+    assert!(
+        s.lab.log("relay").contains("took over TURN allocations"),
+        "{}",
+        s.lab.log("relay")
+    );
+    let _ = relayed;
+}
