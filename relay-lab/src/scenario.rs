@@ -332,6 +332,22 @@ impl Scenario {
         SocketAddr::from(([127, 0, 0, 1], SIDECAR_PORT))
     }
 
+    /// GET `path` from `addr` on the relay host (the metrics endpoint); the body of a 200.
+    pub fn http_get(&self, addr: &str, path: &str) -> Result<String> {
+        use std::io::{Read, Write};
+        let (addr, path) = (addr.to_string(), path.to_string());
+        self.lab.in_host(Host::Relay, move || -> Result<String> {
+            let mut c = std::net::TcpStream::connect(&addr)?;
+            write!(c, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n")?;
+            let mut text = String::new();
+            c.read_to_string(&mut text)?;
+            if !(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200")) {
+                bail!("GET {path}: {text}");
+            }
+            Ok(text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string())
+        })?
+    }
+
     /// The relay's pinned maps.
     pub fn maps(&self) -> Result<RelayMaps> {
         Ok(RelayMaps::open_pinned(&self.pin_dir)?)

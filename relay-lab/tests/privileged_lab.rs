@@ -483,24 +483,6 @@ fn the_demo_runs_start_to_finish_and_cleans_up() {
 }
 
 /// `GET path` over HTTP/1.0 from the relay host; returns the body.
-fn http_get(s: &Scenario, addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let (addr, path) = (addr.to_string(), path.to_string());
-    s.lab
-        .in_host(Host::Relay, move || {
-            let mut c = std::net::TcpStream::connect(&addr).unwrap();
-            write!(c, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n").unwrap();
-            let mut text = String::new();
-            c.read_to_string(&mut text).unwrap();
-            assert!(
-                text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
-                "{text}"
-            );
-            text.split_once("\r\n\r\n").unwrap().1.to_string()
-        })
-        .unwrap()
-}
-
 /// One scraped series: name, labels, value.
 type Series = (String, Vec<(String, String)>, f64);
 
@@ -551,7 +533,9 @@ fn metrics_after_traffic_describe_paths_sessions_binds_and_api() {
     require_root!();
     let s = start(XdpMode::Native, [false, false]);
     exchange(&s, 25);
-    let text = http_get(&s, relay_lab::scenario::LAB_METRICS, "/metrics");
+    let text = s
+        .http_get(relay_lab::scenario::LAB_METRICS, "/metrics")
+        .unwrap();
     let all = parse_exposition(&text);
     let kernel_v4 = metric(
         &all,

@@ -278,3 +278,86 @@ fn a_restart_keeps_allocations_permissions_and_channels() {
     );
     let _ = relayed;
 }
+
+#[test]
+fn operators_see_allocations_in_the_cli_and_the_metrics() {
+    require_root!();
+    use relay_lab::{nat_lab::addr, turn_probe::TurnProbe};
+    let s = turn_lab(XdpMode::Off);
+    // A credential minted by the CLI from the relay's own configuration.
+    let config = s.lab.dir.join("relay.yaml");
+    let minted = s
+        .relay_cli(&[
+            "turn",
+            "credentials",
+            "--user",
+            "dave",
+            "--ttl",
+            "10m",
+            "--json",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .unwrap();
+    let minted: serde_json::Value = serde_json::from_str(&minted).unwrap();
+    let (user, password) = (
+        minted["username"].as_str().unwrap(),
+        minted["credential"].as_str().unwrap(),
+    );
+    let mut client = TurnProbe::new(&s.lab, Host::ClientA, server(), user, password).unwrap();
+    let relayed = client
+        .allocate()
+        .unwrap()
+        .expect("the minted credential works");
+    assert_eq!(client.channel_bind(0x4100, peer(addr::PEER_V4)).unwrap(), 0);
+    for i in 0..5 {
+        client
+            .send_channel(0x4100, format!("m{i}").as_bytes())
+            .unwrap();
+        assert!(client.receive(Duration::from_secs(2)).is_some());
+    }
+    std::thread::sleep(Duration::from_millis(1500)); // the counters' flush
+    let pin = s.pin_dir.to_str().unwrap().to_string();
+    let listed = s
+        .relay_cli(&[
+            "sessions",
+            "--pin-dir",
+            &pin,
+            "--front",
+            "turn",
+            "--json",
+            "--interval",
+            "0",
+        ])
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let a = &listed[0];
+    assert_eq!(a["relayed_port"], relayed.port(), "{listed}");
+    assert_eq!(a["username"], user);
+    assert_eq!(a["channels"][0][0], 0x4100);
+    assert_eq!(a["permissions"][0], addr::PEER_V4);
+    assert_eq!(a["directions"][0]["userspace_packets"], 5, "{listed}");
+    assert_eq!(a["directions"][1]["userspace_packets"], 5, "{listed}");
+    let table = s
+        .relay_cli(&["sessions", "--pin-dir", &pin, "--interval", "0"])
+        .unwrap();
+    assert!(table.contains("1 TURN allocations"), "{table}");
+    let stats = s.relay_cli(&["stats", "--pin-dir", &pin]).unwrap();
+    assert!(stats.contains("TURN allocations 1 of"), "{stats}");
+    assert!(stats.contains("forwarded_turn_to_peer"), "{stats}");
+    let metrics = s
+        .http_get(relay_lab::scenario::LAB_METRICS, "/metrics")
+        .unwrap();
+    for series in [
+        "relay_turn_allocations{transport=\"udp\"} 1",
+        "relay_turn_channels{} 1",
+        "relay_turn_permissions{} 1",
+        "relay_turn_requests_total{result=\"allocate\"} 1",
+        "relay_turn_requests_total{result=\"channel_bind\"} 1",
+        "relay_turn_auth_failures_total{reason=\"error_401\"} 1",
+        "relay_turn_relayed_packets_total{path=\"userspace\",direction=\"to_peer\"} 5",
+    ] {
+        assert!(metrics.contains(series), "{series} missing:\n{metrics}");
+    }
+    assert!(!metrics.contains("dave"), "a username became a label");
+}

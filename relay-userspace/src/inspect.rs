@@ -1,5 +1,6 @@
 //! What the relay is doing, read from the pinned maps alone: sessions with their legs, labels,
-//! owners and counters per path, and the verdict counters. Works whether the daemon runs, has
+//! owners and counters per path, TURN allocations with their permissions, channels and
+//! counters, and the verdict counters. Works whether the daemon runs, has
 //! stopped or has crashed, because everything lives in bpffs. The CLI, `relay top` and the
 //! metrics endpoint all read through here.
 
@@ -19,6 +20,7 @@ use crate::{
         session::SessionState,
     },
     dataplane::{RelayMaps, clock::JiffiesClock},
+    fronts::turn::persist as turn_persist,
 };
 
 /// One leg as seen in the maps.
@@ -180,11 +182,44 @@ pub fn path_rates(after: &Snapshot, before: &Snapshot) -> [Rate; 2] {
     ]
 }
 
+/// A TURN allocation as the maps show it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct AllocationView {
+    /// Its slot (the key of its records).
+    pub slot: u32,
+    /// The client's address.
+    pub client: Option<SocketAddr>,
+    /// udp | tcp | tls.
+    pub transport: &'static str,
+    /// Relayed port.
+    pub relayed_port: u16,
+    /// Relayed families (v4, v6).
+    pub families: Vec<&'static str>,
+    /// The username it authenticated with.
+    pub username: String,
+    /// Creation time, ms since the Unix epoch.
+    pub created_unix_ms: u64,
+    /// Expiry, ms since the Unix epoch (unless refreshed).
+    pub expires_unix_ms: u64,
+    /// Peer IPs with a permission.
+    pub permissions: Vec<std::net::IpAddr>,
+    /// Bound channels: number and peer.
+    pub channels: Vec<(u16, SocketAddr)>,
+    /// Client → peer and peer → client.
+    pub directions: [DirectionCounters; 2],
+    /// Which path carried it.
+    pub path: Path_,
+}
+
 /// Everything at one moment.
 #[derive(Clone, Debug, Serialize)]
 pub struct Snapshot {
     /// Sessions, by VNI.
     pub sessions: Vec<SessionView>,
+    /// TURN allocations, by slot.
+    pub allocations: Vec<AllocationView>,
+    /// Capacity of the TURN allocation map.
+    pub allocation_capacity: u32,
     /// The XDP program's verdict counters, by reason.
     #[serde(skip)]
     pub kernel_verdicts: Vec<VerdictCounter>,
@@ -216,6 +251,18 @@ fn direction(
         userspace_packets: user.packets[leg],
         userspace_bytes: user.bytes[leg],
         last_seen,
+    }
+}
+
+/// Which paths carried these counters.
+fn path_of(directions: &[DirectionCounters; 2]) -> Path_ {
+    let k = directions.iter().any(|d| d.kernel_packets > 0);
+    let u = directions.iter().any(|d| d.userspace_packets > 0);
+    match (k, u) {
+        (false, false) => Path_::None,
+        (true, false) => Path_::Kernel,
+        (false, true) => Path_::Userspace,
+        (true, true) => Path_::Both,
     }
 }
 
@@ -253,14 +300,7 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
             _ => SessionState::HalfBound,
         };
         let directions = [0, 1].map(|leg| direction(&kernel, &user, leg, clock.as_ref(), now));
-        let k = directions.iter().any(|d| d.kernel_packets > 0);
-        let u = directions.iter().any(|d| d.userspace_packets > 0);
-        let path = match (k, u) {
-            (false, false) => Path_::None,
-            (true, false) => Path_::Kernel,
-            (false, true) => Path_::Userspace,
-            (true, true) => Path_::Both,
-        };
+        let path = path_of(&directions);
         sessions.push(SessionView {
             vni,
             state: state.name(),
@@ -275,8 +315,56 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
             rates: None,
         });
     }
+    let mut allocations = Vec::new();
+    for record in maps.turn.all()? {
+        use relay_common::turn::{CLIENT_TCP, CLIENT_TLS, RELAYED_V4, RELAYED_V6};
+        let a = &record.allocation;
+        let kernel = maps.turn.kernel_stats(a.slot)?;
+        let user = maps.turn.userspace_stats(a.slot)?;
+        let directions = [0, 1].map(|d| direction(&kernel, &user, d, clock.as_ref(), now));
+        allocations.push(AllocationView {
+            slot: a.slot,
+            client: turn_persist::client_of(a),
+            transport: match a.transport {
+                CLIENT_TCP => "tcp",
+                CLIENT_TLS => "tls",
+                _ => "udp",
+            },
+            relayed_port: u16::from_be(a.relay_port),
+            families: [(RELAYED_V4, "v4"), (RELAYED_V6, "v6")]
+                .iter()
+                .filter(|(bit, _)| a.families & bit != 0)
+                .map(|(_, name)| *name)
+                .collect(),
+            username: turn_persist::username_of(&record.meta),
+            created_unix_ms: record.meta.created_unix_ms,
+            expires_unix_ms: record.meta.expires_unix_ms,
+            permissions: record
+                .permissions
+                .iter()
+                .filter_map(|(k, _)| {
+                    leg_address(&relay_common::maps::Leg {
+                        addr: k.addr,
+                        port: 0,
+                        family: k.family,
+                        bound: 1,
+                    })
+                    .map(|a| a.ip())
+                })
+                .collect(),
+            channels: record
+                .channels
+                .iter()
+                .filter_map(|(k, b)| Some((u16::from_be(k.channel), leg_address(&b.peer)?)))
+                .collect(),
+            path: path_of(&directions),
+            directions,
+        });
+    }
     Ok(Snapshot {
         sessions,
+        allocations,
+        allocation_capacity: maps.turn.capacity(),
         kernel_verdicts: maps.kernel_verdicts()?,
         userspace_verdicts: maps.userspace_verdicts()?,
         capacity: maps.session_capacity(),

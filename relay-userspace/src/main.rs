@@ -11,6 +11,7 @@ use relay_userspace::{
         sessions::{self, SessionsArgs},
         stats::{self, StatsArgs},
         top::{self, TopArgs},
+        turn::{self, TurnCommand},
     },
     config::{Config, LogFormat},
     daemon, logging,
@@ -50,6 +51,9 @@ enum Command {
     Stats(StatsArgs),
     /// A live view of the busiest sessions and the relay's rates (q to quit).
     Top(TopArgs),
+    /// TURN helpers (mint REST credentials).
+    #[command(subcommand)]
+    Turn(TurnCommand),
     /// Why a frame is forwarded, passed or dropped: runs it through the live program, sends
     /// nothing, changes no counter.
     Explain(ExplainArgs),
@@ -85,6 +89,7 @@ fn main() -> Result<std::process::ExitCode> {
         Command::Stats(args) => stats::run(args).map(|()| ok),
         Command::Explain(args) => explain::run(args).map(|()| ok),
         Command::Top(args) => top::run(args).map(|()| ok),
+        Command::Turn(command) => turn::run(command).map(|()| ok),
         Command::Check(_) => unreachable!("handled above"),
     }
 }

@@ -7,3 +7,4 @@ pub mod explain;
 pub mod sessions;
 pub mod stats;
 pub mod top;
+pub mod turn;

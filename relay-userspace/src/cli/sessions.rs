@@ -45,14 +45,27 @@ pub struct SessionsArgs {
     /// Only sessions of this token.
     #[arg(long)]
     pub token: Option<String>,
-    /// Print JSON.
+    /// Print JSON (of the sessions, or of the TURN allocations with `--front turn`).
     #[arg(long)]
     pub json: bool,
+    /// Which front's records: the session protocol's sessions, TURN allocations, or both (the
+    /// text table's default).
+    #[arg(long, value_enum)]
+    pub front: Option<FrontFilter>,
     /// Measure current rates over this interval (0: skip them and answer at once).
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
     #[command(subcommand)]
     pub command: Option<SessionsCommand>,
+}
+
+/// Which front's records `relay sessions` shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FrontFilter {
+    /// Sessions of the session protocol (`relay client`).
+    Sessions,
+    /// TURN allocations.
+    Turn,
 }
 
 /// `relay sessions show`.
@@ -213,6 +226,52 @@ fn detail(s: &SessionView) -> String {
     out
 }
 
+/// The TURN allocation table as text.
+pub fn allocation_table(rows: &[inspect::AllocationView]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<6} {:<30} {:<5} {:<11} {:<24} {:>5} {:>5} {:>20} {:>20} {:<9} {:<9}",
+        "SLOT",
+        "CLIENT",
+        "VIA",
+        "RELAYED",
+        "USER",
+        "PERMS",
+        "CHANS",
+        "TO PEER",
+        "TO CLIENT",
+        "PATH",
+        "EXPIRES"
+    );
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for a in rows {
+        let dir = |i: usize| {
+            let d = &a.directions[i];
+            format!("{} pkt {}", d.packets(), human_bytes(d.bytes()))
+        };
+        let user = crate::fronts::turn::auth::quota_user(&a.username);
+        let _ = writeln!(
+            out,
+            "{:<6} {:<30} {:<5} {:<11} {:<24} {:>5} {:>5} {:>20} {:>20} {:<9} {:<9}",
+            a.slot,
+            a.client.map_or("-".into(), |c| c.to_string()),
+            a.transport,
+            format!("{} {}", a.relayed_port, a.families.join("+")),
+            user,
+            a.permissions.len(),
+            a.channels.len(),
+            dir(0),
+            dir(1),
+            a.path.name(),
+            format!("{}s", a.expires_unix_ms.saturating_sub(now_ms) / 1000),
+        );
+    }
+    out
+}
+
 /// A rate for humans.
 pub fn human_rate(r: &inspect::Rate) -> String {
     let (v, unit) = match r.bits_per_sec {
@@ -247,16 +306,34 @@ pub fn run(args: SessionsArgs) -> Result<()> {
         return Ok(());
     }
     let rows = select(&snapshot, &args);
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        print!("{}", table(&rows));
-        println!(
-            "{} of {} sessions shown; map capacity {}",
-            rows.len(),
-            snapshot.sessions.len(),
-            snapshot.capacity
-        );
+    match (args.json, args.front) {
+        (true, Some(FrontFilter::Turn)) => {
+            println!("{}", serde_json::to_string_pretty(&snapshot.allocations)?);
+        }
+        (true, _) => println!("{}", serde_json::to_string_pretty(&rows)?),
+        (false, front) => {
+            if front != Some(FrontFilter::Turn) {
+                print!("{}", table(&rows));
+                println!(
+                    "{} of {} sessions shown; map capacity {}",
+                    rows.len(),
+                    snapshot.sessions.len(),
+                    snapshot.capacity
+                );
+            }
+            let turn = front == Some(FrontFilter::Turn) || !snapshot.allocations.is_empty();
+            if turn && front != Some(FrontFilter::Sessions) {
+                if front != Some(FrontFilter::Turn) {
+                    println!();
+                }
+                print!("{}", allocation_table(&snapshot.allocations));
+                println!(
+                    "{} TURN allocations; map capacity {}",
+                    snapshot.allocations.len(),
+                    snapshot.allocation_capacity
+                );
+            }
+        }
     }
     Ok(())
 }

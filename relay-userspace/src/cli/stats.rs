@@ -52,6 +52,10 @@ pub struct StatsReport {
     pub session_count: usize,
     /// Session map capacity.
     pub capacity: u32,
+    /// TURN allocations.
+    pub allocations: usize,
+    /// TURN allocation map capacity.
+    pub allocation_capacity: u32,
     /// Every verdict reason.
     pub verdicts: Vec<VerdictRow>,
 }
@@ -93,6 +97,8 @@ pub fn report(snapshot: &Snapshot, xdp: Vec<anyhow::Result<Attachment>>) -> Stat
         sessions,
         session_count: snapshot.sessions.len(),
         capacity: snapshot.capacity,
+        allocations: snapshot.allocations.len(),
+        allocation_capacity: snapshot.allocation_capacity,
         verdicts,
     }
 }
@@ -142,6 +148,11 @@ pub fn render(r: &StatsReport) -> String {
             .map(|(s, n)| format!("{n} {s}"))
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "TURN allocations {} of {}",
+        r.allocations, r.allocation_capacity
     );
     let _ = writeln!(
         out,

@@ -105,11 +105,12 @@ pub fn draw(frame: &mut Frame, m: &TopModel) {
         .count();
     let header = vec![
         Line::from(format!(
-            "relay top — {} — {} sessions ({} bound) of {}",
+            "relay top — {} — {} sessions ({} bound) of {}, {} TURN allocations",
             m.source,
             m.snapshot.sessions.len(),
             bound,
-            m.snapshot.capacity
+            m.snapshot.capacity,
+            m.snapshot.allocations.len()
         )),
         Line::from(format!(
             "kernel fast path {}   userspace forwarder {}",
@@ -308,6 +309,8 @@ mod tests {
         };
         Snapshot {
             sessions: vec![session(11, kernel_bytes / 10), session(22, kernel_bytes)],
+            allocations: Vec::new(),
+            allocation_capacity: 16384,
             kernel_verdicts: verdicts.clone(),
             userspace_verdicts: vec![VerdictCounter::default(); Reason::COUNT as usize],
             capacity: 65536,
