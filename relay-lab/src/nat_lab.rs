@@ -424,6 +424,18 @@ impl NatLab {
         Ok(())
     }
 
+    /// Sends `signal` to process `name`.
+    pub fn signal(&self, name: &str, signal: nix::sys::signal::Signal) -> Result<()> {
+        let (_, child) = self
+            .children
+            .iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("no process {name}"))?;
+        // `ip netns exec` execs the program: the child's pid is the program's.
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)?;
+        Ok(())
+    }
+
     /// Stops process `name` with SIGTERM (then SIGKILL after 5 s) and returns its exit status.
     pub fn stop(&mut self, name: &str) -> Result<std::process::ExitStatus> {
         let i = self

@@ -165,16 +165,18 @@ fn peer(address: &str) -> std::net::SocketAddr {
         .unwrap()
 }
 
+/// A REST credential under the lab's secret, valid for `ttl` seconds (negative: expired).
 fn rest(user: &str, ttl: i64) -> (String, String) {
+    rest_with(relay_lab::scenario::TURN_SECRET, user, ttl)
+}
+
+fn rest_with(secret: &str, user: &str, ttl: i64) -> (String, String) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
     let username = relay_userspace::fronts::turn::auth::rest_username(user, (now + ttl) as u64);
-    let password = relay_userspace::fronts::turn::auth::rest_password(
-        relay_lab::scenario::TURN_SECRET.as_bytes(),
-        &username,
-    );
+    let password = relay_userspace::fronts::turn::auth::rest_password(secret.as_bytes(), &username);
     (username, password)
 }
 
@@ -360,4 +362,41 @@ fn operators_see_allocations_in_the_cli_and_the_metrics() {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }
     assert!(!metrics.contains("dave"), "a username became a label");
+}
+
+#[test]
+fn a_reload_rotates_the_shared_secret() {
+    require_root!();
+    use relay_lab::{scenario::TURN_SECRET, turn_probe::TurnProbe};
+    let mut s = turn_lab(XdpMode::Off);
+    let (user, password) = rest("erin", 3600);
+    let mut before = TurnProbe::new(&s.lab, Host::ClientA, server(), &user, &password).unwrap();
+    before
+        .allocate()
+        .unwrap()
+        .expect("the old secret works before the reload");
+    let config = s.lab.dir.join("relay.yaml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let rotated = "rotated-turn-secret-456789";
+    std::fs::write(&config, text.replace(TURN_SECRET, rotated)).unwrap();
+    s.lab
+        .signal("relay", nix::sys::signal::Signal::SIGHUP)
+        .unwrap();
+    assert!(
+        relay_lab::nat_lab::NatLab::wait_until(Duration::from_secs(5), || s
+            .lab
+            .log("relay")
+            .contains("TURN credentials reloaded")),
+        "{}",
+        s.lab.log("relay")
+    );
+    let (old_user, old_password) = rest("erin2", 3600);
+    let mut old =
+        TurnProbe::new(&s.lab, Host::ClientA, server(), &old_user, &old_password).unwrap();
+    assert_eq!(old.allocate().unwrap(), Err(401));
+    let (username, password) = rest_with(rotated, "frank", 600);
+    let mut new = TurnProbe::new(&s.lab, Host::ClientA, server(), &username, &password).unwrap();
+    new.allocate()
+        .unwrap()
+        .expect("the new secret works after the reload");
 }

@@ -211,11 +211,14 @@ impl Daemon {
     }
 
     /// Applies a re-read configuration: the API's tokens and their quotas, its certificate
-    /// files and its request rate take effect at once (requests in flight finish with the old
-    /// ones); other changes are named in the result and wait for a restart. Nothing is applied
-    /// when the new certificate cannot be loaded.
+    /// files and its request rate, TURN's secrets, users and certificate take effect at once
+    /// (requests in flight finish with the old ones); other changes are named in the result and
+    /// wait for a restart. Nothing is applied when a new certificate cannot be loaded.
     pub fn reload(&mut self, new: Config) -> Result<Reloaded> {
         let certificate = self.api.prepare(&new)?;
+        for front in &self.fronts {
+            front.check_reload(&new)?;
+        }
         let restart_needed = self.config.restart_needed_for(&new);
         let old_tokens = &self.config.api.tokens;
         let old_names: Vec<&str> = old_tokens.iter().map(|t| t.name.as_str()).collect();
@@ -234,6 +237,9 @@ impl Daemon {
             .collect();
         let reloaded_certificate = certificate.is_some();
         self.api.apply(&self.config, &new, certificate);
+        for front in &self.fronts {
+            front.apply_reload(&new);
+        }
         self.plane
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -258,6 +264,14 @@ impl Daemon {
         running.api.requests_per_sec_per_source = new.api.requests_per_sec_per_source;
         if let (Some(old), Some(files)) = (&mut running.api.tls, new.api.tls) {
             *old = files;
+        }
+        if let (Some(old), Some(turn)) = (&mut running.turn, new.turn) {
+            old.secrets = turn.secrets;
+            old.users = turn.users;
+            if let (Some(old), Some(files)) = (&mut old.tls, turn.tls) {
+                old.cert = files.cert;
+                old.key = files.key;
+            }
         }
         self.config = running;
         Ok(reloaded)

@@ -54,6 +54,14 @@ pub trait Front: Any + Send + Sync {
     fn api_routes(&self) -> Router;
     /// The series it adds to the metrics.
     fn metrics(&self) -> Option<Arc<dyn FrontMetrics>>;
+    /// Checks what a reloaded configuration would change in this front (files that must load,
+    /// say), changing nothing: [`Front::apply_reload`] follows only when every part of the
+    /// daemon accepted the new configuration.
+    fn check_reload(&self, _config: &Config) -> Result<()> {
+        Ok(())
+    }
+    /// Puts a reloaded configuration's credentials and certificates in force.
+    fn apply_reload(&self, _config: &Config) {}
     /// Stops its sockets and threads (the daemon is stopping).
     fn stop(&self);
 }

@@ -893,19 +893,6 @@ impl TurnFront {
         })
     }
 
-    /// Applies reloaded credentials and certificate (SIGHUP).
-    pub fn reload(&self, turn: &TurnConfig) -> Result<()> {
-        if let (Some(current), Some(t)) = (&self.core.tls, &turn.tls) {
-            current.store(tls_config(t)?);
-        }
-        self.core
-            .server
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set_credentials(credentials(turn));
-        Ok(())
-    }
-
     /// Number of allocations.
     pub fn allocations(&self) -> usize {
         self.core
@@ -1032,6 +1019,38 @@ impl Front for TurnFront {
 
     fn metrics(&self) -> Option<Arc<dyn FrontMetrics>> {
         Some(self.core.clone())
+    }
+
+    fn check_reload(&self, config: &crate::config::Config) -> Result<()> {
+        if let (Some(_), Some(t)) = (
+            &self.core.tls,
+            config.turn.as_ref().and_then(|t| t.tls.as_ref()),
+        ) {
+            tls_config(t)?;
+        }
+        Ok(())
+    }
+
+    fn apply_reload(&self, config: &crate::config::Config) {
+        let Some(turn) = &config.turn else {
+            return;
+        };
+        if let (Some(current), Some(t)) = (&self.core.tls, &turn.tls)
+            && let Ok(loaded) = tls_config(t)
+        {
+            current.store(loaded);
+        }
+        self.core
+            .server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_credentials(credentials(turn));
+        info!(
+            target: "audit",
+            secrets = turn.secrets.len(),
+            users = turn.users.len(),
+            "TURN credentials reloaded"
+        );
     }
 
     fn stop(&self) {
