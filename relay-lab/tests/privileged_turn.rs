@@ -368,7 +368,7 @@ fn operators_see_allocations_in_the_cli_and_the_metrics() {
 fn a_reload_rotates_the_shared_secret() {
     require_root!();
     use relay_lab::{scenario::TURN_SECRET, turn_probe::TurnProbe};
-    let mut s = turn_lab(XdpMode::Off);
+    let s = turn_lab(XdpMode::Off);
     let (user, password) = rest("erin", 3600);
     let mut before = TurnProbe::new(&s.lab, Host::ClientA, server(), &user, &password).unwrap();
     before
