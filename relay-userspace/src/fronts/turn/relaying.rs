@@ -281,3 +281,211 @@ pub fn data_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
     let _ = m.add_attribute(&Data::new(data));
     m.finish()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::{BTreeMap, HashMap},
+        net::SocketAddr,
+        time::{Duration, Instant},
+    };
+
+    use rand::{Rng, SeedableRng, rngs::StdRng};
+    use stun_types::message::{MessageWrite, MessageWriteExt};
+
+    use super::*;
+    use crate::fronts::turn::server::{
+        Allocation, Channel, Families, FiveTuple, Transport, TurnSettings,
+    };
+
+    fn settings() -> TurnSettings {
+        TurnSettings {
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            permission_lifetime: Duration::from_secs(300),
+            channel_lifetime: Duration::from_secs(600),
+            reservation_lifetime: Duration::from_secs(30),
+            channel_max: 0x7fff,
+            max_allocations: 4,
+            max_allocations_per_user: 4,
+            max_permissions: 8,
+            max_channels: 8,
+            ports: 50_000..=50_010,
+            relayed_v4: None,
+            relayed_v6: None,
+            limits: SessionLimits::default(),
+        }
+    }
+
+    fn five(addr: &str) -> FiveTuple {
+        FiveTuple {
+            client: addr.parse().unwrap(),
+            server: "192.0.2.10:3478".parse().unwrap(),
+            transport: Transport::Udp,
+        }
+    }
+
+    fn send_indication(peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+        let mut m = Message::builder_indication(SEND, MessageWriteVec::new());
+        let t = m.transaction_id();
+        let _ = m.add_attribute(&XorPeerAddress::new(peer, t));
+        let _ = m.add_attribute(&Data::new(data));
+        m.finish()
+    }
+
+    /// 200 000 random datagrams against one allocation: data leaves for a peer only over the
+    /// client's bound channel whose peer has a live permission, or in the client's Send
+    /// indication to a peer with a permission — with exactly the application bytes — and a
+    /// peer's datagram reaches the client only with a permission, over its channel if it has one.
+    #[test]
+    fn only_bound_channels_and_permitted_peers_are_relayed() {
+        let now = Instant::now();
+        let client = five("198.51.100.9:40000");
+        let live_peer: SocketAddr = "198.51.100.20:4000".parse().unwrap();
+        let lapsed_peer: SocketAddr = "198.51.100.21:4000".parse().unwrap();
+        let permitted_only: SocketAddr = "198.51.100.22:4000".parse().unwrap();
+        let allocation = Allocation {
+            slot: 3,
+            five_tuple: client,
+            username: "alice".into(),
+            sha256: false,
+            port: 50_001,
+            families: Families {
+                v4: true,
+                v6: false,
+            },
+            created_unix_ms: 0,
+            expires: now + Duration::from_secs(600),
+            transaction: 0,
+            permissions: HashMap::from([
+                (live_peer.ip(), now + Duration::from_secs(100)),
+                (lapsed_peer.ip(), now - Duration::from_secs(1)),
+                (permitted_only.ip(), now + Duration::from_secs(100)),
+            ]),
+            channels: BTreeMap::from([
+                (
+                    0x4000,
+                    Channel {
+                        peer: live_peer,
+                        expires: now + Duration::from_secs(100),
+                    },
+                ),
+                (
+                    0x4001,
+                    Channel {
+                        peer: lapsed_peer,
+                        expires: now + Duration::from_secs(100),
+                    },
+                ),
+            ]),
+        };
+        let tables = RelayTables::new();
+        tables.sync(&allocation, &settings(), now);
+        let stranger = five("198.51.100.99:40000");
+        let peers = [
+            live_peer,
+            lapsed_peer,
+            permitted_only,
+            "203.0.113.5:9".parse().unwrap(),
+        ];
+        let mut rng = StdRng::seed_from_u64(8656);
+        let (mut relayed, mut to_client) = (0, 0);
+        for _ in 0..200_000 {
+            let from = if rng.random_bool(0.8) {
+                client
+            } else {
+                stranger
+            };
+            let data: Vec<u8> = (0..rng.random_range(0..40)).map(|_| rng.random()).collect();
+            let (frame, intended): (Vec<u8>, Option<(SocketAddr, &[u8])>) = match rng
+                .random_range(0..4)
+            {
+                0 => {
+                    let channel = [0x4000, 0x4001, 0x4002, rng.random()][rng.random_range(0..4)];
+                    let mut f = ChannelDataHdr::new(channel, data.len() as u16)
+                        .to_bytes()
+                        .to_vec();
+                    f.extend_from_slice(&data);
+                    f.extend(std::iter::repeat_n(0, rng.random_range(0..4)));
+                    let target = match channel {
+                        0x4000 => Some(live_peer),
+                        _ => None,
+                    };
+                    (f, target.map(|t| (t, &data[..])))
+                }
+                1 => {
+                    let peer = peers[rng.random_range(0..peers.len())];
+                    let target = [live_peer, permitted_only].contains(&peer).then_some(peer);
+                    (send_indication(peer, &data), target.map(|t| (t, &data[..])))
+                }
+                2 => {
+                    // A mutated valid frame.
+                    let mut f = send_indication(peers[0], &data);
+                    let i = rng.random_range(0..f.len());
+                    f[i] ^= 1 << rng.random_range(0..8);
+                    (f, None)
+                }
+                _ => (data.clone(), None),
+            };
+            match from_client(&frame, &from, &tables) {
+                FromClient::ToPeer {
+                    slot,
+                    port,
+                    peer,
+                    range,
+                    ..
+                } => {
+                    relayed += 1;
+                    assert_eq!((slot, port, from), (3, 50_001, client));
+                    // A permission is per IP address, whatever the port (RFC 8656 §9).
+                    assert!(
+                        peer.ip() == live_peer.ip() || peer.ip() == permitted_only.ip(),
+                        "relayed to {peer}: {frame:02x?}"
+                    );
+                    if let Some((target, bytes)) = intended {
+                        assert_eq!((peer, &frame[range]), (target, bytes), "{frame:02x?}");
+                    }
+                }
+                FromClient::Stun | FromClient::Drop(_) => {
+                    assert!(
+                        intended.is_none() || from != client,
+                        "not relayed: {frame:02x?}"
+                    );
+                }
+            }
+            let peer = peers[rng.random_range(0..peers.len())];
+            match from_peer(3, peer, &tables) {
+                FromPeer::Channel(c) => {
+                    to_client += 1;
+                    assert_eq!((c, peer), (0x4000, live_peer));
+                }
+                FromPeer::Indication => assert_eq!(peer, permitted_only),
+                FromPeer::Drop(r) => {
+                    assert_eq!(r, Reason::DroppedTurnNoPermission);
+                    assert!(peer != live_peer && peer != permitted_only);
+                }
+            }
+        }
+        assert!(
+            relayed > 40_000 && to_client > 40_000,
+            "{relayed} {to_client}"
+        );
+        // Every intended datagram from the client was relayed.
+        let mut f = ChannelDataHdr::new(0x4000, 2).to_bytes().to_vec();
+        f.extend_from_slice(b"ok");
+        assert!(matches!(
+            from_client(&f, &client, &tables),
+            FromClient::ToPeer { .. }
+        ));
+        assert!(matches!(
+            from_client(&send_indication(permitted_only, b"ok"), &client, &tables),
+            FromClient::ToPeer { .. }
+        ));
+        // Expired state goes: after removal nothing is relayed.
+        tables.remove(3);
+        assert_eq!(
+            from_client(&f, &client, &tables),
+            FromClient::Drop(Reason::DroppedTurnUnknownChannel)
+        );
+    }
+}

@@ -1,0 +1,137 @@
+//! A datagram from anyone on the internet to the TURN port (`relay_userspace::fronts::turn`):
+//! classification, stream framing, the data path's decision and the server's answer, before
+//! any credential.
+//!
+//! Invariants:
+//! * Nothing panics.
+//! * ChannelData's length always fits the datagram; a stream frame never claims more bytes than
+//!   it has.
+//! * The server never answers a source with more bytes than it sent (amplification ≤ 1), and
+//!   what it answers is a well-formed STUN message.
+//! * Nothing unauthenticated changes any allocation, and with no allocation nothing is relayed.
+#![no_main]
+
+use std::{
+    net::{Ipv6Addr, SocketAddr},
+    sync::{
+        LazyLock, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use libfuzzer_sys::fuzz_target;
+use relay_common::{maps::SessionLimits, turn::TurnDatagram};
+use relay_userspace::{
+    control::address_policy::AddressPolicy,
+    fronts::turn::{
+        auth::{Credentials, Nonces, StaticUser},
+        relaying::{self, FromClient, RelayTables},
+        server::{
+            Clock, Families, FiveTuple, PortBinder, RelayedAddress, Transport, TurnServer,
+            TurnSettings,
+        },
+        stream::frame_len,
+    },
+};
+
+struct NoPorts;
+
+impl PortBinder for NoPorts {
+    fn bind(&mut self, _: u16, _: Families) -> bool {
+        true
+    }
+    fn release(&mut self, _: u16) {}
+}
+
+static SERVER: LazyLock<Mutex<TurnServer>> = LazyLock::new(|| {
+    let settings = TurnSettings {
+        default_lifetime: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(3600),
+        permission_lifetime: Duration::from_secs(300),
+        channel_lifetime: Duration::from_secs(600),
+        reservation_lifetime: Duration::from_secs(30),
+        channel_max: 0x7fff,
+        max_allocations: 16,
+        max_allocations_per_user: 4,
+        max_permissions: 8,
+        max_channels: 8,
+        ports: 50_000..=50_099,
+        relayed_v4: Some(RelayedAddress {
+            local: "192.0.2.10".parse().unwrap(),
+            advertised: "192.0.2.10".parse().unwrap(),
+        }),
+        relayed_v6: None,
+        limits: SessionLimits::default(),
+    };
+    let credentials = Credentials::new(
+        "fuzz.test",
+        &["a-long-shared-secret".into()],
+        &[StaticUser {
+            name: "alice".into(),
+            password: "wonderland".into(),
+        }],
+        Duration::from_secs(86_400),
+    );
+    Mutex::new(TurnServer::new(
+        settings,
+        credentials,
+        Nonces::new([9; 32]),
+        AddressPolicy::strict(Vec::new()),
+    ))
+});
+static TABLES: LazyLock<RelayTables> = LazyLock::new(RelayTables::new);
+/// Every input comes from a source never seen before, so its credit is its own size.
+static SOURCE: AtomicU64 = AtomicU64::new(1);
+
+fuzz_target!(|data: &[u8]| {
+    if let TurnDatagram::ChannelData { len, .. } = TurnDatagram::classify(data) {
+        assert!(4 + len <= data.len());
+    }
+    if let Ok(Some(n)) = frame_len(data) {
+        assert!(n <= data.len());
+    }
+    let n = SOURCE.fetch_add(1, Ordering::Relaxed);
+    let client = SocketAddr::new(
+        Ipv6Addr::new(
+            0x2001,
+            0xdb8,
+            0,
+            0,
+            (n >> 48) as u16,
+            (n >> 32) as u16,
+            (n >> 16) as u16,
+            n as u16,
+        )
+        .into(),
+        40_000,
+    );
+    let five_tuple = FiveTuple {
+        client,
+        server: "[2001:db8::1]:3478".parse().unwrap(),
+        transport: Transport::Udp,
+    };
+    match relaying::from_client(data, &five_tuple, &TABLES) {
+        FromClient::ToPeer { .. } => panic!("relayed without an allocation"),
+        FromClient::Stun | FromClient::Drop(_) => {}
+    }
+    let clock = Clock {
+        now: Instant::now(),
+        unix_ms: 1_800_000_000_000,
+    };
+    let outcome = SERVER
+        .lock()
+        .unwrap()
+        .handle(data, five_tuple, &clock, &mut NoPorts);
+    assert!(outcome.change.is_none(), "{outcome:?}");
+    if let Some(reply) = outcome.reply {
+        assert!(
+            reply.len() <= data.len(),
+            "{} bytes answered to {} ({})",
+            reply.len(),
+            data.len(),
+            outcome.result
+        );
+        stun_types::message::Message::from_bytes(&reply).expect("a well-formed answer");
+    }
+});
