@@ -32,6 +32,9 @@ enum Command {
         /// Leave the lab running and print how to poke at it.
         #[arg(long)]
         keep: bool,
+        /// The TURN front instead: coturn's client and two Chromium pages relay through it.
+        #[arg(long, conflicts_with = "keep")]
+        turn: bool,
     },
     /// Remove kept labs (and anything a killed run left behind).
     Down,
@@ -95,10 +98,17 @@ fn write_json(path: Option<PathBuf>, doc: serde_json::Value) -> Result<()> {
 fn main() -> Result<()> {
     relay_userspace::logging::init("warn", relay_userspace::config::LogFormat::Text);
     match Cli::parse().command {
-        Command::Demo { seconds, keep } => {
+        Command::Demo {
+            seconds,
+            keep,
+            turn,
+        } => {
             let interrupted = Arc::new(AtomicBool::new(false));
             for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
                 signal_hook::flag::register(signal, interrupted.clone())?;
+            }
+            if turn {
+                return demo::run_turn(relay_lab::relay_bin()?, interrupted);
             }
             demo::run(
                 DemoOptions {

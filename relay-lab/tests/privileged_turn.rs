@@ -400,3 +400,39 @@ fn a_reload_rotates_the_shared_secret() {
         .unwrap()
         .expect("the new secret works after the reload");
 }
+
+#[test]
+fn the_turn_demo_runs_start_to_finish_and_cleans_up() {
+    require_root!();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_relay-lab"))
+        .args(["demo", "--turn"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let marker = format!("-{}-", child.id());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "sent 200, echoed back 200, lost 0",
+        "DataChannel open: true, selected pair relay",
+        "10 messages each way",
+        "by the userspace path",
+        "done",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&left.stdout).contains(&marker));
+}

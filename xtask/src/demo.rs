@@ -12,7 +12,7 @@ use crate::{
 };
 
 /// Runs the demo (or removes a kept lab with `down`).
-pub fn run(keep: bool, down: bool, seconds: u32) -> Result<()> {
+pub fn run(keep: bool, down: bool, turn: bool, seconds: u32) -> Result<()> {
     if !is_root() {
         bail!("the demo builds network namespaces and attaches XDP programs: run it as root");
     }
@@ -36,6 +36,9 @@ pub fn run(keep: bool, down: bool, seconds: u32) -> Result<()> {
         cmd.args(["demo", "--seconds", &seconds.to_string()]);
         if keep {
             cmd.arg("--keep");
+        }
+        if turn {
+            cmd.arg("--turn");
         }
     }
     status(&mut cmd)

@@ -49,6 +49,9 @@ enum Command {
         /// Seconds of traffic.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
+        /// The TURN front: coturn's client and two Chromium pages relay through it.
+        #[arg(long, conflicts_with_all = ["keep", "down"])]
+        turn: bool,
     },
     /// Release builds, every benchmark, and docs/benchmarks.md regenerated (root).
     Bench {
@@ -83,6 +86,7 @@ fn main() -> Result<()> {
             keep,
             down,
             seconds,
-        } => demo::run(keep, down, seconds),
+            turn,
+        } => demo::run(keep, down, turn, seconds),
     }
 }
