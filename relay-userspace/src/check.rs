@@ -500,6 +500,22 @@ pub fn run(config: Option<&Config>, interfaces: &[String]) -> Vec<CheckLine> {
                 Err(e) => line(Status::Fail, "API certificate", format!("{e:#}")),
             });
         }
+        if let Some(tls) = c.turn.as_ref().and_then(|t| t.tls.as_ref()) {
+            let files = crate::config::TlsConfig {
+                cert: tls.cert.clone(),
+                key: tls.key.clone(),
+            };
+            out.push(
+                match crate::api::tls::files_config(&files, "turn.tls", Vec::new()) {
+                    Ok(_) => line(
+                        Status::Pass,
+                        "TURN certificate",
+                        format!("{} and its key load", tls.cert.display()),
+                    ),
+                    Err(e) => line(Status::Fail, "TURN certificate", format!("{e:#}")),
+                },
+            );
+        }
         for (key, configured, family_v6) in [
             ("advertise v4", c.relay.advertise.v4, false),
             ("advertise v6", c.relay.advertise.v6, true),
