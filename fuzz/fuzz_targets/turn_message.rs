@@ -21,7 +21,7 @@ use std::{
 };
 
 use libfuzzer_sys::fuzz_target;
-use relay_common::{maps::SessionLimits, turn::TurnDatagram};
+use relay_common::turn::TurnDatagram;
 use relay_userspace::{
     control::address_policy::AddressPolicy,
     fronts::turn::{
@@ -46,23 +46,12 @@ impl PortBinder for NoPorts {
 
 static SERVER: LazyLock<Mutex<TurnServer>> = LazyLock::new(|| {
     let settings = TurnSettings {
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
-        permission_lifetime: Duration::from_secs(300),
-        channel_lifetime: Duration::from_secs(600),
-        reservation_lifetime: Duration::from_secs(30),
-        channel_max: 0x7fff,
-        max_allocations: 16,
-        max_allocations_per_user: 4,
-        max_permissions: 8,
-        max_channels: 8,
-        ports: 50_000..=50_099,
+        channel_max: relay_common::turn::CHANNEL_MAX_RFC5766,
         relayed_v4: Some(RelayedAddress {
             local: "192.0.2.10".parse().unwrap(),
             advertised: "192.0.2.10".parse().unwrap(),
         }),
-        relayed_v6: None,
-        limits: SessionLimits::default(),
+        ..TurnSettings::new(50_000..=50_099)
     };
     let credentials = Credentials::new(
         "fuzz.test",

@@ -21,7 +21,6 @@ use std::{
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use relay_common::maps::SessionLimits;
 use relay_userspace::{
     control::address_policy::{AddressPolicy, normalise},
     fronts::turn::{
@@ -110,17 +109,10 @@ enum Op {
 
 fn settings() -> TurnSettings {
     TurnSettings {
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
-        permission_lifetime: Duration::from_secs(300),
-        channel_lifetime: Duration::from_secs(600),
-        reservation_lifetime: Duration::from_secs(30),
-        channel_max: 0x4fff,
         max_allocations: MAX_ALLOCATIONS,
         max_allocations_per_user: PER_USER,
         max_permissions: 3,
         max_channels: 3,
-        ports: 50_000..=50_031,
         relayed_v4: Some(RelayedAddress {
             local: "10.0.0.1".parse().unwrap(),
             advertised: "192.0.2.10".parse().unwrap(),
@@ -129,7 +121,7 @@ fn settings() -> TurnSettings {
             local: "2001:db8::10".parse().unwrap(),
             advertised: "2001:db8::10".parse().unwrap(),
         }),
-        limits: SessionLimits::default(),
+        ..TurnSettings::new(50_000..=50_031)
     }
 }
 

@@ -213,6 +213,15 @@ impl SessionStats {
             self.last_seen[leg] = self.last_seen[leg].max(other.last_seen[leg]);
         }
     }
+
+    /// The sum of per-CPU values (what a per-CPU counter map holds for one slot).
+    pub fn sum<'a>(per_cpu: impl IntoIterator<Item = &'a SessionStats>) -> SessionStats {
+        let mut total = SessionStats::default();
+        for s in per_cpu {
+            total.accumulate(s);
+        }
+        total
+    }
 }
 
 /// [`RelayConfig::flags`]: the daemon wrote this config; until then everything is passed.

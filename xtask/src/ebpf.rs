@@ -17,7 +17,7 @@ use crate::{
 pub const TARGET: &str = "bpfel-unknown-none";
 /// Programs the relay object must contain.
 const PROGRAMS: &[&str] = &["relay_xdp", "xdp_pass", "clock_probe"];
-/// Maps the object must contain (names from relay-common's `maps` module).
+/// Maps the object must contain (names from relay-common's `maps` and `turn` modules).
 const MAPS: &[&str] = &[
     "sessions",
     "session_stats",
@@ -30,6 +30,15 @@ const MAPS: &[&str] = &[
     "session_meta",
     "log_gate",
     "build_info",
+    "relay_ports",
+    "turn_allocs",
+    "turn_alloc_meta",
+    "turn_channels",
+    "turn_peers",
+    "turn_perms",
+    "turn_stats",
+    "turn_user_stats",
+    "turn_keys",
 ];
 /// Programs and maps of the benchmark lab's object (names from relay-common's `bench` module).
 const LAB_PROGRAMS: &[&str] = &["bench_gen", "bench_sink", "reflector"];

@@ -2,14 +2,14 @@
 //! plane's [`SessionMeta`] — and back. A restarted daemon rebuilds its table from these.
 
 use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     time::{Duration, Instant},
 };
 
-use relay_common::maps::{self as fast, FAMILY_V4, FAMILY_V6, Leg, META_LABEL_LEN, SessionMeta};
+use relay_common::maps::{self as fast, Leg, META_LABEL_LEN, SessionMeta};
 use sha2::{Digest, Sha256};
 
-use super::session::{LegState, Session};
+use super::session::{LegState, Session, address_of_leg};
 
 fn fixed<const N: usize>(s: &str) -> [u8; N] {
     let mut out = [0u8; N];
@@ -57,13 +57,7 @@ pub fn leg_address(leg: &Leg) -> Option<SocketAddr> {
     if !leg.is_bound() {
         return None;
     }
-    let o = leg.octets();
-    let ip: IpAddr = match leg.family {
-        FAMILY_V4 => Ipv4Addr::new(o[0], o[1], o[2], o[3]).into(),
-        FAMILY_V6 => Ipv6Addr::from(o).into(),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, leg.port_host()))
+    address_of_leg(leg)
 }
 
 /// Leg labels and the owning token of a metadata record (for the CLI).

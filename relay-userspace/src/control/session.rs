@@ -2,13 +2,13 @@
 //! bindings, who owns it, and its lifetimes.
 
 use std::{
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use relay_common::{
     geneve::control::KEY_LEN,
-    maps::{self as fast, Leg, SessionLimits},
+    maps::{self as fast, FAMILY_V4, FAMILY_V6, Leg, SessionLimits},
 };
 
 /// Index of a leg: 0 is "a", 1 is "b".
@@ -66,6 +66,18 @@ pub fn leg_at(addr: SocketAddr) -> Leg {
         IpAddr::V4(ip) => Leg::bound_v4(ip.octets(), addr.port()),
         IpAddr::V6(ip) => Leg::bound_v6(ip.octets(), addr.port()),
     }
+}
+
+/// The address a map leg holds (the inverse of [`leg_at`]; bound or not), `None` for an
+/// unknown family.
+pub fn address_of_leg(leg: &Leg) -> Option<SocketAddr> {
+    let o = leg.octets();
+    let ip: IpAddr = match leg.family {
+        FAMILY_V4 => Ipv4Addr::new(o[0], o[1], o[2], o[3]).into(),
+        FAMILY_V6 => Ipv6Addr::from(o).into(),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, leg.port_host()))
 }
 
 /// `addr` with an IPv4-mapped IPv6 address turned into IPv4 (sockets report IPv4 peers that way

@@ -184,11 +184,7 @@ impl RelayMaps {
             .session_stats
             .get(&slot, 0)
             .map_err(err(names::SESSION_STATS))?;
-        let mut total = SessionStats::default();
-        for s in per_cpu.iter() {
-            total.accumulate(s);
-        }
-        Ok(total)
+        Ok(SessionStats::sum(per_cpu.iter()))
     }
 
     /// Userspace forwarder counters of `slot`.

@@ -164,27 +164,14 @@ impl TurnMaps {
                 0,
             )
             .map_err(err(names::RELAY_PORTS))?;
-        let (old_channels, old_permissions) = self.bindings_of(slot)?;
         let want_channels: HashSet<ChannelKey> = record.channels.iter().map(|(k, _)| *k).collect();
         let want_permissions: HashSet<PermissionKey> =
             record.permissions.iter().map(|(k, _)| *k).collect();
-        for (key, binding) in old_channels {
-            if !want_channels.contains(&key) {
-                gone(self.channels.remove(&key), names::TURN_CHANNELS)?;
-                gone(
-                    self.peers.remove(&PeerKey {
-                        peer: binding.peer,
-                        slot,
-                    }),
-                    names::TURN_PEERS,
-                )?;
-            }
-        }
-        for key in old_permissions {
-            if !want_permissions.contains(&key) {
-                gone(self.permissions.remove(&key), names::TURN_PERMISSIONS)?;
-            }
-        }
+        self.remove_bindings(
+            slot,
+            |key| !want_channels.contains(key),
+            |key| !want_permissions.contains(key),
+        )?;
         for (key, permission) in &record.permissions {
             self.permissions
                 .insert(key, permission, 0)
@@ -215,6 +202,29 @@ impl TurnMaps {
                 permissions: want_permissions.into_iter().collect(),
             },
         );
+        Ok(())
+    }
+
+    /// Removes the channels (with their reverse peer entries) and permissions of `slot` that
+    /// the filters pick.
+    fn remove_bindings(
+        &mut self,
+        slot: u32,
+        channel: impl Fn(&ChannelKey) -> bool,
+        permission: impl Fn(&PermissionKey) -> bool,
+    ) -> Result<(), MapsError> {
+        let (channels, permissions) = self.bindings_of(slot)?;
+        for (key, binding) in channels.into_iter().filter(|(k, _)| channel(k)) {
+            gone(self.channels.remove(&key), names::TURN_CHANNELS)?;
+            let peer = PeerKey {
+                peer: binding.peer,
+                slot,
+            };
+            gone(self.peers.remove(&peer), names::TURN_PEERS)?;
+        }
+        for key in permissions.into_iter().filter(|k| permission(k)) {
+            gone(self.permissions.remove(&key), names::TURN_PERMISSIONS)?;
+        }
         Ok(())
     }
 
@@ -259,20 +269,7 @@ impl TurnMaps {
                 gone(self.relay_ports.remove(&port_key), names::RELAY_PORTS)?;
             }
         }
-        let (channels, permissions) = self.bindings_of(slot)?;
-        for (key, binding) in channels {
-            gone(self.channels.remove(&key), names::TURN_CHANNELS)?;
-            gone(
-                self.peers.remove(&PeerKey {
-                    peer: binding.peer,
-                    slot,
-                }),
-                names::TURN_PEERS,
-            )?;
-        }
-        for key in permissions {
-            gone(self.permissions.remove(&key), names::TURN_PERMISSIONS)?;
-        }
+        self.remove_bindings(slot, |_| true, |_| true)?;
         self.installed.remove(&slot);
         gone(self.allocations.remove(&slot), names::TURN_ALLOCATIONS)?;
         gone(self.meta.remove(&slot), names::TURN_ALLOCATION_META)
@@ -315,11 +312,7 @@ impl TurnMaps {
     /// Fast-path counters of `slot`, summed over CPUs.
     pub fn kernel_stats(&self, slot: u32) -> Result<SessionStats, MapsError> {
         let per_cpu = self.stats.get(&slot, 0).map_err(err(names::TURN_STATS))?;
-        let mut total = SessionStats::default();
-        for s in per_cpu.iter() {
-            total.accumulate(s);
-        }
-        Ok(total)
+        Ok(SessionStats::sum(per_cpu.iter()))
     }
 
     /// Userspace counters of `slot`, as last flushed.

@@ -173,9 +173,6 @@ pub fn settings(
     TurnSettings {
         default_lifetime: turn.default_lifetime,
         max_lifetime: turn.max_lifetime,
-        permission_lifetime: Duration::from_secs(300),
-        channel_lifetime: Duration::from_secs(600),
-        reservation_lifetime: Duration::from_secs(30),
         channel_max: match turn.channel_numbers {
             ChannelNumbers::Rfc5766 => relay_common::turn::CHANNEL_MAX_RFC5766,
             ChannelNumbers::Rfc8656 => relay_common::turn::CHANNEL_MAX_RFC8656,
@@ -184,13 +181,13 @@ pub fn settings(
         max_allocations_per_user: turn.max_allocations_per_user,
         max_permissions: turn.max_permissions as usize,
         max_channels: turn.max_channels as usize,
-        ports: turn.relay_ports.first..=turn.relay_ports.last,
         relayed_v4,
         relayed_v6,
         limits: SessionLimits {
             packets_per_sec: turn.packets_per_sec,
             kbytes_per_sec: turn.kbytes_per_sec,
         },
+        ..TurnSettings::new(turn.relay_ports.first..=turn.relay_ports.last)
     }
 }
 
@@ -361,14 +358,21 @@ impl TurnCore {
         self.own.contains(&ip) && !self.ports.contains_key(&peer.port())
     }
 
-    /// A datagram from a client on a stream (TCP, TLS): STUN goes to the server (its response
-    /// is returned), data to its peer.
-    fn on_stream_frame(&self, frame: &[u8], five_tuple: &FiveTuple) -> Option<Vec<u8>> {
-        let mut verdicts = LocalVerdicts::default();
-        let reply = match relaying::from_client(frame, five_tuple, &self.tables) {
+    /// What to do with a datagram from a client, on any transport: STUN goes to the server
+    /// (its response is the reply), data to its peer through the relayed port's socket.
+    fn on_client_datagram(
+        &self,
+        payload: &[u8],
+        five_tuple: FiveTuple,
+        verdicts: &mut LocalVerdicts,
+    ) -> Action {
+        match relaying::from_client(payload, &five_tuple, &self.tables) {
             FromClient::Stun => {
-                verdicts.add(Reason::PassedTurnStun, frame.len());
-                self.handle_stun(frame, *five_tuple)
+                verdicts.add(Reason::PassedTurnStun, payload.len());
+                match self.handle_stun(payload, five_tuple) {
+                    Some(reply) => Action::Reply(reply),
+                    None => Action::Drop,
+                }
             }
             FromClient::ToPeer {
                 slot,
@@ -376,23 +380,40 @@ impl TurnCore {
                 peer,
                 range,
                 limits,
-            } => {
-                match self.admit_to_peer(slot, port, peer, range.len(), &limits) {
-                    Ok(socket) => {
-                        if send_nonblocking(&socket, &frame[range.clone()], peer) {
-                            verdicts.add(Reason::ForwardedTurnToPeer, range.len());
-                        } else {
-                            verdicts.add(Reason::DroppedSendError, range.len());
-                        }
+            } => match self.admit_to_peer(slot, port, peer, range.len(), &limits) {
+                Ok(from) => {
+                    verdicts.add(Reason::ForwardedTurnToPeer, range.len());
+                    Action::Relay {
+                        from,
+                        to: peer,
+                        range,
                     }
-                    Err(reason) => verdicts.add(reason, frame.len()),
+                }
+                Err(reason) => {
+                    verdicts.add(reason, payload.len());
+                    Action::Drop
+                }
+            },
+            FromClient::Drop(reason) => {
+                verdicts.add(reason, payload.len());
+                Action::Drop
+            }
+        }
+    }
+
+    /// A datagram from a client on a stream (TCP, TLS): the reply to write back, if any. Data
+    /// for a peer is sent here, as the forwarder does for UDP.
+    fn on_stream_frame(&self, frame: &[u8], five_tuple: &FiveTuple) -> Option<Vec<u8>> {
+        let mut verdicts = LocalVerdicts::default();
+        let reply = match self.on_client_datagram(frame, *five_tuple, &mut verdicts) {
+            Action::Reply(reply) => Some(reply),
+            Action::Relay { from, to, range } => {
+                if !send_nonblocking(&from, frame.get(range).unwrap_or_default(), to) {
+                    verdicts.add(Reason::DroppedSendError, 0);
                 }
                 None
             }
-            FromClient::Drop(reason) => {
-                verdicts.add(reason, frame.len());
-                None
-            }
+            Action::Forward { .. } | Action::Drop => None,
         };
         self.verdicts.publish(&mut verdicts);
         reply
@@ -554,42 +575,7 @@ impl DatagramHandler for TurnPort {
             server,
             transport: Transport::Udp,
         };
-        match relaying::from_client(payload, &five_tuple, &self.core.tables) {
-            FromClient::Stun => {
-                verdicts.add(Reason::PassedTurnStun, payload.len());
-                match self.core.handle_stun(payload, five_tuple) {
-                    Some(reply) => Action::Reply(reply),
-                    None => Action::Drop,
-                }
-            }
-            FromClient::ToPeer {
-                slot,
-                port,
-                peer,
-                range,
-                limits,
-            } => match self
-                .core
-                .admit_to_peer(slot, port, peer, range.len(), &limits)
-            {
-                Ok(from) => {
-                    verdicts.add(Reason::ForwardedTurnToPeer, range.len());
-                    Action::Relay {
-                        from,
-                        to: peer,
-                        range,
-                    }
-                }
-                Err(reason) => {
-                    verdicts.add(reason, payload.len());
-                    Action::Drop
-                }
-            },
-            FromClient::Drop(reason) => {
-                verdicts.add(reason, payload.len());
-                Action::Drop
-            }
-        }
+        self.core.on_client_datagram(payload, five_tuple, verdicts)
     }
 }
 

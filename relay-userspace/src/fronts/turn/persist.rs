@@ -3,11 +3,11 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
 };
 
 use relay_common::{
-    maps::{FAMILY_V4, FAMILY_V6, Leg, SessionLimits},
+    maps::{Leg, SessionLimits},
     turn::{
         CLIENT_TCP, CLIENT_TLS, CLIENT_UDP, ChannelBinding, ChannelKey, META_USERNAME_LEN,
         Permission, PermissionKey, RELAYED_V4, RELAYED_V6, TurnAllocation, TurnAllocationMeta,
@@ -15,17 +15,10 @@ use relay_common::{
 };
 
 use super::server::{Allocation, Channel, Clock, Families, FiveTuple, Transport};
-use crate::{control::session::leg_at, dataplane::turn_maps::TurnRecord};
-
-fn address_of(leg: &Leg) -> Option<SocketAddr> {
-    let o = leg.octets();
-    let ip: IpAddr = match leg.family {
-        FAMILY_V4 => Ipv4Addr::new(o[0], o[1], o[2], o[3]).into(),
-        FAMILY_V6 => Ipv6Addr::from(o).into(),
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, leg.port_host()))
-}
+use crate::{
+    control::session::{address_of_leg, leg_at},
+    dataplane::turn_maps::TurnRecord,
+};
 
 fn transport_code(t: Transport) -> u8 {
     match t {
@@ -124,7 +117,7 @@ pub fn from_record(
     if a.transport != CLIENT_UDP {
         return None;
     }
-    let client = address_of(&a.client)?;
+    let client = address_of_leg(&a.client)?;
     let server = server(client.is_ipv6())?;
     let username_len = record
         .meta
@@ -143,7 +136,10 @@ pub fn from_record(
                 family: key.family,
                 bound: 1,
             };
-            Some((address_of(&leg)?.ip(), clock.instant_of(p.expires_unix_ms)))
+            Some((
+                address_of_leg(&leg)?.ip(),
+                clock.instant_of(p.expires_unix_ms),
+            ))
         })
         .collect();
     let channels: BTreeMap<u16, Channel> = record
@@ -153,7 +149,7 @@ pub fn from_record(
             Some((
                 u16::from_be(key.channel),
                 Channel {
-                    peer: address_of(&binding.peer)?,
+                    peer: address_of_leg(&binding.peer)?,
                     expires: clock.instant_of(binding.expires_unix_ms),
                 },
             ))
@@ -193,7 +189,7 @@ pub fn username_of(meta: &TurnAllocationMeta) -> String {
 
 /// The client address stored in a record.
 pub fn client_of(allocation: &TurnAllocation) -> Option<SocketAddr> {
-    address_of(&allocation.client)
+    address_of_leg(&allocation.client)
 }
 
 #[cfg(test)]

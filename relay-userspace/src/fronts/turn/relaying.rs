@@ -300,20 +300,9 @@ mod tests {
 
     fn settings() -> TurnSettings {
         TurnSettings {
-            default_lifetime: Duration::from_secs(600),
-            max_lifetime: Duration::from_secs(3600),
-            permission_lifetime: Duration::from_secs(300),
-            channel_lifetime: Duration::from_secs(600),
-            reservation_lifetime: Duration::from_secs(30),
-            channel_max: 0x7fff,
+            channel_max: relay_common::turn::CHANNEL_MAX_RFC5766,
             max_allocations: 4,
-            max_allocations_per_user: 4,
-            max_permissions: 8,
-            max_channels: 8,
-            ports: 50_000..=50_010,
-            relayed_v4: None,
-            relayed_v6: None,
-            limits: SessionLimits::default(),
+            ..TurnSettings::new(50_000..=50_010)
         }
     }
 

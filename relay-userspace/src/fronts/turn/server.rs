@@ -147,6 +147,30 @@ pub struct TurnSettings {
     pub limits: SessionLimits,
 }
 
+impl TurnSettings {
+    /// RFC 8656's lifetimes and channel range (0x4000–0x4FFF) with small limits, on `ports`,
+    /// with no relayed address: the base the config (which sets what operators choose), the
+    /// tests and the fuzzers adjust.
+    pub fn new(ports: RangeInclusive<u16>) -> TurnSettings {
+        TurnSettings {
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            permission_lifetime: Duration::from_secs(300),
+            channel_lifetime: Duration::from_secs(600),
+            reservation_lifetime: Duration::from_secs(30),
+            channel_max: relay_common::turn::CHANNEL_MAX_RFC8656,
+            max_allocations: 16,
+            max_allocations_per_user: 4,
+            max_permissions: 8,
+            max_channels: 8,
+            ports,
+            relayed_v4: None,
+            relayed_v6: None,
+            limits: SessionLimits::default(),
+        }
+    }
+}
+
 /// The time, as the server needs it: monotonic for lifetimes, wall clock for credentials,
 /// nonces and what is persisted.
 #[derive(Clone, Copy, Debug)]

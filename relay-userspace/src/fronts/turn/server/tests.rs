@@ -35,23 +35,16 @@ impl PortBinder for Ports {
 
 fn settings() -> TurnSettings {
     TurnSettings {
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
-        permission_lifetime: Duration::from_secs(300),
-        channel_lifetime: Duration::from_secs(600),
-        reservation_lifetime: Duration::from_secs(30),
         channel_max: relay_common::turn::CHANNEL_MAX_RFC5766,
         max_allocations: 4,
         max_allocations_per_user: 2,
         max_permissions: 4,
         max_channels: 4,
-        ports: 50_000..=50_063,
         relayed_v4: Some(RelayedAddress {
             local: "10.0.0.1".parse().unwrap(),
             advertised: "203.0.113.1".parse().unwrap(),
         }),
-        relayed_v6: None,
-        limits: SessionLimits::default(),
+        ..TurnSettings::new(50_000..=50_063)
     }
 }
 
