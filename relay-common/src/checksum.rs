@@ -117,6 +117,50 @@ impl Incremental {
     }
 }
 
+/// What a UDP checksum covers besides the payload: the pseudo-header's addresses (`N` words:
+/// 2 for IPv4, 8 for IPv6), the ports and the UDP length, all raw network order. The protocol
+/// number weighs the same in both pseudo-headers and is left out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UdpCovered<const N: usize> {
+    /// Source address words.
+    pub src: [u16; N],
+    /// Destination address words.
+    pub dst: [u16; N],
+    /// Source port.
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+    /// UDP length (header included).
+    pub len: u16,
+}
+
+/// The UDP checksum of a datagram relayed with new addresses, ports and length (possibly in
+/// another family), computed from the incoming checksum `check` (RFC 1624) rather than from
+/// the payload: the payload only lost the words summing to `removed` and gained the words
+/// summing to `added` (one's complement sums, raw), and what stayed kept its 16-bit alignment.
+/// The length counts twice: once in the pseudo-header, once in the UDP header.
+#[inline(always)]
+pub const fn udp_checksum_relayed<const N: usize, const M: usize>(
+    check: u16,
+    old: &UdpCovered<N>,
+    new: &UdpCovered<M>,
+    removed: u16,
+    added: u16,
+) -> u16 {
+    Incremental::new(check)
+        .remove_words(&old.src)
+        .remove_words(&old.dst)
+        .add_words(&new.src)
+        .add_words(&new.dst)
+        .replace(old.sport, new.sport)
+        .replace(old.dport, new.dport)
+        .replace(old.len, new.len)
+        .replace(old.len, new.len)
+        .remove(removed)
+        .add(added)
+        .finish_udp()
+}
+
 /// Converts a 16-bit TTL/protocol word for checksum purposes: IPv4 keeps TTL and protocol in one
 /// 16-bit word (TTL first), so changing TTL replaces that word.
 #[inline(always)]
@@ -217,6 +261,119 @@ mod tests {
                 c => c,
             };
             prop_assert_eq!(u16::from_be(updated), expected);
+        }
+    }
+
+    /// A UDP datagram's bytes for checksumming: pseudo-header, header with zero checksum,
+    /// payload.
+    fn udp_sum_input(src: &[u8], dst: &[u8], sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+        let len = (8 + payload.len()) as u16;
+        let mut v = Vec::new();
+        v.extend_from_slice(src);
+        v.extend_from_slice(dst);
+        if src.len() == 4 {
+            v.extend_from_slice(&[0, 17]);
+            v.extend_from_slice(&len.to_be_bytes());
+        } else {
+            v.extend_from_slice(&[0, 0]);
+            v.extend_from_slice(&len.to_be_bytes());
+            v.extend_from_slice(&[0, 0, 0, 17]);
+        }
+        v.extend_from_slice(&sport.to_be_bytes());
+        v.extend_from_slice(&dport.to_be_bytes());
+        v.extend_from_slice(&len.to_be_bytes());
+        v.extend_from_slice(&[0, 0]);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    fn udp_checksum(src: &[u8], dst: &[u8], sport: u16, dport: u16, payload: &[u8]) -> u16 {
+        match reference_checksum(&udp_sum_input(src, dst, sport, dport, payload)) {
+            0 => 0xffff,
+            c => c,
+        }
+    }
+
+    fn covered<const N: usize>(
+        src: &[u8],
+        dst: &[u8],
+        sport: u16,
+        dport: u16,
+        len: usize,
+    ) -> UdpCovered<N> {
+        UdpCovered {
+            src: words(src).try_into().unwrap(),
+            dst: words(dst).try_into().unwrap(),
+            sport: sport.to_be(),
+            dport: dport.to_be(),
+            len: (len as u16).to_be(),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5_000))]
+
+        /// Stripping a 4-byte header and trailing bytes from a payload (and re-addressing the
+        /// datagram into either family) updates the checksum exactly as a full recomputation.
+        #[test]
+        fn relayed_with_a_header_removed_or_added(
+            body in proptest::collection::vec(any::<u8>(), 0..90usize),
+            header in any::<[u8; 4]>(),
+            trailer in proptest::collection::vec(any::<u8>(), 0..4usize),
+            a4 in any::<[u8; 4]>(), b4 in any::<[u8; 4]>(),
+            a6 in any::<[u8; 16]>(), b6 in any::<[u8; 16]>(),
+            ports in any::<[u16; 4]>(),
+            families in any::<(bool, bool)>(),
+        ) {
+            let with: Vec<u8> = [&header[..], &body, &trailer].concat();
+            let (src_in, dst_in): (&[u8], &[u8]) = if families.0 { (&a6, &b6) } else { (&a4, &b4) };
+            let (src_out, dst_out): (&[u8], &[u8]) = if families.1 { (&b6, &a6) } else { (&b4, &a4) };
+            let w = |b: &[u8]| u16::from_ne_bytes([b[0], b[1]]);
+            let header_sum = fold(w(&header[0..2]) as u32 + w(&header[2..4]) as u32);
+            // The trailer's bytes at their offsets in the payload (a lone byte pairs with zero).
+            let mut t = 0u32;
+            for (i, b) in trailer.iter().enumerate() {
+                let offset = 4 + body.len() + i;
+                t += if offset % 2 == 0 { u16::from_ne_bytes([*b, 0]) } else { u16::from_ne_bytes([0, *b]) } as u32;
+            }
+            let removed = fold(header_sum as u32 + t);
+            // Datagram with header and trailer → datagram with the body only.
+            let check_in = udp_checksum(src_in, dst_in, ports[0], ports[1], &with);
+            let expected = udp_checksum(src_out, dst_out, ports[2], ports[3], &body);
+            let got = match (families.0, families.1) {
+                (false, false) => udp_checksum_relayed(check_in.to_be(),
+                    &covered::<2>(src_in, dst_in, ports[0], ports[1], 8 + with.len()),
+                    &covered::<2>(src_out, dst_out, ports[2], ports[3], 8 + body.len()), removed, 0),
+                (false, true) => udp_checksum_relayed(check_in.to_be(),
+                    &covered::<2>(src_in, dst_in, ports[0], ports[1], 8 + with.len()),
+                    &covered::<8>(src_out, dst_out, ports[2], ports[3], 8 + body.len()), removed, 0),
+                (true, false) => udp_checksum_relayed(check_in.to_be(),
+                    &covered::<8>(src_in, dst_in, ports[0], ports[1], 8 + with.len()),
+                    &covered::<2>(src_out, dst_out, ports[2], ports[3], 8 + body.len()), removed, 0),
+                (true, true) => udp_checksum_relayed(check_in.to_be(),
+                    &covered::<8>(src_in, dst_in, ports[0], ports[1], 8 + with.len()),
+                    &covered::<8>(src_out, dst_out, ports[2], ports[3], 8 + body.len()), removed, 0),
+            };
+            prop_assert_eq!(u16::from_be(got), expected);
+            // And the other way: the body gains the header (no trailer).
+            let framed: Vec<u8> = [&header[..], &body].concat();
+            let check_body = udp_checksum(src_out, dst_out, ports[2], ports[3], &body);
+            let expected = udp_checksum(src_in, dst_in, ports[0], ports[1], &framed);
+            let got = match (families.1, families.0) {
+                (false, false) => udp_checksum_relayed(check_body.to_be(),
+                    &covered::<2>(src_out, dst_out, ports[2], ports[3], 8 + body.len()),
+                    &covered::<2>(src_in, dst_in, ports[0], ports[1], 8 + framed.len()), 0, header_sum),
+                (false, true) => udp_checksum_relayed(check_body.to_be(),
+                    &covered::<2>(src_out, dst_out, ports[2], ports[3], 8 + body.len()),
+                    &covered::<8>(src_in, dst_in, ports[0], ports[1], 8 + framed.len()), 0, header_sum),
+                (true, false) => udp_checksum_relayed(check_body.to_be(),
+                    &covered::<8>(src_out, dst_out, ports[2], ports[3], 8 + body.len()),
+                    &covered::<2>(src_in, dst_in, ports[0], ports[1], 8 + framed.len()), 0, header_sum),
+                (true, true) => udp_checksum_relayed(check_body.to_be(),
+                    &covered::<8>(src_out, dst_out, ports[2], ports[3], 8 + body.len()),
+                    &covered::<8>(src_in, dst_in, ports[0], ports[1], 8 + framed.len()), 0, header_sum),
+            };
+            prop_assert_eq!(u16::from_be(got), expected);
         }
     }
 

@@ -58,6 +58,14 @@ pub const DEFAULT_NEXTHOP_CACHE_ENTRIES: u32 = 4096;
 pub const DEFAULT_NEXTHOP_TTL_MS: u32 = 1000;
 /// Name of the program that reports the kernel's jiffies (see [`SessionStats`]).
 pub const CLOCK_PROBE_PROGRAM: &str = "clock_probe";
+/// `PROG_ARRAY` of the fronts' programs `relay_xdp` tail-calls (not pinned).
+pub const FRONT_PROGRAMS: &str = "front_programs";
+/// Index of TURN's program (`relay_turn`) in [`FRONT_PROGRAMS`].
+pub const FRONT_PROGRAM_TURN: u32 = 0;
+/// Entries of [`FRONT_PROGRAMS`].
+pub const FRONT_PROGRAM_COUNT: u32 = 1;
+/// Program name of TURN's part of the fast path.
+pub const TURN_PROGRAM: &str = "relay_turn";
 
 /// Address family tag of a [`Leg`] that has no address yet.
 pub const FAMILY_NONE: u8 = 0;
@@ -150,6 +158,29 @@ impl Leg {
             i += 1;
         }
         out
+    }
+
+    /// The bound leg a packet came from: IPv4 source address words and port, raw network
+    /// order (the same bytes [`Leg::bound_v4`] gives).
+    #[inline(always)]
+    pub const fn from_v4_source(addr: [u16; 2], port: u16) -> Leg {
+        Leg {
+            addr: [addr[0], addr[1], 0, 0, 0, 0, 0, 0],
+            port,
+            family: FAMILY_V4,
+            bound: 1,
+        }
+    }
+
+    /// The bound leg a packet came from: IPv6 source address words and port, raw network order.
+    #[inline(always)]
+    pub const fn from_v6_source(addr: &[u16; 8], port: u16) -> Leg {
+        Leg {
+            addr: *addr,
+            port,
+            family: FAMILY_V6,
+            bound: 1,
+        }
     }
 
     /// The port in host order.
@@ -370,7 +401,16 @@ pub fn nexthop_slot(to: &Leg, mask: u32) -> u32 {
     let mut h = to.family as u32;
     let mut i = 0;
     while i < 4 {
-        h = h.rotate_left(7) ^ ((to.addr[2 * i] as u32) | ((to.addr[2 * i + 1] as u32) << 16));
+        // SAFETY: in-bounds reads of plain words. Volatile so the words are read where they
+        // are used: the XDP program calls this with few registers to spare, and values kept
+        // live from here to the cache compare below spill into its 512-byte stack.
+        let (lo, hi) = unsafe {
+            (
+                core::ptr::read_volatile(&to.addr[2 * i]),
+                core::ptr::read_volatile(&to.addr[2 * i + 1]),
+            )
+        };
+        h = h.rotate_left(7) ^ ((lo as u32) | ((hi as u32) << 16));
         i += 1;
     }
     h ^= h >> 16;
@@ -403,6 +443,14 @@ mod pod {
 mod tests {
     use super::*;
     use core::mem::{align_of, size_of};
+
+    #[test]
+    fn a_source_leg_is_the_bound_leg_of_its_address() {
+        let v4 = Leg::bound_v4([198, 51, 100, 7], 4000);
+        assert_eq!(Leg::from_v4_source(v4.v4_words(), 4000u16.to_be()), v4);
+        let v6 = Leg::bound_v6([0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9], 5);
+        assert_eq!(Leg::from_v6_source(&v6.addr, 5u16.to_be()), v6);
+    }
 
     #[test]
     fn layouts_have_no_implicit_padding() {

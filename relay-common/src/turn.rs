@@ -18,7 +18,10 @@
 //! clients such as coturn's do with `-D`): `Length` bytes are relayed and the rest ignored.
 //! Over TCP the padding is mandatory, since it frames the next message.
 
-use crate::maps::{Leg, SessionLimits};
+use crate::{
+    maps::{Leg, SessionLimits},
+    verdict::Reason,
+};
 
 /// STUN message header length.
 pub const STUN_HLEN: usize = 20;
@@ -104,15 +107,22 @@ pub enum TurnDatagram {
 impl TurnDatagram {
     /// Classifies a UDP payload received on the TURN port.
     pub fn classify(payload: &[u8]) -> TurnDatagram {
-        if payload.len() < CHANNEL_DATA_HLEN {
-            return TurnDatagram::Malformed;
+        match payload {
+            [a, b, c, d, ..] => TurnDatagram::from_header([*a, *b, *c, *d], payload.len()),
+            _ => TurnDatagram::Malformed,
         }
-        match payload[0] >> 6 {
-            0 if payload.len() >= STUN_HLEN => TurnDatagram::Stun,
+    }
+
+    /// Classifies a UDP payload of `payload_len` bytes (at least 4) from its first four bytes:
+    /// what the XDP program reads.
+    #[inline(always)]
+    pub const fn from_header(first: [u8; CHANNEL_DATA_HLEN], payload_len: usize) -> TurnDatagram {
+        match first[0] >> 6 {
+            0 if payload_len >= STUN_HLEN => TurnDatagram::Stun,
             1 => {
-                let channel = u16::from_be_bytes([payload[0], payload[1]]);
-                let len = u16::from_be_bytes([payload[2], payload[3]]) as usize;
-                if CHANNEL_DATA_HLEN + len > payload.len() {
+                let channel = u16::from_be_bytes([first[0], first[1]]);
+                let len = u16::from_be_bytes([first[2], first[3]]) as usize;
+                if CHANNEL_DATA_HLEN + len > payload_len {
                     TurnDatagram::Malformed
                 } else {
                     TurnDatagram::ChannelData { channel, len }
@@ -121,6 +131,53 @@ impl TurnDatagram {
             _ => TurnDatagram::Malformed,
         }
     }
+}
+
+/// How a peer's datagram to an allocation's relayed port reaches the client, on both paths.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ToClient {
+    /// As ChannelData on this channel (the fast path's case).
+    Channel(u16),
+    /// In a Data indication: the peer has a permission but no channel. Userspace builds it
+    /// (the kernel passes the datagram up as `passed_turn_no_channel`).
+    Indication,
+}
+
+/// Decides a peer's datagram from the peer's channel (if its address has one) and whether its
+/// IP has a permission. Nothing else about the peer matters, and nothing is refreshed.
+#[inline(always)]
+pub const fn to_client(channel: Option<u16>, permitted: bool) -> Result<ToClient, Reason> {
+    match (channel, permitted) {
+        (Some(c), _) => Ok(ToClient::Channel(c)),
+        (None, true) => Ok(ToClient::Indication),
+        (None, false) => Err(Reason::DroppedTurnNoPermission),
+    }
+}
+
+/// Most bytes after a ChannelData's data (padding) the fast path strips; it passes a datagram
+/// with more to userspace (which relays it just the same).
+pub const MAX_FAST_PATH_TRAILER: usize = 3;
+
+/// The one's complement sum (raw) of the last `trailer` bytes of `window`, the four bytes that
+/// end a UDP payload and start at payload offset `window_offset`: what removing those bytes
+/// takes out of the UDP checksum. A byte at an even offset is the high byte of its 16-bit word,
+/// one at an odd offset the low byte (network order, raw).
+#[inline(always)]
+pub const fn trailer_sum(window: [u8; 4], trailer: usize, window_offset: usize) -> u16 {
+    let mut acc = 0u32;
+    let mut j = 0;
+    while j < 4 {
+        if j + trailer >= 4 {
+            let b = window[j];
+            acc += if (window_offset + j) & 1 == 0 {
+                u16::from_ne_bytes([b, 0])
+            } else {
+                u16::from_ne_bytes([0, b])
+            } as u32;
+        }
+        j += 1;
+    }
+    crate::checksum::fold(acc)
 }
 
 /// `HASH` [`RelayPortKey`] → [`RelayPort`]: which front owns a relay port (a TURN allocation's
@@ -155,8 +212,12 @@ pub const DEFAULT_MAX_ALLOCATIONS: u32 = 16_384;
 /// allocation count (the daemon sizes them from its configuration).
 pub const DEFAULT_MAX_TURN_BINDINGS: u32 = 65_536;
 
-/// [`RelayPort::front`]: a TURN allocation's relayed port.
+/// [`RelayPort::front`]: a TURN allocation's relayed port (peers' datagrams; the slot names
+/// the allocation).
 pub const FRONT_TURN: u8 = 1;
+/// [`RelayPort::front`]: the TURN server's own port (clients' ChannelData and STUN; the slot
+/// is 0).
+pub const FRONT_TURN_SERVER: u8 = 2;
 
 /// Direction index in TURN counters: client → peer.
 pub const TO_PEER: usize = 0;
@@ -213,6 +274,12 @@ pub struct TurnAllocation {
     pub slot: u32,
     /// Rate limits per direction.
     pub limits: SessionLimits,
+    /// The TURN port the client talks to (its 5-tuple's server side; the relay's address of
+    /// the client's family is the other half), raw network order: where ChannelData to the
+    /// client comes from.
+    pub server_port: u16,
+    /// Reserved, zero.
+    pub reserved: u16,
 }
 
 /// Longest username an allocation's record keeps (longer ones are refused at Allocate).
@@ -248,7 +315,9 @@ impl Default for TurnAllocationMeta {
     }
 }
 
-/// Key of [`TURN_CHANNELS`]: the client's address and the channel number in its ChannelData.
+/// Key of [`TURN_CHANNELS`]: the client's address and transport, and the channel number in its
+/// ChannelData. The transport keeps a UDP datagram from a TCP client's address from matching
+/// that client's channels.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ChannelKey {
@@ -256,8 +325,10 @@ pub struct ChannelKey {
     pub client: Leg,
     /// Channel number, raw network order.
     pub channel: u16,
+    /// The client's transport: [`CLIENT_UDP`], [`CLIENT_TCP`] or [`CLIENT_TLS`].
+    pub transport: u8,
     /// Reserved, zero.
-    pub reserved: u16,
+    pub reserved: u8,
 }
 
 /// Value of [`TURN_CHANNELS`].
@@ -350,12 +421,12 @@ mod tests {
         assert_eq!(size_of::<ChannelDataHdr>(), CHANNEL_DATA_HLEN);
         assert_eq!(size_of::<RelayPortKey>(), 4);
         assert_eq!(size_of::<RelayPort>(), 8);
-        assert_eq!(size_of::<TurnAllocation>(), 20 + 2 + 1 + 1 + 4 + 8);
+        assert_eq!(size_of::<TurnAllocation>(), 20 + 2 + 1 + 1 + 4 + 8 + 2 + 2);
         assert_eq!(
             size_of::<TurnAllocationMeta>(),
             8 + 8 + META_USERNAME_LEN + 1 + 7
         );
-        assert_eq!(size_of::<ChannelKey>(), 20 + 2 + 2);
+        assert_eq!(size_of::<ChannelKey>(), 20 + 2 + 1 + 1);
         assert_eq!(size_of::<ChannelBinding>(), 20 + 4 + 8);
         assert_eq!(size_of::<PeerKey>(), 20 + 4);
         assert_eq!(size_of::<PeerChannel>(), 4);
@@ -413,6 +484,38 @@ mod tests {
         assert_eq!(
             TurnDatagram::classify(&[0x40, 0, 0]),
             TurnDatagram::Malformed
+        );
+    }
+
+    #[test]
+    fn a_peer_needs_a_channel_or_a_permission() {
+        assert_eq!(to_client(Some(0x4001), true), Ok(ToClient::Channel(0x4001)));
+        // The channel entry exists only while its permission lives (the daemon's rule).
+        assert_eq!(
+            to_client(Some(0x4001), false),
+            Ok(ToClient::Channel(0x4001))
+        );
+        assert_eq!(to_client(None, true), Ok(ToClient::Indication));
+        assert_eq!(to_client(None, false), Err(Reason::DroppedTurnNoPermission));
+    }
+
+    #[test]
+    fn trailer_sum_places_each_byte_at_its_offset() {
+        let w = [0x11, 0x22, 0x33, 0x44];
+        let word = |a: u8, b: u8| u16::from_ne_bytes([a, b]);
+        assert_eq!(trailer_sum(w, 0, 8), 0);
+        // Window at an even offset: bytes 2 and 3 form one whole word.
+        assert_eq!(trailer_sum(w, 2, 8), word(0x33, 0x44));
+        assert_eq!(trailer_sum(w, 1, 8), word(0, 0x44));
+        assert_eq!(
+            trailer_sum(w, 3, 8),
+            crate::checksum::fold(word(0, 0x22) as u32 + word(0x33, 0x44) as u32)
+        );
+        // At an odd offset the pairing shifts by one.
+        assert_eq!(trailer_sum(w, 1, 9), word(0x44, 0));
+        assert_eq!(
+            trailer_sum(w, 2, 9),
+            crate::checksum::fold(word(0, 0x33) as u32 + word(0x44, 0) as u32)
         );
     }
 

@@ -127,6 +127,18 @@ reasons! {
     /// TURN: to one of the relay's own addresses, on a port that is no allocation's (the relay
     /// must not become a way to reach its host's other services).
     DroppedTurnOwnAddress = 34 => "dropped_turn_own_address", Dropped;
+    /// TURN, kernel: on the TURN port, neither STUN nor ChannelData, or ChannelData whose
+    /// length does not fit the datagram; userspace has the last word (it drops it as
+    /// `dropped_turn_malformed`).
+    PassedTurnMalformed = 35 => "passed_turn_malformed", Passed;
+    /// TURN, kernel: a peer with a permission but no channel; userspace relays the datagram
+    /// in a Data indication.
+    PassedTurnNoChannel = 36 => "passed_turn_no_channel", Passed;
+    /// TURN, kernel: a peer's datagram for a client over TCP or TLS; userspace frames it on
+    /// the stream.
+    PassedTurnStream = 37 => "passed_turn_stream", Passed;
+    /// TURN, kernel: ChannelData with more than 3 bytes after its data; userspace relays it.
+    PassedTurnTrailer = 38 => "passed_turn_trailer", Passed;
 }
 
 impl Reason {

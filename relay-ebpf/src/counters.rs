@@ -1,13 +1,13 @@
 //! Verdict and per-session counters.
 
-use aya_ebpf::helpers::bpf_jiffies64;
+use aya_ebpf::{helpers::bpf_jiffies64, maps::PerCpuArray};
 use relay_common::{
-    maps::{RelayConfig, SessionLimits},
+    maps::{RelayConfig, SessionLimits, SessionStats},
     ratelimit,
     verdict::Reason,
 };
 
-use crate::maps::{SESSION_STATS, VERDICTS};
+use crate::maps::VERDICTS;
 
 /// Counts one packet of `len` bytes under `reason`.
 #[inline(always)]
@@ -30,11 +30,18 @@ pub fn jiffies() -> u64 {
     unsafe { bpf_jiffies64() }
 }
 
-/// Counts a forwarded packet of `payload_len` UDP payload bytes sent by leg `from` of the
-/// session in `slot`, and stamps its last-seen time `now` (which keeps the session alive).
+/// Counts a forwarded packet of `payload_len` bytes sent by side `from` of the session or
+/// allocation in `slot` of `stats`, and stamps its last-seen time `now` (which keeps a session
+/// alive; TURN data refreshes nothing, its stamp is for the CLI).
 #[inline(always)]
-pub fn count_session(slot: u32, from: usize, payload_len: usize, now: u64) {
-    if let Some(stats) = SESSION_STATS.get_ptr_mut(slot) {
+pub fn count_forwarded(
+    stats: &PerCpuArray<SessionStats>,
+    slot: u32,
+    from: usize,
+    payload_len: usize,
+    now: u64,
+) {
+    if let Some(stats) = stats.get_ptr_mut(slot) {
         // SAFETY: per-CPU value; `from` is 0 or 1 (a `Direction` field).
         unsafe {
             let stats = &mut *stats;
@@ -46,12 +53,13 @@ pub fn count_session(slot: u32, from: usize, payload_len: usize, now: u64) {
     }
 }
 
-/// Applies the session's rate limits to a packet of `payload_len` bytes from leg `from`:
-/// whether it may be forwarded. Updates the buckets only when it may (the caller then stamps the
-/// leg's last-seen time, which is also the buckets' time).
+/// Applies the rate limits of `slot` in `stats` to a packet of `payload_len` bytes from side
+/// `from`: whether it may be forwarded. Updates the buckets only when it may (the caller then
+/// stamps the side's last-seen time, which is also the buckets' time).
 #[inline(always)]
 pub fn admit(
     cfg: &RelayConfig,
+    stats: &PerCpuArray<SessionStats>,
     slot: u32,
     limits: &SessionLimits,
     from: usize,
@@ -64,7 +72,7 @@ pub fn admit(
     if cfg.jiffies_per_sec == 0 {
         return true;
     }
-    let Some(stats) = SESSION_STATS.get_ptr_mut(slot) else {
+    let Some(stats) = stats.get_ptr_mut(slot) else {
         return true;
     };
     // SAFETY: per-CPU value; `from` is 0 or 1.

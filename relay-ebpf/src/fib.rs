@@ -14,7 +14,7 @@ use relay_common::{
     verdict::Reason,
 };
 
-use crate::maps::NEXTHOP_CACHE;
+use crate::maps::{FIB_REQUEST, NEXTHOP_CACHE};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -95,10 +95,16 @@ pub fn next_hop(
 /// neighbour entry, disabled forwarding or any other failure is an `Err` reason:
 /// the caller passes the untouched packet to the stack, which resolves the neighbour or
 /// fragments, and the userspace forwarder relays it.
+///
+/// The 64-byte request lives in a per-CPU map rather than on the stack: every forwarding path
+/// inlines this, and BPF gives a program 512 bytes of stack.
 #[inline(always)]
 fn lookup(ctx: &XdpContext, cfg: &RelayConfig, to: &Leg, ip_len: u16) -> Result<NextHop, Reason> {
+    let params = FIB_REQUEST.get_ptr_mut(0).ok_or(Reason::PassedFibFailed)?;
+    // SAFETY: per-CPU value, no other user on this CPU while the program runs.
+    let params = unsafe { &mut *params };
     // SAFETY: an all-zero bpf_fib_lookup is a valid (empty) request.
-    let mut params: FibParams = unsafe { zeroed() };
+    *params = unsafe { zeroed() };
     params.l4_protocol = relay_common::wire::IPPROTO_UDP;
     params.sport = cfg.port;
     params.dport = to.port;
@@ -121,7 +127,7 @@ fn lookup(ctx: &XdpContext, cfg: &RelayConfig, to: &Leg, ip_len: u16) -> Result<
     let ret = unsafe {
         bpf_fib_lookup(
             ctx.ctx as *mut _,
-            &mut params,
+            params,
             size_of::<FibParams>() as i32,
             flags,
         )

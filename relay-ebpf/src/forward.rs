@@ -16,9 +16,9 @@ use relay_common::{
 
 use crate::{
     Verdict,
-    counters::{admit, count_session, jiffies},
+    counters::{admit, count_forwarded, jiffies},
     fib::{NextHop, next_hop},
-    maps::REDIRECT,
+    maps::{REDIRECT, SESSION_STATS},
     rewrite::{self, Original, ip_len_towards},
 };
 
@@ -89,9 +89,11 @@ pub fn from_v6(
     forwarded(ctx, session, dir, &to, &hop, udp_len, true, now)
 }
 
-/// Checks the destination leg is reachable by the fast path and finds its next hop.
+/// Checks the destination leg is reachable by the fast path (its family configured, a
+/// checksum it can carry, not the relay itself) and finds its next hop for an outgoing UDP
+/// length `udp_len` (host order).
 #[inline(always)]
-fn route(
+pub fn route(
     ctx: &XdpContext,
     cfg: &RelayConfig,
     to: &Leg,
@@ -127,7 +129,7 @@ fn route(
 
 /// XDP_TX back out of the ingress interface, or XDP_REDIRECT to the egress one.
 #[inline(always)]
-fn transmit(ctx: &XdpContext, hop: &NextHop) -> u32 {
+pub fn transmit(ctx: &XdpContext, hop: &NextHop) -> u32 {
     if hop.ifindex == ctx.ingress_ifindex() as u32 {
         XDP_TX
     } else {
@@ -150,7 +152,8 @@ fn forwarded(
     from_v6: bool,
     now: u64,
 ) -> Verdict {
-    count_session(
+    count_forwarded(
+        &SESSION_STATS,
         session.slot,
         dir.from,
         u16::from_be(udp_len) as usize - UDP_HLEN,
@@ -172,6 +175,7 @@ fn within_limits(
     let payload_len = (u16::from_be(udp_len) as usize).saturating_sub(UDP_HLEN);
     if admit(
         cfg,
+        &SESSION_STATS,
         session.slot,
         &session.limits,
         dir.from,

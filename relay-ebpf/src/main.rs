@@ -3,8 +3,10 @@
 //! * `relay_xdp` forwards data packets of bound sessions between their legs in the kernel and
 //!   hands everything else to the stack (and so to the userspace daemon), counting every packet
 //!   under one `relay_common::verdict::Reason`. It parses up to UDP ([`parse`]), then the front
-//!   that owns the destination port decides: today the session protocol ([`geneve`]), which
-//!   forwards through the shared two-leg path ([`forward`]: route, rate limits, [`rewrite`]).
+//!   that owns the destination port decides: the session protocol ([`geneve`]), which forwards
+//!   through the shared two-leg path ([`forward`]: route, rate limits, [`rewrite`]), or TURN
+//!   ([`turn`]: ChannelData between a client and its peers), whose ports are in one map.
+//! * `relay_turn` is TURN's part, tail-called by `relay_xdp` for TURN's ports.
 //! * `clock_probe` reports the kernel's jiffies to userspace (timestamps in the maps are jiffies).
 //! * `xdp_pass` passes everything: attached to the peer of a veth so XDP_TX/REDIRECT frames
 //!   towards it are not dropped (a veth requirement, see docs/operations.md).
@@ -20,17 +22,22 @@ mod maps;
 mod packet;
 mod parse;
 mod rewrite;
+mod turn;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     macros::xdp,
     programs::XdpContext,
 };
-use relay_common::verdict::{Outcome, Reason};
+use relay_common::{
+    maps::FRONT_PROGRAM_TURN,
+    turn::{FRONT_TURN, FRONT_TURN_SERVER, RelayPortKey},
+    verdict::{Outcome, Reason},
+};
 
 use crate::{
     counters::{count_verdict, jiffies},
-    maps::CONFIG,
+    maps::{CONFIG, FRONT_PROGRAMS, RELAY_PORTS},
     packet::{frame_len, ptr_at},
 };
 
@@ -40,18 +47,8 @@ type Verdict = Result<(u32, Reason), Reason>;
 #[xdp]
 pub fn relay_xdp(ctx: XdpContext) -> u32 {
     let len = frame_len(&ctx);
-    let (action, reason) = match relay(&ctx) {
-        Ok(forwarded) => forwarded,
-        Err(reason) => match reason.outcome() {
-            Outcome::Dropped => (XDP_DROP, reason),
-            _ => (XDP_PASS, reason),
-        },
-    };
-    count_verdict(reason, len);
-    if action == XDP_PASS {
-        log::note(&ctx, reason);
-    }
-    action
+    let verdict = relay(&ctx);
+    finish(&ctx, len, verdict)
 }
 
 /// Parse up to UDP, dispatch by destination port to the front that owns the port, which
@@ -63,11 +60,69 @@ fn relay(ctx: &XdpContext) -> Verdict {
         return Err(Reason::PassedNotConfigured);
     }
     let packet = parse::udp_to_relay(ctx, cfg)?;
-    if packet.dest_port() == cfg.port {
-        geneve::relay(ctx, cfg, packet)
-    } else {
-        Err(Reason::PassedNotOurPort)
+    let port = packet.dest_port();
+    if port == cfg.port {
+        return geneve::relay(ctx, cfg, packet);
     }
+    // Every other port the relay serves is in one map, with the front that owns it. Today
+    // that is TURN, whose program runs as a tail call: it gets a 512-byte stack of its own
+    // (its rewrite needs most of one), and the session path above stays as lean as it was.
+    if RELAY_PORTS
+        .get_ptr(&RelayPortKey { port, reserved: 0 })
+        .is_none()
+    {
+        return Err(Reason::PassedNotOurPort);
+    }
+    // SAFETY: plain helper call; on success it does not return.
+    unsafe { FRONT_PROGRAMS.tail_call(ctx, FRONT_PROGRAM_TURN) };
+    // The loader did not install the TURN program (a half-done start): the stack decides.
+    Err(Reason::PassedNotConfigured)
+}
+
+/// TURN's ports (tail-called by [`relay_xdp`]): counts like it.
+#[xdp]
+pub fn relay_turn(ctx: XdpContext) -> u32 {
+    let len = frame_len(&ctx);
+    let verdict = turn_port(&ctx);
+    finish(&ctx, len, verdict)
+}
+
+/// Parses again (a tail call passes nothing on) and lets TURN decide by the port's owner.
+#[inline(always)]
+fn turn_port(ctx: &XdpContext) -> Verdict {
+    let cfg = CONFIG.get(0).ok_or(Reason::PassedNotConfigured)?;
+    let packet = parse::udp_to_relay(ctx, cfg)?;
+    let owner = RELAY_PORTS
+        .get_ptr(&RelayPortKey {
+            port: packet.dest_port(),
+            reserved: 0,
+        })
+        .ok_or(Reason::PassedNotOurPort)?;
+    // SAFETY: map values stay valid for the whole program run (RCU).
+    let owner = unsafe { &*owner };
+    match owner.front {
+        FRONT_TURN_SERVER => turn::from_client(ctx, cfg, packet),
+        FRONT_TURN => turn::from_peer(ctx, cfg, packet, owner.slot),
+        _ => Err(Reason::PassedNotOurPort),
+    }
+}
+
+/// The XDP action of a verdict on a frame that arrived with `len` bytes, counted (and, when
+/// passed, noted in the rate-limited log).
+#[inline(always)]
+fn finish(ctx: &XdpContext, len: usize, verdict: Verdict) -> u32 {
+    let (action, reason) = match verdict {
+        Ok(forwarded) => forwarded,
+        Err(reason) => match reason.outcome() {
+            Outcome::Dropped => (XDP_DROP, reason),
+            _ => (XDP_PASS, reason),
+        },
+    };
+    count_verdict(reason, len);
+    if action == XDP_PASS {
+        log::note(ctx, reason);
+    }
+    action
 }
 
 /// Writes the kernel's jiffies into the first 8 bytes of the frame (native byte order). Userspace

@@ -4,7 +4,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, DevMapHash, HashMap, PerCpuArray},
+    maps::{Array, DevMapHash, HashMap, PerCpuArray, ProgramArray},
 };
 use relay_common::{
     maps::{
@@ -106,3 +106,15 @@ pub static TURN_USERSPACE_STATS: Array<SessionStats> = Array::pinned(DEFAULT_MAX
 /// Secrets that outlive a daemon (userspace only).
 #[map(name = "turn_keys")]
 pub static TURN_KEYS: Array<TurnKeys> = Array::pinned(1, 0);
+
+/// Per-CPU room for a route lookup's 64-byte request (not pinned: scratch space).
+#[map(name = "fib_request")]
+pub static FIB_REQUEST: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
+    PerCpuArray::with_max_entries(1, 0);
+
+/// The fronts' programs that `relay_xdp` tail-calls. Pinned: the kernel empties a program
+/// array when its last file descriptor and pin go, and the fast path must keep relaying TURN
+/// while the daemon restarts. Each load installs its own programs.
+#[map(name = "front_programs")]
+pub static FRONT_PROGRAMS: ProgramArray =
+    ProgramArray::pinned(relay_common::maps::FRONT_PROGRAM_COUNT, 0);

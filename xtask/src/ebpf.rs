@@ -16,7 +16,7 @@ use crate::{
 /// The BPF target triple.
 pub const TARGET: &str = "bpfel-unknown-none";
 /// Programs the relay object must contain.
-const PROGRAMS: &[&str] = &["relay_xdp", "xdp_pass", "clock_probe"];
+const PROGRAMS: &[&str] = &["relay_xdp", "relay_turn", "xdp_pass", "clock_probe"];
 /// Maps the object must contain (names from relay-common's `maps` and `turn` modules).
 const MAPS: &[&str] = &[
     "sessions",
@@ -39,6 +39,8 @@ const MAPS: &[&str] = &[
     "turn_stats",
     "turn_user_stats",
     "turn_keys",
+    "front_programs",
+    "fib_request",
 ];
 /// Programs and maps of the benchmark lab's object (names from relay-common's `bench` module).
 const LAB_PROGRAMS: &[&str] = &["bench_gen", "bench_sink", "reflector"];

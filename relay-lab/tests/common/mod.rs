@@ -20,6 +20,7 @@ use relay_userspace::dataplane::{
 };
 
 pub mod process;
+pub mod turn;
 pub use process::{relay_path, run_ok};
 
 /// Returns early from a privileged test, loudly, when not root.
@@ -227,8 +228,23 @@ pub fn expected_forward(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
 ) -> Vec<u8> {
+    let data = parse_incoming(input).data;
+    expected_relayed(input, RELAY_PORT, to, &data, src_mac, dst_mac)
+}
+
+/// What the relay must emit when it relays `input` as `data` from its own address (of `to`'s
+/// family) and port `sport` to `to`, built from scratch: new headers keeping the incoming
+/// DSCP/ECN (and IPv4 identification and flags, or the IPv6 flow label, within a family),
+/// checksums computed in full by etherparse (an IPv4 datagram without one stays without).
+pub fn expected_relayed(
+    input: &[u8],
+    sport: u16,
+    to: SocketAddr,
+    data: &[u8],
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+) -> Vec<u8> {
     let inc = parse_incoming(input);
-    let data = &inc.data;
     let from_v4 = Ethernet2Header::from_slice(input).unwrap().0.ether_type == EtherType::IPV4;
     let mut out = Vec::new();
     match to.ip() {
@@ -247,8 +263,7 @@ pub fn expected_forward(
             ip.dscp = IpDscp::try_new(inc.tos >> 2).unwrap();
             ip.ecn = IpEcn::try_new(inc.tos & 3).unwrap();
             ip.header_checksum = ip.calc_header_checksum();
-            let mut udp =
-                UdpHeader::without_ipv4_checksum(RELAY_PORT, to.port(), data.len()).unwrap();
+            let mut udp = UdpHeader::without_ipv4_checksum(sport, to.port(), data.len()).unwrap();
             if !inc.udp_checksum_zero {
                 udp.checksum = udp.calc_checksum_ipv4(&ip, data).unwrap();
             }
@@ -271,7 +286,7 @@ pub fn expected_forward(
                 source: RELAY_V6.octets(),
                 destination: d.octets(),
             };
-            let udp = UdpHeader::with_ipv6_checksum(RELAY_PORT, to.port(), &ip, data).unwrap();
+            let udp = UdpHeader::with_ipv6_checksum(sport, to.port(), &ip, data).unwrap();
             out.extend_from_slice(&eth(EtherType::IPV6, src_mac, dst_mac));
             out.extend_from_slice(&ip.to_bytes());
             out.extend_from_slice(&udp.to_bytes());

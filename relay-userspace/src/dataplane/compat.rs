@@ -93,6 +93,13 @@ fn expected(max_sessions: u32, max_allocations: u32) -> Vec<Expected> {
             Some(Reason::COUNT),
             Kind::Counters,
         ),
+        // No state: each load installs its programs (the kernel fixes the value size).
+        map(
+            names::FRONT_PROGRAMS,
+            None,
+            Some(names::FRONT_PROGRAM_COUNT),
+            Kind::Counters,
+        ),
     ]
     .into_iter()
     .chain(turn_expected(max_allocations))

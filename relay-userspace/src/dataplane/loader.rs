@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use aya::{
     Ebpf, EbpfLoader,
+    maps::{MapData, ProgramArray},
     programs::{Xdp, XdpMode, links::FdLink},
 };
 use relay_common::{maps as names, turn};
@@ -30,11 +31,17 @@ pub struct LoadOptions {
 
 /// The maps a copy of the program shares with the relay it inspects: what decides a verdict.
 /// Counters stay private, so inspecting never changes the live numbers.
-pub const SHARED_MAPS: [&str; 4] = [
+pub const SHARED_MAPS: [&str; 10] = [
     names::SESSIONS,
     names::CONFIG,
     names::REDIRECT,
     names::SESSION_META,
+    turn::RELAY_PORTS,
+    turn::TURN_ALLOCATIONS,
+    turn::TURN_ALLOCATION_META,
+    turn::TURN_CHANNELS,
+    turn::TURN_PEERS,
+    turn::TURN_PERMISSIONS,
 ];
 
 /// The loaded XDP object: its programs and typed maps.
@@ -92,7 +99,28 @@ impl Dataplane {
             pin_dir: options.pin_dir.clone(),
         };
         dataplane.program(object::PROGRAM_RELAY)?;
+        dataplane.install_fronts()?;
         Ok(dataplane)
+    }
+
+    /// Loads the fronts' programs and puts them where the relay program tail-calls them.
+    fn install_fronts(&mut self) -> Result<()> {
+        let fd = self
+            .program(object::PROGRAM_TURN)?
+            .fd()
+            .context("TURN program descriptor")?
+            .try_clone()
+            .context("duplicating the TURN program descriptor")?;
+        let map = self
+            .ebpf
+            .map_mut(names::FRONT_PROGRAMS)
+            .context("no front program map in the XDP object")?;
+        let mut fronts: ProgramArray<&mut MapData> =
+            ProgramArray::try_from(map).context("the front program map")?;
+        fronts
+            .set(names::FRONT_PROGRAM_TURN, &fd, 0)
+            .context("installing the TURN program")?;
+        Ok(())
     }
 
     /// The pin directory.

@@ -7,6 +7,8 @@ pub fn bytes() -> &'static [u8] {
 
 /// The relay's forwarding program.
 pub const PROGRAM_RELAY: &str = "relay_xdp";
+/// TURN's part of the fast path, tail-called by the relay program.
+pub const PROGRAM_TURN: &str = relay_common::maps::TURN_PROGRAM;
 /// Pass-everything program for veth peers in labs.
 pub const PROGRAM_PASS: &str = "xdp_pass";
 /// Reports the kernel's jiffies (see `clock`).

@@ -7,8 +7,9 @@ use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValue
 use relay_common::{
     maps::SessionStats,
     turn::{
-        self as names, ChannelBinding, ChannelKey, FRONT_TURN, PeerChannel, PeerKey, Permission,
-        PermissionKey, RelayPort, RelayPortKey, TurnAllocation, TurnAllocationMeta, TurnKeys,
+        self as names, ChannelBinding, ChannelKey, FRONT_TURN, FRONT_TURN_SERVER, PeerChannel,
+        PeerKey, Permission, PermissionKey, RelayPort, RelayPortKey, TurnAllocation,
+        TurnAllocationMeta, TurnKeys,
     },
 };
 
@@ -344,6 +345,59 @@ impl TurnMaps {
         self.user_stats
             .set(slot, SessionStats::default(), 0)
             .map_err(err(names::TURN_USERSPACE_STATS))
+    }
+
+    /// Makes `port` the TURN server's port in the fast path (ChannelData from clients arrives
+    /// there), and no other port: one a previous configuration used is released.
+    pub fn serve_port(&mut self, port: u16) -> Result<(), MapsError> {
+        let key = RelayPortKey {
+            port: port.to_be(),
+            reserved: 0,
+        };
+        for old in self.server_ports()? {
+            if old != key {
+                gone(self.relay_ports.remove(&old), names::RELAY_PORTS)?;
+            }
+        }
+        self.relay_ports
+            .insert(
+                key,
+                RelayPort {
+                    front: FRONT_TURN_SERVER,
+                    reserved: [0; 3],
+                    slot: 0,
+                },
+                0,
+            )
+            .map_err(err(names::RELAY_PORTS))
+    }
+
+    fn server_ports(&self) -> Result<Vec<RelayPortKey>, MapsError> {
+        let mut out = Vec::new();
+        for entry in self.relay_ports.iter() {
+            let (key, owner) = entry.map_err(err(names::RELAY_PORTS))?;
+            if owner.front == FRONT_TURN_SERVER {
+                out.push(key);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes every allocation and the server's port: TURN is no longer configured, and the
+    /// fast path must not go on relaying what no daemon manages. The nonce key stays.
+    pub fn clear(&mut self) -> Result<usize, MapsError> {
+        let slots: Vec<u32> = self
+            .allocations
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(err(names::TURN_ALLOCATIONS))?;
+        for slot in &slots {
+            self.delete(*slot)?;
+        }
+        for key in self.server_ports()? {
+            gone(self.relay_ports.remove(&key), names::RELAY_PORTS)?;
+        }
+        Ok(slots.len())
     }
 
     /// Capacity of the allocation map.

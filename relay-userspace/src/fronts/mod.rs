@@ -69,8 +69,10 @@ pub trait Front: Any + Send + Sync {
 /// Starts every front: the session protocol always, TURN when configured.
 pub fn start_all(context: &FrontContext) -> Result<Vec<Arc<dyn Front>>> {
     let mut fronts: Vec<Arc<dyn Front>> = vec![Arc::new(geneve::SessionFront::start(context)?)];
-    if let Some(turn) = &context.config.turn {
-        fronts.push(Arc::new(turn::TurnFront::start(context, turn)?));
+    match (&context.config.turn, context.pin_dir) {
+        (Some(turn), _) => fronts.push(Arc::new(turn::TurnFront::start(context, turn)?)),
+        (None, Some(dir)) => turn::forget_pinned(dir)?,
+        (None, None) => {}
     }
     Ok(fronts)
 }

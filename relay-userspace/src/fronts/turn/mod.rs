@@ -825,6 +825,13 @@ impl TurnFront {
         if adopted > 0 {
             info!(adopted, "took over TURN allocations from the pinned maps");
         }
+        if let Some(maps) = &core.maps {
+            // From here ChannelData on the TURN port may take the kernel path.
+            maps.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .serve_port(turn.port)
+                .context("writing the TURN port into the fast path's port map")?;
+        }
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut local: Vec<SocketAddr> = forwarder.local_addrs().to_vec();
@@ -901,6 +908,24 @@ fn tls_config(t: &crate::config::TurnTlsConfig) -> Result<Arc<rustls::ServerConf
 }
 
 /// Takes over the allocations pinned by a previous daemon; returns how many.
+/// TURN is not configured: removes what a previous daemon left in the pinned maps, so the fast
+/// path stops relaying allocations nobody manages.
+pub fn forget_pinned(pin_dir: &std::path::Path) -> Result<()> {
+    let Ok(mut maps) = TurnMaps::open_pinned(pin_dir) else {
+        return Ok(());
+    };
+    let removed = maps
+        .clear()
+        .context("removing TURN allocations from the pinned maps")?;
+    if removed > 0 {
+        warn!(
+            removed,
+            "TURN is not configured: ended the allocations a previous daemon left"
+        );
+    }
+    Ok(())
+}
+
 fn adopt(core: &Arc<TurnCore>) -> usize {
     let Some(maps) = &core.maps else {
         return 0;

@@ -56,14 +56,17 @@ pub fn to_record(allocation: &Allocation, limits: SessionLimits, clock: &Clock) 
     } else {
         0
     };
+    let transport = transport_code(allocation.five_tuple.transport);
     TurnRecord {
         allocation: TurnAllocation {
             client,
             relay_port: allocation.port.to_be(),
             families,
-            transport: transport_code(allocation.five_tuple.transport),
+            transport,
             slot,
             limits,
+            server_port: allocation.five_tuple.server.port().to_be(),
+            reserved: 0,
         },
         meta: TurnAllocationMeta {
             created_unix_ms: allocation.created_unix_ms,
@@ -79,6 +82,7 @@ pub fn to_record(allocation: &Allocation, limits: SessionLimits, clock: &Clock) 
                     ChannelKey {
                         client,
                         channel: channel.to_be(),
+                        transport,
                         reserved: 0,
                     },
                     ChannelBinding {

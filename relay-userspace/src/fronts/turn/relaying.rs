@@ -15,7 +15,7 @@ use std::{
 use dashmap::DashMap;
 use relay_common::{
     maps::SessionLimits,
-    turn::{CHANNEL_DATA_HLEN, ChannelDataHdr, TurnDatagram},
+    turn::{CHANNEL_DATA_HLEN, ChannelDataHdr, ToClient, TurnDatagram},
     verdict::Reason,
 };
 use stun_types::message::{Message, MessageClass, MessageWrite, MessageWriteExt, MessageWriteVec};
@@ -249,16 +249,16 @@ pub enum FromPeer {
     Drop(Reason),
 }
 
-/// Decides a datagram from `peer` to `slot`'s relayed port.
+/// Decides a datagram from `peer` to `slot`'s relayed port (the kernel's rule:
+/// [`relay_common::turn::to_client`]).
 pub fn from_peer(slot: u32, peer: SocketAddr, tables: &RelayTables) -> FromPeer {
     let peer = SocketAddr::new(normalise(peer.ip()), peer.port());
-    if let Some(channel) = tables.peers.get(&(slot, peer)) {
-        return FromPeer::Channel(*channel);
-    }
-    if tables.permits(slot, peer.ip()) {
-        FromPeer::Indication
-    } else {
-        FromPeer::Drop(Reason::DroppedTurnNoPermission)
+    let channel = tables.peers.get(&(slot, peer)).map(|c| *c);
+    let permitted = channel.is_none() && tables.permits(slot, peer.ip());
+    match relay_common::turn::to_client(channel, permitted) {
+        Ok(ToClient::Channel(c)) => FromPeer::Channel(c),
+        Ok(ToClient::Indication) => FromPeer::Indication,
+        Err(reason) => FromPeer::Drop(reason),
     }
 }
 
