@@ -139,6 +139,10 @@ reasons! {
     PassedTurnStream = 37 => "passed_turn_stream", Passed;
     /// TURN, kernel: ChannelData with more than 3 bytes after its data; userspace relays it.
     PassedTurnTrailer = 38 => "passed_turn_trailer", Passed;
+    /// TURN, kernel: ChannelData from a client to a peer that is another allocation of this
+    /// relay with a channel for it, delivered to that allocation's client in one step (both
+    /// WebRTC clients on this relay).
+    ForwardedTurnBetweenClients = 39 => "forwarded_turn_between_clients", Forwarded;
 }
 
 impl Reason {

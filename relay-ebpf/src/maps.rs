@@ -118,3 +118,8 @@ pub static FIB_REQUEST: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
 #[map(name = "front_programs")]
 pub static FRONT_PROGRAMS: ProgramArray =
     ProgramArray::pinned(relay_common::maps::FRONT_PROGRAM_COUNT, 0);
+
+/// Per-CPU working memory of the TURN paths (not pinned: scratch space).
+#[map(name = "turn_scratch")]
+pub static TURN_SCRATCH: PerCpuArray<crate::turn::TurnScratch> =
+    PerCpuArray::with_max_entries(1, 0);

@@ -22,9 +22,9 @@ use relay_common::{
     checksum::{UdpCovered, fold, udp_checksum_relayed},
     maps::{Leg, RelayConfig},
     turn::{
-        CHANNEL_DATA_HLEN, CLIENT_UDP, ChannelDataHdr, ChannelKey, MAX_FAST_PATH_TRAILER, PeerKey,
-        PermissionKey, TO_CLIENT, TO_PEER, ToClient, TurnAllocation, TurnDatagram, to_client,
-        trailer_sum,
+        CHANNEL_DATA_HLEN, CLIENT_UDP, ChannelDataHdr, ChannelKey, FRONT_TURN,
+        MAX_FAST_PATH_TRAILER, PeerKey, PermissionKey, RelayPortKey, TO_CLIENT, TO_PEER, ToClient,
+        TurnAllocation, TurnDatagram, to_client, trailer_sum,
     },
     verdict::Reason,
     wire::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, UDP_HLEN},
@@ -34,15 +34,41 @@ use crate::{
     Verdict,
     counters::{admit, count_forwarded, jiffies},
     forward::{route, transmit},
-    maps::{TURN_ALLOCATIONS, TURN_CHANNELS, TURN_PEERS, TURN_PERMISSIONS, TURN_STATS},
+    maps::{
+        RELAY_PORTS, TURN_ALLOCATIONS, TURN_CHANNELS, TURN_PEERS, TURN_PERMISSIONS, TURN_SCRATCH,
+        TURN_STATS,
+    },
     packet::ptr_at,
     parse::{Packet, udp_payload_len},
     rewrite::{Incoming, Outgoing, emit},
 };
 
-/// The sender and the UDP payload's length of a TURN datagram.
+/// Per-CPU working memory of the TURN paths ([`TURN_SCRATCH`]): their map keys and the headers
+/// they write. On the stack these would not fit beside the spills of a path this long (BPF
+/// allows 512 bytes); in a map value they cost one lookup.
+pub struct TurnScratch {
+    channel_key: ChannelKey,
+    peer_key: PeerKey,
+    permission_key: PermissionKey,
+    inc: Incoming,
+    out: Outgoing,
+}
+
+/// This CPU's [`TurnScratch`].
 #[inline(always)]
-fn sender(ctx: &XdpContext, packet: &Packet) -> Result<(Leg, usize), Reason> {
+fn scratch() -> Result<&'static mut TurnScratch, Reason> {
+    let scratch = TURN_SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(Reason::PassedNotConfigured)?;
+    // SAFETY: per-CPU value; nothing else runs on this CPU while the program does.
+    Ok(unsafe { &mut *scratch })
+}
+
+/// The UDP payload's length of a TURN datagram; its sender goes into `from`, which is part of
+/// a map key: written to memory in each arm, the address words are not carried in registers
+/// past the branch (where they would spill into the 512-byte stack).
+#[inline(always)]
+fn sender(ctx: &XdpContext, packet: &Packet, from: &mut Leg) -> Result<usize, Reason> {
     match packet {
         Packet::V4 { ip, udp, .. } => {
             let ip_len = u16::from_be(ip.tot_len) as usize;
@@ -50,7 +76,8 @@ fn sender(ctx: &XdpContext, packet: &Packet) -> Result<(Leg, usize), Reason> {
                 return Err(Reason::DroppedMalformed);
             }
             let len = udp_payload_len(ctx, IPV4_HLEN, ip_len - IPV4_HLEN, udp, 0)?;
-            Ok((Leg::from_v4_source(ip.saddr, udp.source), len))
+            *from = Leg::from_v4_source(ip.saddr, udp.source);
+            Ok(len)
         }
         Packet::V6 { ip, udp, .. } => {
             let len = udp_payload_len(
@@ -64,7 +91,8 @@ fn sender(ctx: &XdpContext, packet: &Packet) -> Result<(Leg, usize), Reason> {
             if udp.check == 0 {
                 return Err(Reason::PassedChecksumUnsupported);
             }
-            Ok((Leg::from_v6_source(&ip.saddr, udp.source), len))
+            *from = Leg::from_v6_source(&ip.saddr, udp.source);
+            Ok(len)
         }
     }
 }
@@ -130,7 +158,11 @@ fn relayed_checksum(inc: &Incoming, out: &UdpCovered<8>, removed: u16, added: u1
 /// A datagram on the TURN port, from a client.
 #[inline(always)]
 pub fn from_client(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdict {
-    let (client, payload_len) = sender(ctx, &packet)?;
+    let scratch = scratch()?;
+    let key = &mut scratch.channel_key;
+    key.transport = CLIENT_UDP;
+    key.reserved = 0;
+    let payload_len = sender(ctx, &packet, &mut key.client)?;
     let payload_at = ETH_HLEN + ip_hlen(&packet) + UDP_HLEN;
     if payload_len < CHANNEL_DATA_HLEN {
         return Err(Reason::PassedTurnMalformed);
@@ -144,14 +176,9 @@ pub fn from_client(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdi
         TurnDatagram::Stun => return Err(Reason::PassedTurnStun),
         TurnDatagram::Malformed => return Err(Reason::PassedTurnMalformed),
     };
-    let key = ChannelKey {
-        client,
-        channel: channel.to_be(),
-        transport: CLIENT_UDP,
-        reserved: 0,
-    };
+    key.channel = channel.to_be();
     let binding = TURN_CHANNELS
-        .get_ptr(&key)
+        .get_ptr(&*key)
         .ok_or(Reason::DroppedTurnUnknownChannel)?;
     // SAFETY: map values stay valid for the whole program run (RCU).
     let binding = unsafe { &*binding };
@@ -160,10 +187,34 @@ pub fn from_client(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdi
     if trailer > MAX_FAST_PATH_TRAILER {
         return Err(Reason::PassedTurnTrailer);
     }
+    // Both clients on this relay (WebRTC does this often): the peer is another allocation's
+    // relayed address. XDP cannot hand the frame to its own host, so when that allocation has
+    // a channel for this one, the frame goes straight to its client; otherwise userspace
+    // relays it through the sockets.
     let peer = &binding.peer;
-    let udp_len = UDP_HLEN + len;
+    let between = if is_own(cfg, peer) {
+        Some(between_clients(
+            peer,
+            allocation.relay_port,
+            len,
+            &mut scratch.peer_key,
+        )?)
+    } else {
+        None
+    };
+    let (to, sport, channel_out) = match &between {
+        Some((other, header)) => (&other.client, other.server_port, Some(*header)),
+        None => (peer, allocation.relay_port, None),
+    };
+    let udp_len = UDP_HLEN
+        + len
+        + if between.is_some() {
+            CHANNEL_DATA_HLEN
+        } else {
+            0
+        };
     let now = jiffies();
-    let hop = route(ctx, cfg, peer, udp_len as u16, udp_check(&packet), now)?;
+    let hop = route(ctx, cfg, to, udp_len as u16, udp_check(&packet), now)?;
     if !admit(
         cfg,
         &TURN_STATS,
@@ -173,6 +224,19 @@ pub fn from_client(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdi
         len,
         now,
     ) {
+        return Err(Reason::DroppedRateLimited);
+    }
+    if let Some((other, _)) = &between
+        && !admit(
+            cfg,
+            &TURN_STATS,
+            other.slot,
+            &other.limits,
+            TO_CLIENT,
+            len,
+            now,
+        )
+    {
         return Err(Reason::DroppedRateLimited);
     }
     // What leaves the checksum: the ChannelData header and the padding's bytes.
@@ -191,42 +255,99 @@ pub fn from_client(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdi
         }
         removed = fold(removed as u32 + trailer_sum(window, trailer, payload_len - 4) as u32);
     }
-    let inc = incoming(&packet);
-    let covered = towards(cfg, peer, allocation.relay_port, udp_len);
-    let out = Outgoing {
-        check: relayed_checksum(&inc, &covered, removed, 0),
-        covered,
-        v6: peer.is_v6(),
-        ttl: if peer.is_v6() { cfg.hop_limit } else { cfg.ttl },
-        channel: None,
+    let added = channel_out.map_or(0, |h| fold(h.channel as u32 + h.len as u32));
+    scratch.inc = incoming(&packet);
+    scratch.out = Outgoing {
+        covered: towards(cfg, to, sport, udp_len),
+        v6: to.is_v6(),
+        ttl: if to.is_v6() { cfg.hop_limit } else { cfg.ttl },
+        check: 0,
+        channel: channel_out,
     };
-    let before = inc.ip_hlen() + UDP_HLEN + CHANNEL_DATA_HLEN;
-    emit(ctx, before, &inc, &out, &hop)?;
+    scratch.out.check = relayed_checksum(&scratch.inc, &scratch.out.covered, removed, added);
+    let before = scratch.inc.ip_hlen() + UDP_HLEN + CHANNEL_DATA_HLEN;
+    emit(ctx, before, &scratch.inc, &scratch.out, &hop)?;
     count_forwarded(&TURN_STATS, allocation.slot, TO_PEER, len, now);
-    Ok((transmit(ctx, &hop), Reason::ForwardedTurnToPeer))
+    let reason = match &between {
+        Some((other, _)) => {
+            count_forwarded(&TURN_STATS, other.slot, TO_CLIENT, len, now);
+            Reason::ForwardedTurnBetweenClients
+        }
+        None => Reason::ForwardedTurnToPeer,
+    };
+    Ok((transmit(ctx, &hop), reason))
+}
+
+/// Whether `peer` is the relay's own address (of its family).
+#[inline(always)]
+fn is_own(cfg: &RelayConfig, peer: &Leg) -> bool {
+    if peer.is_v6() {
+        peer.is_v6_source(&cfg.addr_v6, peer.port)
+    } else {
+        peer.is_v4_source(cfg.addr_v4, peer.port)
+    }
+}
+
+/// The allocation whose relayed address `peer` is, when it has a channel for data sent from
+/// relayed port `from_port` (of the same address): that allocation and the ChannelData header
+/// for `len` bytes to its client. Any other case (a port that is no allocation's, a stream
+/// client, only a permission, none) is userspace's.
+#[inline(always)]
+fn between_clients(
+    peer: &Leg,
+    from_port: u16,
+    len: usize,
+    key: &mut PeerKey,
+) -> Result<(&'static TurnAllocation, ChannelDataHdr), Reason> {
+    let owner = RELAY_PORTS
+        .get_ptr(&RelayPortKey {
+            port: peer.port,
+            reserved: 0,
+        })
+        .ok_or(Reason::PassedHairpin)?;
+    // SAFETY: map values stay valid for the whole program run (RCU).
+    let owner = unsafe { &*owner };
+    if owner.front != FRONT_TURN {
+        return Err(Reason::PassedHairpin);
+    }
+    let other = allocation(owner.slot).map_err(|_| Reason::PassedHairpin)?;
+    if other.transport != CLIENT_UDP {
+        return Err(Reason::PassedHairpin);
+    }
+    key.peer = Leg {
+        port: from_port,
+        ..*peer
+    };
+    key.slot = owner.slot;
+    let channel = TURN_PEERS.get_ptr(key).ok_or(Reason::PassedHairpin)?;
+    // SAFETY: map values stay valid for the whole program run (RCU).
+    let channel = u16::from_be(unsafe { (*channel).channel });
+    Ok((other, ChannelDataHdr::new(channel, len as u16)))
 }
 
 /// A datagram to the relayed port of the allocation in `slot`, from a peer.
 #[inline(always)]
 pub fn from_peer(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet, slot: u32) -> Verdict {
-    let (peer, len) = sender(ctx, &packet)?;
+    let scratch = scratch()?;
+    let key = &mut scratch.peer_key;
+    key.slot = slot;
+    let len = sender(ctx, &packet, &mut key.peer)?;
     let allocation = allocation(slot)?;
     if allocation.transport != CLIENT_UDP {
         return Err(Reason::PassedTurnStream);
     }
     let channel = TURN_PEERS
-        .get_ptr(&PeerKey { peer, slot })
+        .get_ptr(&*key)
         // SAFETY: map values stay valid for the whole program run (RCU).
         .map(|c| u16::from_be(unsafe { (*c).channel }));
-    let permitted = channel.is_none()
-        && TURN_PERMISSIONS
-            .get_ptr(&PermissionKey {
-                addr: peer.addr,
-                family: peer.family,
-                reserved: [0; 3],
-                slot,
-            })
-            .is_some();
+    let permitted = channel.is_none() && {
+        let permission = &mut scratch.permission_key;
+        permission.addr = key.peer.addr;
+        permission.family = key.peer.family;
+        permission.reserved = [0; 3];
+        permission.slot = slot;
+        TURN_PERMISSIONS.get_ptr(permission).is_some()
+    };
     let channel = match to_client(channel, permitted)? {
         ToClient::Channel(c) => c,
         ToClient::Indication => return Err(Reason::PassedTurnNoChannel),
@@ -248,20 +369,21 @@ pub fn from_peer(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet, slot: u32)
     }
     let header = ChannelDataHdr::new(channel, len as u16);
     let added = fold(header.channel as u32 + header.len as u32);
-    let inc = incoming(&packet);
-    let covered = towards(cfg, client, allocation.server_port, udp_len);
-    let out = Outgoing {
-        check: relayed_checksum(&inc, &covered, 0, added),
-        covered,
+    scratch.inc = incoming(&packet);
+    scratch.out = Outgoing {
+        covered: towards(cfg, client, allocation.server_port, udp_len),
         v6: client.is_v6(),
         ttl: if client.is_v6() {
             cfg.hop_limit
         } else {
             cfg.ttl
         },
+        check: 0,
         channel: Some(header),
     };
-    emit(ctx, inc.ip_hlen() + UDP_HLEN, &inc, &out, &hop)?;
+    scratch.out.check = relayed_checksum(&scratch.inc, &scratch.out.covered, 0, added);
+    let before = scratch.inc.ip_hlen() + UDP_HLEN;
+    emit(ctx, before, &scratch.inc, &scratch.out, &hop)?;
     count_forwarded(&TURN_STATS, slot, TO_CLIENT, len, now);
     Ok((transmit(ctx, &hop), Reason::ForwardedTurnToClient))
 }

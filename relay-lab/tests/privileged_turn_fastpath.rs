@@ -525,3 +525,88 @@ fn each_direction_is_held_to_the_allocation_rate() {
         assert_eq!(relayed + dropped, 20, "{verdicts:?}");
     }
 }
+
+#[test]
+fn between_two_clients_of_this_relay_channel_data_goes_straight_across() {
+    require_root!();
+    const OTHER_SLOT: u32 = 6;
+    const OTHER_RELAYED: u16 = 50_010;
+    const OTHER_CHANNEL: u16 = 0x7abc;
+    for other_client in [LEG_B4, LEG_B6] {
+        let fx = Fixture::new();
+        let mut maps = fx.turn();
+        let mut fx = fx;
+        // A's peer is B's relayed address, and B's peer is A's (WebRTC's relay/relay pair).
+        let a_relayed = SocketAddr::new(RELAY_V4.into(), RELAYED);
+        let b_relayed = SocketAddr::new(RELAY_V4.into(), OTHER_RELAYED);
+        let a = allocation(
+            SLOT,
+            sa(LEG_A4),
+            Transport::Udp,
+            RELAYED,
+            &[(CHANNEL, b_relayed)],
+            &[],
+        );
+        let b = allocation(
+            OTHER_SLOT,
+            sa(other_client),
+            Transport::Udp,
+            OTHER_RELAYED,
+            &[(OTHER_CHANNEL, a_relayed)],
+            &[],
+        );
+        install(&mut maps, &a, SessionLimits::default());
+        install(&mut maps, &b, SessionLimits::default());
+        let data = payload(77);
+        let frame = from_client(
+            LEG_A4,
+            &channel_data(CHANNEL, &data, &[0, 0, 0]),
+            FrameOpts::default(),
+        );
+        let expected = expected_relayed(
+            &frame,
+            TURN_PORT,
+            sa(other_client),
+            &channel_data(OTHER_CHANNEL, &data, &[]),
+            RELAY_MAC,
+            GATEWAY_MAC,
+        );
+        let other_before = maps.kernel_stats(OTHER_SLOT).unwrap();
+        assert_relayed(
+            &mut fx,
+            &maps,
+            &frame,
+            &expected,
+            Reason::ForwardedTurnBetweenClients,
+            TO_PEER,
+            77,
+        );
+        let other_after = maps.kernel_stats(OTHER_SLOT).unwrap();
+        assert_eq!(
+            other_after.packets[TO_CLIENT] - other_before.packets[TO_CLIENT],
+            1
+        );
+        assert_eq!(
+            other_after.bytes[TO_CLIENT] - other_before.bytes[TO_CLIENT],
+            77
+        );
+        // B has only a permission for A: userspace relays through the sockets (a Data
+        // indication).
+        let b = allocation(
+            OTHER_SLOT,
+            sa(other_client),
+            Transport::Udp,
+            OTHER_RELAYED,
+            &[],
+            &[a_relayed.ip()],
+        );
+        install(&mut maps, &b, SessionLimits::default());
+        assert_not_relayed(
+            &mut fx,
+            &maps,
+            &frame,
+            XdpAction::Pass,
+            Reason::PassedHairpin,
+        );
+    }
+}

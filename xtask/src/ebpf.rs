@@ -41,6 +41,7 @@ const MAPS: &[&str] = &[
     "turn_keys",
     "front_programs",
     "fib_request",
+    "turn_scratch",
 ];
 /// Programs and maps of the benchmark lab's object (names from relay-common's `bench` module).
 const LAB_PROGRAMS: &[&str] = &["bench_gen", "bench_sink", "reflector"];
