@@ -45,11 +45,49 @@ fn userspace(s: &Scenario) -> Vec<VerdictCounter> {
     s.maps().unwrap().userspace_verdicts().unwrap()
 }
 
+/// Both paths' verdicts: the kernel's and userspace's (flushed once a second).
+struct Paths {
+    kernel: Vec<VerdictCounter>,
+    userspace: Vec<VerdictCounter>,
+}
+
+impl Paths {
+    fn read(s: &Scenario) -> Paths {
+        let userspace = userspace(s);
+        Paths {
+            kernel: s.maps().unwrap().kernel_verdicts().unwrap(),
+            userspace,
+        }
+    }
+
+    /// Packets counted under `r` since `before`: (kernel, userspace).
+    fn delta(&self, before: &Paths, r: Reason) -> (u64, u64) {
+        let i = r as usize;
+        (
+            self.kernel[i].packets - before.kernel[i].packets,
+            self.userspace[i].packets - before.userspace[i].packets,
+        )
+    }
+}
+
 #[test]
-fn coturn_uclient_relays_every_way_without_loss() {
+fn coturn_uclient_relays_every_way_in_the_kernel() {
     require_root!();
-    let s = turn_lab(XdpMode::Off);
-    let before = userspace(&s);
+    uclient_every_way(XdpMode::Native);
+}
+
+#[test]
+fn coturn_uclient_relays_every_way_with_xdp_off() {
+    require_root!();
+    uclient_every_way(XdpMode::Off);
+}
+
+/// coturn's client in every mode, without loss. With XDP, ChannelData over UDP crosses in the
+/// kernel and the rest (Send and Data indications, TCP and TLS clients) in userspace; without,
+/// everything in userspace.
+fn uclient_every_way(xdp: XdpMode) {
+    let s = turn_lab(xdp);
+    let before = Paths::read(&s);
     for (what, args, v6_server) in [
         ("channels", vec!["-n", "30", "-c"], false),
         ("padded channels", vec!["-n", "30", "-c", "-D"], false),
@@ -70,22 +108,43 @@ fn coturn_uclient_relays_every_way_without_loss() {
     // Client B sits behind a symmetric NAT with a strict firewall: TURN still works.
     let r = turn_clients::uclient(&s.lab, Host::ClientB, &["-n", "20", "-c"], false);
     assert_no_loss(&s, &r, "client behind the symmetric NAT");
-    let after = userspace(&s);
-    let delta = |r: Reason| after[r as usize].packets - before[r as usize].packets;
-    assert!(
-        delta(Reason::ForwardedTurnToPeer) >= 250,
-        "{}",
-        delta(Reason::ForwardedTurnToPeer)
-    );
-    assert!(delta(Reason::ForwardedTurnToClient) >= 250);
-    assert!(delta(Reason::PassedTurnStun) > 0);
+    let after = Paths::read(&s);
+    let to_peer = after.delta(&before, Reason::ForwardedTurnToPeer);
+    let to_client = after.delta(&before, Reason::ForwardedTurnToClient);
+    let stun = after.delta(&before, Reason::PassedTurnStun);
+    let report = format!("to peer {to_peer:?}, to client {to_client:?}, stun {stun:?}");
+    println!("{xdp:?}: (kernel, userspace) packets: {report}");
+    if xdp == XdpMode::Off {
+        assert_eq!((to_peer.0, to_client.0), (0, 0), "{report}");
+        assert!(to_peer.1 >= 300 && to_client.1 >= 300, "{report}");
+    } else {
+        // Over UDP with channels: 30 + 30 + 30 (IPv6) + 80 (4 clients) + 20 + 20 (client B)
+        // messages each way.
+        assert!(to_peer.0 >= 210 && to_client.0 >= 210, "{report}");
+        // Send indications, TCP, TLS: 30 each, each way.
+        assert!(to_peer.1 >= 90 && to_client.1 >= 90, "{report}");
+        // Requests always go up: the kernel passes them, the server answers.
+        assert!(stun.0 > 0, "{report}");
+    }
+    assert!(stun.1 > 0, "{report}");
 }
 
 #[test]
-fn aioice_relays_over_udp_and_tcp() {
+fn aioice_relays_over_udp_in_the_kernel_and_tcp_in_userspace() {
     require_root!();
-    let s = turn_lab(XdpMode::Off);
+    aioice_both_transports(XdpMode::Native);
+}
+
+#[test]
+fn aioice_relays_over_udp_and_tcp_with_xdp_off() {
+    require_root!();
+    aioice_both_transports(XdpMode::Off);
+}
+
+fn aioice_both_transports(xdp: XdpMode) {
+    let s = turn_lab(xdp);
     for transport in ["udp", "tcp"] {
+        let before = Paths::read(&s);
         let r = turn_clients::aioice(&s.lab, Host::ClientA, transport, 20).unwrap_or_else(|e| {
             panic!("{transport}: {e:#}\n--- relay ---\n{}", s.lab.log("relay"))
         });
@@ -97,13 +156,36 @@ fn aioice_relays_over_udp_and_tcp() {
         let (ip, port) = r.relayed.clone().unwrap();
         assert_eq!(ip, relay_lab::nat_lab::addr::RELAY_V4);
         assert!((50_000..=50_999).contains(&port), "{r:?}");
+        let after = Paths::read(&s);
+        let to_peer = after.delta(&before, Reason::ForwardedTurnToPeer);
+        let to_client = after.delta(&before, Reason::ForwardedTurnToClient);
+        let report = format!("{transport}: to peer {to_peer:?}, to client {to_client:?}");
+        println!("{xdp:?}: (kernel, userspace) packets: {report}");
+        if xdp != XdpMode::Off && transport == "udp" {
+            assert!(to_peer.0 >= 20 && to_client.0 >= 20, "{report}");
+        } else {
+            assert!(to_peer.1 >= 20 && to_client.1 >= 20, "{report}");
+            assert_eq!((to_peer.0, to_client.0), (0, 0), "{report}");
+        }
     }
 }
 
 #[test]
-fn two_chromium_pages_talk_through_relayed_candidates_over_udp_and_tls() {
+fn two_chromium_pages_talk_through_relayed_candidates_in_the_kernel() {
     require_root!();
-    let s = turn_lab(XdpMode::Off);
+    chromium_pair(XdpMode::Native);
+}
+
+#[test]
+fn two_chromium_pages_talk_through_relayed_candidates_with_xdp_off() {
+    require_root!();
+    chromium_pair(XdpMode::Off);
+}
+
+/// Two Chromium pages, each relayed by this relay (relay/relay), over UDP and over TLS. With
+/// XDP, their UDP allocations talk to each other in the kernel in one step.
+fn chromium_pair(xdp: XdpMode) {
+    let s = turn_lab(xdp);
     for (url, protocol) in [
         (
             format!(
@@ -120,6 +202,7 @@ fn two_chromium_pages_talk_through_relayed_candidates_over_udp_and_tls() {
             "tls",
         ),
     ] {
+        let before = Paths::read(&s);
         let r = turn_clients::webrtc_pair(&s.lab, Host::ClientA, &url, 10)
             .unwrap_or_else(|e| panic!("{url}: {e:#}\n--- relay ---\n{}", s.lab.log("relay")));
         assert!(
@@ -149,6 +232,18 @@ fn two_chromium_pages_talk_through_relayed_candidates_over_udp_and_tls() {
                 Some(protocol),
                 "{url}: {pair:?}"
             );
+        }
+        let after = Paths::read(&s);
+        let between = after.delta(&before, Reason::ForwardedTurnBetweenClients);
+        let to_peer = after.delta(&before, Reason::ForwardedTurnToPeer);
+        let report = format!("{url}: between clients {between:?}, to peer {to_peer:?}");
+        println!("{xdp:?}: (kernel, userspace) packets: {report}");
+        if xdp != XdpMode::Off && protocol == "udp" {
+            // DTLS, SCTP and the 20 messages: in the kernel, from one client to the other.
+            assert!(between.0 >= 20, "{report}");
+        } else {
+            assert_eq!(between.0, 0, "{report}");
+            assert!(to_peer.1 >= 20, "{report}");
         }
     }
 }
