@@ -380,7 +380,7 @@ fn a_restart_keeps_allocations_permissions_and_channels() {
 fn operators_see_allocations_in_the_cli_and_the_metrics() {
     require_root!();
     use relay_lab::{nat_lab::addr, turn_probe::TurnProbe};
-    let s = turn_lab(XdpMode::Off);
+    let s = turn_lab(XdpMode::Native);
     // A credential minted by the CLI from the relay's own configuration.
     let config = s.lab.dir.join("relay.yaml");
     let minted = s
@@ -433,8 +433,12 @@ fn operators_see_allocations_in_the_cli_and_the_metrics() {
     assert_eq!(a["username"], user);
     assert_eq!(a["channels"][0][0], 0x4100);
     assert_eq!(a["permissions"][0], addr::PEER_V4);
-    assert_eq!(a["directions"][0]["userspace_packets"], 5, "{listed}");
-    assert_eq!(a["directions"][1]["userspace_packets"], 5, "{listed}");
+    // ChannelData both ways: the kernel path carried it.
+    for d in 0..2 {
+        assert_eq!(a["directions"][d]["kernel_packets"], 5, "{listed}");
+        assert_eq!(a["directions"][d]["userspace_packets"], 0, "{listed}");
+    }
+    assert_eq!(a["path"], "kernel", "{listed}");
     let table = s
         .relay_cli(&["sessions", "--pin-dir", &pin, "--interval", "0"])
         .unwrap();
@@ -452,7 +456,9 @@ fn operators_see_allocations_in_the_cli_and_the_metrics() {
         "relay_turn_requests_total{result=\"allocate\"} 1",
         "relay_turn_requests_total{result=\"channel_bind\"} 1",
         "relay_turn_auth_failures_total{reason=\"error_401\"} 1",
-        "relay_turn_relayed_packets_total{path=\"userspace\",direction=\"to_peer\"} 5",
+        "relay_turn_relayed_packets_total{path=\"kernel\",direction=\"to_peer\"} 5",
+        "relay_turn_relayed_packets_total{path=\"kernel\",direction=\"to_client\"} 5",
+        "relay_turn_relayed_packets_total{path=\"userspace\",direction=\"to_peer\"} 0",
     ] {
         assert!(metrics.contains(series), "{series} missing:\n{metrics}");
     }

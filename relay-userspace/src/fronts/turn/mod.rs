@@ -647,33 +647,46 @@ impl FrontMetrics for TurnCore {
             "TURN requests refused for their credentials, by reason.",
             &auth,
         )?;
-        let (mut packets, mut bytes) = ([0u64; 2], [0u64; 2]);
-        for a in self
+        // [path][direction]: 0 = kernel, 1 = userspace.
+        let (mut packets, mut bytes) = ([[0u64; 2]; 2], [[0u64; 2]; 2]);
+        let slots: Vec<u32> = self
             .server
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .allocations()
-        {
-            let s = self.counters.slot(a.slot);
+            .map(|a| a.slot)
+            .collect();
+        let kernel = self.maps.as_ref().map(|m| {
+            let maps = m.lock().unwrap_or_else(|p| p.into_inner());
+            slots
+                .iter()
+                .map(|slot| maps.kernel_stats(*slot).unwrap_or_default())
+                .collect::<Vec<_>>()
+        });
+        for (i, slot) in slots.iter().enumerate() {
+            let user = self.counters.slot(*slot);
+            let fast = kernel.as_ref().map(|k| k[i]).unwrap_or_default();
             for d in 0..2 {
-                packets[d] += s.packets[d];
-                bytes[d] += s.bytes[d];
+                packets[0][d] += fast.packets[d];
+                bytes[0][d] += fast.bytes[d];
+                packets[1][d] += user.packets[d];
+                bytes[1][d] += user.bytes[d];
             }
         }
-        let series = |v: [u64; 2]| -> Vec<(Labels, u64)> {
-            ["to_peer", "to_client"]
-                .iter()
-                .enumerate()
-                .map(|(i, d)| {
-                    (
+        let series = |v: [[u64; 2]; 2]| -> Vec<(Labels, u64)> {
+            let mut out = Vec::new();
+            for (p, path) in ["kernel", "userspace"].iter().enumerate() {
+                for (d, direction) in ["to_peer", "to_client"].iter().enumerate() {
+                    out.push((
                         vec![
-                            ("path", "userspace".to_string()),
-                            ("direction", d.to_string()),
+                            ("path", path.to_string()),
+                            ("direction", direction.to_string()),
                         ],
-                        v[i],
-                    )
-                })
-                .collect()
+                        v[p][d],
+                    ));
+                }
+            }
+            out
         };
         metrics::counters(
             encoder,
