@@ -33,6 +33,13 @@ pub const fn ipv4_header_checksum(words: &[u16; 10]) -> u16 {
     !fold(sum_words(0, words))
 }
 
+/// Whether an IPv4 header, given as its ten words checksum included, carries the right
+/// checksum (its words sum to all ones).
+#[inline(always)]
+pub const fn ipv4_header_valid(words: &[u16; 10]) -> bool {
+    fold(sum_words(0, words)) == 0xffff
+}
+
 /// An incremental checksum update in progress (RFC 1624 eq. 3).
 ///
 /// Start from the checksum in the packet, record every replaced word, then [`finish`] (IPv4
@@ -205,6 +212,12 @@ mod tests {
         let w: [u16; 10] = words(&hdr).try_into().unwrap();
         assert_eq!(ipv4_header_checksum(&w).to_ne_bytes(), [0xb8, 0x61]);
         assert_eq!(reference_checksum(&hdr), 0xb861);
+        let mut with = hdr;
+        with[10..12].copy_from_slice(&[0xb8, 0x61]);
+        assert!(ipv4_header_valid(&words(&with).try_into().unwrap()));
+        // The reserved flag bit, set after the checksum was computed.
+        with[6] |= 0x80;
+        assert!(!ipv4_header_valid(&words(&with).try_into().unwrap()));
     }
 
     proptest! {

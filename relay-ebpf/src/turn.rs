@@ -19,7 +19,7 @@
 
 use aya_ebpf::{helpers::bpf_xdp_load_bytes, programs::XdpContext};
 use relay_common::{
-    checksum::{UdpCovered, fold, udp_checksum_relayed},
+    checksum::{UdpCovered, fold, ipv4_header_valid, udp_checksum_relayed},
     maps::{Leg, RelayConfig},
     turn::{
         CHANNEL_DATA_HLEN, CLIENT_UDP, ChannelDataHdr, ChannelKey, FRONT_TURN,
@@ -27,7 +27,7 @@ use relay_common::{
         TurnAllocation, TurnDatagram, to_client, trailer_sum,
     },
     verdict::Reason,
-    wire::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, UDP_HLEN},
+    wire::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, UDP_HLEN},
 };
 
 use crate::{
@@ -74,6 +74,11 @@ fn sender(ctx: &XdpContext, packet: &Packet, from: &mut Leg) -> Result<usize, Re
             let ip_len = u16::from_be(ip.tot_len) as usize;
             if ip_len < IPV4_HLEN {
                 return Err(Reason::DroppedMalformed);
+            }
+            // The header is rebuilt, not updated: a damaged one must not come out repaired.
+            // SAFETY: Ipv4Hdr is 20 bytes of u8/u16 fields without padding: ten words.
+            if !ipv4_header_valid(unsafe { &*(&**ip as *const Ipv4Hdr as *const [u16; 10]) }) {
+                return Err(Reason::PassedMalformed);
             }
             let len = udp_payload_len(ctx, IPV4_HLEN, ip_len - IPV4_HLEN, udp, 0)?;
             *from = Leg::from_v4_source(ip.saddr, udp.source);

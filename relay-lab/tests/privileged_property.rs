@@ -1,10 +1,14 @@
 //! A million random and mutated frames through the loaded relay program (privileged:
-//! BPF_PROG_TEST_RUN, repeat = 1 per frame), with random sessions installed. Whatever comes in,
-//! the program may forward only a data packet for a session whose legs are both bound, from one
-//! of those legs, to the other; it never modifies what it does not forward; it never turns a
-//! correct checksum into a wrong one (nor a wrong one into a correct one); every frame is counted
-//! exactly once; and every valid packet from a bound leg is forwarded with exactly the bytes a
-//! from-scratch rebuild gives.
+//! BPF_PROG_TEST_RUN, repeat = 1 per frame), with random sessions and TURN allocations
+//! installed. Whatever comes in, the program may forward only a data packet for a session whose
+//! legs are both bound, from one of those legs, to the other; or TURN ChannelData from an
+//! allocation's client on a channel it bound (whose peer has a permission), its data alone to
+//! that peer from the relayed port; or a peer's datagram to a relayed port, from the peer of
+//! one of its channels, as that channel's ChannelData to the client from the TURN port. It
+//! never modifies what it does not forward; it never turns a correct checksum into a wrong one
+//! (nor a wrong one into a correct one); every frame is counted exactly once; and every valid
+//! packet from a bound leg (channel) is forwarded with exactly the bytes a from-scratch rebuild
+//! gives.
 
 mod common;
 
@@ -21,6 +25,20 @@ use relay_userspace::dataplane::simulate::XdpAction;
 
 const FRAMES: usize = 1_000_000;
 const SESSIONS: u32 = 24;
+const ALLOCATIONS: u32 = 8;
+
+/// A TURN allocation as the test models it.
+struct Turn {
+    client: SocketAddr,
+    relayed: u16,
+    channels: Vec<(u16, SocketAddr)>,
+    /// A peer IP with a permission but no channel.
+    permitted: IpAddr,
+}
+
+fn relay_at(family_of: &SocketAddr, port: u16) -> SocketAddr {
+    SocketAddr::new(relay_for(family_of).ip(), port)
+}
 
 /// A leg address: v4 or v6 documentation addresses routed through the sandbox's gateway.
 fn random_leg(rng: &mut StdRng) -> SocketAddr {
@@ -72,7 +90,9 @@ fn view(frame: &[u8]) -> Option<View> {
                 payload: udp.payload().to_vec(),
                 udp_checksum: header.checksum,
                 checksum_ok: ok,
-                ipv4_header_ok: h.calc_header_checksum() == h.header_checksum,
+                // Summed over the raw bytes: etherparse's header drops the reserved flag bit,
+                // which a mutation may set.
+                ipv4_header_ok: raw_sum_is_zero(ip.header().slice()),
             })
         }
         NetSlice::Ipv6(ip) => {
@@ -101,6 +121,11 @@ enum Kind {
     Stranger,
     /// Random bytes behind an Ethernet header.
     Noise,
+    /// ChannelData to the TURN port (from a client or not, on a bound channel or not, padded
+    /// or not), mutated when the flag says so.
+    TurnClient(bool),
+    /// A datagram to a relayed port (from a channel's peer, a permitted address or anyone).
+    TurnPeer(bool),
 }
 
 #[test]
@@ -126,6 +151,42 @@ fn a_million_random_frames_forward_only_bound_legs_with_correct_checksums() {
         sessions.insert(vni, legs);
     }
     let vnis: Vec<u32> = sessions.keys().copied().collect();
+    // TURN: allocations with one to three channels and a permission without channel each.
+    let mut turn_maps = fx.turn();
+    let mut turns: Vec<Turn> = Vec::new();
+    while turns.len() < ALLOCATIONS as usize {
+        let client = random_leg(&mut rng);
+        if turns.iter().any(|t| t.client == client) {
+            continue;
+        }
+        let slot = turns.len() as u32;
+        let relayed = 50_000 + slot as u16;
+        let mut channels: Vec<(u16, SocketAddr)> = Vec::new();
+        for _ in 0..rng.random_range(1..=3) {
+            let peer = random_leg(&mut rng);
+            let channel = rng.random_range(0x4000..=0x7fff);
+            if !channels.iter().any(|(c, p)| *p == peer || *c == channel) {
+                channels.push((channel, peer));
+            }
+        }
+        let permitted = random_leg(&mut rng).ip();
+        let a = common::turn::allocation(
+            slot,
+            client,
+            relay_userspace::fronts::turn::server::Transport::Udp,
+            relayed,
+            &channels,
+            &[permitted],
+        );
+        common::turn::install(&mut turn_maps, &a, Default::default());
+        turns.push(Turn {
+            client,
+            relayed,
+            channels,
+            permitted,
+        });
+    }
+    let mut turn_forwarded = 0u64;
     let before = fx.maps().kernel_verdicts().unwrap();
     let mut forwarded = 0u64;
     let mut valid_forwarded = 0u64;
@@ -133,11 +194,16 @@ fn a_million_random_frames_forward_only_bound_legs_with_correct_checksums() {
 
     for n in 0..FRAMES {
         let kind = match rng.random_range(0..100) {
-            0..40 => Kind::Valid,
-            40..70 => Kind::Mutated,
-            70..85 => Kind::Stranger,
-            _ => Kind::Noise,
+            0..30 => Kind::Valid,
+            30..50 => Kind::Mutated,
+            50..60 => Kind::Stranger,
+            60..70 => Kind::Noise,
+            70..80 => Kind::TurnClient(false),
+            80..85 => Kind::TurnClient(true),
+            85..95 => Kind::TurnPeer(false),
+            _ => Kind::TurnPeer(true),
         };
+        let turn = turns.choose(&mut rng).unwrap();
         let vni = *vnis.choose(&mut rng).unwrap();
         let legs = sessions[&vni];
         let mut zero_checksum = false;
@@ -150,6 +216,52 @@ fn a_million_random_frames_forward_only_bound_legs_with_correct_checksums() {
                     .choose(&mut rng)
                     .unwrap();
                 f[12..14].copy_from_slice(&ether_type);
+                f
+            }
+            Kind::TurnClient(mutated) | Kind::TurnPeer(mutated) => {
+                let mut data = vec![0u8; rng.random_range(0..300)];
+                rng.fill(&mut data[..]);
+                let (from, to, payload) = if matches!(kind, Kind::TurnClient(_)) {
+                    let from = if rng.random_bool(0.8) {
+                        turn.client
+                    } else {
+                        random_leg(&mut rng)
+                    };
+                    let channel = if rng.random_bool(0.8) {
+                        turn.channels.choose(&mut rng).unwrap().0
+                    } else {
+                        rng.random_range(0x4000..=0x7fff)
+                    };
+                    let trailer: Vec<u8> = (0..rng.random_range(0..=5))
+                        .map(|_| {
+                            if rng.random_bool(0.5) {
+                                0
+                            } else {
+                                rng.random()
+                            }
+                        })
+                        .collect();
+                    let payload = common::turn::channel_data(channel, &data, &trailer);
+                    (from, common::turn::turn_server(from), payload)
+                } else {
+                    let from = match rng.random_range(0..10) {
+                        0..6 => turn.channels.choose(&mut rng).unwrap().1,
+                        6..8 => SocketAddr::new(turn.permitted, rng.random()),
+                        _ => random_leg(&mut rng),
+                    };
+                    (from, relay_at(&from, turn.relayed), data)
+                };
+                let opts = FrameOpts {
+                    ttl: rng.random_range(1..=255),
+                    tos: rng.random(),
+                    zero_checksum: from.is_ipv4() && rng.random_bool(0.1),
+                    identification: rng.random(),
+                };
+                zero_checksum = opts.zero_checksum;
+                let mut f = udp_frame(from, to, &payload, opts);
+                if mutated {
+                    mutate(&mut rng, &mut f);
+                }
                 f
             }
             _ => {
@@ -173,19 +285,7 @@ fn a_million_random_frames_forward_only_bound_legs_with_correct_checksums() {
                 zero_checksum = opts.zero_checksum;
                 let mut f = udp_frame(from, relay_for(&from), &geneve_data(frame_vni, &data), opts);
                 if kind == Kind::Mutated {
-                    match rng.random_range(0..3) {
-                        0 => {
-                            for _ in 0..rng.random_range(1..=4) {
-                                let i = rng.random_range(0..f.len());
-                                f[i] ^= 1 << rng.random_range(0..8);
-                            }
-                        }
-                        1 => f.truncate(rng.random_range(14..f.len())),
-                        _ => {
-                            let extra = rng.random_range(1..64);
-                            f.extend((0..extra).map(|_| rng.random::<u8>()));
-                        }
-                    }
+                    mutate(&mut rng, &mut f);
                 }
                 f
             }
@@ -196,6 +296,10 @@ fn a_million_random_frames_forward_only_bound_legs_with_correct_checksums() {
                 Kind::Mutated => "mutated",
                 Kind::Stranger => "stranger",
                 Kind::Noise => "noise",
+                Kind::TurnClient(false) => "turn client",
+                Kind::TurnClient(true) => "turn client mutated",
+                Kind::TurnPeer(false) => "turn peer",
+                Kind::TurnPeer(true) => "turn peer mutated",
             })
             .or_default() += 1;
 
@@ -213,6 +317,16 @@ fn a_million_random_frames_forward_only_bound_legs_with_correct_checksums() {
             // Liveness: an intact data packet from a bound leg of a bound session is forwarded
             // (except an IPv4 one without a UDP checksum towards an IPv6 leg, which needs a
             // checksum over the whole payload: the program passes it to the userspace forwarder).
+            if let Some(v) = &input
+                && let Some((to, _)) = turn_relay(&turns, v)
+                && matches!(kind, Kind::TurnClient(false) | Kind::TurnPeer(false))
+                && !(zero_checksum && to.is_ipv6())
+            {
+                panic!(
+                    "frame {n}: a valid TURN datagram was not relayed: {:?}",
+                    out.action
+                );
+            }
             let cross_to_v6 = legs.iter().flatten().any(SocketAddr::is_ipv6);
             if kind == Kind::Valid
                 && let Some(v) = &input
@@ -228,11 +342,49 @@ fn a_million_random_frames_forward_only_bound_legs_with_correct_checksums() {
             continue;
         }
         forwarded += 1;
-        // Safety: the input was a data packet to the relay from one bound leg of a bound
-        // session carrying that session's VNI...
         let input = input.unwrap_or_else(|| {
             panic!("frame {n} ({kind:?}): forwarded an unparseable frame {frame:02x?}")
         });
+        if input.dst.port() != RELAY_PORT {
+            // TURN: only what the model says is relayed, exactly so.
+            let (to, (sport, payload)) = turn_relay(&turns, &input).unwrap_or_else(|| {
+                panic!("frame {n} ({kind:?}): relayed TURN that is not: {frame:02x?}")
+            });
+            let output =
+                view(&out.frame).unwrap_or_else(|| panic!("frame {n}: unparseable output"));
+            assert_eq!(output.dst, to, "frame {n}: sent to the wrong place");
+            assert_eq!(
+                output.src,
+                relay_at(&to, sport),
+                "frame {n}: not from the relay"
+            );
+            assert_eq!(output.payload, payload, "frame {n}: payload");
+            if input.ipv4_header_ok {
+                assert!(
+                    output.ipv4_header_ok,
+                    "frame {n} ({kind:?}): wrong IPv4 header checksum\n in {frame:02x?}\nout {:02x?}",
+                    out.frame
+                );
+            }
+            if output.udp_checksum != 0 || to.is_ipv6() {
+                assert_eq!(
+                    output.checksum_ok, input.checksum_ok,
+                    "frame {n} ({kind:?}): checksum validity changed (input ok: {})",
+                    input.checksum_ok
+                );
+            }
+            if matches!(kind, Kind::TurnClient(false) | Kind::TurnPeer(false)) {
+                assert_eq!(
+                    out.frame,
+                    expected_relayed(&frame, sport, to, &payload, RELAY_MAC, GATEWAY_MAC),
+                    "frame {n}: output bytes"
+                );
+            }
+            turn_forwarded += 1;
+            continue;
+        }
+        // Safety: the input was a data packet to the relay from one bound leg of a bound
+        // session carrying that session's VNI...
         assert_eq!(
             input.dst,
             relay_for(&input.src),
@@ -305,7 +457,72 @@ fn a_million_random_frames_forward_only_bound_legs_with_correct_checksums() {
         valid_forwarded > (FRAMES as u64) / 5,
         "{valid_forwarded} valid forwarded"
     );
-    eprintln!(
-        "seed {seed:#x}: {FRAMES} frames {kinds:?}; forwarded {forwarded} ({valid_forwarded} intact)"
+    assert!(
+        turn_forwarded > (FRAMES as u64) / 10,
+        "{turn_forwarded} TURN datagrams relayed"
     );
+    eprintln!(
+        "seed {seed:#x}: {FRAMES} frames {kinds:?}; forwarded {forwarded} ({valid_forwarded} \
+         intact sessions' packets, {turn_forwarded} TURN datagrams)"
+    );
+}
+
+/// Whether `bytes` (an IPv4 header) sum to all ones: its checksum is right.
+fn raw_sum_is_zero(bytes: &[u8]) -> bool {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    sum == 0xffff
+}
+
+/// Damages a frame: flipped bits, cut short, or extended with garbage.
+fn mutate(rng: &mut StdRng, f: &mut Vec<u8>) {
+    match rng.random_range(0..3) {
+        0 => {
+            for _ in 0..rng.random_range(1..=4) {
+                let i = rng.random_range(0..f.len());
+                f[i] ^= 1 << rng.random_range(0..8);
+            }
+        }
+        1 => f.truncate(rng.random_range(14..f.len())),
+        _ => {
+            let extra = rng.random_range(1..64);
+            f.extend((0..extra).map(|_| rng.random::<u8>()));
+        }
+    }
+}
+
+/// Where the TURN model says a datagram goes, and from which relay port with what payload:
+/// ChannelData to the TURN port from an allocation's client on one of its channels (at most 3
+/// bytes after the data) goes to the channel's peer from the relayed port, without its header;
+/// a datagram to a relayed port from one of its channels' peers goes to the client from the
+/// TURN port as ChannelData. `None`: the fast path must not relay it.
+fn turn_relay(turns: &[Turn], input: &View) -> Option<(SocketAddr, (u16, Vec<u8>))> {
+    use common::turn::{TURN_PORT, channel_data};
+    if input.dst == relay_at(&input.src, TURN_PORT) {
+        let t = turns.iter().find(|t| t.client == input.src)?;
+        let p = &input.payload;
+        if p.len() < 4 || p[0] >> 6 != 1 {
+            return None;
+        }
+        let channel = u16::from_be_bytes([p[0], p[1]]);
+        let len = u16::from_be_bytes([p[2], p[3]]) as usize;
+        if 4 + len > p.len() || p.len() - 4 - len > 3 {
+            return None;
+        }
+        let (_, peer) = t.channels.iter().find(|(c, _)| *c == channel)?;
+        return Some((*peer, (t.relayed, p[4..4 + len].to_vec())));
+    }
+    let t = turns
+        .iter()
+        .find(|t| input.dst == relay_at(&input.src, t.relayed))?;
+    let (channel, _) = t.channels.iter().find(|(_, p)| *p == input.src)?;
+    Some((
+        t.client,
+        (TURN_PORT, channel_data(*channel, &input.payload, &[])),
+    ))
 }
