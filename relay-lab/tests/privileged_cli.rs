@@ -471,3 +471,90 @@ fn top_once_prints_a_frame() {
     assert_eq!(v["sessions"][0]["vni"], 4242);
     assert!(v["sessions"][0]["rates"].is_array(), "{out}");
 }
+
+#[test]
+fn explain_reads_turn_frames_through_the_live_allocations() {
+    require_root!();
+    use common::turn::*;
+    use relay_userspace::fronts::turn::server::Transport;
+    let fx = Fixture::new();
+    let mut maps = fx.turn();
+    let a = allocation(
+        4,
+        sa(LEG_A4),
+        Transport::Udp,
+        50_002,
+        &[(0x4001, sa(LEG_B4))],
+        &[],
+    );
+    install(&mut maps, &a, Default::default());
+    let live_before = maps.kernel_stats(4).unwrap();
+    let mut explainer = Explainer::open(fx.sandbox.pin_dir(), Some("eth0")).unwrap();
+    let to_server = turn_server(sa(LEG_A4));
+    let relayed = std::net::SocketAddr::new(RELAY_V4.into(), 50_002);
+    let cases = [
+        (
+            udp_frame(
+                sa(LEG_A4),
+                to_server,
+                &channel_data(0x4001, &payload(9), &[0, 0, 0]),
+                FrameOpts::default(),
+            ),
+            "XDP_TX",
+            "forwarded_turn_to_peer",
+            "turn channel data channel 0x4001, 9 bytes of data and 3 after them (padding)",
+            Some("9 bytes of data, TURN relayed port 50002 (allocation slot 4)"),
+        ),
+        (
+            udp_frame(sa(LEG_B4), relayed, &payload(9), FrameOpts::default()),
+            "XDP_TX",
+            "forwarded_turn_to_client",
+            "9 bytes of data, TURN relayed port 50002 (allocation slot 4)",
+            Some("turn channel data channel 0x4001, 9 bytes of data"),
+        ),
+        (
+            udp_frame(
+                sa(LEG_A4),
+                to_server,
+                &channel_data(0x4002, &payload(9), &[]),
+                FrameOpts::default(),
+            ),
+            "XDP_DROP",
+            "dropped_turn_unknown_channel",
+            "turn channel data channel 0x4002",
+            None,
+        ),
+        (
+            udp_frame(
+                sa("198.51.100.99:5"),
+                relayed,
+                &payload(9),
+                FrameOpts::default(),
+            ),
+            "XDP_DROP",
+            "dropped_turn_no_permission",
+            "TURN relayed port 50002",
+            None,
+        ),
+    ];
+    for (frame, action, reason, input, output) in cases {
+        let e = explainer.explain(&frame).unwrap();
+        assert_eq!(
+            (e.action.as_str(), e.reason),
+            (action, Some(reason)),
+            "{}",
+            e.input
+        );
+        assert!(e.input.contains(input), "{}", e.input);
+        match output {
+            Some(o) => assert!(e.output.as_deref().unwrap_or("").contains(o), "{e:?}"),
+            None => assert!(e.output.is_none(), "{e:?}"),
+        }
+    }
+    drop(explainer);
+    assert_eq!(
+        maps.kernel_stats(4).unwrap(),
+        live_before,
+        "explain counted into the live allocation"
+    );
+}

@@ -1,7 +1,7 @@
 //! `relay explain`: what the relay's XDP program does with a frame, and why — without sending
 //! anything. The frame runs through a private copy of the program (BPF_PROG_TEST_RUN) that
-//! reads the live relay's sessions, configuration and redirect map but counts into its own
-//! counters, so explaining changes no live number and no session's last-seen time. Like Katran's
+//! reads the live relay's sessions, TURN allocations, configuration and redirect map but counts
+//! into its own counters, so explaining changes no live number and no session's last-seen time. Like Katran's
 //! simulator: the answer to "why was this packet dropped?".
 
 use std::{
@@ -13,6 +13,7 @@ use anyhow::{Context, Result};
 use etherparse::{LinkSlice, NetSlice, SlicedPacket, TransportSlice};
 use relay_common::{
     geneve::{Datagram, GeneveHdr},
+    turn::{CHANNEL_DATA_HLEN, FRONT_TURN, FRONT_TURN_SERVER, STUN_HLEN, TurnDatagram},
     verdict::Reason,
 };
 use serde::Serialize;
@@ -50,13 +51,16 @@ impl Explainer {
     /// Loads the copy over the relay pinned in `live`. Frames arrive on `interface`, by default
     /// the first interface the relay is attached to (in the caller's network namespace).
     pub fn open(live: &Path, interface: Option<&str>) -> Result<Explainer> {
-        let capacity = RelayMaps::open_pinned(live)?.session_capacity();
+        let live_maps = RelayMaps::open_pinned(live)?;
+        let capacity = live_maps.session_capacity();
+        let allocations = live_maps.turn.capacity();
+        drop(live_maps);
         let parent = live.parent().context("pin directory has no parent")?;
         let pins = parent.join(format!("relay-explain-{}", std::process::id()));
         let copy = Dataplane::load(&LoadOptions {
             pin_dir: pins.clone(),
             max_sessions: capacity.max(1),
-            max_allocations: 1,
+            max_allocations: allocations.max(1),
             nexthop_cache_entries: 64,
             shared_from: Some(live.to_path_buf()),
         })
@@ -84,6 +88,7 @@ impl Explainer {
     /// Runs `frame` through the copy.
     pub fn explain(&mut self, frame: &[u8]) -> Result<Explanation> {
         let copy = self.copy.as_mut().expect("open until dropped");
+        let ports = Ports::of(&copy.maps)?;
         let before = copy.maps.kernel_verdicts()?;
         let outcome = run_frame(copy.program(PROGRAM_RELAY)?, frame, self.ingress)?;
         let after = copy.maps.kernel_verdicts()?;
@@ -95,8 +100,8 @@ impl Explainer {
         Ok(Explanation {
             action: outcome.action.to_string(),
             reason,
-            input: describe(frame),
-            output: changed.then(|| describe(&outcome.frame)),
+            input: describe_with(frame, &ports),
+            output: changed.then(|| describe_with(&outcome.frame, &ports)),
             output_hex: changed.then(|| hex::encode(&outcome.frame)),
         })
     }
@@ -109,12 +114,50 @@ impl Drop for Explainer {
     }
 }
 
+/// Which front each of the relay's ports belongs to, so a payload is decoded as what it is.
+#[derive(Clone, Debug, Default)]
+pub struct Ports {
+    /// The session protocol's port.
+    pub geneve: Option<u16>,
+    /// The TURN server's ports.
+    pub turn: Vec<u16>,
+    /// TURN allocations' relayed ports and their slots.
+    pub relayed: Vec<(u16, u32)>,
+}
+
+impl Ports {
+    /// The ports of the relay whose maps these are.
+    pub fn of(maps: &RelayMaps) -> Result<Ports> {
+        let mut ports = Ports {
+            geneve: maps.config().ok().map(|c| u16::from_be(c.port)),
+            ..Default::default()
+        };
+        for entry in maps.turn.relay_ports.iter() {
+            let (key, owner) = entry.context("reading the relay port map")?;
+            let port = u16::from_be(key.port);
+            match owner.front {
+                FRONT_TURN_SERVER => ports.turn.push(port),
+                FRONT_TURN => ports.relayed.push((port, owner.slot)),
+                _ => {}
+            }
+        }
+        Ok(ports)
+    }
+}
+
 fn checksum_word(ok: bool) -> &'static str {
     if ok { "ok" } else { "BAD" }
 }
 
-/// A frame in one line per layer, checksums verified by full recomputation.
+/// A frame in one line per layer, checksums verified by full recomputation; a UDP payload is
+/// read as Geneve.
 pub fn describe(frame: &[u8]) -> String {
+    describe_with(frame, &Ports::default())
+}
+
+/// [`describe`], reading a UDP payload as the front that owns its port says (Geneve when no
+/// front claims it).
+pub fn describe_with(frame: &[u8], ports: &Ports) -> String {
     let mut out = String::new();
     let packet = match SlicedPacket::from_ethernet(frame) {
         Ok(p) => p,
@@ -188,6 +231,21 @@ pub fn describe(frame: &[u8]) -> String {
             "udp {} → {} len {} checksum {check}",
             h.source_port, h.destination_port, h.length
         );
+        let either = |p: u16| h.source_port == p || h.destination_port == p;
+        if ports.turn.iter().any(|p| either(*p)) {
+            let _ = writeln!(out, "{}", describe_turn(payload));
+            return out.trim_end().to_string();
+        }
+        if ports.geneve.is_none_or(|g| !either(g))
+            && let Some((port, slot)) = ports.relayed.iter().find(|(p, _)| either(*p))
+        {
+            let _ = writeln!(
+                out,
+                "{} bytes of data, TURN relayed port {port} (allocation slot {slot})",
+                payload.len()
+            );
+            return out.trim_end().to_string();
+        }
         match (Datagram::classify(payload), GeneveHdr::from_bytes(payload)) {
             (Datagram::Data { vni }, Some(g)) => {
                 let _ = writeln!(
@@ -213,6 +271,52 @@ pub fn describe(frame: &[u8]) -> String {
         let _ = writeln!(out, "not UDP");
     }
     out.trim_end().to_string()
+}
+
+/// A payload on the TURN port: ChannelData or a STUN message.
+fn describe_turn(payload: &[u8]) -> String {
+    match TurnDatagram::classify(payload) {
+        TurnDatagram::ChannelData { channel, len } => {
+            let extra = payload.len() - CHANNEL_DATA_HLEN - len;
+            format!(
+                "turn channel data channel {channel:#06x}, {len} bytes of data{}",
+                if extra > 0 {
+                    format!(" and {extra} after them (padding)")
+                } else {
+                    String::new()
+                }
+            )
+        }
+        TurnDatagram::Stun => {
+            let kind = u16::from_be_bytes([payload[0], payload[1]]);
+            // RFC 8489 §5: the class bits sit at 0x0110, the method in the rest.
+            let class = match kind & 0x0110 {
+                0x0000 => "request",
+                0x0010 => "indication",
+                0x0100 => "success response",
+                _ => "error response",
+            };
+            let method = (kind & 0x000f) | ((kind & 0x00e0) >> 1) | ((kind & 0x3e00) >> 2);
+            let name = match method {
+                0x001 => "binding",
+                0x003 => "allocate",
+                0x004 => "refresh",
+                0x006 => "send",
+                0x007 => "data",
+                0x008 => "create permission",
+                0x009 => "channel bind",
+                _ => "unknown method",
+            };
+            format!(
+                "stun {name} {class} ({method:#05x}), {} bytes",
+                payload.len().max(STUN_HLEN)
+            )
+        }
+        TurnDatagram::Malformed => format!(
+            "neither STUN nor ChannelData that fits ({} bytes)",
+            payload.len()
+        ),
+    }
 }
 
 /// Frames from a capture file (pcap or pcapng).
@@ -288,5 +392,49 @@ mod tests {
         let last = frame.len() - 1;
         frame[last] ^= 1;
         assert!(describe(&frame).contains("checksum BAD"));
+    }
+
+    #[test]
+    fn describes_turn_by_port() {
+        let ports = Ports {
+            geneve: Some(6081),
+            turn: vec![3478],
+            relayed: vec![(50_002, 7)],
+        };
+        let frame = |sport: u16, dport: u16, payload: &[u8]| {
+            let mut f = Vec::new();
+            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4([198, 51, 100, 1], [192, 0, 2, 10], 64)
+                .udp(sport, dport)
+                .write(&mut f, payload)
+                .unwrap();
+            f
+        };
+        let mut cd = relay_common::turn::ChannelDataHdr::new(0x4001, 3)
+            .to_bytes()
+            .to_vec();
+        cd.extend_from_slice(b"abc\0");
+        let text = describe_with(&frame(4000, 3478, &cd), &ports);
+        assert!(
+            text.contains("turn channel data channel 0x4001, 3 bytes of data and 1 after"),
+            "{text}"
+        );
+        let mut allocate = vec![0u8; 20];
+        allocate[1] = 0x03;
+        allocate[4..8].copy_from_slice(&relay_common::turn::STUN_MAGIC_COOKIE.to_be_bytes());
+        let text = describe_with(&frame(4000, 3478, &allocate), &ports);
+        assert!(text.contains("stun allocate request (0x003)"), "{text}");
+        let mut ok = allocate.clone();
+        ok[1] = 0x03 | 0x00;
+        ok[0] = 0x01;
+        let text = describe_with(&frame(3478, 4000, &ok), &ports);
+        assert!(text.contains("stun allocate success response"), "{text}");
+        let text = describe_with(&frame(9, 50_002, b"xyz"), &ports);
+        assert!(
+            text.contains("3 bytes of data, TURN relayed port 50002 (allocation slot 7)"),
+            "{text}"
+        );
+        let text = describe_with(&frame(9, 3478, &[0xc0, 1]), &ports);
+        assert!(text.contains("neither STUN nor ChannelData"), "{text}");
     }
 }
