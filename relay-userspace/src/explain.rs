@@ -424,8 +424,8 @@ mod tests {
         allocate[4..8].copy_from_slice(&relay_common::turn::STUN_MAGIC_COOKIE.to_be_bytes());
         let text = describe_with(&frame(4000, 3478, &allocate), &ports);
         assert!(text.contains("stun allocate request (0x003)"), "{text}");
+        // 0x0103: Allocate success response.
         let mut ok = allocate.clone();
-        ok[1] = 0x03 | 0x00;
         ok[0] = 0x01;
         let text = describe_with(&frame(3478, 4000, &ok), &ports);
         assert!(text.contains("stun allocate success response"), "{text}");
