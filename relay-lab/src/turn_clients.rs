@@ -68,10 +68,9 @@ pub fn parse_uclient(output: &str) -> Result<UclientReport> {
     })
 }
 
-/// Runs `turnutils_uclient` on `host` against the relay with the lab's REST secret and `args`
-/// (its flags: `-D`, `-s`, `-t`, `-x`, `-m N`, …), the echo peer as its peer.
-pub fn uclient(lab: &NatLab, host: Host, args: &[&str], v6_server: bool) -> Result<UclientReport> {
-    require_tool("turnutils_uclient")?;
+/// `turnutils_uclient`'s arguments: the lab's REST secret, the echo peer, `args` (its flags:
+/// `-D`, `-s`, `-t`, `-x`, `-m N`, …), the relay.
+fn uclient_args<'a>(args: &[&'a str], v6_server: bool, port: &'a str) -> Vec<&'a str> {
     let peer = if args.contains(&"-x") {
         addr::PEER_V6
     } else {
@@ -82,14 +81,39 @@ pub fn uclient(lab: &NatLab, host: Host, args: &[&str], v6_server: bool) -> Resu
     } else {
         addr::RELAY_V4
     };
-    let port = PEER_PORT.to_string();
-    let mut argv = vec!["-W", TURN_SECRET, "-e", peer, "-r", &port];
+    let mut argv = vec!["-W", TURN_SECRET, "-e", peer, "-r", port];
     argv.extend_from_slice(args);
     argv.push(server);
+    argv
+}
+
+/// Runs `turnutils_uclient` on `host` against the relay with the lab's REST secret and `args`
+/// (its flags: `-D`, `-s`, `-t`, `-x`, `-m N`, …), the echo peer as its peer.
+pub fn uclient(lab: &NatLab, host: Host, args: &[&str], v6_server: bool) -> Result<UclientReport> {
+    require_tool("turnutils_uclient")?;
+    let port = PEER_PORT.to_string();
+    let argv = uclient_args(args, v6_server, &port);
     let out = lab
         .exec_output(host, "turnutils_uclient", &argv, Duration::from_secs(20))
         .context("running turnutils_uclient")?;
     parse_uclient(&out)
+}
+
+/// Starts `turnutils_uclient` on `host` in the background as process `name` (see [`uclient`]);
+/// [`finish_uclient`] waits for its report.
+pub fn spawn_uclient(lab: &mut NatLab, host: Host, name: &str, args: &[&str]) -> Result<()> {
+    require_tool("turnutils_uclient")?;
+    let port = PEER_PORT.to_string();
+    let argv = uclient_args(args, false, &port);
+    lab.spawn(host, name, Path::new("/usr/bin/turnutils_uclient"), &argv)
+}
+
+/// Waits (at most `limit`) for the background client `name` to end and reads its report.
+pub fn finish_uclient(lab: &mut NatLab, name: &str, limit: Duration) -> Result<UclientReport> {
+    if !NatLab::wait_until(limit, || !lab.running(name)) {
+        bail!("{name} still running after {limit:?}:\n{}", lab.log(name));
+    }
+    parse_uclient(&lab.log(name))
 }
 
 /// What the aioice script reported.

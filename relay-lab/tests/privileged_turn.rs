@@ -348,7 +348,29 @@ fn a_restart_keeps_allocations_permissions_and_channels() {
         client.receive(Duration::from_secs(2)).as_deref(),
         Some(&b"before"[..])
     );
+    std::thread::sleep(Duration::from_millis(1200)); // the counters' flush
     s.restart_relay().unwrap();
+    // The allocation's counters carried over.
+    let pin = s.pin_dir.to_str().unwrap().to_string();
+    let listed = s
+        .relay_cli(&[
+            "sessions",
+            "--pin-dir",
+            &pin,
+            "--front",
+            "turn",
+            "--json",
+            "--interval",
+            "0",
+        ])
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    for d in 0..2 {
+        assert_eq!(
+            listed[0]["directions"][d]["userspace_packets"], 1,
+            "{listed}"
+        );
+    }
     // The channel still carries data, with no request in between.
     let mut echoed = None;
     for _ in 0..10 {
@@ -374,6 +396,63 @@ fn a_restart_keeps_allocations_permissions_and_channels() {
         s.lab.log("relay")
     );
     let _ = relayed;
+}
+
+/// coturn's client streams through the relay while the daemon restarts, then while it is
+/// upgraded (its program swapped under the pinned links): with XDP, ChannelData keeps crossing
+/// in the kernel while no daemon runs, and not one message is lost. (With `xdp.mode: off` the
+/// same test loses the messages sent while the daemon is away.)
+#[test]
+fn restart_and_upgrade_keep_turn_flowing_in_the_kernel_without_loss() {
+    require_root!();
+    let mut s = turn_lab(XdpMode::Native);
+    for (round, upgrade) in [("restart", false), ("upgrade", true)] {
+        if upgrade {
+            // The pinned links ran another build, as far as the new daemon can tell.
+            let mut maps = s.maps().unwrap();
+            maps.build_info
+                .set(
+                    0,
+                    relay_common::maps::BuildInfo {
+                        object_sha256: [0xaa; 32],
+                    },
+                    0,
+                )
+                .unwrap();
+        }
+        let name = format!("uclient-{round}");
+        // 600 messages at 10 ms: six seconds of ChannelData, each echoed by the peer.
+        turn_clients::spawn_uclient(
+            &mut s.lab,
+            Host::ClientA,
+            &name,
+            &["-n", "600", "-z", "10", "-c"],
+        )
+        .unwrap();
+        // Wait for the data to flow in the kernel, then take the daemon away under it.
+        let flowing = || {
+            s.maps().unwrap().kernel_verdicts().unwrap()[Reason::ForwardedTurnToPeer as usize]
+                .packets
+        };
+        let start = flowing();
+        assert!(
+            relay_lab::nat_lab::NatLab::wait_until(Duration::from_secs(10), || flowing()
+                > start + 50),
+            "{round}: no ChannelData in the kernel\n{}",
+            s.lab.log(&name)
+        );
+        s.restart_relay().unwrap();
+        let r = turn_clients::finish_uclient(&mut s.lab, &name, Duration::from_secs(30));
+        assert_no_loss(&s, &r, round);
+        let r = r.unwrap();
+        assert_eq!(r.sent, 600, "{round}: {}", r.output);
+    }
+    let log = s.lab.log("relay");
+    assert!(log.contains("took over TURN allocations"), "{log}");
+    assert!(
+        log.contains("swapped the program under the pinned XDP link"),
+        "{log}"
+    );
 }
 
 #[test]

@@ -265,6 +265,12 @@ impl TurnCore {
 
     /// Mirrors a change into the data path's tables, the maps and the relayed ports' tasks.
     fn apply(&self, server: &TurnServer, change: Change, clock: &Clock) {
+        self.mirror(server, change, clock, false);
+    }
+
+    /// [`TurnCore::apply`]; `adopted`: the allocation comes from a previous daemon's maps, so
+    /// its counters (the kernel's, and what [`adopt`] restored) carry on rather than restart.
+    fn mirror(&self, server: &TurnServer, change: Change, clock: &Clock, adopted: bool) {
         match change {
             Change::Updated(slot) => {
                 let Some(allocation) = server.allocation(slot) else {
@@ -273,12 +279,14 @@ impl TurnCore {
                 let new = self.tables.route(slot).is_none();
                 self.tables.sync(allocation, server.settings(), clock.now);
                 if new {
-                    self.counters.reset(slot);
-                    if let Some(maps) = &self.maps {
-                        let _ = maps
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .reset_slot(slot);
+                    if !adopted {
+                        self.counters.reset(slot);
+                        if let Some(maps) = &self.maps {
+                            let _ = maps
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .reset_slot(slot);
+                        }
                     }
                     self.start_port_tasks(slot, allocation.port);
                     info!(
@@ -287,7 +295,12 @@ impl TurnCore {
                         transport = allocation.five_tuple.transport.name(),
                         port = allocation.port,
                         user = auth::quota_user(&allocation.username),
-                        "TURN allocation created"
+                        "{}",
+                        if adopted {
+                            "TURN allocation adopted"
+                        } else {
+                            "TURN allocation created"
+                        }
                     );
                 }
                 if let Some(maps) = &self.maps {
@@ -966,7 +979,7 @@ fn adopt(core: &Arc<TurnCore>) -> usize {
                         .userspace_stats(slot)
                         .unwrap_or_default();
                     core.counters.restore(slot, user.packets, user.bytes);
-                    core.apply(&server, Change::Updated(slot), &clock);
+                    core.mirror(&server, Change::Updated(slot), &clock, true);
                     true
                 }
                 _ => false,
