@@ -25,6 +25,7 @@
 //! (relay busy ≈ 100 %), so packets per second measure the relay, not the generator.
 
 pub mod cpu;
+pub mod load;
 pub mod report;
 pub mod workload;
 
@@ -35,16 +36,14 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use aya::programs::XdpMode as AyaMode;
-use relay_common::bench::PACE_ALL;
 use serde::Serialize;
 
 use self::{
-    cpu::{CpuSample, RelayTasks},
-    report::{Measurement, Mode, Pass},
+    load::{LOAD_CORE, Load, RELAY_CORE},
+    report::{Measurement, Mode},
     workload::Path as FramePath,
 };
 use crate::{
-    lab_xdp::LabXdp,
     nat_lab::{Host, INET_RELAY_IF, LAB_BPFFS, NatLab, RELAY_IF},
     scenario::{LAB_PORT, LAB_TOKEN},
 };
@@ -52,19 +51,6 @@ use relay_userspace::{
     api::types::CreateSession, client::api::ApiClient, config::XdpMode, dataplane::attachment,
     fronts::geneve::ticket::Ticket,
 };
-
-/// The core the load runs on.
-const LOAD_CORE: usize = 0;
-/// The core the relay runs on.
-const RELAY_CORE: usize = 1;
-/// Generator runs per BPF_PROG_TEST_RUN call: large, because each call also costs a fixed
-/// ~20 ms of page-pool set-up and tear-down during which nothing is sent (measured per run and
-/// subtracted from the pass time).
-const CALL_RUNS: u32 = 1 << 19;
-/// Passes the search for the loss-free load may take.
-const SEARCH_PASSES: usize = 6;
-/// Time for the last frames of a pass to come back.
-const DRAIN: Duration = Duration::from_millis(50);
 
 /// What to measure.
 #[derive(Clone, Debug, Serialize)]
@@ -140,7 +126,7 @@ pub fn run(options: ThroughputOptions) -> Result<ThroughputResult> {
     let mut bench = Bench::new(&options)?;
     bench.start_relay(Mode::Native)?;
     bench.allocate(max_sessions)?;
-    bench.attach_sink()?;
+    bench.load.attach_sink(&bench.lab)?;
 
     let mut measurements = Vec::new();
     for round in 0..options.rounds {
@@ -176,20 +162,15 @@ pub fn run(options: ThroughputOptions) -> Result<ThroughputResult> {
 /// The lab, the relay and the lab's XDP programs while the benchmark runs.
 struct Bench {
     lab: NatLab,
-    xdp: LabXdp,
+    load: Load,
     relay_bin: PathBuf,
     config: PathBuf,
     pin_dir: PathBuf,
     path: FramePath,
-    /// The generator's interface in the router's namespace.
-    gen_ifindex: u32,
     vnis: Vec<u32>,
     /// The reflector's link while it is attached.
     reflector: Option<aya::programs::xdp::XdpLinkId>,
-    tasks: Option<RelayTasks>,
     mode: Option<Mode>,
-    /// The fixed cost of one generator call.
-    call_overhead: Option<Duration>,
 }
 
 fn relay_config(mode: XdpMode, pin_dir: &Path) -> String {
@@ -258,17 +239,14 @@ impl Bench {
         let pin_dir = Path::new(LAB_BPFFS).join(lab.ns(Host::Relay).name());
         let config = lab.dir.join("relay.yaml");
         Ok(Bench {
-            xdp: LabXdp::load()?,
+            load: Load::new(gen_ifindex)?,
             relay_bin: options.relay_bin.clone(),
             config,
             pin_dir,
             path,
-            gen_ifindex,
             vnis: Vec::new(),
             reflector: None,
-            tasks: None,
             mode: None,
-            call_overhead: None,
             lab,
         })
     }
@@ -377,39 +355,20 @@ impl Bench {
         Ok(())
     }
 
-    /// Attaches the sink to the generator's interface and moves that interface's NAPI to the
-    /// load core.
-    fn attach_sink(&mut self) -> Result<()> {
-        let xdp = &mut self.xdp;
-        self.lab.in_host(Host::Inet, || {
-            xdp.attach(
-                relay_common::bench::PROGRAM_SINK,
-                INET_RELAY_IF,
-                AyaMode::Driver,
-            )
-        })??;
-        let napi = cpu::threaded_napi(self.lab.ns(Host::Inet), INET_RELAY_IF, LOAD_CORE)?;
-        // The sink's NAPI thread preempts the generator as soon as relayed frames arrive: its
-        // receive ring (256 frames) must never overflow, or the relay's transmits would fail and
-        // count as the relay's loss.
-        cpu::realtime(napi)?;
-        Ok(())
-    }
-
     /// Makes the relay host carry packets the way `mode` does.
     fn switch(&mut self, mode: Mode) -> Result<()> {
         if self.mode == Some(mode) {
             return Ok(());
         }
         if let Some(link) = self.reflector.take() {
-            let xdp = &mut self.xdp;
+            let xdp = &mut self.load.xdp;
             self.lab.in_host(Host::Relay, || {
                 xdp.detach(relay_common::bench::PROGRAM_REFLECTOR, link)
             })??;
         }
         self.start_relay(mode)?;
         if mode == Mode::Reflector {
-            let xdp = &mut self.xdp;
+            let xdp = &mut self.load.xdp;
             self.reflector = Some(self.lab.in_host(Host::Relay, || {
                 xdp.attach(
                     relay_common::bench::PROGRAM_REFLECTOR,
@@ -418,23 +377,13 @@ impl Bench {
                 )
             })??);
         }
-        let napi = cpu::threaded_napi(self.lab.ns(Host::Relay), RELAY_IF, RELAY_CORE)?;
         let daemon = self.lab.pid("relay").context("the relay is not running")?;
-        self.tasks = Some(RelayTasks {
-            napi,
-            daemon,
-            core: RELAY_CORE,
-        });
+        self.load.watch(&self.lab, daemon)?;
         self.mode = Some(mode);
         Ok(())
     }
 
-    fn sample(&self) -> Result<CpuSample> {
-        self.tasks.context("no relay tasks")?.sample()
-    }
-
-    /// One cell: warm-up, a saturation pass, a paced pass when the saturation lost packets, and
-    /// a short pass with BPF run-time statistics on.
+    /// One cell: the workload's templates, then the load's passes.
     fn measure(
         &mut self,
         mode: Mode,
@@ -444,145 +393,27 @@ impl Bench {
         seconds: f64,
     ) -> Result<Measurement> {
         let (frame, templates) = workload::workload(&self.path, &self.vnis[..sessions], payload)?;
-        self.xdp.set_templates(&templates)?;
-        let inet = self.lab.ns(Host::Inet);
-        let _inside = inet.enter()?;
-        if self.call_overhead.is_none() {
-            self.call_overhead = Some(self.calibrate(&frame)?);
-        }
-        self.pass(&frame, 0.2, PACE_ALL)?;
-        let saturation = self.pass(&frame, seconds, PACE_ALL)?;
-        let paced = if saturation.relay_busy() >= report::RELAY_BOUND
-            && saturation.loss() > report::LOSS_FREE
-        {
-            self.loss_free(&frame, seconds, &saturation)?
-        } else {
-            None
+        let program = match mode {
+            Mode::Off => None,
+            Mode::Reflector => Some(
+                self.load
+                    .xdp
+                    .info(relay_common::bench::PROGRAM_REFLECTOR)?
+                    .id(),
+            ),
+            Mode::Native | Mode::Generic => Some(load::attached_program(&self.lab)?),
         };
-        let program_ns = self.program_ns(mode, &frame, seconds.min(0.5))?;
+        let cell = self
+            .load
+            .cell(&self.lab, &frame, &templates, seconds, program)?;
         Ok(Measurement {
             mode,
             payload,
             sessions,
             round,
-            saturation,
-            paced,
-            program_ns,
+            saturation: cell.saturation,
+            paced: cell.paced,
+            program_ns: cell.program_ns,
         })
-    }
-
-    /// Searches for the highest load the relay carries without loss (an overloaded relay also
-    /// spends CPU on packets it then drops, and a livelocked one relays less than it could):
-    /// starts at 90 % of what the saturation pass relayed, raises the load by half while no
-    /// packets are lost and lowers it while they are, then bisects between the best loss-free
-    /// and the lowest lossy load; at most [`SEARCH_PASSES`] passes. Returns the loss-free pass at
-    /// the highest load, or the last pass when none was loss-free.
-    fn loss_free(&mut self, frame: &[u8], seconds: f64, saturation: &Pass) -> Result<Option<Pass>> {
-        let mut share = saturation.relayed_pps() * 0.9 / saturation.offered_pps();
-        let mut best: Option<(f64, Pass)> = None;
-        let mut lossy: Option<f64> = None;
-        let mut last = None;
-        for _ in 0..SEARCH_PASSES {
-            let pass = self.pass(frame, seconds, (share * f64::from(PACE_ALL)) as u32)?;
-            if pass.loss() <= report::LOSS_FREE {
-                if best.is_none_or(|(_, b)| pass.relayed_pps() > b.relayed_pps()) {
-                    best = Some((share, pass));
-                }
-                if share >= 1.0 {
-                    break;
-                }
-                share = match lossy {
-                    Some(hi) => (share + hi) / 2.0,
-                    None => (share * 1.5).min(1.0),
-                };
-            } else {
-                lossy = Some(lossy.map_or(share, |hi: f64| hi.min(share)));
-                share = match best {
-                    Some((lo, _)) => (lo + share) / 2.0,
-                    None => share * 0.6,
-                };
-            }
-            last = Some(pass);
-        }
-        Ok(best.map(|(_, p)| p).or(last))
-    }
-
-    /// The fixed cost of one generator call (set-up and tear-down): the median of a few calls
-    /// that send one batch.
-    fn calibrate(&mut self, frame: &[u8]) -> Result<Duration> {
-        let mut walls = Vec::new();
-        for _ in 0..5 {
-            let start = Instant::now();
-            self.xdp
-                .transmit(self.gen_ifindex, frame, crate::lab_xdp::LIVE_BATCH)?;
-            walls.push(start.elapsed());
-        }
-        walls.sort();
-        Ok(walls[walls.len() / 2])
-    }
-
-    /// Sends for about `seconds`, transmitting on `send_per_65536` of the generator's runs, and
-    /// counts what came back. The calling thread must be in the router's namespace.
-    fn pass(&mut self, frame: &[u8], seconds: f64, send_per_65536: u32) -> Result<Pass> {
-        self.xdp.set_pace(send_per_65536)?;
-        let sink_before = self.xdp.sink_counts()?;
-        let cpu_before = self.sample()?;
-        let start = Instant::now();
-        let limit = Duration::from_secs_f64(seconds);
-        let mut runs: u64 = 0;
-        let mut calls: u32 = 0;
-        while start.elapsed() < limit {
-            self.xdp.transmit(self.gen_ifindex, frame, CALL_RUNS)?;
-            runs += u64::from(CALL_RUNS);
-            calls += 1;
-        }
-        // Time spent sending: the calls minus their fixed cost.
-        let overhead = self.call_overhead.unwrap_or_default() * calls;
-        let sent_for = start.elapsed().saturating_sub(overhead);
-        std::thread::sleep(DRAIN);
-        let cpu_after = self.sample()?;
-        let sink_after = self.xdp.sink_counts()?;
-        Ok(Pass {
-            seconds: sent_for.as_secs_f64(),
-            offered: relay_common::bench::paced_sends(runs, send_per_65536),
-            relayed: sink_after.packets - sink_before.packets,
-            relay_cpu_ns: cpu_after.relay_ns_since(&cpu_before),
-            daemon_cpu_ns: cpu_after.daemon_ns.saturating_sub(cpu_before.daemon_ns),
-            wall_ns: sent_for.as_nanos() as u64,
-            core_busy: cpu_after.core_busy_since(&cpu_before),
-        })
-    }
-
-    /// The run time per packet of the XDP program carrying the packets, from the kernel's BPF
-    /// statistics over a short saturation pass (they are on only for that pass: they add two
-    /// clock reads per run).
-    fn program_ns(&mut self, mode: Mode, frame: &[u8], seconds: f64) -> Result<Option<f64>> {
-        let id = match mode {
-            Mode::Off => return Ok(None),
-            Mode::Reflector => self.xdp.info(relay_common::bench::PROGRAM_REFLECTOR)?.id(),
-            Mode::Native | Mode::Generic => {
-                let now = self
-                    .lab
-                    .in_host(Host::Relay, || attachment::attachment(RELAY_IF))??;
-                now.program_id
-                    .context("no program on the relay interface")? as u32
-            }
-        };
-        let stats = |id: u32| -> Result<(Duration, u64)> {
-            let info = aya::programs::loaded_programs()
-                .filter_map(Result::ok)
-                .find(|p| p.id() == id)
-                .with_context(|| format!("no loaded program {id}"))?;
-            Ok((info.run_time(), info.run_count()))
-        };
-        let _on = aya::sys::enable_stats(aya::sys::Stats::RunTime)
-            .context("enabling BPF run-time statistics")?;
-        let (t0, n0) = stats(id)?;
-        self.pass(frame, seconds, PACE_ALL)?;
-        let (t1, n1) = stats(id)?;
-        if n1 <= n0 {
-            return Ok(None);
-        }
-        Ok(Some((t1 - t0).as_nanos() as f64 / (n1 - n0) as f64))
     }
 }
