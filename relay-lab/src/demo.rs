@@ -207,6 +207,7 @@ pub fn run_turn(relay_bin: PathBuf, interrupted: Arc<AtomicBool>) -> Result<()> 
         let sum = |v: &[relay_common::verdict::VerdictCounter]| {
             v[Reason::ForwardedTurnToPeer as usize].packets
                 + v[Reason::ForwardedTurnToClient as usize].packets
+                + v[Reason::ForwardedTurnBetweenClients as usize].packets
         };
         Ok((
             sum(&maps.kernel_verdicts()?),

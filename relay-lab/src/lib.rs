@@ -14,6 +14,7 @@ pub mod netns;
 pub mod sandbox;
 pub mod scenario;
 pub mod throughput;
+pub mod turn_bench;
 pub mod turn_clients;
 pub mod turn_probe;
 pub mod wireguard;

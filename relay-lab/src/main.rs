@@ -12,6 +12,7 @@ use relay_lab::{
     demo::{self, DemoOptions},
     nat_lab,
     throughput::{self, ThroughputOptions, report},
+    turn_bench::{self, TurnBenchOptions},
     xdp_bench::{self, BenchOptions},
 };
 
@@ -62,6 +63,25 @@ enum Command {
         /// Seconds per pass (default 1; 0.25 with --quick).
         #[arg(long)]
         seconds: Option<f64>,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// TURN relayed packets/s and relay CPU per packet: the TURN front with XDP native and
+    /// with XDP off, against coturn, interleaved.
+    BenchTurn {
+        /// A few seconds, one size, a few allocations: checks the harness.
+        #[arg(long)]
+        quick: bool,
+        /// Interleaved rounds (default 3; 1 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Seconds per pass (default 1; 0.25 with --quick).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Allocation counts to measure, comma-separated (default 1,500; 4 with --quick).
+        #[arg(long, value_delimiter = ',')]
+        allocations: Option<Vec<usize>>,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -170,6 +190,35 @@ fn main() -> Result<()> {
                     x.native_vs_reflector_per_cpu,
                     x.native_vs_off_per_cpu,
                     x.generic_vs_off_per_cpu
+                );
+            }
+            write_json(json, serde_json::to_value(&r)?)
+        }
+        Command::BenchTurn {
+            quick,
+            rounds,
+            seconds,
+            allocations,
+            json,
+        } => {
+            let mut options = if quick {
+                TurnBenchOptions::quick(relay_lab::relay_bin()?)
+            } else {
+                TurnBenchOptions::full(relay_lab::relay_bin()?)
+            };
+            options.rounds = rounds.unwrap_or(options.rounds);
+            options.seconds = seconds.unwrap_or(options.seconds);
+            options.allocations = allocations.unwrap_or(options.allocations);
+            let r = turn_bench::run(options)?;
+            print!("{}", report::table(&r.summaries));
+            for x in &r.ratios {
+                println!(
+                    "{} B x {} allocations: native/coturn {:.1}x per CPU, {:.1}x pps; userspace/coturn {:.2}x per CPU",
+                    x.payload,
+                    x.allocations,
+                    x.native_vs_coturn_per_cpu,
+                    x.native_vs_coturn_pps,
+                    x.userspace_vs_coturn_per_cpu
                 );
             }
             write_json(json, serde_json::to_value(&r)?)

@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use stun_types::{
-    attribute::{AttributeWrite, ErrorCode, Nonce, Realm, Username},
+    attribute::{AttributeWrite, ErrorCode, Nonce, Realm, Software, Username},
     message::{
         IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass,
         MessageIntegrityCredentials, MessageType, MessageWrite, MessageWriteExt, MessageWriteVec,
@@ -25,6 +25,9 @@ use turn_types::{
 };
 
 use crate::nat_lab::{Host, NatLab};
+
+/// SOFTWARE of the probe's first request (long enough for its purpose, see `build`).
+const PROBE_SOFTWARE: &str = "relay-lab turn probe: a TURN client for the lab's tests and benchmarks, padding its first request past the size of the challenge";
 
 /// Makes a request's attributes for its transaction ID.
 pub type Attributes = dyn Fn(TransactionId) -> Vec<Box<dyn AttributeWrite>>;
@@ -74,6 +77,29 @@ impl TurnProbe {
         })
     }
 
+    /// A client on `host` sending from `local` (an address of that host) to `server`.
+    pub fn bound(
+        lab: &NatLab,
+        host: Host,
+        local: SocketAddr,
+        server: SocketAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<TurnProbe> {
+        let socket = lab
+            .in_host(host, || UdpSocket::bind(local))?
+            .with_context(|| format!("binding {local}"))?;
+        socket.set_read_timeout(Some(Duration::from_millis(300)))?;
+        Ok(TurnProbe {
+            socket,
+            server,
+            username: username.to_string(),
+            password: password.to_string(),
+            realm: None,
+            nonce: None,
+        })
+    }
+
     /// Its local address (what the relay sees, behind a NAT, differs).
     pub fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.socket.local_addr()?)
@@ -85,6 +111,12 @@ impl TurnProbe {
         let mut m = Message::builder(kind, transaction, MessageWriteVec::new());
         for a in attrs(transaction) {
             let _ = m.add_attribute(a.as_ref());
+        }
+        if self.nonce.is_none() {
+            // The first request, before the challenge, is padded to more than the 401 it
+            // draws: a relay that limits amplification per source (ours) answers it at once
+            // instead of after a retransmission — one round trip per allocation, not seconds.
+            let _ = m.add_attribute(&Software::new(PROBE_SOFTWARE).expect("a short name"));
         }
         if signed && let (Some(realm), Some(nonce)) = (&self.realm, &self.nonce) {
             let _ = m.add_attribute(&Username::new(&self.username).expect("a short username"));

@@ -610,6 +610,17 @@ fn the_turn_demo_runs_start_to_finish_and_cleans_up() {
             "missing {expected:?} in:\n{stdout}"
         );
     }
+    // uclient's 200 messages each way (and the Chromium pair's) crossed in the kernel.
+    let kernel: u64 = stdout
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_suffix(" by the userspace path")
+                .and_then(|l| l.split(" packets relayed by the XDP program").next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no path line:\n{stdout}"));
+    assert!(kernel >= 400, "{stdout}");
     let left = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()

@@ -15,14 +15,26 @@ use crate::{
 };
 
 /// Benchmark names, as `--only` takes them and as their docs sections are marked.
-const NAMES: [&str; 4] = ["xdp-micro", "throughput", "control-plane", "hot-paths"];
+const NAMES: [&str; 5] = [
+    "xdp-micro",
+    "throughput",
+    "turn",
+    "control-plane",
+    "hot-paths",
+];
 
-/// Runs the benchmarks (all, or those in `only`).
-pub fn run(quick: bool, only: &[String]) -> Result<()> {
+/// Runs the benchmarks (all, or those in `only`) and writes their docs; with `render`, only
+/// writes the docs from the last results.
+pub fn run(quick: bool, render: bool, only: &[String]) -> Result<()> {
     if let Some(bad) = only.iter().find(|n| !NAMES.contains(&n.as_str())) {
         bail!("no benchmark `{bad}`: choose from {}", NAMES.join(", "));
     }
     let wanted = |name: &str| only.is_empty() || only.iter().any(|n| n == name);
+    let root = workspace_root();
+    let out_dir = root.join("target/bench");
+    if render {
+        return write_docs(&wanted, &out_dir, "");
+    }
     if !is_root() {
         bail!("the benchmarks load XDP programs and build network namespaces: run as root");
     }
@@ -38,8 +50,6 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
         "relay-lab",
         "--bins",
     ]))?;
-    let root = workspace_root();
-    let out_dir = root.join("target/bench");
     fs::create_dir_all(&out_dir)?;
     let lab = root.join("target/release/relay-lab");
 
@@ -61,6 +71,17 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
         cmd.arg("bench-throughput")
             .arg("--json")
             .arg(&throughput_json);
+        if quick {
+            cmd.arg("--quick");
+        }
+        status(&mut cmd)?;
+    }
+
+    let turn_json = out_dir.join("turn.json");
+    if wanted("turn") {
+        println!("== TURN: the TURN front (XDP native, off) against coturn (NAT lab)");
+        let mut cmd = Command::new(&lab);
+        cmd.arg("bench-turn").arg("--json").arg(&turn_json);
         if quick {
             cmd.arg("--quick");
         }
@@ -91,6 +112,18 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
         );
         return Ok(());
     }
+    write_docs(&wanted, &out_dir, &criterion_out)
+}
+
+/// Writes each wanted benchmark's section of docs/benchmarks.md (and its plot) from its
+/// results under `out_dir`; hot paths from `criterion_out` (skipped when empty: a render-only
+/// run has no criterion output to render).
+fn write_docs(wanted: &dyn Fn(&str) -> bool, out_dir: &Path, criterion_out: &str) -> Result<()> {
+    let root = workspace_root();
+    let xdp_json = out_dir.join("xdp-micro.json");
+    let throughput_json = out_dir.join("throughput.json");
+    let turn_json = out_dir.join("turn.json");
+    let control_json = out_dir.join("control.json");
     let machine = machine_description();
     let doc = root.join("docs/benchmarks.md");
     if wanted("xdp-micro") {
@@ -106,15 +139,30 @@ pub fn run(quick: bool, only: &[String]) -> Result<()> {
         )?;
         throughput_plot(&throughput, &root.join("docs/throughput.svg"))?;
     }
+    if wanted("turn") {
+        let turn: Value = serde_json::from_str(&fs::read_to_string(&turn_json)?)?;
+        replace_section(&doc, "turn", &turn_section(&turn, &machine)?)?;
+        mode_bars(
+            &turn,
+            &["turn-native", "turn-off", "coturn"],
+            (
+                "packets_per_cpu_second",
+                1e6,
+                "million packets per relay CPU-second",
+            ),
+            |most| format!("TURN: packets per relay CPU-second, {most} allocations"),
+            &root.join("docs/turn.svg"),
+        )?;
+    }
     if wanted("control-plane") {
         let control: Value = serde_json::from_str(&fs::read_to_string(&control_json)?)?;
         replace_section(&doc, "control-plane", &control_section(&control, &machine)?)?;
     }
-    if wanted("hot-paths") {
+    if wanted("hot-paths") && !criterion_out.is_empty() {
         replace_section(
             &doc,
             "hot-paths",
-            &criterion_section(&criterion_out, &machine),
+            &criterion_section(criterion_out, &machine),
         )?;
     }
     println!("docs/benchmarks.md updated");
@@ -381,7 +429,24 @@ fn throughput_section(doc: &Value, machine: &str) -> Result<String> {
 
 /// The plot: relayed Mpps at saturation by payload size and mode, most sessions.
 fn throughput_plot(doc: &Value, path: &Path) -> Result<()> {
-    const MODES: [&str; 4] = ["native", "generic", "off", "reflector"];
+    mode_bars(
+        doc,
+        &["native", "generic", "off", "reflector"],
+        ("relayed_pps", 1e6, "Mpps"),
+        |most| format!("Relayed packets per second, {most} sessions, one relay core"),
+        path,
+    )
+}
+
+/// Bars of one summary field (scaled down by `scale`) per payload size and mode, at the most
+/// sessions (allocations) measured.
+fn mode_bars(
+    doc: &Value,
+    modes: &[&str],
+    (field, scale, y_label): (&str, f64, &str),
+    title: impl Fn(u64) -> String,
+    path: &Path,
+) -> Result<()> {
     let summaries = array(doc, "summaries")?;
     let most = summaries
         .iter()
@@ -397,16 +462,16 @@ fn throughput_plot(doc: &Value, path: &Path) -> Result<()> {
     let mut values = Vec::new();
     for p in &payloads {
         let mut row = Vec::new();
-        for m in MODES {
-            let pps = summaries
+        for m in modes {
+            let v = summaries
                 .iter()
                 .find(|x| {
                     x.get("mode").and_then(Value::as_str) == Some(m)
                         && x.get("payload").and_then(Value::as_u64) == Some(*p)
                         && x.get("sessions").and_then(Value::as_u64) == Some(most)
                 })
-                .map_or(Ok(0.0), |x| num(x, "relayed_pps"))?;
-            row.push(pps / 1e6);
+                .map_or(Ok(0.0), |x| num(x, field))?;
+            row.push(v / scale);
         }
         values.push(row);
     }
@@ -417,12 +482,100 @@ fn throughput_plot(doc: &Value, path: &Path) -> Result<()> {
                 .iter()
                 .map(|p| format!("{p} B UDP payload"))
                 .collect(),
-            series: &MODES,
+            series: modes,
             values,
-            title: format!("Relayed packets per second, {most} sessions, one relay core"),
-            y_label: "Mpps",
+            title: title(most),
+            y_label,
         },
     )
+}
+
+/// The TURN section: each server's numbers, the ratios to coturn against their targets, and
+/// the paper 10 GbE table.
+fn turn_section(doc: &Value, machine: &str) -> Result<String> {
+    let mut s = String::new();
+    let o = doc.get("options").context("benchmark JSON: no `options`")?;
+    writeln!(
+        s,
+        "Machine: {machine}. {} interleaved rounds of {} s passes; medians. Each server relays \
+         on one core; ChannelData from each allocation's client and a datagram from its peer, \
+         in turn, at the UDP payload size given (at the relay's ingress).\n",
+        num(o, "rounds")?,
+        num(o, "seconds")?
+    )?;
+    writeln!(s, "coturn ran as `turnserver {}`.\n", text(doc, "coturn")?)?;
+    writeln!(
+        s,
+        "| server | UDP payload | allocations | relayed/s at saturation | loss | relay core busy | relay CPU ns/packet | of which the server process | XDP program ns/packet | packets per relay CPU-second |"
+    )?;
+    writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+    for x in array(doc, "summaries")? {
+        writeln!(
+            s,
+            "| {} | {} B | {} | {:.0} | {:.2} % | {:.0} % | {:.0} | {:.0} | {} | {:.0} |",
+            text(x, "mode")?,
+            num(x, "payload")?,
+            num(x, "sessions")?,
+            num(x, "relayed_pps")?,
+            num(x, "loss")? * 100.0,
+            num(x, "relay_busy")? * 100.0,
+            num(x, "cpu_ns_per_packet")?,
+            num(x, "daemon_ns_per_packet")?,
+            x.get("program_ns")
+                .and_then(Value::as_f64)
+                .map_or("–".to_string(), |p| format!("{p:.0}")),
+            num(x, "packets_per_cpu_second")?,
+        )?;
+    }
+    writeln!(
+        s,
+        "\n![packets per relay CPU-second by server and size](turn.svg)\n"
+    )?;
+    let targets = doc.get("targets").context("benchmark JSON: no `targets`")?;
+    let native_target = num(targets, "native_vs_coturn")?;
+    let userspace_target = num(targets, "userspace_vs_coturn")?;
+    writeln!(
+        s,
+        "| UDP payload | allocations | native / coturn, per relay CPU-second (target ≥ {native_target}) | userspace / coturn, per relay CPU-second (target ≥ {userspace_target}) | native / coturn, per relay CPU-second at saturation | native / coturn, relayed/s |"
+    )?;
+    writeln!(s, "|---:|---:|---:|---:|---:|---:|")?;
+    for r in array(doc, "ratios")? {
+        let native = num(r, "native_vs_coturn_per_cpu")?;
+        let userspace = num(r, "userspace_vs_coturn_per_cpu")?;
+        writeln!(
+            s,
+            "| {} B | {} | {:.1}× ({}) | {:.2}× ({}) | {:.1}× | {:.1}× |",
+            num(r, "payload")?,
+            num(r, "allocations")?,
+            native,
+            verdict(native, native_target),
+            userspace,
+            verdict(userspace, userspace_target),
+            num(r, "native_vs_coturn_per_cpu_saturated")?,
+            num(r, "native_vs_coturn_pps")?,
+        )?;
+    }
+    writeln!(
+        s,
+        "\n**On paper: a 10 GbE NIC relaying TURN** (line rate in one direction, each server's measured CPU ns per packet, most allocations):\n"
+    )?;
+    writeln!(
+        s,
+        "| UDP payload | server | packets/s at 10 Gbit/s | relay CPU ns/packet | cores |"
+    )?;
+    writeln!(s, "|---:|---|---:|---:|---:|")?;
+    for e in array(doc, "extrapolation")? {
+        writeln!(
+            s,
+            "| {} B | {} | {:.0} | {:.0} | {:.2} |",
+            num(e, "payload")?,
+            text(e, "mode")?,
+            num(e, "line_rate_pps")?,
+            num(e, "cpu_ns_per_packet")?,
+            num(e, "cores")?,
+        )?;
+    }
+    Ok(s)
 }
 
 /// Replaces the text between `<!-- BEGIN name -->` and `<!-- END name -->` in `path`.

@@ -58,10 +58,14 @@ enum Command {
         /// A few seconds' smoke run that checks the harness; leaves docs alone.
         #[arg(long)]
         quick: bool,
-        /// Run (and update the docs of) only these benchmarks: xdp-micro, throughput,
+        /// Run (and update the docs of) only these benchmarks: xdp-micro, throughput, turn,
         /// control-plane, hot-paths.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Rewrite the docs from the last results under target/bench without running anything
+        /// (after a change to how results are presented).
+        #[arg(long, conflicts_with = "quick")]
+        render: bool,
     },
     /// Build the fuzz targets (nightly, libFuzzer) and run each for a bounded time; fails on any
     /// crash. Writes target/fuzz-summary.json.
@@ -80,7 +84,11 @@ fn main() -> Result<()> {
         Command::Setup => setup::run(),
         Command::BuildEbpf { release } => ebpf::build(ebpf::profile(release)).map(|_| ()),
         Command::Test => test::run(),
-        Command::Bench { quick, only } => bench::run(quick, &only),
+        Command::Bench {
+            quick,
+            only,
+            render,
+        } => bench::run(quick, render, &only),
         Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
         Command::Demo {
             keep,

@@ -53,6 +53,8 @@ pub struct Load {
     /// The fixed cost of one generator call.
     call_overhead: Option<Duration>,
     tasks: Option<RelayTasks>,
+    /// The sink's link while it is attached.
+    sink: Option<aya::programs::xdp::XdpLinkId>,
 }
 
 /// The id of the XDP program attached to the relay's interface.
@@ -71,6 +73,7 @@ impl Load {
             gen_ifindex,
             call_overhead: None,
             tasks: None,
+            sink: None,
         })
     }
 
@@ -79,18 +82,29 @@ impl Load {
     /// the relay's state (handshakes, allocations) before.
     pub fn attach_sink(&mut self, lab: &NatLab) -> Result<()> {
         let xdp = &mut self.xdp;
-        lab.in_host(Host::Inet, || {
+        self.sink = Some(lab.in_host(Host::Inet, || {
             xdp.attach(
                 relay_common::bench::PROGRAM_SINK,
                 INET_RELAY_IF,
                 AyaMode::Driver,
             )
-        })??;
+        })??);
         let napi = cpu::threaded_napi(lab.ns(Host::Inet), INET_RELAY_IF, LOAD_CORE)?;
         // The sink's NAPI thread preempts the generator as soon as relayed frames arrive: its
         // receive ring (256 frames) must never overflow, or the relay's transmits would fail and
         // count as the relay's loss.
         cpu::realtime(napi)?;
+        Ok(())
+    }
+
+    /// Detaches the sink (to set up new relay state from the router).
+    pub fn detach_sink(&mut self, lab: &NatLab) -> Result<()> {
+        if let Some(link) = self.sink.take() {
+            let xdp = &mut self.xdp;
+            lab.in_host(Host::Inet, || {
+                xdp.detach(relay_common::bench::PROGRAM_SINK, link)
+            })??;
+        }
         Ok(())
     }
 

@@ -265,6 +265,9 @@ impl Bench {
             Mode::Native => XdpMode::Native,
             Mode::Generic => XdpMode::Generic,
             Mode::Off | Mode::Reflector => XdpMode::Off,
+            Mode::TurnNative | Mode::TurnOff | Mode::Coturn => {
+                bail!("{} is the TURN benchmark's", mode.name())
+            }
         };
         std::fs::write(&self.config, relay_config(xdp, &self.pin_dir))?;
         let relay = self.relay_bin.to_str().context("path")?.to_string();
@@ -394,14 +397,16 @@ impl Bench {
     ) -> Result<Measurement> {
         let (frame, templates) = workload::workload(&self.path, &self.vnis[..sessions], payload)?;
         let program = match mode {
-            Mode::Off => None,
+            Mode::Off | Mode::TurnOff | Mode::Coturn => None,
             Mode::Reflector => Some(
                 self.load
                     .xdp
                     .info(relay_common::bench::PROGRAM_REFLECTOR)?
                     .id(),
             ),
-            Mode::Native | Mode::Generic => Some(load::attached_program(&self.lab)?),
+            Mode::Native | Mode::Generic | Mode::TurnNative => {
+                Some(load::attached_program(&self.lab)?)
+            }
         };
         let cell = self
             .load

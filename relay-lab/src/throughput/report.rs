@@ -17,11 +17,22 @@ pub enum Mode {
     Off,
     /// A MAC-swap XDP_TX program in the driver: the practical limit of the path.
     Reflector,
+    /// TURN: the relay's TURN front with its program in the driver.
+    #[serde(rename = "turn-native")]
+    TurnNative,
+    /// TURN: the relay's TURN front without XDP (its userspace path).
+    #[serde(rename = "turn-off")]
+    TurnOff,
+    /// TURN: coturn, the server people run today.
+    Coturn,
 }
 
 impl Mode {
-    /// Every mode, in the order the benchmark interleaves them.
+    /// Every session mode, in the order the benchmark interleaves them.
     pub const ALL: [Mode; 4] = [Mode::Native, Mode::Generic, Mode::Off, Mode::Reflector];
+
+    /// Every TURN mode, in the order the TURN benchmark interleaves them.
+    pub const TURN: [Mode; 3] = [Mode::TurnNative, Mode::TurnOff, Mode::Coturn];
 
     /// Lower-case name.
     pub fn name(self) -> &'static str {
@@ -30,6 +41,9 @@ impl Mode {
             Mode::Generic => "generic",
             Mode::Off => "off",
             Mode::Reflector => "reflector",
+            Mode::TurnNative => "turn-native",
+            Mode::TurnOff => "turn-off",
+            Mode::Coturn => "coturn",
         }
     }
 }
