@@ -12,6 +12,7 @@
 
 pub mod geneve;
 pub mod turn;
+pub mod wireguard;
 
 use std::{any::Any, net::IpAddr, net::SocketAddr, path::Path, sync::Arc};
 

@@ -1,0 +1,240 @@
+//! Stock WireGuard's messages as the relay sees them: it holds no key, so it reads only the
+//! cleartext fields — the message type, the sender and receiver indices — and checks only the
+//! length of each kind. The XDP program and the daemon classify with the same function
+//! ([`classify`]), so a datagram is the same kind of message on both paths.
+//!
+//! ```text
+//! type 1  handshake initiation  148 B: type, 3×0, sender(4), ephemeral(32), static(48),
+//!                                      timestamp(28), mac1(16), mac2(16)
+//! type 2  handshake response     92 B: type, 3×0, sender(4), receiver(4), ephemeral(32),
+//!                                      empty(16), mac1(16), mac2(16)
+//! type 3  cookie reply           64 B: type, 3×0, receiver(4), nonce(24), cookie(32)
+//! type 4  transport data     32+16k B: type, 3×0, receiver(4), counter(8), data(16k), tag(16)
+//! ```
+//!
+//! Indices are little-endian on the wire (WireGuard's own convention); the relay keeps them as
+//! the four raw bytes read as a little-endian `u32`, which is what `wg` and wireguard-go log.
+//! `mac1` of a handshake message is keyed by the receiver's public key (whitepaper §5.4.4):
+//! the one field the relay can verify, with the two public keys the allocation names
+//! (`relay-userspace`'s `fronts::wireguard::mac`).
+
+/// Message type of a handshake initiation.
+pub const TYPE_INITIATION: u8 = 1;
+/// Message type of a handshake response.
+pub const TYPE_RESPONSE: u8 = 2;
+/// Message type of a cookie reply.
+pub const TYPE_COOKIE_REPLY: u8 = 3;
+/// Message type of transport data.
+pub const TYPE_DATA: u8 = 4;
+
+/// Length of a handshake initiation.
+pub const INITIATION_LEN: usize = 148;
+/// Length of a handshake response.
+pub const RESPONSE_LEN: usize = 92;
+/// Length of a cookie reply.
+pub const COOKIE_REPLY_LEN: usize = 64;
+/// Shortest transport-data message: the header and an empty (keepalive) payload's tag.
+pub const DATA_MIN_LEN: usize = 32;
+/// Transport data's header (type, reserved, receiver, counter) before the encrypted payload.
+pub const DATA_HLEN: usize = 16;
+/// WireGuard pads plaintext to a multiple of 16 before sealing it.
+pub const DATA_PADDING: usize = 16;
+/// Length of a MAC (`mac1`, `mac2`).
+pub const MAC_LEN: usize = 16;
+
+/// Offset of `mac1` in a handshake initiation (it covers the bytes before it).
+pub const INITIATION_MAC1: usize = 116;
+/// Offset of `mac1` in a handshake response.
+pub const RESPONSE_MAC1: usize = 60;
+
+/// Offset of the sender index in handshake messages.
+const SENDER_AT: usize = 4;
+/// Offset of the receiver index in a response.
+const RESPONSE_RECEIVER_AT: usize = 8;
+/// Offset of the receiver index in a cookie reply and in transport data.
+const RECEIVER_AT: usize = 4;
+
+/// What a datagram on a WireGuard relay port is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Message {
+    /// Handshake initiation; `sender` is the initiator's index for this handshake.
+    Initiation {
+        /// The initiator's sender index.
+        sender: u32,
+    },
+    /// Handshake response; `receiver` is the initiation's sender index it answers.
+    Response {
+        /// The responder's sender index (the initiator's data then carries it).
+        sender: u32,
+        /// The initiation's sender index.
+        receiver: u32,
+    },
+    /// Cookie reply to a handshake message whose sender index is `receiver`.
+    CookieReply {
+        /// The sender index of the message it answers.
+        receiver: u32,
+    },
+    /// Transport data for the session whose receiver index is `receiver`.
+    Data {
+        /// The receiving peer's index of the session.
+        receiver: u32,
+    },
+    /// Anything else: an unknown type, a non-zero reserved field, a wrong length.
+    Invalid,
+}
+
+impl Message {
+    /// Whether this is a handshake message (initiation, response, cookie reply), which the
+    /// kernel hands to userspace.
+    pub const fn is_handshake(&self) -> bool {
+        matches!(
+            self,
+            Message::Initiation { .. } | Message::Response { .. } | Message::CookieReply { .. }
+        )
+    }
+}
+
+/// Reads the little-endian index at `at` (callers have checked the length).
+#[inline(always)]
+fn index(bytes: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
+}
+
+/// Whether `len` is a valid transport-data length: header, payload padded to 16, tag.
+#[inline(always)]
+pub const fn data_len_valid(len: usize) -> bool {
+    len >= DATA_MIN_LEN && (len - DATA_MIN_LEN).is_multiple_of(DATA_PADDING)
+}
+
+/// Classifies a datagram's payload by its type byte, reserved bytes and length — everything
+/// the relay can check without keys. The XDP program calls it on the first 16 bytes plus the
+/// length ([`classify_header`]); this is the same rule over a whole payload.
+pub fn classify(payload: &[u8]) -> Message {
+    if payload.len() < DATA_HLEN {
+        return Message::Invalid;
+    }
+    let mut head = [0u8; DATA_HLEN];
+    head.copy_from_slice(&payload[..DATA_HLEN]);
+    classify_header(&head, payload.len())
+}
+
+/// [`classify`] over the first [`DATA_HLEN`] bytes and the payload's length (what the kernel
+/// reads without touching the rest).
+#[inline(always)]
+pub fn classify_header(head: &[u8; DATA_HLEN], len: usize) -> Message {
+    if head[1] != 0 || head[2] != 0 || head[3] != 0 {
+        return Message::Invalid;
+    }
+    match head[0] {
+        TYPE_INITIATION if len == INITIATION_LEN => Message::Initiation {
+            sender: index(head, SENDER_AT),
+        },
+        TYPE_RESPONSE if len == RESPONSE_LEN => Message::Response {
+            sender: index(head, SENDER_AT),
+            receiver: index(head, RESPONSE_RECEIVER_AT),
+        },
+        TYPE_COOKIE_REPLY if len == COOKIE_REPLY_LEN => Message::CookieReply {
+            receiver: index(head, RECEIVER_AT),
+        },
+        TYPE_DATA if data_len_valid(len) => Message::Data {
+            receiver: index(head, RECEIVER_AT),
+        },
+        _ => Message::Invalid,
+    }
+}
+
+/// The bytes `mac1` covers and `mac1` itself, for a handshake initiation or response
+/// (`None` for other messages or lengths).
+pub fn mac1_parts(payload: &[u8]) -> Option<(&[u8], &[u8])> {
+    let at = match (payload.first(), payload.len()) {
+        (Some(&TYPE_INITIATION), INITIATION_LEN) => INITIATION_MAC1,
+        (Some(&TYPE_RESPONSE), RESPONSE_LEN) => RESPONSE_MAC1,
+        _ => return None,
+    };
+    Some((&payload[..at], &payload[at..at + MAC_LEN]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(kind: u8) -> [u8; 256] {
+        let mut m = [0u8; 256];
+        m[0] = kind;
+        m[4..8].copy_from_slice(&0x0102_0304u32.to_le_bytes());
+        m[8..12].copy_from_slice(&0xA0B0_C0D0u32.to_le_bytes());
+        m
+    }
+
+    #[test]
+    fn each_kind_is_told_by_type_and_exact_length() {
+        let i = message(TYPE_INITIATION);
+        assert_eq!(
+            classify(&i[..INITIATION_LEN]),
+            Message::Initiation {
+                sender: 0x0102_0304
+            }
+        );
+        let r = message(TYPE_RESPONSE);
+        assert_eq!(
+            classify(&r[..RESPONSE_LEN]),
+            Message::Response {
+                sender: 0x0102_0304,
+                receiver: 0xA0B0_C0D0
+            }
+        );
+        let c = message(TYPE_COOKIE_REPLY);
+        assert_eq!(
+            classify(&c[..COOKIE_REPLY_LEN]),
+            Message::CookieReply {
+                receiver: 0x0102_0304
+            }
+        );
+        let d = message(TYPE_DATA);
+        for len in [32, 48, 64, 1440] {
+            let mut big = [0u8; 1440];
+            big[..16].copy_from_slice(&d[..16]);
+            assert_eq!(
+                classify(&big[..len]),
+                Message::Data {
+                    receiver: 0x0102_0304
+                },
+                "{len}"
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_lengths_reserved_bytes_and_types_are_invalid() {
+        let i = message(TYPE_INITIATION);
+        for len in [0, 15, 16, 147, 149, 200] {
+            assert_eq!(classify(&i[..len]), Message::Invalid, "initiation {len}");
+        }
+        let r = message(TYPE_RESPONSE);
+        for len in [91, 93, 148] {
+            assert_eq!(classify(&r[..len]), Message::Invalid, "response {len}");
+        }
+        let d = message(TYPE_DATA);
+        for len in [16, 31, 33, 47, 49] {
+            assert_eq!(classify(&d[..len]), Message::Invalid, "data {len}");
+        }
+        for kind in [0u8, 5, 0x40, 0xFF] {
+            assert_eq!(classify(&message(kind)[..64]), Message::Invalid);
+        }
+        let mut reserved = message(TYPE_DATA);
+        reserved[2] = 1;
+        assert_eq!(classify(&reserved[..32]), Message::Invalid);
+    }
+
+    #[test]
+    fn mac1_covers_everything_before_it() {
+        let i = message(TYPE_INITIATION);
+        let (covered, mac) = mac1_parts(&i[..INITIATION_LEN]).unwrap();
+        assert_eq!((covered.len(), mac.len()), (116, 16));
+        let r = message(TYPE_RESPONSE);
+        let (covered, mac) = mac1_parts(&r[..RESPONSE_LEN]).unwrap();
+        assert_eq!((covered.len(), mac.len()), (60, 16));
+        assert!(mac1_parts(&r[..64]).is_none());
+        assert!(mac1_parts(&message(TYPE_DATA)[..RESPONSE_LEN]).is_none());
+    }
+}

@@ -1,0 +1,385 @@
+//! Leg learning for stock WireGuard: which address is peer A and which is peer B, learned from
+//! their handshakes without any key and without trusting the first packet (sans-IO: the caller
+//! passes what arrived, where, and the time; this says where it goes).
+//!
+//! Each peer has a relay port of its own: peer A sends to port A (its `Endpoint` for B), peer B
+//! to port B. What arrives on port A comes from A's side and goes to B's leg, from port B — and
+//! the reverse. A leg is an address (IP and port) the relay forwards to and accepts data from.
+//!
+//! ## The rules (docs/security.md explains why each is there)
+//!
+//! 1. **Candidates.** A handshake initiation on a side's port whose `mac1` verifies for the
+//!    *other* peer's public key makes its source a candidate for that side, remembered with its
+//!    sender index for [`CANDIDATE_LIFETIME`] (one per IP address, at most [`MAX_CANDIDATES`]
+//!    per side).
+//! 2. **Initiations go** to the other side's bound leg when the pair is bound, else to the other
+//!    side's live candidates (at bootstrap neither peer's address is known; each peer's own
+//!    initiations are the only way to learn where it is).
+//! 3. **Responses** (mac1 valid for the initiator's key) are relayed only when their receiver
+//!    index is the sender index of a live candidate's initiation on the other side, and only
+//!    to that candidate; when the pair is bound, only from the responder's bound leg. Cookie
+//!    replies likewise (WireGuard's own DoS protection keeps working through the relay).
+//! 4. **Binding** needs both peers to use the new session: first the initiator's data, from the
+//!    candidate's address, with the responder's sender index (relayed to the responder), then
+//!    the responder's data, from the response's address, with the initiator's sender index. A
+//!    real responder sends that only after the initiator's data decrypted under the keys of
+//!    *this* handshake, which only the holder of the initiation's ephemeral key can derive.
+//!    So a replayed initiation (its response relayed to the replayer) never binds: the replayer
+//!    can send data with the right index, but not data the responder accepts, and the
+//!    responder's own data then never comes. Both legs bind at once.
+//! 5. **Moving.** When the pair is bound, a leg moves only through rule 4 with the *other*
+//!    leg, as bound, as the responder: one leg at a time (NAT rebinding, roaming), never both.
+//!    If both peers move at once, the pair falls back to bootstrap when both legs have been
+//!    silent for the idle time the caller applies ([`Legs::release`]).
+//! 6. **Two addresses.** The two legs are on different IP addresses (unless the pair is
+//!    created with [`Policy::shared_address`]), so one host cannot play both peers — the
+//!    only way a keyless relay can be fooled at bootstrap is by two colluding addresses that
+//!    both know the public keys and the ports (docs/security.md).
+//! 7. **Data** (type 4) is forwarded only from a bound leg, to the other bound leg, and, for
+//!    rule 4, between a confirmed response's two addresses. Anything else is dropped with a
+//!    reason.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use relay_common::wireguard::Message;
+
+/// How long an initiation's source stays a candidate. WireGuard retries a handshake every
+/// 5 s (REKEY_TIMEOUT) plus up to 333 ms of jitter, so two of a peer's initiations overlap.
+pub const CANDIDATE_LIFETIME: Duration = Duration::from_secs(10);
+/// How long a relayed response waits for the initiator's first data message (sent at once
+/// by WireGuard; the time covers a response lost and the initiator's retry).
+pub const PENDING_LIFETIME: Duration = Duration::from_secs(10);
+/// Candidates remembered per side: the real peer plus a few forged ones. More would let a
+/// flood of forged initiations turn each real initiation into many relayed copies.
+pub const MAX_CANDIDATES: usize = 4;
+/// Responses awaiting confirmation.
+pub const MAX_PENDING: usize = 4;
+
+/// A peer's side: which relay port its packets arrive on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// Peer A: sends to port A.
+    A,
+    /// Peer B: sends to port B.
+    B,
+}
+
+impl Side {
+    /// The other peer's side.
+    pub const fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    /// Index into per-side arrays.
+    pub const fn index(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
+}
+
+/// What a pair allows beyond the rules.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// Whether both legs may be on one IP address (two peers behind one NAT or carrier-grade
+    /// NAT address). Off by default: it would let a single host that knows both public keys
+    /// play both peers at bootstrap.
+    pub shared_address: bool,
+}
+
+/// What arrived: on which side's port, from where, what it is, and whether its `mac1`
+/// verifies for the receiver (the other side's public key; false for non-handshake messages).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Arrival {
+    /// The port it arrived on.
+    pub side: Side,
+    /// Its source.
+    pub from: SocketAddr,
+    /// The message's kind and indices.
+    pub message: Message,
+    /// Whether `mac1` verifies for the other side's public key.
+    pub mac1_valid: bool,
+}
+
+/// Why a datagram is not relayed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// Not a WireGuard message (type, reserved bytes, length).
+    Invalid,
+    /// A handshake message whose `mac1` does not verify for the other peer's key.
+    Mac1,
+    /// An initiation with nowhere to go yet: the other peer has not been seen (it is kept as
+    /// a candidate; WireGuard retries in 5 s).
+    NoDestination,
+    /// A response or cookie reply that answers no live initiation (or response) relayed here.
+    Unanswered,
+    /// A handshake reply from an address that is not the bound leg of its side, or from the
+    /// initiator's own IP address when the pair's legs must differ.
+    NotLeg,
+    /// Transport data from an address that is not a leg and confirms nothing.
+    Unbound,
+}
+
+/// Where an arrival goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Relay it, from the other side's port, to these addresses.
+    Relay(Vec<SocketAddr>),
+    /// It completed a handshake's confirmation: the legs are now these (A's, B's); relay it
+    /// to the other side's new leg.
+    Bind {
+        /// The new legs, A's then B's.
+        legs: [SocketAddr; 2],
+        /// Where this message goes (the other side's new leg).
+        to: SocketAddr,
+    },
+    /// Drop it, counted under this reason.
+    Refuse(Refusal),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Candidate {
+    from: SocketAddr,
+    sender: u32,
+    at: Instant,
+}
+
+/// A response relayed to an initiator, waiting for both peers' first data (rule 4).
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    initiator: Side,
+    initiator_addr: SocketAddr,
+    /// The initiator's sender index: the receiver index of the responder's data.
+    initiator_index: u32,
+    responder_addr: SocketAddr,
+    /// The responder's sender index: the receiver index of the initiator's data.
+    responder_index: u32,
+    /// Whether the initiator's data came (and was relayed to the responder).
+    initiator_sent: bool,
+    at: Instant,
+}
+
+/// One WireGuard pair's leg state.
+#[derive(Clone, Debug, Default)]
+pub struct Legs {
+    policy: Policy,
+    bound: Option<[SocketAddr; 2]>,
+    candidates: [Vec<Candidate>; 2],
+    pending: Vec<Pending>,
+}
+
+impl Legs {
+    /// A pair with no legs (just allocated).
+    pub fn new(policy: Policy) -> Legs {
+        Legs {
+            policy,
+            ..Legs::default()
+        }
+    }
+
+    /// A pair whose legs were bound before (adopted after a restart).
+    pub fn bound(policy: Policy, legs: [SocketAddr; 2]) -> Legs {
+        Legs {
+            policy,
+            bound: Some(legs),
+            ..Legs::default()
+        }
+    }
+
+    /// The bound legs, A's then B's.
+    pub fn legs(&self) -> Option<[SocketAddr; 2]> {
+        self.bound
+    }
+
+    /// Forgets the legs (both silent for the idle time): the pair learns them again from the
+    /// next handshakes.
+    pub fn release(&mut self) {
+        self.bound = None;
+        self.candidates = Default::default();
+        self.pending.clear();
+    }
+
+    /// Decides where `arrival` goes at `now`, updating what the pair has learnt.
+    pub fn on_arrival(&mut self, arrival: Arrival, now: Instant) -> Decision {
+        self.forget_stale(now);
+        let Arrival {
+            side,
+            from,
+            message,
+            mac1_valid,
+        } = arrival;
+        match message {
+            Message::Invalid => Decision::Refuse(Refusal::Invalid),
+            Message::Initiation { .. } | Message::Response { .. } if !mac1_valid => {
+                Decision::Refuse(Refusal::Mac1)
+            }
+            Message::Initiation { sender } => self.initiation(side, from, sender, now),
+            Message::Response { sender, receiver } => {
+                self.response(side, from, sender, receiver, now)
+            }
+            Message::CookieReply { receiver } => self.cookie_reply(side, from, receiver),
+            Message::Data { receiver } => self.data(side, from, receiver),
+        }
+    }
+
+    fn forget_stale(&mut self, now: Instant) {
+        for side in &mut self.candidates {
+            side.retain(|c| now.saturating_duration_since(c.at) < CANDIDATE_LIFETIME);
+        }
+        self.pending
+            .retain(|p| now.saturating_duration_since(p.at) < PENDING_LIFETIME);
+    }
+
+    /// Whether `a` and `b` may be the two legs of this pair (rule 6).
+    fn may_pair(&self, a: SocketAddr, b: SocketAddr) -> bool {
+        a != b && (self.policy.shared_address || a.ip() != b.ip())
+    }
+
+    fn initiation(&mut self, side: Side, from: SocketAddr, sender: u32, now: Instant) -> Decision {
+        // One candidate per IP address (per address and port when legs may share one): a
+        // host that floods forged initiations from many ports holds one slot, not all.
+        let shared = self.policy.shared_address;
+        let mine = &mut self.candidates[side.index()];
+        mine.retain(|c| {
+            if shared {
+                c.from != from
+            } else {
+                c.from.ip() != from.ip()
+            }
+        });
+        if mine.len() == MAX_CANDIDATES {
+            mine.remove(0);
+        }
+        mine.push(Candidate {
+            from,
+            sender,
+            at: now,
+        });
+        let to: Vec<SocketAddr> = match self.bound {
+            Some(legs) => vec![legs[side.other().index()]],
+            None => self.candidates[side.other().index()]
+                .iter()
+                .map(|c| c.from)
+                .collect(),
+        };
+        let to: Vec<SocketAddr> = to.into_iter().filter(|&a| self.may_pair(from, a)).collect();
+        if to.is_empty() {
+            Decision::Refuse(Refusal::NoDestination)
+        } else {
+            Decision::Relay(to)
+        }
+    }
+
+    /// Whether a handshake reply from `from` on `side` may be relayed at all: when the pair is
+    /// bound, only the side's bound leg answers (a leg moves by initiating, rule 5).
+    fn may_answer(&self, side: Side, from: SocketAddr) -> bool {
+        self.bound.is_none_or(|legs| legs[side.index()] == from)
+    }
+
+    /// The live initiation on `side` whose sender index is `index`, from an address that may
+    /// pair with `responder`.
+    fn initiation_by_index(
+        &self,
+        side: Side,
+        index: u32,
+        responder: SocketAddr,
+    ) -> Option<Candidate> {
+        self.candidates[side.index()]
+            .iter()
+            .rev()
+            .find(|c| c.sender == index && self.may_pair(c.from, responder))
+            .copied()
+    }
+
+    fn response(
+        &mut self,
+        side: Side,
+        from: SocketAddr,
+        sender: u32,
+        receiver: u32,
+        now: Instant,
+    ) -> Decision {
+        if !self.may_answer(side, from) {
+            return Decision::Refuse(Refusal::NotLeg);
+        }
+        let Some(initiation) = self.initiation_by_index(side.other(), receiver, from) else {
+            return Decision::Refuse(Refusal::Unanswered);
+        };
+        self.pending
+            .retain(|p| !(p.initiator_addr == initiation.from && p.responder_addr == from));
+        if self.pending.len() == MAX_PENDING {
+            self.pending.remove(0);
+        }
+        self.pending.push(Pending {
+            initiator: side.other(),
+            initiator_addr: initiation.from,
+            initiator_index: initiation.sender,
+            responder_addr: from,
+            responder_index: sender,
+            initiator_sent: false,
+            at: now,
+        });
+        Decision::Relay(vec![initiation.from])
+    }
+
+    fn cookie_reply(&mut self, side: Side, from: SocketAddr, receiver: u32) -> Decision {
+        if !self.may_answer(side, from) {
+            return Decision::Refuse(Refusal::NotLeg);
+        }
+        // Under load, a responder answers an initiation with a cookie reply …
+        if let Some(initiation) = self.initiation_by_index(side.other(), receiver, from) {
+            return Decision::Relay(vec![initiation.from]);
+        }
+        // … and an initiator under load answers a response with one.
+        match self.pending.iter().rev().find(|p| {
+            p.initiator == side && p.initiator_addr == from && p.responder_index == receiver
+        }) {
+            Some(p) => Decision::Relay(vec![p.responder_addr]),
+            None => Decision::Refuse(Refusal::Unanswered),
+        }
+    }
+
+    fn data(&mut self, side: Side, from: SocketAddr, receiver: u32) -> Decision {
+        // The responder's first data on a confirmed handshake completes it (rule 4); this
+        // comes first because the responder may be the bound leg (a roaming initiator).
+        if let Some(done) = self.pending.iter().copied().find(|p| {
+            p.initiator == side.other()
+                && p.initiator_sent
+                && p.responder_addr == from
+                && p.initiator_index == receiver
+        }) {
+            let mut legs = [from; 2];
+            legs[done.initiator.index()] = done.initiator_addr;
+            self.bound = Some(legs);
+            self.candidates = Default::default();
+            self.pending.clear();
+            return Decision::Bind {
+                legs,
+                to: done.initiator_addr,
+            };
+        }
+        if let Some(legs) = self.bound
+            && legs[side.index()] == from
+        {
+            return Decision::Relay(vec![legs[side.other().index()]]);
+        }
+        // The initiator's first data on a relayed response goes to the responder only.
+        if let Some(p) = self.pending.iter_mut().find(|p| {
+            p.initiator == side && p.initiator_addr == from && p.responder_index == receiver
+        }) {
+            p.initiator_sent = true;
+            return Decision::Relay(vec![p.responder_addr]);
+        }
+        Decision::Refuse(Refusal::Unbound)
+    }
+}
+
+#[cfg(test)]
+mod tests;
