@@ -10,7 +10,7 @@
 //! * The classifier never panics and agrees with its header-only form (the kernel's).
 #![no_main]
 
-use arbitrary::Arbitrary;
+use arbitrary::{Arbitrary, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use relay_common::wireguard::{DATA_HLEN, classify, classify_header};
 use relay_userspace::fronts::wireguard::{
@@ -18,86 +18,51 @@ use relay_userspace::fronts::wireguard::{
     simulation::{Step, World},
 };
 
-#[derive(Arbitrary, Debug)]
-enum FuzzSide {
-    A,
-    B,
+fn side(u: &mut Unstructured) -> arbitrary::Result<Side> {
+    Ok(if bool::arbitrary(u)? { Side::A } else { Side::B })
 }
 
-impl From<FuzzSide> for Side {
-    fn from(side: FuzzSide) -> Side {
-        match side {
-            FuzzSide::A => Side::A,
-            FuzzSide::B => Side::B,
-        }
-    }
+/// One step of the world, straight from the fuzzer's bytes.
+fn step(u: &mut Unstructured) -> arbitrary::Result<Step> {
+    Ok(match u.int_in_range(0..=6u8)? {
+        0 => Step::Initiate(side(u)?),
+        1 => Step::Talk(side(u)?),
+        2 => Step::Rebind(side(u)?),
+        3 => Step::Wait(u.arbitrary()?),
+        4 => Step::Release,
+        5 => Step::Forge {
+            port: u.arbitrary()?,
+            to: side(u)?,
+            kind: u.arbitrary()?,
+            first: u.arbitrary()?,
+            second: u.arbitrary()?,
+            mac1: u.arbitrary()?,
+            reuse: u.arbitrary()?,
+        },
+        _ => Step::Replay {
+            port: u.arbitrary()?,
+            to: side(u)?,
+            which: u.arbitrary()?,
+        },
+    })
 }
 
-#[derive(Arbitrary, Debug)]
-enum FuzzStep {
-    Initiate(FuzzSide),
-    Talk(FuzzSide),
-    Rebind(FuzzSide),
-    Wait(u8),
-    Release,
-    Forge {
-        port: u8,
-        to: FuzzSide,
-        kind: u8,
-        first: u32,
-        second: u32,
-        mac1: bool,
-        reuse: Option<u8>,
-    },
-    Replay {
-        port: u8,
-        to: FuzzSide,
-        which: u8,
-    },
-}
-
-#[derive(Arbitrary, Debug)]
-struct Input {
-    steps: Vec<FuzzStep>,
-    datagram: Vec<u8>,
-}
-
-fuzz_target!(|input: Input| {
-    let whole = classify(&input.datagram);
-    if input.datagram.len() >= DATA_HLEN {
-        let head: [u8; DATA_HLEN] = input.datagram[..DATA_HLEN].try_into().unwrap();
-        assert_eq!(whole, classify_header(&head, input.datagram.len()));
+fuzz_target!(|data: &[u8]| {
+    let mut u = Unstructured::new(data);
+    let Ok(datagram) = Vec::<u8>::arbitrary(&mut u) else {
+        return;
+    };
+    let whole = classify(&datagram);
+    if datagram.len() >= DATA_HLEN {
+        let head: [u8; DATA_HLEN] = datagram[..DATA_HLEN].try_into().unwrap();
+        assert_eq!(whole, classify_header(&head, datagram.len()));
     }
     let mut world = World::new();
-    for step in input.steps.into_iter().take(256) {
-        world.step(match step {
-            FuzzStep::Initiate(side) => Step::Initiate(side.into()),
-            FuzzStep::Talk(side) => Step::Talk(side.into()),
-            FuzzStep::Rebind(side) => Step::Rebind(side.into()),
-            FuzzStep::Wait(n) => Step::Wait(n),
-            FuzzStep::Release => Step::Release,
-            FuzzStep::Forge {
-                port,
-                to,
-                kind,
-                first,
-                second,
-                mac1,
-                reuse,
-            } => Step::Forge {
-                port,
-                to: to.into(),
-                kind,
-                first,
-                second,
-                mac1,
-                reuse,
-            },
-            FuzzStep::Replay { port, to, which } => Step::Replay {
-                port,
-                to: to.into(),
-                which,
-            },
-        });
+    for _ in 0..256 {
+        if u.is_empty() {
+            break;
+        }
+        let Ok(s) = step(&mut u) else { break };
+        world.step(s);
     }
 });

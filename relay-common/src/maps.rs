@@ -427,9 +427,42 @@ pub const fn rewritten_ip_len(ip_len: usize, from_v6: bool, to_v6: bool) -> usiz
     ip_len + if to_v6 { IPV6_HLEN } else { IPV4_HLEN } - if from_v6 { IPV6_HLEN } else { IPV4_HLEN }
 }
 
+/// `HASH` [`RelayPortKey`] → [`RelayPort`]: which front owns a relay port (a TURN allocation's
+/// relayed port, the TURN port itself, a WireGuard pair's port) and which of its records the
+/// port belongs to. Ports not in it (and not the session port) are never touched by the relay.
+pub const RELAY_PORTS: &str = "relay_ports";
+
+/// Key of [`RELAY_PORTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RelayPortKey {
+    /// UDP port, raw network order.
+    pub port: u16,
+    /// Reserved, zero.
+    pub reserved: u16,
+}
+
+/// Value of [`RELAY_PORTS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelayPort {
+    /// Which front owns it: [`crate::turn::FRONT_TURN`], [`crate::turn::FRONT_TURN_SERVER`],
+    /// [`crate::wireguard::FRONT_WIREGUARD`].
+    pub front: u8,
+    /// Which of the record's ports it is, for fronts with several (a WireGuard pair: 0 for
+    /// peer A's, 1 for peer B's); 0 otherwise.
+    pub side: u8,
+    /// Reserved, zero.
+    pub reserved: [u8; 2],
+    /// The front's record: a TURN allocation's slot, a WireGuard pair's slot.
+    pub slot: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    unsafe impl aya::Pod for RelayPortKey {}
+    unsafe impl aya::Pod for RelayPort {}
     unsafe impl aya::Pod for Leg {}
     unsafe impl aya::Pod for Session {}
     unsafe impl aya::Pod for SessionStats {}

@@ -18,6 +18,7 @@
 //! clients such as coturn's do with `-D`): `Length` bytes are relayed and the rest ignored.
 //! Over TCP the padding is mandatory, since it frames the next message.
 
+pub use crate::maps::{RELAY_PORTS, RelayPort, RelayPortKey};
 use crate::{
     maps::{Leg, SessionLimits},
     verdict::Reason,
@@ -180,10 +181,6 @@ pub const fn trailer_sum(window: [u8; 4], trailer: usize, window_offset: usize) 
     crate::checksum::fold(acc)
 }
 
-/// `HASH` [`RelayPortKey`] → [`RelayPort`]: which front owns a relay port (a TURN allocation's
-/// relayed port today) and which of its records the port belongs to. Ports not in it are never
-/// touched by the relay.
-pub const RELAY_PORTS: &str = "relay_ports";
 /// `HASH` allocation slot (`u32`) → [`TurnAllocation`]: what the fast path needs.
 pub const TURN_ALLOCATIONS: &str = "turn_allocs";
 /// `HASH` allocation slot → [`TurnAllocationMeta`]: the rest of the daemon's record (userspace
@@ -235,28 +232,6 @@ pub const CLIENT_UDP: u8 = 17;
 pub const CLIENT_TCP: u8 = 6;
 /// [`TurnAllocation::transport`] of a client over TLS.
 pub const CLIENT_TLS: u8 = 56;
-
-/// Key of [`RELAY_PORTS`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct RelayPortKey {
-    /// UDP port, raw network order.
-    pub port: u16,
-    /// Reserved, zero.
-    pub reserved: u16,
-}
-
-/// Value of [`RELAY_PORTS`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RelayPort {
-    /// Which front owns it ([`FRONT_TURN`]).
-    pub front: u8,
-    /// Reserved, zero.
-    pub reserved: [u8; 3],
-    /// The front's record: the allocation slot.
-    pub slot: u32,
-}
 
 /// A TURN allocation as the fast path sees it.
 #[repr(C)]
@@ -398,8 +373,6 @@ pub struct TurnKeys {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    unsafe impl aya::Pod for RelayPortKey {}
-    unsafe impl aya::Pod for RelayPort {}
     unsafe impl aya::Pod for TurnAllocation {}
     unsafe impl aya::Pod for TurnAllocationMeta {}
     unsafe impl aya::Pod for ChannelKey {}

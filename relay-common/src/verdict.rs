@@ -143,6 +143,28 @@ reasons! {
     /// relay with a channel for it, delivered to that allocation's client in one step (both
     /// WebRTC clients on this relay).
     ForwardedTurnBetweenClients = 39 => "forwarded_turn_between_clients", Forwarded;
+    /// WireGuard: transport data from a pair's bound leg, to its other bound leg.
+    ForwardedWireGuard = 40 => "forwarded_wireguard", Forwarded;
+    /// WireGuard, kernel: a handshake message (initiation, response, cookie reply); userspace
+    /// learns legs from it and relays it.
+    PassedWireGuardHandshake = 41 => "passed_wireguard_handshake", Passed;
+    /// WireGuard, kernel: transport data not from its port's bound leg; userspace accepts it
+    /// only as a handshake's confirmation (docs/security.md), else drops it.
+    PassedWireGuardUnbound = 42 => "passed_wireguard_unbound", Passed;
+    /// WireGuard: not a WireGuard message (type, reserved bytes, length).
+    DroppedWireGuardInvalid = 43 => "dropped_wireguard_invalid", Dropped;
+    /// WireGuard, userspace: a handshake message whose mac1 is not for the other peer's key.
+    DroppedWireGuardMac1 = 44 => "dropped_wireguard_mac1", Dropped;
+    /// WireGuard, userspace: an initiation with nowhere to go yet (the other peer unseen).
+    DroppedWireGuardNoDestination = 45 => "dropped_wireguard_no_destination", Dropped;
+    /// WireGuard, userspace: a response or cookie reply answering nothing relayed here.
+    DroppedWireGuardUnanswered = 46 => "dropped_wireguard_unanswered", Dropped;
+    /// WireGuard, userspace: a handshake reply from an address that may not answer (not the
+    /// bound leg, or the initiator's own IP address).
+    DroppedWireGuardNotLeg = 47 => "dropped_wireguard_not_leg", Dropped;
+    /// WireGuard, userspace: transport data from an address that is not a leg and confirms
+    /// nothing.
+    DroppedWireGuardUnbound = 48 => "dropped_wireguard_unbound", Dropped;
 }
 
 impl Reason {

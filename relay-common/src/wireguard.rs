@@ -18,6 +18,66 @@
 //! the one field the relay can verify, with the two public keys the allocation names
 //! (`relay-userspace`'s `fronts::wireguard::mac`).
 
+use crate::{
+    maps::{Leg, SessionLimits},
+    verdict::Reason,
+};
+
+/// [`crate::maps::RelayPort::front`] of a WireGuard pair's port; its `side` says whose (0: peer
+/// A's, which A sends to; 1: peer B's) and its `slot` names the pair.
+pub const FRONT_WIREGUARD: u8 = 3;
+
+/// `HASH` pair slot (`u32`) → [`WireGuardPair`]: what the fast path needs (written by the
+/// daemon when a pair's legs are learnt or move).
+pub const WIREGUARD_PAIRS: &str = "wg_pairs";
+
+/// A pair of stock WireGuard peers as the fast path sees it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WireGuardPair {
+    /// Peer A's leg and peer B's leg (`bound` once learnt from their handshakes).
+    pub legs: [Leg; 2],
+    /// The relay port of each side, raw network order: what arrives on side A's port goes to
+    /// leg B from side B's port, and the reverse.
+    pub ports: [u16; 2],
+    /// The pair's slot (its key, and its counters' index).
+    pub slot: u32,
+    /// Rate limits per direction.
+    pub limits: SessionLimits,
+}
+
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for WireGuardPair {}
+
+/// What the kernel does with a datagram to side `side`'s port of `pair` (`is_source` tells
+/// whether a leg is the datagram's source): transport data from that side's bound leg, with
+/// the other leg bound, goes to the other side (`Ok(other side)`); handshake messages and other
+/// data go to userspace, which learns and moves legs; anything else is dropped. Userspace
+/// applies the same rule before its own (`fronts::wireguard`), so the paths agree.
+#[inline(always)]
+pub fn decide(
+    pair: &WireGuardPair,
+    side: usize,
+    message: &Message,
+    is_source: impl Fn(&Leg) -> bool,
+) -> Result<usize, Reason> {
+    let other = 1 - (side & 1);
+    match message {
+        Message::Data { .. } => {
+            let from = &pair.legs[side & 1];
+            if from.is_bound() && pair.legs[other].is_bound() && is_source(from) {
+                Ok(other)
+            } else {
+                Err(Reason::PassedWireGuardUnbound)
+            }
+        }
+        Message::Initiation { .. } | Message::Response { .. } | Message::CookieReply { .. } => {
+            Err(Reason::PassedWireGuardHandshake)
+        }
+        Message::Invalid => Err(Reason::DroppedWireGuardInvalid),
+    }
+}
+
 /// Message type of a handshake initiation.
 pub const TYPE_INITIATION: u8 = 1;
 /// Message type of a handshake response.
@@ -224,6 +284,60 @@ mod tests {
         let mut reserved = message(TYPE_DATA);
         reserved[2] = 1;
         assert_eq!(classify(&reserved[..32]), Message::Invalid);
+    }
+
+    #[test]
+    fn only_data_from_the_ports_own_bound_leg_crosses_and_only_to_the_other_side() {
+        let a = Leg::bound_v4([198, 51, 100, 1], 40_000);
+        let b = Leg::bound_v6(
+            [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+            50_000,
+        );
+        let pair = WireGuardPair {
+            legs: [a, b],
+            ..Default::default()
+        };
+        let data = Message::Data { receiver: 1 };
+        let from = |leg: Leg| move |l: &Leg| *l == leg;
+        assert_eq!(decide(&pair, 0, &data, from(a)), Ok(1));
+        assert_eq!(decide(&pair, 1, &data, from(b)), Ok(0));
+        // A's address on B's port, B's on A's: not that port's leg.
+        assert_eq!(
+            decide(&pair, 1, &data, from(a)),
+            Err(Reason::PassedWireGuardUnbound)
+        );
+        assert_eq!(
+            decide(&pair, 0, &data, from(b)),
+            Err(Reason::PassedWireGuardUnbound)
+        );
+        let stranger = Leg::bound_v4([203, 0, 113, 9], 40_000);
+        assert_eq!(
+            decide(&pair, 0, &data, from(stranger)),
+            Err(Reason::PassedWireGuardUnbound)
+        );
+        let mut half = pair;
+        half.legs[1].bound = 0;
+        assert_eq!(
+            decide(&half, 0, &data, from(a)),
+            Err(Reason::PassedWireGuardUnbound)
+        );
+        for handshake in [
+            Message::Initiation { sender: 1 },
+            Message::Response {
+                sender: 1,
+                receiver: 2,
+            },
+            Message::CookieReply { receiver: 1 },
+        ] {
+            assert_eq!(
+                decide(&pair, 0, &handshake, from(a)),
+                Err(Reason::PassedWireGuardHandshake)
+            );
+        }
+        assert_eq!(
+            decide(&pair, 0, &Message::Invalid, from(a)),
+            Err(Reason::DroppedWireGuardInvalid)
+        );
     }
 
     #[test]

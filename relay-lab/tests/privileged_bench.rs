@@ -6,21 +6,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use relay_lab::throughput::{
-    self, ThroughputOptions,
-    report::{Mode, Pass},
-};
-
-fn check_pass(mode: Mode, p: &Pass) {
-    assert!(p.offered > 0, "{mode:?}: nothing offered");
-    assert!(p.relayed > 0, "{mode:?}: nothing relayed");
-    assert!(
-        p.relayed <= p.offered + 64,
-        "{mode:?}: more relayed than offered: {p:?}"
-    );
-    assert!(p.relay_cpu_ns > 0, "{mode:?}: no relay CPU time: {p:?}");
-    assert!(p.seconds > 0.0);
-}
+use common::bench::check_pass;
+use relay_lab::throughput::{self, ThroughputOptions, report::Mode};
 
 #[test]
 fn throughput_harness_relays_through_every_mode_and_accounts_for_it() {

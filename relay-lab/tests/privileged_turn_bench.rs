@@ -7,20 +7,11 @@ mod common;
 
 use std::path::PathBuf;
 
+use common::bench::check_pass;
 use relay_lab::{
-    throughput::report::{Mode, Pass},
+    throughput::report::Mode,
     turn_bench::{self, TurnBenchOptions},
 };
-
-fn check_pass(mode: Mode, p: &Pass) {
-    assert!(p.offered > 0, "{mode:?}: nothing offered");
-    assert!(p.relayed > 0, "{mode:?}: nothing relayed");
-    assert!(
-        p.relayed <= p.offered + 64,
-        "{mode:?}: more relayed than offered: {p:?}"
-    );
-    assert!(p.relay_cpu_ns > 0, "{mode:?}: no relay CPU time: {p:?}");
-}
 
 #[test]
 fn turn_harness_relays_through_both_modes_and_coturn_and_accounts_for_it() {

@@ -344,18 +344,13 @@ fn verdict(value: f64, target: f64) -> &'static str {
     if value >= target { "met" } else { "**missed**" }
 }
 
-fn throughput_section(doc: &Value, machine: &str) -> Result<String> {
-    let mut s = String::new();
-    let o = doc.get("options").context("benchmark JSON: no `options`")?;
+/// The per-cell table of a load benchmark's summaries (throughput, TURN); `names` are its first,
+/// third and eighth column headings, which differ between the two.
+fn summary_table(s: &mut String, doc: &Value, names: [&str; 3]) -> Result<()> {
+    let [mode, count, process] = names;
     writeln!(
         s,
-        "Machine: {machine}. {} interleaved rounds of {} s passes; medians.\n",
-        num(o, "rounds")?,
-        num(o, "seconds")?
-    )?;
-    writeln!(
-        s,
-        "| mode | UDP payload | sessions | relayed/s at saturation | loss | relay core busy | relay CPU ns/packet | of which daemon | XDP program ns/packet | packets per relay CPU-second |"
+        "| {mode} | UDP payload | {count} | relayed/s at saturation | loss | relay core busy | relay CPU ns/packet | {process} | XDP program ns/packet | packets per relay CPU-second |"
     )?;
     writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
     for x in array(doc, "summaries")? {
@@ -376,6 +371,19 @@ fn throughput_section(doc: &Value, machine: &str) -> Result<String> {
             num(x, "packets_per_cpu_second")?,
         )?;
     }
+    Ok(())
+}
+
+fn throughput_section(doc: &Value, machine: &str) -> Result<String> {
+    let mut s = String::new();
+    let o = doc.get("options").context("benchmark JSON: no `options`")?;
+    writeln!(
+        s,
+        "Machine: {machine}. {} interleaved rounds of {} s passes; medians.\n",
+        num(o, "rounds")?,
+        num(o, "seconds")?
+    )?;
+    summary_table(&mut s, doc, ["mode", "sessions", "of which daemon"])?;
     writeln!(
         s,
         "\n![relayed packets per second by mode and size](throughput.svg)\n"
@@ -504,29 +512,11 @@ fn turn_section(doc: &Value, machine: &str) -> Result<String> {
         num(o, "seconds")?
     )?;
     writeln!(s, "coturn ran as `turnserver {}`.\n", text(doc, "coturn")?)?;
-    writeln!(
-        s,
-        "| server | UDP payload | allocations | relayed/s at saturation | loss | relay core busy | relay CPU ns/packet | of which the server process | XDP program ns/packet | packets per relay CPU-second |"
+    summary_table(
+        &mut s,
+        doc,
+        ["server", "allocations", "of which the server process"],
     )?;
-    writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
-    for x in array(doc, "summaries")? {
-        writeln!(
-            s,
-            "| {} | {} B | {} | {:.0} | {:.2} % | {:.0} % | {:.0} | {:.0} | {} | {:.0} |",
-            text(x, "mode")?,
-            num(x, "payload")?,
-            num(x, "sessions")?,
-            num(x, "relayed_pps")?,
-            num(x, "loss")? * 100.0,
-            num(x, "relay_busy")? * 100.0,
-            num(x, "cpu_ns_per_packet")?,
-            num(x, "daemon_ns_per_packet")?,
-            x.get("program_ns")
-                .and_then(Value::as_f64)
-                .map_or("–".to_string(), |p| format!("{p:.0}")),
-            num(x, "packets_per_cpu_second")?,
-        )?;
-    }
     writeln!(
         s,
         "\n![packets per relay CPU-second by server and size](turn.svg)\n"

@@ -19,6 +19,7 @@ use relay_userspace::dataplane::{
     clock::JiffiesClock, object::PROGRAM_RELAY, simulate::RunOutcome,
 };
 
+pub mod bench;
 pub mod process;
 pub mod turn;
 pub use process::{relay_path, run_ok};

@@ -159,7 +159,8 @@ impl TurnMaps {
                 port_key,
                 RelayPort {
                     front: FRONT_TURN,
-                    reserved: [0; 3],
+                    side: 0,
+                    reserved: [0; 2],
                     slot,
                 },
                 0,
@@ -364,7 +365,8 @@ impl TurnMaps {
                 key,
                 RelayPort {
                     front: FRONT_TURN_SERVER,
-                    reserved: [0; 3],
+                    side: 0,
+                    reserved: [0; 2],
                     slot: 0,
                 },
                 0,

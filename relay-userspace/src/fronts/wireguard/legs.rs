@@ -44,7 +44,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use relay_common::wireguard::Message;
+use relay_common::{verdict::Reason, wireguard::Message};
 
 /// How long an initiation's source stays a candidate. WireGuard retries a handshake every
 /// 5 s (REKEY_TIMEOUT) plus up to 333 ms of jitter, so two of a peer's initiations overlap.
@@ -125,6 +125,20 @@ pub enum Refusal {
     NotLeg,
     /// Transport data from an address that is not a leg and confirms nothing.
     Unbound,
+}
+
+impl Refusal {
+    /// The verdict reason it is counted under.
+    pub const fn reason(self) -> Reason {
+        match self {
+            Refusal::Invalid => Reason::DroppedWireGuardInvalid,
+            Refusal::Mac1 => Reason::DroppedWireGuardMac1,
+            Refusal::NoDestination => Reason::DroppedWireGuardNoDestination,
+            Refusal::Unanswered => Reason::DroppedWireGuardUnanswered,
+            Refusal::NotLeg => Reason::DroppedWireGuardNotLeg,
+            Refusal::Unbound => Reason::DroppedWireGuardUnbound,
+        }
+    }
 }
 
 /// Where an arrival goes.
