@@ -31,6 +31,13 @@ pub const FRONT_WIREGUARD: u8 = 3;
 /// daemon when a pair's legs are learnt or move).
 pub const WIREGUARD_PAIRS: &str = "wg_pairs";
 
+/// `PERCPU_ARRAY` pair slot → [`crate::maps::SessionStats`] of the fast path (index 0: from
+/// peer A, 1: from peer B); the legs' last-seen times are what idle expiry reads.
+pub const WIREGUARD_STATS: &str = "wg_stats";
+
+/// Pairs (and pair slots) the maps hold.
+pub const DEFAULT_MAX_PAIRS: u32 = 4_096;
+
 /// A pair of stock WireGuard peers as the fast path sees it.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -3,13 +3,14 @@
 //! session's rate limits, rewrite the headers (same family or across families) and transmit,
 //! counting the packet against the session.
 
+use aya_ebpf::maps::PerCpuArray;
 use aya_ebpf::{
     bindings::xdp_action::{XDP_PASS, XDP_TX},
     programs::XdpContext,
 };
 use relay_common::{
     forward::Direction,
-    maps::{CONFIG_HAS_V4, CONFIG_HAS_V6, Leg, RelayConfig, Session},
+    maps::{CONFIG_HAS_V4, CONFIG_HAS_V6, Leg, RelayConfig, Session, SessionLimits, SessionStats},
     verdict::Reason,
     wire::{EthHdr, Ipv4Hdr, Ipv6Hdr, UDP_HLEN, UdpHdr},
 };
@@ -22,12 +23,41 @@ use crate::{
     rewrite::{self, Original, ip_len_towards},
 };
 
+/// A two-leg record a packet crosses: a session, or a WireGuard pair (whose packets leave from
+/// the other side's port rather than the session port, and count in the pair's own map).
+pub struct Crossing<'a> {
+    /// Both legs.
+    pub legs: &'a [Leg; 2],
+    /// The record's counter slot in `stats`.
+    pub slot: u32,
+    /// Its rate limits per direction.
+    pub limits: &'a SessionLimits,
+    /// Source port of the forwarded packet, raw network order.
+    pub from_port: u16,
+    /// Its fast-path counters.
+    pub stats: &'static PerCpuArray<SessionStats>,
+}
+
+impl<'a> Crossing<'a> {
+    /// A session of the session protocol: packets leave from the session port.
+    #[inline(always)]
+    pub fn session(session: &'a Session, cfg: &RelayConfig) -> Crossing<'a> {
+        Crossing {
+            legs: &session.legs,
+            slot: session.slot,
+            limits: &session.limits,
+            from_port: cfg.port,
+            stats: &SESSION_STATS,
+        }
+    }
+}
+
 /// Forwards an IPv4 packet of `session` in direction `dir`.
 #[inline(always)]
 pub fn from_v4(
     ctx: &XdpContext,
     cfg: &RelayConfig,
-    session: &Session,
+    session: &Crossing,
     dir: Direction,
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
@@ -48,9 +78,9 @@ pub fn from_v4(
             udp_len,
             traffic_class: ip.tos,
         };
-        rewrite::v4_to_v6(ctx, &old, cfg, &to, &hop)?;
+        rewrite::v4_to_v6(ctx, &old, cfg, &to, &hop, session.from_port)?;
     } else {
-        rewrite::v4_to_v4(eth, ip, udp, cfg, &to, &hop);
+        rewrite::v4_to_v4(eth, ip, udp, cfg, &to, &hop, session.from_port);
     }
     forwarded(ctx, session, dir, &to, &hop, udp_len, false, now)
 }
@@ -60,7 +90,7 @@ pub fn from_v4(
 pub fn from_v6(
     ctx: &XdpContext,
     cfg: &RelayConfig,
-    session: &Session,
+    session: &Crossing,
     dir: Direction,
     eth: &mut EthHdr,
     ip: &mut Ipv6Hdr,
@@ -72,7 +102,7 @@ pub fn from_v6(
     let hop = route(ctx, cfg, &to, u16::from_be(udp_len), udp.check, now)?;
     within_limits(cfg, session, dir, udp_len, now)?;
     if to.is_v6() {
-        rewrite::v6_to_v6(eth, ip, udp, cfg, &to, &hop);
+        rewrite::v6_to_v6(eth, ip, udp, cfg, &to, &hop, session.from_port);
     } else {
         let tc_bytes = ip.vtc_flow[0].to_ne_bytes();
         let old = Original {
@@ -84,7 +114,7 @@ pub fn from_v6(
             udp_len,
             traffic_class: (tc_bytes[0] << 4) | (tc_bytes[1] >> 4),
         };
-        rewrite::v6_to_v4(ctx, &old, cfg, &to, &hop)?;
+        rewrite::v6_to_v4(ctx, &old, cfg, &to, &hop, session.from_port)?;
     }
     forwarded(ctx, session, dir, &to, &hop, udp_len, true, now)
 }
@@ -144,7 +174,7 @@ pub fn transmit(ctx: &XdpContext, hop: &NextHop) -> u32 {
 #[inline(always)]
 fn forwarded(
     ctx: &XdpContext,
-    session: &Session,
+    session: &Crossing,
     dir: Direction,
     to: &Leg,
     hop: &NextHop,
@@ -153,7 +183,7 @@ fn forwarded(
     now: u64,
 ) -> Verdict {
     count_forwarded(
-        &SESSION_STATS,
+        session.stats,
         session.slot,
         dir.from,
         u16::from_be(udp_len) as usize - UDP_HLEN,
@@ -167,7 +197,7 @@ fn forwarded(
 #[inline(always)]
 fn within_limits(
     cfg: &RelayConfig,
-    session: &Session,
+    session: &Crossing,
     dir: Direction,
     udp_len: u16,
     now: u64,
@@ -175,9 +205,9 @@ fn within_limits(
     let payload_len = (u16::from_be(udp_len) as usize).saturating_sub(UDP_HLEN);
     if admit(
         cfg,
-        &SESSION_STATS,
+        session.stats,
         session.slot,
-        &session.limits,
+        session.limits,
         dir.from,
         payload_len,
         now,

@@ -12,7 +12,8 @@ use relay_common::{
 };
 
 use crate::{
-    Verdict, forward,
+    Verdict,
+    forward::{self, Crossing},
     maps::SESSIONS,
     packet::ptr_at,
     parse::{Packet, udp_payload_len},
@@ -30,7 +31,15 @@ pub fn relay(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdict {
             let vni = vni_of(ctx, IPV4_HLEN, ip_len - IPV4_HLEN, udp)?;
             let session = session_of(vni)?;
             let dir = decide_v4(session, ip.saddr, udp.source)?;
-            forward::from_v4(ctx, cfg, session, dir, eth, ip, udp)
+            forward::from_v4(
+                ctx,
+                cfg,
+                &Crossing::session(session, cfg),
+                dir,
+                eth,
+                ip,
+                udp,
+            )
         }
         Packet::V6 { eth, ip, udp } => {
             let vni = vni_of(ctx, IPV6_HLEN, u16::from_be(ip.payload_len) as usize, udp)?;
@@ -41,7 +50,15 @@ pub fn relay(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdict {
             }
             let session = session_of(vni)?;
             let dir = decide_v6(session, &ip.saddr, udp.source)?;
-            forward::from_v6(ctx, cfg, session, dir, eth, ip, udp)
+            forward::from_v6(
+                ctx,
+                cfg,
+                &Crossing::session(session, cfg),
+                dir,
+                eth,
+                ip,
+                udp,
+            )
         }
     }
 }

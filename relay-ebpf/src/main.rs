@@ -5,7 +5,8 @@
 //!   under one `relay_common::verdict::Reason`. It parses up to UDP ([`parse`]), then the front
 //!   that owns the destination port decides: the session protocol ([`geneve`]), which forwards
 //!   through the shared two-leg path ([`forward`]: route, rate limits, [`rewrite`]), or TURN
-//!   ([`turn`]: ChannelData between a client and its peers), whose ports are in one map.
+//!   ([`turn`]: ChannelData between a client and its peers), or stock WireGuard ([`wireguard`]:
+//!   transport data between a pair's learnt legs), whose ports are in one map.
 //! * `relay_turn` is TURN's part, tail-called by `relay_xdp` for TURN's ports.
 //! * `clock_probe` reports the kernel's jiffies to userspace (timestamps in the maps are jiffies).
 //! * `xdp_pass` passes everything: attached to the peer of a veth so XDP_TX/REDIRECT frames
@@ -23,6 +24,7 @@ mod packet;
 mod parse;
 mod rewrite;
 mod turn;
+mod wireguard;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
@@ -33,6 +35,7 @@ use relay_common::{
     maps::FRONT_PROGRAM_TURN,
     turn::{FRONT_TURN, FRONT_TURN_SERVER, RelayPortKey},
     verdict::{Outcome, Reason},
+    wireguard::FRONT_WIREGUARD,
 };
 
 use crate::{
@@ -64,14 +67,17 @@ fn relay(ctx: &XdpContext) -> Verdict {
     if port == cfg.port {
         return geneve::relay(ctx, cfg, packet);
     }
-    // Every other port the relay serves is in one map, with the front that owns it. Today
-    // that is TURN, whose program runs as a tail call: it gets a 512-byte stack of its own
-    // (its rewrite needs most of one), and the session path above stays as lean as it was.
-    if RELAY_PORTS
+    // Every other port the relay serves is in one map, with the front that owns it. A
+    // WireGuard pair's port crosses like a session (inline, the same forwarding path); TURN's
+    // program runs as a tail call: it gets a 512-byte stack of its own (its rewrite needs most
+    // of one), and the session path above stays as lean as it was.
+    let owner = RELAY_PORTS
         .get_ptr(&RelayPortKey { port, reserved: 0 })
-        .is_none()
-    {
-        return Err(Reason::PassedNotOurPort);
+        .ok_or(Reason::PassedNotOurPort)?;
+    // SAFETY: map values stay valid for the whole program run (RCU).
+    let owner = unsafe { &*owner };
+    if owner.front == FRONT_WIREGUARD {
+        return wireguard::relay(ctx, cfg, packet, owner);
     }
     // SAFETY: plain helper call; on success it does not return.
     unsafe { FRONT_PROGRAMS.tail_call(ctx, FRONT_PROGRAM_TURN) };

@@ -68,6 +68,7 @@ pub fn v4_to_v4(
     cfg: &RelayConfig,
     to: &Leg,
     hop: &NextHop,
+    from_port: u16,
 ) {
     let new_src = cfg.addr_v4;
     let new_dst = to.v4_words();
@@ -83,14 +84,14 @@ pub fn v4_to_v4(
         udp.check = Incremental::new(udp.check)
             .replace_words(&ip.saddr, &new_src)
             .replace_words(&ip.daddr, &new_dst)
-            .replace(udp.source, cfg.port)
+            .replace(udp.source, from_port)
             .replace(udp.dest, to.port)
             .finish_udp();
     }
     ip.saddr = new_src;
     ip.daddr = new_dst;
     ip.ttl = cfg.ttl;
-    udp.source = cfg.port;
+    udp.source = from_port;
     udp.dest = to.port;
     set_macs(eth, hop);
 }
@@ -104,17 +105,18 @@ pub fn v6_to_v6(
     cfg: &RelayConfig,
     to: &Leg,
     hop: &NextHop,
+    from_port: u16,
 ) {
     udp.check = Incremental::new(udp.check)
         .replace_words(&ip.saddr, &cfg.addr_v6)
         .replace_words(&ip.daddr, &to.addr)
-        .replace(udp.source, cfg.port)
+        .replace(udp.source, from_port)
         .replace(udp.dest, to.port)
         .finish_udp();
     copy8(&mut ip.saddr, &cfg.addr_v6);
     copy8(&mut ip.daddr, &to.addr);
     ip.hop_limit = cfg.hop_limit;
-    udp.source = cfg.port;
+    udp.source = from_port;
     udp.dest = to.port;
     set_macs(eth, hop);
 }
@@ -137,18 +139,18 @@ fn translate_udp<const N: usize, const M: usize>(
     old: &Original<N>,
     new_src: &[u16; M],
     new_dst: &[u16; M],
-    cfg: &RelayConfig,
     to: &Leg,
+    from_port: u16,
 ) {
     udp.check = Incremental::new(old.check)
         .remove_words(&old.saddr)
         .remove_words(&old.daddr)
         .add_words(new_src)
         .add_words(new_dst)
-        .replace(old.sport, cfg.port)
+        .replace(old.sport, from_port)
         .replace(old.dport, to.port)
         .finish_udp();
-    udp.source = cfg.port;
+    udp.source = from_port;
     udp.dest = to.port;
 }
 
@@ -161,6 +163,7 @@ pub fn v4_to_v6(
     cfg: &RelayConfig,
     to: &Leg,
     hop: &NextHop,
+    from_port: u16,
 ) -> Result<(), Reason> {
     // SAFETY: plain helper call; on failure nothing changed.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(V4_V6_HEADER_DELTA as i32)) } != 0 {
@@ -180,7 +183,7 @@ pub fn v4_to_v6(
     ip.hop_limit = cfg.hop_limit;
     copy8(&mut ip.saddr, &cfg.addr_v6);
     copy8(&mut ip.daddr, &to.addr);
-    translate_udp(udp, old, &cfg.addr_v6, &to.addr, cfg, to);
+    translate_udp(udp, old, &cfg.addr_v6, &to.addr, to, from_port);
     Ok(())
 }
 
@@ -193,6 +196,7 @@ pub fn v6_to_v4(
     cfg: &RelayConfig,
     to: &Leg,
     hop: &NextHop,
+    from_port: u16,
 ) -> Result<(), Reason> {
     // SAFETY: plain helper call; on failure nothing changed.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, V4_V6_HEADER_DELTA as i32) } != 0 {
@@ -219,7 +223,7 @@ pub fn v6_to_v4(
     header.check =
         ipv4_header_checksum(unsafe { &*(&header as *const Ipv4Hdr as *const [u16; 10]) });
     *ip = header;
-    translate_udp(udp, old, &cfg.addr_v4, &to.v4_words(), cfg, to);
+    translate_udp(udp, old, &cfg.addr_v4, &to.v4_words(), to, from_port);
     Ok(())
 }
 

@@ -17,7 +17,8 @@ use crate::{
 pub const TARGET: &str = "bpfel-unknown-none";
 /// Programs the relay object must contain.
 const PROGRAMS: &[&str] = &["relay_xdp", "relay_turn", "xdp_pass", "clock_probe"];
-/// Maps the object must contain (names from relay-common's `maps` and `turn` modules).
+/// Maps the object must contain (names from relay-common's `maps`, `turn` and `wireguard`
+/// modules).
 const MAPS: &[&str] = &[
     "sessions",
     "session_stats",
@@ -42,6 +43,8 @@ const MAPS: &[&str] = &[
     "front_programs",
     "fib_request",
     "turn_scratch",
+    "wg_pairs",
+    "wg_stats",
 ];
 /// Programs and maps of the benchmark lab's object (names from relay-common's `bench` module).
 const LAB_PROGRAMS: &[&str] = &["bench_gen", "bench_sink", "reflector"];

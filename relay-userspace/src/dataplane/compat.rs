@@ -106,9 +106,12 @@ fn expected(max_sessions: u32, max_allocations: u32) -> Vec<Expected> {
     .collect()
 }
 
-/// The TURN maps this build expects.
+/// The maps of the fronts behind the port map (TURN, WireGuard) this build expects.
 fn turn_expected(max_allocations: u32) -> Vec<Expected> {
-    use relay_common::turn::{self as t, *};
+    use relay_common::{
+        turn::{self as t, *},
+        wireguard,
+    };
     let bindings = Some(super::turn_maps::binding_capacity(max_allocations));
     let per_allocation = Some(max_allocations);
     let state = |name, key: usize, value: usize, entries| Expected {
@@ -163,6 +166,18 @@ fn turn_expected(max_allocations: u32) -> Vec<Expected> {
             per_allocation,
         ),
         state(t::TURN_KEYS, 4, size_of::<TurnKeys>(), Some(1)),
+        state(
+            wireguard::WIREGUARD_PAIRS,
+            4,
+            size_of::<wireguard::WireGuardPair>(),
+            Some(wireguard::DEFAULT_MAX_PAIRS),
+        ),
+        state(
+            wireguard::WIREGUARD_STATS,
+            4,
+            size_of::<SessionStats>(),
+            Some(wireguard::DEFAULT_MAX_PAIRS),
+        ),
     ]
 }
 

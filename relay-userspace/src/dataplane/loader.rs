@@ -31,7 +31,7 @@ pub struct LoadOptions {
 
 /// The maps a copy of the program shares with the relay it inspects: what decides a verdict.
 /// Counters stay private, so inspecting never changes the live numbers.
-pub const SHARED_MAPS: [&str; 10] = [
+pub const SHARED_MAPS: [&str; 11] = [
     names::SESSIONS,
     names::CONFIG,
     names::REDIRECT,
@@ -42,6 +42,7 @@ pub const SHARED_MAPS: [&str; 10] = [
     turn::TURN_CHANNELS,
     turn::TURN_PEERS,
     turn::TURN_PERMISSIONS,
+    relay_common::wireguard::WIREGUARD_PAIRS,
 ];
 
 /// The loaded XDP object: its programs and typed maps.

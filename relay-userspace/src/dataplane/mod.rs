@@ -11,6 +11,7 @@ pub mod object;
 pub mod settings;
 pub mod simulate;
 pub mod turn_maps;
+pub mod wireguard_maps;
 
 pub use loader::{Dataplane, LoadOptions};
 pub use maps::RelayMaps;

@@ -1,0 +1,242 @@
+//! Stock WireGuard in the XDP fast path, frame by frame (privileged: BPF_PROG_TEST_RUN with
+//! repeat = 1 in a namespace with real routes). A pair is installed through the daemon's map
+//! code (`WireGuardMaps::put`). Transport data from a side's bound leg, to that side's port,
+//! must leave byte-exact for the other leg from the other side's port; everything else must
+//! go up to the daemon or be dropped, unmodified, counted under its reason.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use relay_common::{
+    maps::{SessionLimits, SessionStats},
+    verdict::Reason,
+    wireguard::{INITIATION_LEN, RESPONSE_LEN, WireGuardPair},
+};
+use relay_userspace::dataplane::{simulate::XdpAction, wireguard_maps::WireGuardMaps};
+
+const SLOT: u32 = 3;
+/// Peer A's relay port (A sends here) and peer B's.
+const PORTS: [u16; 2] = [51_820, 51_821];
+
+fn relay_at(family_of: SocketAddr, port: u16) -> SocketAddr {
+    match family_of {
+        SocketAddr::V4(_) => SocketAddr::new(RELAY_V4.into(), port),
+        SocketAddr::V6(_) => SocketAddr::new(RELAY_V6.into(), port),
+    }
+}
+
+/// A WireGuard message of `kind` and `len` bytes (receiver index 7 for data).
+fn message(kind: u8, len: usize) -> Vec<u8> {
+    let mut m: Vec<u8> = (0..len).map(|i| (i * 13 + 5) as u8).collect();
+    m[..4].copy_from_slice(&[kind, 0, 0, 0]);
+    m[4..8].copy_from_slice(&7u32.to_le_bytes());
+    m
+}
+
+fn data(len: usize) -> Vec<u8> {
+    message(4, len)
+}
+
+/// A fixture with a pair whose legs are `a` and `b` (`None`: not learnt yet).
+fn with_pair(a: Option<&str>, b: Option<&str>) -> (Fixture, WireGuardMaps) {
+    let fx = Fixture::new();
+    let mut maps = WireGuardMaps::open_pinned(fx.sandbox.pin_dir()).unwrap();
+    let leg_of = |l: Option<&str>| l.map_or_else(unbound_leg, |l| leg(sa(l)));
+    maps.put(&WireGuardPair {
+        legs: [leg_of(a), leg_of(b)],
+        ports: PORTS.map(u16::to_be),
+        slot: SLOT,
+        limits: SessionLimits::default(),
+    })
+    .unwrap();
+    (fx, maps)
+}
+
+fn run(
+    fx: &mut Fixture,
+    maps: &WireGuardMaps,
+    frame: &[u8],
+) -> (XdpAction, Vec<u8>, Deltas, SessionStats) {
+    let before = maps.kernel_stats(SLOT).unwrap();
+    let (out, deltas) = fx.run(frame, 0);
+    let after = maps.kernel_stats(SLOT).unwrap();
+    let stats = SessionStats {
+        packets: [0, 1].map(|i| after.packets[i] - before.packets[i]),
+        bytes: [0, 1].map(|i| after.bytes[i] - before.bytes[i]),
+        last_seen: after.last_seen,
+        ..Default::default()
+    };
+    (out.action, out.frame, deltas, stats)
+}
+
+/// `payload` from `from` to side `side`'s port.
+fn to_port(from: &str, side: usize, payload: &[u8], opts: FrameOpts) -> Vec<u8> {
+    let from = sa(from);
+    udp_frame(from, relay_at(from, PORTS[side]), payload, opts)
+}
+
+fn assert_not_relayed(
+    fx: &mut Fixture,
+    maps: &WireGuardMaps,
+    frame: &[u8],
+    action: XdpAction,
+    reason: Reason,
+) {
+    let (got, out, deltas, stats) = run(fx, maps, frame);
+    assert_eq!(
+        got,
+        action,
+        "action for {}; counted {:?}",
+        reason.name(),
+        deltas.counted()
+    );
+    assert_eq!(out, frame, "a frame not relayed is not modified");
+    deltas.assert_only(reason, frame.len());
+    assert_eq!(stats.packets, [0, 0], "nothing counted for the pair");
+}
+
+#[test]
+fn data_from_a_bound_leg_crosses_to_the_other_leg_from_the_other_port_in_every_family_pair() {
+    require_root!();
+    for (a, b) in [
+        (LEG_A4, LEG_B4),
+        (LEG_A6, LEG_B6),
+        (LEG_A4, LEG_B6),
+        (LEG_A6, LEG_B4),
+    ] {
+        let (mut fx, maps) = with_pair(Some(a), Some(b));
+        for (from, side, to) in [(a, 0, b), (b, 1, a)] {
+            for len in [32, 48, 1440] {
+                let payload = data(len);
+                let frame = to_port(
+                    from,
+                    side,
+                    &payload,
+                    FrameOpts {
+                        ttl: 7,
+                        ..Default::default()
+                    },
+                );
+                let expected = expected_relayed(
+                    &frame,
+                    PORTS[1 - side],
+                    sa(to),
+                    &payload,
+                    RELAY_MAC,
+                    GATEWAY_MAC,
+                );
+                let (action, out, deltas, stats) = run(&mut fx, &maps, &frame);
+                assert_eq!(
+                    action,
+                    XdpAction::Tx,
+                    "{from} → {to}: {:?}",
+                    deltas.counted()
+                );
+                assert_eq!(out, expected, "{from} → {to}, {len} B");
+                deltas.assert_only(Reason::ForwardedWireGuard, frame.len());
+                let mut want = [0; 2];
+                want[side] = 1;
+                assert_eq!(stats.packets, want);
+                assert_eq!(stats.bytes[side], len as u64);
+            }
+        }
+    }
+}
+
+#[test]
+fn handshakes_and_data_from_anyone_else_go_up_and_garbage_is_dropped() {
+    require_root!();
+    let (mut fx, maps) = with_pair(Some(LEG_A4), Some(LEG_B4));
+    let up = XdpAction::Pass;
+    // Handshake messages, even from a bound leg: userspace learns from them.
+    for (kind, len) in [(1, INITIATION_LEN), (2, RESPONSE_LEN), (3, 64)] {
+        let frame = to_port(LEG_A4, 0, &message(kind, len), FrameOpts::default());
+        assert_not_relayed(&mut fx, &maps, &frame, up, Reason::PassedWireGuardHandshake);
+    }
+    // Data from B's leg on A's port, from a stranger, from A's address on another port.
+    for (from, side) in [
+        (LEG_B4, 0),
+        (LEG_A4, 1),
+        ("203.0.113.9:40000", 0),
+        ("198.51.100.10:40009", 0),
+    ] {
+        let frame = to_port(from, side, &data(64), FrameOpts::default());
+        assert_not_relayed(&mut fx, &maps, &frame, up, Reason::PassedWireGuardUnbound);
+    }
+    // Not WireGuard: an unknown type, a wrong length, reserved bytes set, too short.
+    let mut reserved = data(64);
+    reserved[2] = 1;
+    for payload in [
+        message(5, 64),
+        data(33),
+        message(1, 147),
+        reserved,
+        vec![4, 0, 0],
+    ] {
+        let frame = to_port(LEG_A4, 0, &payload, FrameOpts::default());
+        assert_not_relayed(
+            &mut fx,
+            &maps,
+            &frame,
+            XdpAction::Drop,
+            Reason::DroppedWireGuardInvalid,
+        );
+    }
+}
+
+#[test]
+fn a_pair_with_a_leg_not_learnt_forwards_nothing_and_a_removed_pair_leaves_its_ports() {
+    require_root!();
+    let (mut fx, mut maps) = with_pair(Some(LEG_A4), None);
+    let frame = to_port(LEG_A4, 0, &data(64), FrameOpts::default());
+    assert_not_relayed(
+        &mut fx,
+        &maps,
+        &frame,
+        XdpAction::Pass,
+        Reason::PassedWireGuardUnbound,
+    );
+    maps.delete(SLOT).unwrap();
+    assert_not_relayed(
+        &mut fx,
+        &maps,
+        &frame,
+        XdpAction::Pass,
+        Reason::PassedNotOurPort,
+    );
+}
+
+#[test]
+fn the_pairs_rate_limit_applies_per_direction() {
+    require_root!();
+    let (mut fx, mut maps) = with_pair(Some(LEG_A4), Some(LEG_B4));
+    let mut pair = maps.pairs.get(&SLOT, 0).unwrap();
+    pair.limits = SessionLimits {
+        packets_per_sec: 2,
+        kbytes_per_sec: 0,
+    };
+    maps.put(&pair).unwrap();
+    let frame = to_port(LEG_A4, 0, &data(64), FrameOpts::default());
+    let mut forwarded = 0;
+    let mut limited = 0;
+    for _ in 0..10 {
+        let (action, _, deltas, _) = run(&mut fx, &maps, &frame);
+        match action {
+            XdpAction::Tx => forwarded += 1,
+            XdpAction::Drop => {
+                deltas.assert_only(Reason::DroppedRateLimited, frame.len());
+                limited += 1;
+            }
+            other => panic!("{other:?}: {:?}", deltas.counted()),
+        }
+    }
+    assert!(
+        (1..=3).contains(&forwarded) && limited == 10 - forwarded,
+        "{forwarded} forwarded, {limited} limited"
+    );
+    // B's direction has a bucket of its own.
+    let frame = to_port(LEG_B4, 1, &data(64), FrameOpts::default());
+    assert_eq!(run(&mut fx, &maps, &frame).0, XdpAction::Tx);
+}

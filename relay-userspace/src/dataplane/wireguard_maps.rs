@@ -1,0 +1,102 @@
+//! Typed access to the WireGuard pair maps (`relay_common::wireguard`): the daemon writes a
+//! pair's ports into the port map and its legs into the pair map as it learns them; the CLI and
+//! idle expiry read the fast path's counters (and the legs' last-seen times).
+
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use relay_common::{
+    maps::{RELAY_PORTS, RelayPort, RelayPortKey, SessionStats},
+    wireguard::{FRONT_WIREGUARD, WIREGUARD_PAIRS, WIREGUARD_STATS, WireGuardPair},
+};
+
+use super::maps::MapsError;
+
+/// The WireGuard maps, typed.
+pub struct WireGuardMaps {
+    /// Relay port → owner (shared with TURN).
+    pub relay_ports: HashMap<MapData, RelayPortKey, RelayPort>,
+    /// Slot → pair.
+    pub pairs: HashMap<MapData, u32, WireGuardPair>,
+    /// Slot → per-CPU fast-path counters.
+    pub stats: PerCpuArray<MapData, SessionStats>,
+}
+
+fn err(map: &'static str) -> impl Fn(MapError) -> MapsError {
+    move |source| MapsError::Map { map, source }
+}
+
+fn typed<T>(name: &'static str, map: Map) -> Result<T, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    T::try_from(map).map_err(err(name))
+}
+
+impl WireGuardMaps {
+    /// Reopens the maps pinned in `dir`.
+    pub fn open_pinned(dir: &std::path::Path) -> Result<WireGuardMaps, MapsError> {
+        let get = |name| super::maps::pinned_map(dir, name);
+        Ok(WireGuardMaps {
+            relay_ports: typed(RELAY_PORTS, get(RELAY_PORTS)?)?,
+            pairs: typed(WIREGUARD_PAIRS, get(WIREGUARD_PAIRS)?)?,
+            stats: typed(WIREGUARD_STATS, get(WIREGUARD_STATS)?)?,
+        })
+    }
+
+    /// Writes `pair` (its legs bound or not) and claims its two ports for it. The pair is
+    /// written first, so a port never names a missing pair.
+    pub fn put(&mut self, pair: &WireGuardPair) -> Result<(), MapsError> {
+        self.pairs
+            .insert(pair.slot, *pair, 0)
+            .map_err(err(WIREGUARD_PAIRS))?;
+        for (side, port) in pair.ports.iter().enumerate() {
+            let owner = RelayPort {
+                front: FRONT_WIREGUARD,
+                side: side as u8,
+                reserved: [0; 2],
+                slot: pair.slot,
+            };
+            self.relay_ports
+                .insert(
+                    RelayPortKey {
+                        port: *port,
+                        reserved: 0,
+                    },
+                    owner,
+                    0,
+                )
+                .map_err(err(RELAY_PORTS))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the pair in `slot` and its ports (the ports first, so none names a missing pair).
+    pub fn delete(&mut self, slot: u32) -> Result<(), MapsError> {
+        let Ok(pair) = self.pairs.get(&slot, 0) else {
+            return Ok(());
+        };
+        for port in pair.ports {
+            match self.relay_ports.remove(&RelayPortKey { port, reserved: 0 }) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(source) => {
+                    return Err(MapsError::Map {
+                        map: RELAY_PORTS,
+                        source,
+                    });
+                }
+            }
+        }
+        match self.pairs.remove(&slot) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(source) => Err(MapsError::Map {
+                map: WIREGUARD_PAIRS,
+                source,
+            }),
+        }
+    }
+
+    /// Fast-path counters of `slot`, summed over CPUs.
+    pub fn kernel_stats(&self, slot: u32) -> Result<SessionStats, MapsError> {
+        let per_cpu = self.stats.get(&slot, 0).map_err(err(WIREGUARD_STATS))?;
+        Ok(SessionStats::sum(per_cpu.iter()))
+    }
+}
