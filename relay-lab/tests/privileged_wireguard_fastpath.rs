@@ -240,3 +240,95 @@ fn the_pairs_rate_limit_applies_per_direction() {
     let frame = to_port(LEG_B4, 1, &data(64), FrameOpts::default());
     assert_eq!(run(&mut fx, &maps, &frame).0, XdpAction::Tx);
 }
+
+/// Where a relayed frame goes: (source port, destination).
+fn destination(frame: &[u8]) -> (u16, SocketAddr) {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(frame).unwrap();
+    let ip: std::net::IpAddr = match p.net.unwrap() {
+        NetSlice::Ipv4(v4) => v4.header().destination_addr().into(),
+        NetSlice::Ipv6(v6) => v6.header().destination_addr().into(),
+        _ => panic!("not IP"),
+    };
+    let Some(TransportSlice::Udp(udp)) = p.transport else {
+        panic!("not UDP")
+    };
+    (
+        udp.source_port(),
+        SocketAddr::new(ip, udp.destination_port()),
+    )
+}
+
+/// The userspace path (`fronts::wireguard::relaying::Pair`, as with `xdp.mode: off`) and the
+/// kernel decide every frame alike: what XDP forwards, userspace relays to the same address
+/// from the same port; what XDP drops, userspace drops for the same reason; data XDP hands up
+/// from a non-leg, userspace refuses (no handshake is pending).
+#[test]
+fn kernel_and_userspace_agree_frame_by_frame() {
+    require_root!();
+    use relay_userspace::fronts::wireguard::{
+        legs::{Policy, Side},
+        relaying::{Outcome, Pair},
+    };
+    for (a, b) in [(LEG_A4, LEG_B4), (LEG_A6, LEG_B4)] {
+        let (mut fx, maps) = with_pair(Some(a), Some(b));
+        let record = maps.pairs.get(&SLOT, 0).unwrap();
+        let mut userspace = Pair::new(record, &[1; 32], &[2; 32], Policy::default());
+        let mut reserved = data(64);
+        reserved[1] = 9;
+        let frames: Vec<(&str, usize, Vec<u8>)> = vec![
+            (a, 0, data(32)),
+            (b, 1, data(1440)),
+            (b, 0, data(64)),
+            (a, 1, data(64)),
+            ("203.0.113.7:40000", 0, data(64)),
+            ("[2001:db8:9::7]:40000", 1, data(48)),
+            (a, 0, message(9, 64)),
+            (a, 0, data(50)),
+            (b, 1, reserved),
+            (a, 0, vec![4, 0]),
+        ];
+        for (from, side, payload) in frames {
+            let frame = to_port(from, side, &payload, FrameOpts::default());
+            let (action, out, deltas, _) = run(&mut fx, &maps, &frame);
+            let side_of = if side == 0 { Side::A } else { Side::B };
+            let user =
+                userspace.on_datagram(side_of, sa(from), &payload, std::time::Instant::now());
+            let case = format!(
+                "{from} → port {side}: kernel {:?}, userspace {user:?}",
+                deltas.counted()
+            );
+            match action {
+                XdpAction::Tx => {
+                    let (sport, to) = destination(&out);
+                    assert_eq!(
+                        user,
+                        Outcome::Relay {
+                            from_port: sport,
+                            to: vec![to],
+                            reason: Reason::ForwardedWireGuard
+                        },
+                        "{case}"
+                    );
+                }
+                XdpAction::Drop => {
+                    deltas.assert_only(Reason::DroppedWireGuardInvalid, frame.len());
+                    assert_eq!(
+                        user,
+                        Outcome::Refuse(Reason::DroppedWireGuardInvalid),
+                        "{case}"
+                    );
+                }
+                XdpAction::Pass => {
+                    deltas.assert_only(Reason::PassedWireGuardUnbound, frame.len());
+                    assert_eq!(
+                        user,
+                        Outcome::Refuse(Reason::DroppedWireGuardUnbound),
+                        "{case}"
+                    );
+                }
+                other => panic!("{other:?}: {case}"),
+            }
+        }
+    }
+}

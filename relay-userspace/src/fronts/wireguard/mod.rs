@@ -6,4 +6,5 @@
 
 pub mod legs;
 pub mod mac;
+pub mod relaying;
 pub mod simulation;
