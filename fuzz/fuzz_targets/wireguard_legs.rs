@@ -19,7 +19,11 @@ use relay_userspace::fronts::wireguard::{
 };
 
 fn side(u: &mut Unstructured) -> arbitrary::Result<Side> {
-    Ok(if bool::arbitrary(u)? { Side::A } else { Side::B })
+    Ok(if bool::arbitrary(u)? {
+        Side::A
+    } else {
+        Side::B
+    })
 }
 
 /// One step of the world, straight from the fuzzer's bytes.
