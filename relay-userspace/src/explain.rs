@@ -15,6 +15,7 @@ use relay_common::{
     geneve::{Datagram, GeneveHdr},
     turn::{CHANNEL_DATA_HLEN, FRONT_TURN, FRONT_TURN_SERVER, STUN_HLEN, TurnDatagram},
     verdict::Reason,
+    wireguard::{self, FRONT_WIREGUARD},
 };
 use serde::Serialize;
 
@@ -123,6 +124,8 @@ pub struct Ports {
     pub turn: Vec<u16>,
     /// TURN allocations' relayed ports and their slots.
     pub relayed: Vec<(u16, u32)>,
+    /// WireGuard pairs' ports: port, side (0: peer A's), pair slot.
+    pub wireguard: Vec<(u16, u8, u32)>,
 }
 
 impl Ports {
@@ -138,6 +141,7 @@ impl Ports {
             match owner.front {
                 FRONT_TURN_SERVER => ports.turn.push(port),
                 FRONT_TURN => ports.relayed.push((port, owner.slot)),
+                FRONT_WIREGUARD => ports.wireguard.push((port, owner.side, owner.slot)),
                 _ => {}
             }
         }
@@ -236,6 +240,15 @@ pub fn describe_with(frame: &[u8], ports: &Ports) -> String {
             let _ = writeln!(out, "{}", describe_turn(payload));
             return out.trim_end().to_string();
         }
+        if let Some((port, side, slot)) = ports.wireguard.iter().find(|(p, _, _)| either(*p)) {
+            let _ = writeln!(
+                out,
+                "{}, WireGuard pair slot {slot}, peer {}'s port {port}",
+                describe_wireguard(payload),
+                if *side == 0 { 'A' } else { 'B' }
+            );
+            return out.trim_end().to_string();
+        }
         if ports.geneve.is_none_or(|g| !either(g))
             && let Some((port, slot)) = ports.relayed.iter().find(|(p, _)| either(*p))
         {
@@ -271,6 +284,28 @@ pub fn describe_with(frame: &[u8], ports: &Ports) -> String {
         let _ = writeln!(out, "not UDP");
     }
     out.trim_end().to_string()
+}
+
+/// A WireGuard message by what the relay can read of it: its type and indices.
+fn describe_wireguard(payload: &[u8]) -> String {
+    match wireguard::classify(payload) {
+        wireguard::Message::Initiation { sender } => {
+            format!("wireguard handshake initiation, sender {sender:#010x}")
+        }
+        wireguard::Message::Response { sender, receiver } => {
+            format!("wireguard handshake response, sender {sender:#010x} receiver {receiver:#010x}")
+        }
+        wireguard::Message::CookieReply { receiver } => {
+            format!("wireguard cookie reply, receiver {receiver:#010x}")
+        }
+        wireguard::Message::Data { receiver } => format!(
+            "wireguard transport data, receiver {receiver:#010x}, {} bytes",
+            payload.len()
+        ),
+        wireguard::Message::Invalid => {
+            format!("not a WireGuard message ({} bytes)", payload.len())
+        }
+    }
 }
 
 /// A payload on the TURN port: ChannelData or a STUN message.
@@ -395,11 +430,48 @@ mod tests {
     }
 
     #[test]
+    fn describes_wireguard_by_port() {
+        let ports = Ports {
+            geneve: Some(6081),
+            wireguard: vec![(51_820, 0, 4), (51_821, 1, 4)],
+            ..Default::default()
+        };
+        let frame = |dport: u16, payload: &[u8]| {
+            let mut f = Vec::new();
+            etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+                .ipv4([198, 51, 100, 1], [192, 0, 2, 10], 64)
+                .udp(40_000, dport)
+                .write(&mut f, payload)
+                .unwrap();
+            f
+        };
+        let mut data = vec![0u8; 48];
+        data[0] = 4;
+        data[4..8].copy_from_slice(&0x1234u32.to_le_bytes());
+        let text = describe_with(&frame(51_821, &data), &ports);
+        assert!(
+            text.contains("wireguard transport data, receiver 0x00001234, 48 bytes, WireGuard pair slot 4, peer B's port 51821"),
+            "{text}"
+        );
+        let mut init = vec![0u8; 148];
+        init[0] = 1;
+        let text = describe_with(&frame(51_820, &init), &ports);
+        assert!(text.contains("handshake initiation"), "{text}");
+        assert!(text.contains("peer A's port 51820"), "{text}");
+        let text = describe_with(&frame(51_820, &[9; 20]), &ports);
+        assert!(
+            text.contains("not a WireGuard message (20 bytes)"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn describes_turn_by_port() {
         let ports = Ports {
             geneve: Some(6081),
             turn: vec![3478],
             relayed: vec![(50_002, 7)],
+            wireguard: Vec::new(),
         };
         let frame = |sport: u16, dport: u16, payload: &[u8]| {
             let mut f = Vec::new();
