@@ -50,6 +50,44 @@ pub fn start(scenario: &mut Scenario) -> Result<[String; 2]> {
     })
 }
 
+/// Starts wireguard-go on both clients as stock WireGuard peers with no sidecar: client A's
+/// endpoint for B is `endpoints[0]`, B's for A `endpoints[1]` (a relay's two ports for the
+/// pair), with WireGuard's own PersistentKeepalive of `keepalive` seconds. Returns the
+/// interface names and the two public keys (A's, B's), as `wg` prints them.
+pub fn start_stock(
+    scenario: &mut Scenario,
+    endpoints: [std::net::SocketAddr; 2],
+    keepalive: u32,
+) -> Result<([String; 2], [String; 2])> {
+    let names = start_with(scenario, |(mine, peer, peer_addr), _| {
+        // A's peer is B (TUNNEL_B): A sends to the first endpoint.
+        let endpoint = endpoints[usize::from(peer_addr == TUNNEL_A)];
+        Ok(vec![
+            "set".into(),
+            "IFACE".into(),
+            "private-key".into(),
+            mine.to_str().context("path")?.to_string(),
+            "peer".into(),
+            peer.to_string(),
+            "endpoint".into(),
+            endpoint.to_string(),
+            "allowed-ips".into(),
+            format!("{peer_addr}/32"),
+            "persistent-keepalive".into(),
+            keepalive.to_string(),
+        ])
+    })?;
+    let mut keys = [String::new(), String::new()];
+    for (i, host) in [Host::ClientA, Host::ClientB].into_iter().enumerate() {
+        keys[i] = scenario
+            .lab
+            .exec(host, "wg", &["show", &names[i], "public-key"])?
+            .trim()
+            .to_string();
+    }
+    Ok((names, keys))
+}
+
 /// Starts wireguard-go on both clients, each configured (`wg setconf`) from `template`: a
 /// WireGuard configuration file whose `PrivateKey`, `PublicKey` and `AllowedIPs` values are
 /// replaced by the client's key, its peer's key and its peer's tunnel address; every other line
