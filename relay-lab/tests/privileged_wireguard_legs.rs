@@ -1,7 +1,8 @@
 //! Stock WireGuard (wireguard-go, configured with `wg`, no sidecar) behind the lab's two NATs,
 //! each peer's endpoint one of a pair's two relay ports, with the relay's leg learning
 //! (`fronts::wireguard::relaying::Pair`) deciding every datagram — driven here by a small
-//! test loop on the relay host's two sockets, the userspace path as it will run in the daemon.
+//! test loop on the relay host's two sockets, the userspace path as it will run in the daemon,
+//! with the relay's XDP program off and native (the pair written to the maps on binding).
 //! It checks the learning rules against the real protocol: mac1 under the real public keys,
 //! both peers' handshakes and first data, and that the legs are the two NATs' addresses; and
 //! that an attacker host that knows both public keys, forges initiations with a valid mac1,
@@ -26,6 +27,7 @@ use relay_lab::{
     wireguard::{TUNNEL_A, TUNNEL_B, start_stock},
 };
 use relay_userspace::config::XdpMode;
+use relay_userspace::dataplane::wireguard_maps::WireGuardMaps;
 use relay_userspace::fronts::wireguard::{
     legs::{Policy, Side},
     mac::{Mac1Key, PublicKey},
@@ -37,6 +39,8 @@ const PORTS: [u16; 2] = [51_820, 51_821];
 /// The relay side of the test: the pair, its two sockets and what it did.
 struct Relay {
     pair: Mutex<Pair>,
+    /// The fast path's maps, when XDP runs: the pair is written on binding, as the daemon will.
+    maps: Option<Mutex<WireGuardMaps>>,
     sockets: [UdpSocket; 2],
     stop: AtomicBool,
     relayed_data: AtomicU64,
@@ -75,7 +79,14 @@ impl Relay {
                         let _ = self.socket_of(from_port).send_to(payload, to);
                     }
                 }
-                Outcome::Bound { from_port, to, .. } => {
+                Outcome::Bound {
+                    record,
+                    from_port,
+                    to,
+                } => {
+                    if let Some(maps) = &self.maps {
+                        maps.lock().unwrap().put(&record).unwrap();
+                    }
                     let _ = self.socket_of(from_port).send_to(payload, to);
                 }
                 Outcome::Refuse(reason) => self.refused.lock().unwrap().push((from, reason)),
@@ -96,10 +107,11 @@ fn ping(lab: &NatLab, host: Host, to: &str) -> bool {
     lab.exec(host, "ping", &["-c", "1", "-W", "1", to]).is_ok()
 }
 
-#[test]
-fn real_wireguard_peers_teach_the_relay_their_legs_and_an_attacker_never_becomes_one() {
-    require_root!();
-    let mut options = ScenarioOptions::new(common::relay_path().into(), XdpMode::Off);
+/// Runs the pair between two real peers with the relay's XDP program in `xdp` mode (the pair
+/// written to its maps when it binds); returns the relay side (its counters) and the pair's
+/// kernel counters.
+fn pair_between_real_peers(xdp: XdpMode) -> (Arc<Relay>, relay_common::maps::SessionStats) {
+    let mut options = ScenarioOptions::new(common::relay_path().into(), xdp);
     options.sessions = false;
     let mut s = Scenario::start(options).unwrap();
     let endpoints = PORTS.map(|p| NatLab::relay_endpoint(false, p));
@@ -122,8 +134,16 @@ fn real_wireguard_peers_teach_the_relay_their_legs_and_an_attacker_never_becomes
         slot: 0,
         ..Default::default()
     };
+    let maps = (xdp != XdpMode::Off).then(|| {
+        let mut maps = WireGuardMaps::open_pinned(&s.pin_dir).unwrap();
+        // The ports are the pair's before anything is learnt: the program hands their
+        // handshakes up to these sockets.
+        maps.put(&record).unwrap();
+        Mutex::new(maps)
+    });
     let relay = Arc::new(Relay {
         pair: Mutex::new(Pair::new(record, &keys[0], &keys[1], Policy::default())),
+        maps,
         sockets,
         stop: AtomicBool::new(false),
         relayed_data: AtomicU64::new(0),
@@ -164,11 +184,9 @@ fn real_wireguard_peers_teach_the_relay_their_legs_and_an_attacker_never_becomes
         [addr::NAT_A_V4, addr::NAT_B_V4].map(|a| a.parse::<std::net::IpAddr>().unwrap()),
         "the legs are the NATs' public addresses"
     );
-    for _ in 0..5 {
+    for _ in 0..10 {
         assert!(ping(&s.lab, Host::ClientA, TUNNEL_B));
     }
-    let relayed = relay.relayed_data.load(Ordering::Relaxed);
-    assert!(relayed >= 10, "{relayed} data messages relayed");
 
     // The attacker knows both public keys and the two ports: forged initiations with a valid
     // mac1 to both ports, from several of its ports; then data sprayed at both.
@@ -227,4 +245,37 @@ fn real_wireguard_peers_teach_the_relay_their_legs_and_an_attacker_never_becomes
     for t in threads {
         t.join().unwrap();
     }
+    let kernel = match &relay.maps {
+        Some(maps) => maps.lock().unwrap().kernel_stats(0).unwrap(),
+        None => Default::default(),
+    };
+    (relay, kernel)
+}
+
+#[test]
+fn real_wireguard_peers_teach_the_relay_their_legs_and_an_attacker_never_becomes_one() {
+    require_root!();
+    let (relay, kernel) = pair_between_real_peers(XdpMode::Off);
+    let relayed = relay.relayed_data.load(Ordering::Relaxed);
+    assert!(
+        relayed >= 20,
+        "{relayed} data messages relayed in userspace"
+    );
+    assert_eq!(kernel.packets, [0, 0]);
+}
+
+/// The same with the relay's XDP program: once the legs are learnt, the tunnel's data crosses
+/// in the kernel; userspace saw only the handshakes and the two messages that confirmed them.
+#[test]
+fn learnt_legs_carry_the_tunnel_in_the_kernel() {
+    require_root!();
+    let (relay, kernel) = pair_between_real_peers(XdpMode::Native);
+    let user = relay.relayed_data.load(Ordering::Relaxed);
+    let kernel_total = kernel.packets[0] + kernel.packets[1];
+    assert!(
+        kernel_total >= 20 && user <= 4,
+        "kernel {:?}, userspace {user}",
+        kernel.packets
+    );
+    assert!(kernel.packets[0] > 0 && kernel.packets[1] > 0, "{kernel:?}");
 }
