@@ -145,8 +145,8 @@ reasons! {
     ForwardedTurnBetweenClients = 39 => "forwarded_turn_between_clients", Forwarded;
     /// WireGuard: transport data from a pair's bound leg, to its other bound leg.
     ForwardedWireGuard = 40 => "forwarded_wireguard", Forwarded;
-    /// WireGuard, kernel: a handshake message (initiation, response, cookie reply); userspace
-    /// learns legs from it and relays it.
+    /// WireGuard, kernel: a handshake message (initiation, response, cookie reply), or the data
+    /// message that completes a leg's move; userspace learns legs from it and relays it.
     PassedWireGuardHandshake = 41 => "passed_wireguard_handshake", Passed;
     /// WireGuard, kernel: transport data not from its port's bound leg; userspace accepts it
     /// only as a handshake's confirmation (docs/security.md), else drops it.

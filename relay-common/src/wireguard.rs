@@ -51,15 +51,35 @@ pub struct WireGuardPair {
     pub slot: u32,
     /// Rate limits per direction.
     pub limits: SessionLimits,
+    /// While a leg is moving: the receiver index of the data that completes the move, sent by
+    /// the other (bound) leg — the responder's first data on the new session
+    /// (`fronts::wireguard::legs`, rule 4). The kernel hands that one message up instead of
+    /// forwarding it to the leg's old address. Meaningful when `confirm_side` is set.
+    pub confirm_index: u32,
+    /// 0: no move pending; 1 + the side whose port that data arrives on.
+    pub confirm_side: u8,
+    /// Reserved, zero.
+    pub reserved: [u8; 3],
 }
 
 #[cfg(feature = "user")]
 unsafe impl aya::Pod for WireGuardPair {}
 
+impl WireGuardPair {
+    /// Whether `receiver` on `side`'s port is the data that completes a pending move.
+    #[inline(always)]
+    pub fn confirms_move(&self, side: usize, receiver: u32) -> bool {
+        self.confirm_side != 0
+            && usize::from(self.confirm_side - 1) == side
+            && self.confirm_index == receiver
+    }
+}
+
 /// What the kernel does with a datagram to side `side`'s port of `pair` (`is_source` tells
 /// whether a leg is the datagram's source): transport data from that side's bound leg, with
-/// the other leg bound, goes to the other side (`Ok(other side)`); handshake messages and other
-/// data go to userspace, which learns and moves legs; anything else is dropped. Userspace
+/// the other leg bound, goes to the other side (`Ok(other side)`); handshake messages, the data
+/// that completes a pending move and data from anyone else go to userspace, which learns and
+/// moves legs; anything else is dropped. Userspace
 /// applies the same rule before its own (`fronts::wireguard`), so the paths agree.
 #[inline(always)]
 pub fn decide(
@@ -70,7 +90,10 @@ pub fn decide(
 ) -> Result<usize, Reason> {
     let other = 1 - (side & 1);
     match message {
-        Message::Data { .. } => {
+        Message::Data { receiver } => {
+            if pair.confirms_move(side & 1, *receiver) {
+                return Err(Reason::PassedWireGuardHandshake);
+            }
             let from = &pair.legs[side & 1];
             if from.is_bound() && pair.legs[other].is_bound() && is_source(from) {
                 Ok(other)
@@ -344,6 +367,22 @@ mod tests {
         assert_eq!(
             decide(&pair, 0, &Message::Invalid, from(a)),
             Err(Reason::DroppedWireGuardInvalid)
+        );
+        // A move pending: B's data with the awaited index goes up, other data crosses.
+        let mut moving = pair;
+        moving.confirm_index = 9;
+        moving.confirm_side = 2;
+        assert_eq!(
+            decide(&moving, 1, &Message::Data { receiver: 9 }, from(b)),
+            Err(Reason::PassedWireGuardHandshake)
+        );
+        assert_eq!(
+            decide(&moving, 1, &Message::Data { receiver: 8 }, from(b)),
+            Ok(0)
+        );
+        assert_eq!(
+            decide(&moving, 0, &Message::Data { receiver: 9 }, from(a)),
+            Ok(1)
         );
     }
 

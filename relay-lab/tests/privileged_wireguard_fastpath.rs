@@ -48,7 +48,7 @@ fn with_pair(a: Option<&str>, b: Option<&str>) -> (Fixture, WireGuardMaps) {
         legs: [leg_of(a), leg_of(b)],
         ports: PORTS.map(u16::to_be),
         slot: SLOT,
-        limits: SessionLimits::default(),
+        ..Default::default()
     })
     .unwrap();
     (fx, maps)
@@ -306,7 +306,8 @@ fn kernel_and_userspace_agree_frame_by_frame() {
                         Outcome::Relay {
                             from_port: sport,
                             to: vec![to],
-                            reason: Reason::ForwardedWireGuard
+                            reason: Reason::ForwardedWireGuard,
+                            update: None,
                         },
                         "{case}"
                     );

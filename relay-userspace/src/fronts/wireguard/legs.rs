@@ -212,6 +212,19 @@ impl Legs {
         self.bound
     }
 
+    /// While a bound leg is moving, the data that completes the move: the side it arrives on
+    /// (the responder's, a bound leg) and its receiver index. The fast path forwards data from
+    /// bound legs itself, so it must hand this one message up instead (the caller writes it
+    /// into the pair's record).
+    pub fn awaiting(&self) -> Option<(Side, u32)> {
+        let legs = self.bound?;
+        self.pending
+            .iter()
+            .rev()
+            .find(|p| p.initiator_sent && legs[p.initiator.other().index()] == p.responder_addr)
+            .map(|p| (p.initiator.other(), p.initiator_index))
+    }
+
     /// Forgets the legs (both silent for the idle time): the pair learns them again from the
     /// next handshakes.
     pub fn release(&mut self) {

@@ -20,7 +20,9 @@ use crate::control::session::{address_of_leg, canonical, leg_at};
 /// What to do with a datagram.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// Send it unchanged from `from_port` to each of `to`.
+    /// Send it unchanged from `from_port` to each of `to` — after writing `update`, the pair's
+    /// new fast-path record, when there is one (a leg's move begins: the kernel must hand up
+    /// the message that completes it).
     Relay {
         /// The relay port to send from (host order): the other side's.
         from_port: u16,
@@ -28,6 +30,8 @@ pub enum Outcome {
         to: Vec<SocketAddr>,
         /// What it is counted as.
         reason: Reason,
+        /// The record to write first, if it changed.
+        update: Option<WireGuardPair>,
     },
     /// The legs are learnt (or one moved): write the pair's fast-path record (the kernel then
     /// forwards its data), then send this datagram from `from_port` to `to`.
@@ -82,6 +86,7 @@ impl Pair {
     pub fn release(&mut self) -> WireGuardPair {
         self.legs.release();
         self.record.legs = Default::default();
+        self.sync_awaiting();
         self.record
     }
 
@@ -103,6 +108,7 @@ impl Pair {
                         from_port: u16::from_be(self.record.ports[to]),
                         to: vec![addr],
                         reason: Reason::ForwardedWireGuard,
+                        update: None,
                     },
                     None => Outcome::Refuse(Reason::DroppedWireGuardUnbound),
                 };
@@ -126,9 +132,11 @@ impl Pair {
                 from_port,
                 to,
                 reason: Reason::ForwardedWireGuard,
+                update: self.sync_awaiting().then_some(self.record),
             },
             Decision::Bind { legs, to } => {
                 self.record.legs = legs.map(leg_at);
+                self.sync_awaiting();
                 Outcome::Bound {
                     record: self.record,
                     from_port,
@@ -137,6 +145,18 @@ impl Pair {
             }
             Decision::Refuse(refusal) => Outcome::Refuse(refusal.reason()),
         }
+    }
+
+    /// Copies the leg learning's awaited confirmation into the record; whether it changed.
+    fn sync_awaiting(&mut self) -> bool {
+        let (side, index) = match self.legs.awaiting() {
+            Some((side, index)) => (side.index() as u8 + 1, index),
+            None => (0, 0),
+        };
+        let changed = (self.record.confirm_side, self.record.confirm_index) != (side, index);
+        self.record.confirm_side = side;
+        self.record.confirm_index = index;
+        changed
     }
 }
 
@@ -202,7 +222,8 @@ mod tests {
             Outcome::Relay {
                 from_port: 51_820,
                 to: vec![ra],
-                reason: Reason::ForwardedWireGuard
+                reason: Reason::ForwardedWireGuard,
+                update: None
             }
         );
         // A answers B (mac1 for B's key), B's first data goes to A, A's data binds.
@@ -236,7 +257,8 @@ mod tests {
             Outcome::Relay {
                 from_port: 51_820,
                 to: vec![ra],
-                reason: Reason::ForwardedWireGuard
+                reason: Reason::ForwardedWireGuard,
+                update: None
             }
         );
         assert_eq!(
@@ -259,6 +281,66 @@ mod tests {
             p.on_datagram(B, rb, &data(11), now),
             Outcome::Refuse(Reason::DroppedWireGuardUnbound)
         );
+    }
+
+    /// A bound leg moves: the responder is the other, bound, leg, whose data the kernel
+    /// forwards itself — so the record must name the one message that completes the move, and
+    /// the move clears it again.
+    #[test]
+    fn a_moving_leg_has_the_kernel_hand_up_the_message_that_completes_the_move() {
+        let (ra, rb, moved) = (addr(1, 40_000), addr(2, 50_000), addr(1, 40_001));
+        let record = WireGuardPair {
+            legs: [leg_at(ra), leg_at(rb)],
+            ports: [51_820u16.to_be(), 51_821u16.to_be()],
+            slot: 1,
+            ..Default::default()
+        };
+        let mut p = Pair::new(record, &KEY_A, &KEY_B, Policy::default());
+        let now = Instant::now();
+        // A, behind a rebound NAT, shakes hands again: to B's bound leg; B answers.
+        assert!(matches!(
+            p.on_datagram(A, moved, &handshake(1, 30, 0, &KEY_B), now),
+            Outcome::Relay {
+                from_port: 51_821,
+                update: None,
+                ..
+            }
+        ));
+        assert!(matches!(
+            p.on_datagram(B, rb, &handshake(2, 31, 30, &KEY_A), now),
+            Outcome::Relay {
+                from_port: 51_820,
+                update: None,
+                ..
+            }
+        ));
+        // A's first data goes to B — and from now on the kernel hands up B's data with A's
+        // new index instead of forwarding it to A's old address.
+        let Outcome::Relay {
+            to,
+            update: Some(update),
+            ..
+        } = p.on_datagram(A, moved, &data(31), now)
+        else {
+            panic!("no record update")
+        };
+        assert_eq!(to, vec![rb]);
+        assert_eq!((update.confirm_side, update.confirm_index), (2, 30));
+        assert!(update.confirms_move(1, 30));
+        // B's data on the old session still crosses to A's old address meanwhile.
+        assert!(matches!(
+            p.on_datagram(B, rb, &data(11), now),
+            Outcome::Relay {
+                from_port: 51_820,
+                ..
+            }
+        ));
+        let Outcome::Bound { record, to, .. } = p.on_datagram(B, rb, &data(30), now) else {
+            panic!("the move did not complete")
+        };
+        assert_eq!(to, moved);
+        assert_eq!(record.legs, [leg_at(moved), leg_at(rb)]);
+        assert_eq!(record.confirm_side, 0, "nothing awaited any more");
     }
 
     #[test]
