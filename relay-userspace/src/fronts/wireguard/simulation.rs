@@ -1,12 +1,14 @@
-//! A world around one pair's [`Legs`], for the unit tests and the `wireguard_legs` fuzz target:
+//! A world around one pair — the daemon's [`Pair`]: the kernel's rule, then leg learning
+//! ([`super::legs::Legs`]) — for the unit tests and the `wireguard_legs` fuzz target:
 //! two honest WireGuard peers that behave as the protocol makes them (they answer only
 //! authentic handshake messages, refuse a replayed initiation by its timestamp, accept only
 //! data of a session they made), NATs that rebind, and an attacker that knows both public keys
 //! (its handshake messages carry a valid `mac1`) and the ports, sends anything from its own
 //! addresses — one IP address, any port — and replays whatever reaches it.
 //!
-//! What the relay sees is only [`Message`]: authorship, timestamps and sessions are the model's
-//! stand-in for the cryptography the relay cannot check. After every step the world checks the
+//! What the relay sees is the bytes of each message (type, indices, `mac1` under the real
+//! receiver's key when the sender knows it, which the attacker does): authorship, timestamps and
+//! sessions are the model's stand-in for the cryptography the relay cannot check. After every step the world checks the
 //! two security properties: no attacker address is ever a leg, and no tunnel data of the
 //! honest peers ever reaches the attacker.
 
@@ -18,7 +20,40 @@ use std::{
 
 use relay_common::wireguard::Message;
 
-use super::legs::{Arrival, Decision, Legs, Policy, Side};
+use relay_common::wireguard::{
+    COOKIE_REPLY_LEN, DATA_MIN_LEN, INITIATION_LEN, RESPONSE_LEN, WireGuardPair,
+};
+
+use super::{
+    legs::{Policy, Side},
+    mac::{Mac1Key, PublicKey},
+    relaying::{Outcome, Pair},
+};
+
+/// The two peers' public keys (the model's; any distinct values do).
+const KEYS: [PublicKey; 2] = [[0xA1; 32], [0xB2; 32]];
+
+/// The bytes of `message` as the relay receives it on `side`'s port: addressed to the other
+/// peer, whose key makes `mac1` when `mac1_valid`.
+fn encode(message: Message, side: Side, mac1_valid: bool) -> Vec<u8> {
+    let (kind, len, first, second) = match message {
+        Message::Initiation { sender } => (1, INITIATION_LEN, sender, 0),
+        Message::Response { sender, receiver } => (2, RESPONSE_LEN, sender, receiver),
+        Message::CookieReply { receiver } => (3, COOKIE_REPLY_LEN, receiver, 0),
+        Message::Data { receiver } => (4, DATA_MIN_LEN, receiver, 0),
+        Message::Invalid => (9, DATA_MIN_LEN, 0, 0),
+    };
+    let mut m = vec![0u8; len];
+    m[0] = kind;
+    m[4..8].copy_from_slice(&first.to_le_bytes());
+    if kind == 2 {
+        m[8..12].copy_from_slice(&second.to_le_bytes());
+    }
+    if mac1_valid {
+        Mac1Key::for_receiver(&KEYS[side.other().index()]).seal(&mut m);
+    }
+    m
+}
 
 /// Who made a message (hidden from the relay).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -104,7 +139,7 @@ struct Peer {
 
 /// The world.
 pub struct World {
-    legs: Legs,
+    pair: Pair,
     now: Instant,
     peers: [Peer; 2],
     attacker_ip: IpAddr,
@@ -141,7 +176,15 @@ impl World {
             received: 0,
         };
         World {
-            legs: Legs::new(Policy::default()),
+            pair: Pair::new(
+                WireGuardPair {
+                    ports: [51_820u16.to_be(), 51_821u16.to_be()],
+                    ..Default::default()
+                },
+                &KEYS[0],
+                &KEYS[1],
+                Policy::default(),
+            ),
             now: Instant::now(),
             peers: [peer(Side::A, a), peer(Side::B, b)],
             attacker_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 66)),
@@ -155,7 +198,10 @@ impl World {
 
     /// The pair's legs.
     pub fn legs(&self) -> Option<[SocketAddr; 2]> {
-        self.legs.legs()
+        let legs = self.pair.record.legs;
+        legs.iter()
+            .all(|l| l.is_bound())
+            .then(|| legs.map(|l| crate::control::session::address_of_leg(&l).expect("bound")))
     }
 
     /// A peer's current address.
@@ -212,7 +258,9 @@ impl World {
             Step::Wait(half_seconds) => {
                 self.now += Duration::from_millis(500) * u32::from(half_seconds);
             }
-            Step::Release => self.legs.release(),
+            Step::Release => {
+                self.pair.release();
+            }
             Step::Forge {
                 port,
                 to,
@@ -278,16 +326,11 @@ impl World {
         while let Some((side, from, packet)) = self.queue.pop_front() {
             budget -= 1;
             assert!(budget > 0, "the world does not settle");
-            let arrival = Arrival {
-                side,
-                from,
-                message: packet.message,
-                mac1_valid: packet.mac1_valid,
-            };
-            let to = match self.legs.on_arrival(arrival, self.now) {
-                Decision::Relay(to) => to,
-                Decision::Bind { to, .. } => vec![to],
-                Decision::Refuse(_) => continue,
+            let bytes = encode(packet.message, side, packet.mac1_valid);
+            let to = match self.pair.on_datagram(side, from, &bytes, self.now) {
+                Outcome::Relay { to, .. } => to,
+                Outcome::Bound { to, .. } => vec![to],
+                Outcome::Refuse(_) => continue,
             };
             for addr in to {
                 self.deliver(addr, packet);
@@ -368,7 +411,7 @@ impl World {
     }
 
     fn check(&self) {
-        if let Some(legs) = self.legs.legs() {
+        if let Some(legs) = self.legs() {
             for side in [Side::A, Side::B] {
                 let leg = legs[side.index()];
                 assert!(
