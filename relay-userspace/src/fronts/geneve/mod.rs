@@ -1,7 +1,7 @@
 //! The session protocol (Geneve with a bind handshake): the front `relay client` sidecars speak.
 //! The wire format is `relay_common::geneve`; the kernel's part is `relay-ebpf`'s `geneve`
 //! module. Here: the relay's side of the bind handshake ([`bind`], sans-IO, with its cookies
-//! and MACs), the userspace forwarding decision ([`decide`], the XDP program's rule), tickets,
+//! and MACs), the userspace forwarding decision ([`decide`](mod@decide), the XDP program's rule), tickets,
 //! the `/v1/sessions` API routes, and the wiring that runs them on the relay port.
 
 pub mod api;

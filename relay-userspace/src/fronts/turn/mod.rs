@@ -2,7 +2,7 @@
 //! appliance. [`server`] is the protocol's state machine (sans-IO), [`auth`] its credentials and
 //! nonces, [`relaying`] the data path's decisions; this module runs them on sockets:
 //!
-//! * the TURN port over UDP (the shared batched forwarder, with [`TurnPort`] deciding) and over
+//! * the TURN port over UDP (the shared batched forwarder, with `TurnPort` deciding) and over
 //!   TCP and TLS ([`stream`]);
 //! * one socket per relayed port and family, bound for as long as its allocation lives (so no
 //!   other process can take the port), each read by a task that frames peers' datagrams for

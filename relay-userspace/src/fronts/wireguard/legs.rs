@@ -29,8 +29,11 @@
 //!    responder's own data then never comes. Both legs bind at once.
 //! 5. **Moving.** When the pair is bound, a leg moves only through rule 4 with the *other*
 //!    leg, as bound, as the responder: one leg at a time (NAT rebinding, roaming), never both.
-//!    If both peers move at once, the pair falls back to bootstrap when both legs have been
-//!    silent for the idle time the caller applies ([`Legs::release`]).
+//!    That responder's confirming data comes from a bound leg, which the fast path forwards
+//!    itself, so [`Legs::awaiting`] names it and the pair's record tells the kernel to hand it
+//!    up (`super::relaying`). If both peers move at once, the pair falls back to bootstrap
+//!    when both legs have been silent for the idle time the caller applies
+//!    ([`Legs::release`]).
 //! 6. **Two addresses.** The two legs are on different IP addresses (unless the pair is
 //!    created with [`Policy::shared_address`]), so one host cannot play both peers — the
 //!    only way a keyless relay can be fooled at bootstrap is by two colluding addresses that
@@ -49,8 +52,9 @@ use relay_common::{verdict::Reason, wireguard::Message};
 /// How long an initiation's source stays a candidate. WireGuard retries a handshake every
 /// 5 s (REKEY_TIMEOUT) plus up to 333 ms of jitter, so two of a peer's initiations overlap.
 pub const CANDIDATE_LIFETIME: Duration = Duration::from_secs(10);
-/// How long a relayed response waits for the initiator's first data message (sent at once
-/// by WireGuard; the time covers a response lost and the initiator's retry).
+/// How long a relayed response waits for both peers' first data on the new session (sent at
+/// once by WireGuard when there is traffic or a keepalive is due; the time covers a response
+/// lost and the initiator's retry).
 pub const PENDING_LIFETIME: Duration = Duration::from_secs(10);
 /// Candidates remembered per side: the real peer plus a few forged ones. More would let a
 /// flood of forged initiations turn each real initiation into many relayed copies.
