@@ -9,5 +9,7 @@
 
 pub mod legs;
 pub mod mac;
+pub mod ports;
 pub mod relaying;
 pub mod simulation;
+pub mod snippet;
