@@ -526,7 +526,13 @@ fn turn_section(doc: &Value, machine: &str) -> Result<String> {
     let userspace_target = num(targets, "userspace_vs_coturn")?;
     writeln!(
         s,
-        "| UDP payload | allocations | native / coturn, per relay CPU-second (target ≥ {native_target}) | userspace / coturn, per relay CPU-second (target ≥ {userspace_target}) | native / coturn, per relay CPU-second at saturation | native / coturn, relayed/s |"
+        "Targets: native / coturn ≥ {native_target}, userspace / coturn ≥ {userspace_target}, in \
+         packets per relay CPU-second at each server's best loss-free load. The saturation \
+         column divides packets relayed by relay CPU time in the saturation pass instead.\n"
+    )?;
+    writeln!(
+        s,
+        "| UDP payload | allocations | native / coturn, per relay CPU-second | userspace / coturn, per relay CPU-second | native / coturn at saturation, per CPU-second | native / coturn, relayed/s |"
     )?;
     writeln!(s, "|---:|---:|---:|---:|---:|---:|")?;
     for r in array(doc, "ratios")? {
