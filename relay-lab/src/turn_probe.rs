@@ -60,21 +60,12 @@ impl TurnProbe {
         username: &str,
         password: &str,
     ) -> Result<TurnProbe> {
-        let any = if server.is_ipv6() {
-            "[::]:0"
+        let any: SocketAddr = if server.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
         } else {
-            "0.0.0.0:0"
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
         };
-        let socket = lab.in_host(host, || UdpSocket::bind(any))??;
-        socket.set_read_timeout(Some(Duration::from_millis(300)))?;
-        Ok(TurnProbe {
-            socket,
-            server,
-            username: username.to_string(),
-            password: password.to_string(),
-            realm: None,
-            nonce: None,
-        })
+        TurnProbe::bound(lab, host, any, server, username, password)
     }
 
     /// A client on `host` sending from `local` (an address of that host) to `server`.

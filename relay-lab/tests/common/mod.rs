@@ -16,7 +16,9 @@ use relay_common::{
 };
 use relay_lab::sandbox::Sandbox;
 use relay_userspace::dataplane::{
-    clock::JiffiesClock, object::PROGRAM_RELAY, simulate::RunOutcome,
+    clock::JiffiesClock,
+    object::PROGRAM_RELAY,
+    simulate::{RunOutcome, XdpAction},
 };
 
 pub mod bench;
@@ -416,4 +418,54 @@ impl Fixture {
             },
         )
     }
+}
+
+/// The relay's address of `family_of`'s family, at `port`.
+pub fn relay_at(family_of: SocketAddr, port: u16) -> SocketAddr {
+    match family_of {
+        SocketAddr::V4(_) => SocketAddr::new(RELAY_V4.into(), port),
+        SocketAddr::V6(_) => SocketAddr::new(RELAY_V6.into(), port),
+    }
+}
+
+/// Runs `frame` arriving on eth0: the action, the frame after the program, the verdict deltas
+/// and the change in one record's kernel counters (a TURN allocation's, a WireGuard pair's),
+/// which `stats` reads.
+pub fn run_counted(
+    fx: &mut Fixture,
+    frame: &[u8],
+    stats: impl Fn() -> SessionStats,
+) -> (XdpAction, Vec<u8>, Deltas, SessionStats) {
+    let before = stats();
+    let (out, deltas) = fx.run(frame, 0);
+    let after = stats();
+    let delta = SessionStats {
+        packets: [0, 1].map(|i| after.packets[i] - before.packets[i]),
+        bytes: [0, 1].map(|i| after.bytes[i] - before.bytes[i]),
+        last_seen: after.last_seen,
+        ..Default::default()
+    };
+    (out.action, out.frame, deltas, delta)
+}
+
+/// Asserts `frame` gets `action`, unmodified, counted under `reason` only, and nothing counted
+/// for the record `stats` reads.
+pub fn assert_untouched(
+    fx: &mut Fixture,
+    frame: &[u8],
+    action: XdpAction,
+    reason: Reason,
+    stats: impl Fn() -> SessionStats,
+) {
+    let (got, out, deltas, record) = run_counted(fx, frame, stats);
+    assert_eq!(
+        got,
+        action,
+        "action for {}; counted {:?}",
+        reason.name(),
+        deltas.counted()
+    );
+    assert_eq!(out, frame, "a frame not relayed is not modified");
+    deltas.assert_only(reason, frame.len());
+    assert_eq!(record.packets, [0, 0], "nothing counted for the record");
 }
