@@ -28,15 +28,12 @@ use crate::{
 pub const FRONT_WIREGUARD: u8 = 3;
 
 /// `HASH` pair slot (`u32`) → [`WireGuardPair`]: what the fast path needs (written by the
-/// daemon when a pair's legs are learnt or move).
+/// daemon when a pair is allocated and when its legs are learnt or move). A pair is a kind of
+/// session: its slot is a session slot, so its counters are the sessions' (`session_stats`,
+/// `user_stats`: index 0 from peer A, 1 from peer B, whose last-seen times idle expiry reads)
+/// and the map holds as many entries as the session map
+/// ([`crate::maps::DEFAULT_MAX_SESSIONS`] unless configured).
 pub const WIREGUARD_PAIRS: &str = "wg_pairs";
-
-/// `PERCPU_ARRAY` pair slot → [`crate::maps::SessionStats`] of the fast path (index 0: from
-/// peer A, 1: from peer B); the legs' last-seen times are what idle expiry reads.
-pub const WIREGUARD_STATS: &str = "wg_stats";
-
-/// Pairs (and pair slots) the maps hold.
-pub const DEFAULT_MAX_PAIRS: u32 = 4_096;
 
 /// A pair of stock WireGuard peers as the fast path sees it.
 #[repr(C)]
@@ -58,8 +55,14 @@ pub struct WireGuardPair {
     pub confirm_index: u32,
     /// 0: no move pending; 1 + the side whose port that data arrives on.
     pub confirm_side: u8,
+    /// 1 if both peers may be behind one IP address (leg learning's policy; the control
+    /// plane's, the kernel ignores it).
+    pub shared_address: u8,
     /// Reserved, zero.
-    pub reserved: [u8; 3],
+    pub reserved: [u8; 2],
+    /// The pair's id in the API (a session id), whose `session_meta` record holds the peers'
+    /// public keys and its owner: how a restarted daemon finds them (the kernel ignores it).
+    pub id: u32,
 }
 
 #[cfg(feature = "user")]

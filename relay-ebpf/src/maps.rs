@@ -17,7 +17,7 @@ use relay_common::{
         TurnAllocationMeta, TurnKeys,
     },
     verdict::{Reason, VerdictCounter},
-    wireguard::{DEFAULT_MAX_PAIRS, WireGuardPair},
+    wireguard::WireGuardPair,
 };
 
 /// VNI → session. Written only by userspace.
@@ -110,13 +110,10 @@ pub static TURN_KEYS: Array<TurnKeys> = Array::pinned(1, 0);
 
 // WireGuard pairs: written by the daemon when it learns or moves a pair's legs.
 
-/// Pair slot → the pair as the fast path sees it.
+/// Pair slot → the pair as the fast path sees it (a pair's slot is a session slot: its counters
+/// are in `SESSION_STATS`).
 #[map(name = "wg_pairs")]
-pub static WIREGUARD_PAIRS: HashMap<u32, WireGuardPair> = HashMap::pinned(DEFAULT_MAX_PAIRS, 0);
-
-/// Pair slot → per-CPU fast-path counters (and the legs' last-seen times).
-#[map(name = "wg_stats")]
-pub static WIREGUARD_STATS: PerCpuArray<SessionStats> = PerCpuArray::pinned(DEFAULT_MAX_PAIRS, 0);
+pub static WIREGUARD_PAIRS: HashMap<u32, WireGuardPair> = HashMap::pinned(DEFAULT_MAX_SESSIONS, 0);
 
 /// Per-CPU room for a route lookup's 64-byte request (not pinned: scratch space).
 #[map(name = "fib_request")]

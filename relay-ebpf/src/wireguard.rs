@@ -16,7 +16,7 @@ use relay_common::{
 use crate::{
     Verdict,
     forward::{self, Crossing},
-    maps::{WIREGUARD_PAIRS, WIREGUARD_STATS},
+    maps::{SESSION_STATS, WIREGUARD_PAIRS},
     packet::ptr_at,
     parse::{Packet, udp_payload_len},
 };
@@ -82,7 +82,7 @@ fn crossing(pair: &WireGuardPair, to: usize) -> Crossing<'_> {
         slot: pair.slot,
         limits: &pair.limits,
         from_port: pair.ports[to & 1],
-        stats: &WIREGUARD_STATS,
+        stats: &SESSION_STATS,
     }
 }
 

@@ -44,7 +44,6 @@ const MAPS: &[&str] = &[
     "fib_request",
     "turn_scratch",
     "wg_pairs",
-    "wg_stats",
 ];
 /// Programs and maps of the benchmark lab's object (names from relay-common's `bench` module).
 const LAB_PROGRAMS: &[&str] = &["bench_gen", "bench_sink", "reflector"];

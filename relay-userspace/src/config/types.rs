@@ -41,6 +41,42 @@ pub struct Config {
     /// The TURN server front (off when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn: Option<TurnConfig>,
+    /// The stock WireGuard front (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wireguard: Option<WireGuardConfig>,
+}
+
+/// `wireguard:` section: pairs of stock WireGuard peers relayed without client software. A
+/// pair is a kind of session (same tokens, quotas, rate limits); it lives until deleted.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WireGuardConfig {
+    /// The pairs' relay ports, two consecutive ones per pair (peer a's, peer b's), written
+    /// `first-last`.
+    pub relay_ports: PortRange,
+    /// `PersistentKeepalive` of the `[Peer]` snippets, in seconds (1 to 600): it keeps the
+    /// peers' NAT mappings open and makes them shake hands as soon as they are configured.
+    pub keepalive: u32,
+    /// A learnt leg that has sent nothing for this long is released; the next handshake
+    /// learns it again (the pair itself stays until deleted).
+    #[serde(with = "duration")]
+    pub idle_lifetime: Duration,
+}
+
+/// Default WireGuard relay ports: 2000 pairs, apart from TURN's default range.
+pub const DEFAULT_WIREGUARD_PORTS: PortRange = PortRange {
+    first: 45_000,
+    last: 48_999,
+};
+
+impl Default for WireGuardConfig {
+    fn default() -> Self {
+        WireGuardConfig {
+            relay_ports: DEFAULT_WIREGUARD_PORTS,
+            keepalive: 25,
+            idle_lifetime: Duration::from_secs(180),
+        }
+    }
 }
 
 /// `metrics:` section.
@@ -668,6 +704,9 @@ impl Config {
         if let Some(turn) = &self.turn {
             self.validate_turn(turn)?;
         }
+        if let Some(wireguard) = &self.wireguard {
+            self.validate_wireguard(wireguard)?;
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return err(
                 "log.level",
@@ -679,6 +718,43 @@ impl Config {
 }
 
 impl Config {
+    fn validate_wireguard(&self, w: &WireGuardConfig) -> Result<(), (String, String)> {
+        let err = |key: &str, msg: String| Err((format!("wireguard.{key}"), msg));
+        let range = w.relay_ports;
+        if range.last - range.first < 1 {
+            return err("relay_ports", "needs at least 2 ports (one pair)".into());
+        }
+        if range.contains(self.relay.port) {
+            return err(
+                "relay_ports",
+                format!("must not include relay.port {}", self.relay.port),
+            );
+        }
+        if let Some(t) = &self.turn {
+            if range.contains(t.port) {
+                return err("relay_ports", format!("must not include turn.port {}", t.port));
+            }
+            let r = t.relay_ports;
+            if range.first <= r.last && r.first <= range.last {
+                return err(
+                    "relay_ports",
+                    format!("overlaps turn.relay_ports {}-{}", r.first, r.last),
+                );
+            }
+        }
+        if !(1..=600).contains(&w.keepalive) {
+            return err("keepalive", "must be 1 to 600 seconds".into());
+        }
+        let keepalive = Duration::from_secs(w.keepalive.into());
+        if w.idle_lifetime < 2 * keepalive || w.idle_lifetime > Duration::from_secs(24 * 3600) {
+            return err(
+                "idle_lifetime",
+                "must be at least twice keepalive and at most 1day".into(),
+            );
+        }
+        Ok(())
+    }
+
     fn validate_turn(&self, t: &TurnConfig) -> Result<(), (String, String)> {
         let err = |key: &str, msg: String| Err((format!("turn.{key}"), msg));
         if t.realm.trim().is_empty() || t.realm.len() > 127 {

@@ -76,6 +76,7 @@ mod tests {
             idle_lifetime: 300 * S,
             idempotency_key: None,
             limits: SessionLimits::default(),
+            kind: Default::default(),
         }
     }
 

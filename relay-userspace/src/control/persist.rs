@@ -9,7 +9,9 @@ use std::{
 use relay_common::maps::{self as fast, Leg, META_LABEL_LEN, SessionMeta};
 use sha2::{Digest, Sha256};
 
-use super::session::{LegState, Session, address_of_leg};
+use relay_common::wireguard::WireGuardPair;
+
+use super::session::{LegState, Session, SessionKind, WireGuardSession, address_of_leg};
 
 fn fixed<const N: usize>(s: &str) -> [u8; N] {
     let mut out = [0u8; N];
@@ -96,7 +98,26 @@ pub fn from_records(vni: u32, fast: &fast::Session, meta: &SessionMeta, now: Ins
         idle_lifetime: Duration::from_millis(meta.idle_lifetime_ms as u64),
         idempotency_key: None,
         limits: fast.limits,
+        kind: SessionKind::Geneve,
     }
+}
+
+/// Rebuilds a WireGuard pair found in the maps: its record (legs, ports, limits, a pending
+/// move) and the metadata its `id` names (owner, labels, lifetimes, the peers' public keys).
+pub fn pair_from_records(pair: &WireGuardPair, meta: &SessionMeta, now: Instant) -> Session {
+    let fast = fast::Session {
+        legs: pair.legs,
+        slot: pair.slot,
+        limits: pair.limits,
+        reserved: 0,
+    };
+    let mut session = from_records(pair.id, &fast, meta, now);
+    session.kind = SessionKind::WireGuard(WireGuardSession {
+        ports: pair.ports.map(u16::from_be),
+        shared_address: pair.shared_address != 0,
+        confirm: (pair.confirm_side, pair.confirm_index),
+    });
+    session
 }
 
 #[cfg(test)]
@@ -132,9 +153,22 @@ mod tests {
                 packets_per_sec: 10,
                 kbytes_per_sec: 20,
             },
+            kind: SessionKind::Geneve,
         };
         let back = from_records(s.vni, &s.fast_path(), &to_meta(&s), now);
         assert_eq!(back, s);
+        let pair = Session {
+            kind: SessionKind::WireGuard(WireGuardSession {
+                ports: [51_000, 51_001],
+                shared_address: true,
+                confirm: (2, 0xdead_beef),
+            }),
+            ..s
+        };
+        let record = pair.wireguard_record().unwrap();
+        assert_eq!(record.id, pair.vni);
+        let back = pair_from_records(&record, &to_meta(&pair), now);
+        assert_eq!(back, pair);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::{
 use relay_common::{
     geneve::control::KEY_LEN,
     maps::{self as fast, FAMILY_V4, FAMILY_V6, Leg, SessionLimits},
+    wireguard::WireGuardPair,
 };
 
 /// Index of a leg: 0 is "a", 1 is "b".
@@ -123,6 +124,30 @@ impl SessionState {
     ];
 }
 
+/// What kind of session: the session protocol's (`relay client` binds its legs with their
+/// keys) or a pair of stock WireGuard peers (the relay learns the legs from their handshakes;
+/// each leg's `key` is that peer's WireGuard public key).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SessionKind {
+    /// A Geneve session (`fronts::geneve`).
+    #[default]
+    Geneve,
+    /// A stock WireGuard pair (`fronts::wireguard`).
+    WireGuard(WireGuardSession),
+}
+
+/// What a WireGuard pair has beyond a session's legs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WireGuardSession {
+    /// The relay port each peer sends to (peer a's, peer b's), host order.
+    pub ports: [u16; 2],
+    /// Whether both peers may be behind one IP address.
+    pub shared_address: bool,
+    /// A pending leg move: the side whose port the confirming data arrives on (1 + side, 0:
+    /// none) and its receiver index — mirrored into the fast path's record.
+    pub confirm: (u8, u32),
+}
+
 /// A session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
@@ -146,9 +171,35 @@ pub struct Session {
     pub idempotency_key: Option<String>,
     /// Rate limits applied by both forwarders.
     pub limits: SessionLimits,
+    /// Geneve session or WireGuard pair.
+    pub kind: SessionKind,
 }
 
 impl Session {
+    /// The WireGuard pair's particulars, if it is one.
+    pub fn wireguard(&self) -> Option<&WireGuardSession> {
+        match &self.kind {
+            SessionKind::WireGuard(w) => Some(w),
+            SessionKind::Geneve => None,
+        }
+    }
+
+    /// The fast path's record of a WireGuard pair (`None` for a Geneve session).
+    pub fn wireguard_record(&self) -> Option<WireGuardPair> {
+        let w = self.wireguard()?;
+        Some(WireGuardPair {
+            legs: [self.legs[0].fast_path(), self.legs[1].fast_path()],
+            ports: w.ports.map(u16::to_be),
+            slot: self.slot,
+            limits: self.limits,
+            confirm_index: w.confirm.1,
+            confirm_side: w.confirm.0,
+            shared_address: w.shared_address.into(),
+            reserved: [0; 2],
+            id: self.vni,
+        })
+    }
+
     /// Waiting, half bound or relaying.
     pub fn state(&self) -> SessionState {
         match (self.legs[0].bound.is_some(), self.legs[1].bound.is_some()) {

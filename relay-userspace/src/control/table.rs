@@ -13,7 +13,7 @@ use relay_common::{
     maps::SessionLimits,
 };
 
-use super::session::{LegIndex, LegState, Session};
+use super::session::{LegIndex, LegState, Session, SessionKind, WireGuardSession};
 
 /// Longest leg label, in bytes.
 pub const MAX_LABEL_LEN: usize = 64;
@@ -27,6 +27,23 @@ pub struct AllocationRequest {
     pub labels: [Option<String>; 2],
     /// Makes a retried request return the same session.
     pub idempotency_key: Option<String>,
+    /// A stock WireGuard pair rather than a Geneve session.
+    pub wireguard: Option<PairRequest>,
+}
+
+/// What makes a session a WireGuard pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PairRequest {
+    /// Peer a's and peer b's WireGuard public keys.
+    pub public_keys: [[u8; KEY_LEN]; 2],
+    /// The relay ports the peers send to (chosen by the plane from the configured range).
+    pub ports: [u16; 2],
+    /// Whether both peers may be behind one IP address.
+    pub shared_address: bool,
+    /// Idle lifetime of the pair's legs (WireGuard's keepalive sets its own pace).
+    pub idle_lifetime: Duration,
+    /// Time for both peers to be configured and shake hands.
+    pub bind_lifetime: Duration,
 }
 
 /// Why an allocation was refused.
@@ -161,7 +178,14 @@ impl SessionTable {
         if let Some(key) = &request.idempotency_key
             && let Some(vni) = self.idempotency.get(&(token.to_string(), key.clone()))
         {
-            return Ok((&self.sessions[vni], false));
+            let existing = &self.sessions[vni];
+            if existing.wireguard().is_some() != request.wireguard.is_some() {
+                return Err(AllocError::Invalid {
+                    field: "idempotency_key",
+                    reason: "already names an allocation of the other kind".into(),
+                });
+            }
+            return Ok((existing, false));
         }
         let quota = self.settings.quotas.get(token).copied().unwrap_or(0);
         if self.held_by(token) >= quota {
@@ -182,6 +206,25 @@ impl SessionTable {
             k
         };
         let [label_a, label_b] = request.labels;
+        let (keys, kind, bind_lifetime, idle_lifetime) = match request.wireguard {
+            None => (
+                [key(rng), key(rng)],
+                SessionKind::Geneve,
+                self.settings.bind_lifetime,
+                self.settings.idle_lifetime,
+            ),
+            Some(pair) => (
+                pair.public_keys,
+                SessionKind::WireGuard(WireGuardSession {
+                    ports: pair.ports,
+                    shared_address: pair.shared_address,
+                    confirm: (0, 0),
+                }),
+                pair.bind_lifetime,
+                pair.idle_lifetime,
+            ),
+        };
+        let [key_a, key_b] = keys;
         let session = Session {
             vni,
             slot,
@@ -189,13 +232,14 @@ impl SessionTable {
             created: now,
             created_unix_ms: unix_ms,
             legs: [
-                LegState::new(key(rng), label_a),
-                LegState::new(key(rng), label_b),
+                LegState::new(key_a, label_a),
+                LegState::new(key_b, label_b),
             ],
-            bind_lifetime: self.settings.bind_lifetime,
-            idle_lifetime: self.settings.idle_lifetime,
+            bind_lifetime,
+            idle_lifetime,
             idempotency_key: request.idempotency_key.clone(),
             limits: self.settings.limits,
+            kind,
         };
         *self.per_token.entry(token.to_string()).or_default() += 1;
         if let Some(key) = request.idempotency_key {
@@ -335,7 +379,7 @@ mod tests {
     fn labelled(a: &str, b: &str) -> AllocationRequest {
         AllocationRequest {
             labels: [Some(a.into()), Some(b.into())],
-            idempotency_key: None,
+            ..Default::default()
         }
     }
 
@@ -465,6 +509,7 @@ mod tests {
         let req = AllocationRequest {
             labels: [None, None],
             idempotency_key: Some("k1".into()),
+            wireguard: None,
         };
         let (first, created) = t.allocate("alice", req.clone(), now, 0, &mut rng).unwrap();
         let first = first.clone();

@@ -102,12 +102,12 @@ fn expected(max_sessions: u32, max_allocations: u32) -> Vec<Expected> {
         ),
     ]
     .into_iter()
-    .chain(turn_expected(max_allocations))
+    .chain(port_fronts_expected(max_sessions, max_allocations))
     .collect()
 }
 
 /// The maps of the fronts behind the port map (TURN, WireGuard) this build expects.
-fn turn_expected(max_allocations: u32) -> Vec<Expected> {
+fn port_fronts_expected(max_sessions: u32, max_allocations: u32) -> Vec<Expected> {
     use relay_common::{
         turn::{self as t, *},
         wireguard,
@@ -170,13 +170,7 @@ fn turn_expected(max_allocations: u32) -> Vec<Expected> {
             wireguard::WIREGUARD_PAIRS,
             4,
             size_of::<wireguard::WireGuardPair>(),
-            Some(wireguard::DEFAULT_MAX_PAIRS),
-        ),
-        state(
-            wireguard::WIREGUARD_STATS,
-            4,
-            size_of::<SessionStats>(),
-            Some(wireguard::DEFAULT_MAX_PAIRS),
+            Some(max_sessions),
         ),
     ]
 }

@@ -83,6 +83,10 @@ impl Dataplane {
             .map_max_entries(names::SESSION_STATS, options.max_sessions)
             .map_max_entries(names::USERSPACE_STATS, options.max_sessions)
             .map_max_entries(names::SESSION_META, options.max_sessions)
+            .map_max_entries(
+                relay_common::wireguard::WIREGUARD_PAIRS,
+                options.max_sessions,
+            )
             .map_max_entries(names::NEXTHOP_CACHE, options.nexthop_cache_entries)
             .map_max_entries(turn::TURN_ALLOCATIONS, options.max_allocations)
             .map_max_entries(turn::TURN_ALLOCATION_META, options.max_allocations)

@@ -1,11 +1,12 @@
 //! Typed access to the WireGuard pair maps (`relay_common::wireguard`): the daemon writes a
-//! pair's ports into the port map and its legs into the pair map as it learns them; the CLI and
-//! idle expiry read the fast path's counters (and the legs' last-seen times).
+//! pair's ports into the port map and its legs into the pair map as it learns them. A pair's
+//! counters are the sessions' (its slot is a session slot), read here for tests and tools that
+//! open only these maps.
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use relay_common::{
-    maps::{RELAY_PORTS, RelayPort, RelayPortKey, SessionStats},
-    wireguard::{FRONT_WIREGUARD, WIREGUARD_PAIRS, WIREGUARD_STATS, WireGuardPair},
+    maps::{RELAY_PORTS, RelayPort, RelayPortKey, SESSION_STATS, SessionStats},
+    wireguard::{FRONT_WIREGUARD, WIREGUARD_PAIRS, WireGuardPair},
 };
 
 use super::maps::MapsError;
@@ -16,7 +17,7 @@ pub struct WireGuardMaps {
     pub relay_ports: HashMap<MapData, RelayPortKey, RelayPort>,
     /// Slot → pair.
     pub pairs: HashMap<MapData, u32, WireGuardPair>,
-    /// Slot → per-CPU fast-path counters.
+    /// Slot → per-CPU fast-path counters (the sessions' map).
     pub stats: PerCpuArray<MapData, SessionStats>,
 }
 
@@ -38,7 +39,7 @@ impl WireGuardMaps {
         Ok(WireGuardMaps {
             relay_ports: typed(RELAY_PORTS, get(RELAY_PORTS)?)?,
             pairs: typed(WIREGUARD_PAIRS, get(WIREGUARD_PAIRS)?)?,
-            stats: typed(WIREGUARD_STATS, get(WIREGUARD_STATS)?)?,
+            stats: typed(SESSION_STATS, get(SESSION_STATS)?)?,
         })
     }
 
@@ -96,7 +97,7 @@ impl WireGuardMaps {
 
     /// Fast-path counters of `slot`, summed over CPUs.
     pub fn kernel_stats(&self, slot: u32) -> Result<SessionStats, MapsError> {
-        let per_cpu = self.stats.get(&slot, 0).map_err(err(WIREGUARD_STATS))?;
+        let per_cpu = self.stats.get(&slot, 0).map_err(err(SESSION_STATS))?;
         Ok(SessionStats::sum(per_cpu.iter()))
     }
 }

@@ -148,6 +148,7 @@ async fn create(
     let allocation = AllocationRequest {
         labels: [labels.a, labels.b],
         idempotency_key,
+        wireguard: None,
     };
     let result = state
         .shared

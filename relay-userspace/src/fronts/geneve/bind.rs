@@ -148,7 +148,12 @@ pub fn handle(
         Err(e) => return dropped(BindDrop::Malformed(e), None),
     };
     let target = Some((message.vni, message.leg as usize));
-    let Some(session) = table.get(message.vni) else {
+    // A WireGuard pair is a session too, but its legs' keys are the peers' public keys: it
+    // is never bound this way (its legs are learnt from handshakes, `fronts::wireguard`).
+    let Some(session) = table
+        .get(message.vni)
+        .filter(|s| s.wireguard().is_none())
+    else {
         return dropped(BindDrop::UnknownSession, target);
     };
     let leg = &session.legs[message.leg as usize];
