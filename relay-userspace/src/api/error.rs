@@ -8,6 +8,8 @@ use axum::{
 };
 use serde::Serialize;
 
+use crate::control::{plane::AllocateError, table::AllocError};
+
 /// An error response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -81,5 +83,25 @@ impl From<JsonRejection> for ApiError {
         };
         // The rejection's body text names the offending field and position.
         ApiError::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<AllocateError> for ApiError {
+    /// Why an allocation (a session or a WireGuard pair) was refused, as the API says it.
+    fn from(e: AllocateError) -> ApiError {
+        match e {
+            AllocateError::Refused(e @ AllocError::TokenQuota { .. }) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "quota_exceeded",
+                e.to_string(),
+            ),
+            AllocateError::Refused(e @ (AllocError::RelayFull { .. } | AllocError::NoPorts { .. })) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "relay_full", e.to_string())
+            }
+            AllocateError::Refused(e @ AllocError::Invalid { .. }) => ApiError::invalid(e.to_string()),
+            e @ AllocateError::FastPath(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "relay_full", e.to_string())
+            }
+        }
     }
 }

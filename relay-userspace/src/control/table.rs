@@ -13,7 +13,11 @@ use relay_common::{
     maps::SessionLimits,
 };
 
-use super::session::{LegIndex, LegState, Session, SessionKind, WireGuardSession};
+use relay_common::wireguard::WireGuardPair;
+
+use super::session::{
+    LegIndex, LegState, Session, SessionKind, WireGuardSession, address_of_leg,
+};
 
 /// Longest leg label, in bytes.
 pub const MAX_LABEL_LEN: usize = 64;
@@ -62,6 +66,12 @@ pub enum AllocError {
     RelayFull {
         /// The limit.
         max: u32,
+    },
+    /// Every WireGuard relay port pair is in use.
+    #[error("every WireGuard relay port pair is in use ({pairs} pairs; see wireguard.relay_ports)")]
+    NoPorts {
+        /// Pairs the range holds.
+        pairs: u32,
     },
     /// A label or key is unacceptable.
     #[error("{field}: {reason}")]
@@ -328,6 +338,42 @@ impl SessionTable {
         state.generation = generation;
         state.last_bind = Some(now);
         Some(change)
+    }
+}
+
+impl SessionTable {
+    /// Records a WireGuard pair's legs and pending move as leg learning decided them (`record`
+    /// is the fast path's view). A leg at a new address counts as a rebind. Returns `false`
+    /// for an unknown id or a Geneve session.
+    pub fn update_pair(&mut self, vni: u32, record: &WireGuardPair, now: Instant) -> bool {
+        let Some(session) = self.sessions.get_mut(&vni) else {
+            return false;
+        };
+        let SessionKind::WireGuard(w) = &mut session.kind else {
+            return false;
+        };
+        w.confirm = (record.confirm_side, record.confirm_index);
+        for (leg, fast) in session.legs.iter_mut().zip(&record.legs) {
+            let addr = fast.is_bound().then(|| address_of_leg(fast)).flatten();
+            if leg.bound == addr {
+                continue;
+            }
+            match addr {
+                Some(_) => {
+                    if leg.bound.is_some() {
+                        leg.rebinds += 1;
+                    }
+                    leg.bound_at = leg.bound_at.or(Some(now));
+                    leg.last_bind = Some(now);
+                }
+                None => {
+                    leg.bound_at = None;
+                    leg.last_bind = None;
+                }
+            }
+            leg.bound = addr;
+        }
+        true
     }
 }
 

@@ -209,6 +209,26 @@ impl RelayMaps {
             .map_err(err(names::SESSIONS))
     }
 
+    /// Writes the control plane's record of a session that has no entry in the session map (a
+    /// WireGuard pair's: its fast-path record is in `wg_pairs`).
+    pub fn put_meta(&mut self, vni: u32, meta: &SessionMeta) -> Result<(), MapsError> {
+        self.session_meta
+            .insert(vni, meta, 0)
+            .map_err(err(names::SESSION_META))
+    }
+
+    /// The control plane's record of session `vni`, if any.
+    pub fn meta(&self, vni: u32) -> Result<Option<SessionMeta>, MapsError> {
+        match self.session_meta.get(&vni, 0) {
+            Ok(m) => Ok(Some(m)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(MapsError::Map {
+                map: names::SESSION_META,
+                source,
+            }),
+        }
+    }
+
     /// Removes a session's entries (missing ones are fine).
     pub fn delete_session(&mut self, vni: u32) -> Result<(), MapsError> {
         let gone = |r: Result<(), MapError>, map| match r {
@@ -224,17 +244,7 @@ impl RelayMaps {
         let mut out = Vec::new();
         for entry in self.sessions.iter() {
             let (vni, session) = entry.map_err(err(names::SESSIONS))?;
-            let meta = match self.session_meta.get(&vni, 0) {
-                Ok(m) => Some(m),
-                Err(MapError::KeyNotFound) => None,
-                Err(source) => {
-                    return Err(MapsError::Map {
-                        map: names::SESSION_META,
-                        source,
-                    });
-                }
-            };
-            out.push((vni, session, meta));
+            out.push((vni, session, self.meta(vni)?));
         }
         out.sort_by_key(|(vni, ..)| *vni);
         Ok(out)

@@ -21,9 +21,8 @@ use crate::{
         types::{CreateSession, Endpoints, LegDetails, SessionDetails, SessionList},
     },
     control::{
-        plane::AllocateError,
         session::{LEG_NAMES, Session},
-        table::{AllocError, AllocationRequest},
+        table::AllocationRequest,
     },
 };
 
@@ -165,24 +164,7 @@ async fn create(
             };
             Ok((status, Json(details(&session, &state.endpoints, true))))
         }
-        Err(AllocateError::Refused(e @ AllocError::TokenQuota { .. })) => Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "quota_exceeded",
-            e.to_string(),
-        )),
-        Err(AllocateError::Refused(e @ AllocError::RelayFull { .. })) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "relay_full",
-            e.to_string(),
-        )),
-        Err(AllocateError::Refused(e @ AllocError::Invalid { .. })) => {
-            Err(ApiError::invalid(e.to_string()))
-        }
-        Err(e @ AllocateError::FastPath(_)) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "relay_full",
-            e.to_string(),
-        )),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -195,7 +177,7 @@ async fn list(
     let mut sessions: Vec<SessionDetails> = plane
         .table()
         .iter()
-        .filter(|s| s.token == *token)
+        .filter(|s| s.token == *token && s.wireguard().is_none())
         .map(|s| details(s, &state.endpoints, false))
         .collect();
     sessions.sort_by_key(|s| s.vni);
@@ -211,7 +193,9 @@ async fn show(
     let vni = parse_vni(&vni)?;
     let plane = state.shared.plane.lock().unwrap_or_else(|p| p.into_inner());
     match plane.table().get(vni) {
-        Some(s) if s.token == token => Ok(Json(details(s, &state.endpoints, true))),
+        Some(s) if s.token == token && s.wireguard().is_none() => {
+            Ok(Json(details(s, &state.endpoints, true)))
+        }
         _ => Err(ApiError::not_found(format!("no session {vni}"))),
     }
 }
@@ -228,7 +212,7 @@ async fn delete(
         .plane
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .delete(&token, vni);
+        .delete(&token, vni, false);
     if deleted {
         Ok(StatusCode::NO_CONTENT)
     } else {

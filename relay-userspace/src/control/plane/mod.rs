@@ -3,6 +3,10 @@
 //! forwarder's table and counters — plus expiry and the counters' flush into the maps. Shared
 //! behind a mutex by the API, the fronts (a bind moves a leg) and the daemon's ticker.
 
+mod pairs;
+
+pub use pairs::{PairAsk, PairPlane};
+
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
@@ -65,6 +69,8 @@ pub struct Plane {
     activity: HashMap<u32, [Option<Instant>; 2]>,
     /// Userspace counters last written to the maps, per slot.
     flushed: HashMap<u32, SlotSnapshot>,
+    /// WireGuard pairs' ports and maps, when the front runs.
+    pairs: Option<PairPlane>,
     /// What happened so far.
     pub stats: PlaneStats,
 }
@@ -107,6 +113,7 @@ impl Plane {
             kernel,
             activity: HashMap::new(),
             flushed: HashMap::new(),
+            pairs: None,
             stats: PlaneStats::default(),
         }
     }
@@ -199,6 +206,9 @@ impl Plane {
 
     /// Writes `session` wherever sessions live.
     pub fn publish(&mut self, session: &Session) -> Result<(), String> {
+        if let Some(record) = session.wireguard_record() {
+            return self.publish_pair(session, &record);
+        }
         if let Some(kernel) = &mut self.kernel {
             kernel
                 .maps()
@@ -214,9 +224,12 @@ impl Plane {
     }
 
     fn unpublish(&mut self, session: &Session) {
-        self.forward.remove(session.vni);
         self.activity.remove(&session.vni);
         self.flushed.remove(&session.slot);
+        if session.wireguard().is_some() {
+            return self.unpublish_pair(session);
+        }
+        self.forward.remove(session.vni);
         if let Some(kernel) = &mut self.kernel
             && let Err(e) = kernel.maps().delete_session(session.vni)
         {
@@ -262,9 +275,13 @@ impl Plane {
         Ok((session, true))
     }
 
-    /// Deletes session `vni` if `token` owns it.
-    pub fn delete(&mut self, token: &str, vni: u32) -> bool {
-        if self.table.get(vni).is_none_or(|s| s.token != token) {
+    /// Deletes session `vni` (a WireGuard pair if `wireguard`) if `token` owns it.
+    pub fn delete(&mut self, token: &str, vni: u32, wireguard: bool) -> bool {
+        if self
+            .table
+            .get(vni)
+            .is_none_or(|s| s.token != token || s.wireguard().is_some() != wireguard)
+        {
             return false;
         }
         let session = self.table.remove(vni).expect("looked up above");
@@ -314,6 +331,13 @@ impl Plane {
             .collect();
         let mut expired = Vec::new();
         for session in candidates {
+            if session.wireguard().is_some() {
+                // Pairs live until deleted; only their legs are released.
+                if let Some(reason) = self.release_idle_pair(&session, now) {
+                    expired.push((session.vni, reason));
+                }
+                continue;
+            }
             let reason = if session.state() == SessionState::Bound {
                 let activity = self.data_activity(&session, now);
                 self.activity.insert(session.vni, activity);
