@@ -41,6 +41,62 @@ use crate::{
     metrics::ApiMetrics,
 };
 
+/// A request's JSON body: an empty body is the document's default; anything else must be
+/// `Content-Type: application/json` and parse (errors name what is wrong).
+pub fn json_body<T: serde::de::DeserializeOwned + Default>(
+    headers: &HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            e.body_text(),
+        )
+    })?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    serde_json::from_slice(&body).map_err(|e| {
+        let code = if e.is_data() {
+            "invalid_request"
+        } else {
+            "invalid_json"
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
+    })
+}
+
+/// The idempotency key of a request: the `Idempotency-Key` header or the body's field (which
+/// must agree when both are given).
+pub fn idempotency_key(
+    headers: &HeaderMap,
+    field: Option<String>,
+) -> Result<Option<String>, ApiError> {
+    let header_key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII"))?;
+    match (header_key, field) {
+        (Some(h), Some(b)) if h != b => Err(ApiError::invalid(
+            "Idempotency-Key header and idempotency_key field differ",
+        )),
+        (h, b) => Ok(h.or(b)),
+    }
+}
+
 /// What every front's handlers share.
 #[derive(Clone)]
 pub struct ApiState {

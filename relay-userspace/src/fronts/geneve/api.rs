@@ -7,7 +7,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, State, rejection::BytesRejection},
-    http::{HeaderMap, StatusCode, header},
+    http::{HeaderMap, StatusCode},
     routing::get,
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
@@ -18,6 +18,7 @@ use crate::{
     api::{
         ApiState,
         error::ApiError,
+        idempotency_key, json_body,
         types::{CreateSession, Endpoints, LegDetails, SessionDetails, SessionList},
     },
     control::{
@@ -100,49 +101,8 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SessionDetails>), ApiError> {
     let token = state.shared.token(&headers)?;
-    let body = body.map_err(|e| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body_too_large",
-            e.body_text(),
-        )
-    })?;
-    let request: CreateSession = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateSession::default()
-    } else {
-        let json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        if !json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as Content-Type: application/json",
-            ));
-        }
-        serde_json::from_slice(&body).map_err(|e| {
-            let code = if e.is_data() {
-                "invalid_request"
-            } else {
-                "invalid_json"
-            };
-            ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
-        })?
-    };
-    let header_key = headers
-        .get("idempotency-key")
-        .map(|v| v.to_str().map(str::to_string))
-        .transpose()
-        .map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII"))?;
-    let idempotency_key = match (header_key, request.idempotency_key) {
-        (Some(h), Some(b)) if h != b => {
-            return Err(ApiError::invalid(
-                "Idempotency-Key header and idempotency_key field differ",
-            ));
-        }
-        (h, b) => h.or(b),
-    };
+    let request: CreateSession = json_body(&headers, body)?;
+    let idempotency_key = idempotency_key(&headers, request.idempotency_key)?;
     let labels = request.labels.unwrap_or_default();
     let allocation = AllocationRequest {
         labels: [labels.a, labels.b],
