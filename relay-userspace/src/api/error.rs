@@ -95,10 +95,12 @@ impl From<AllocateError> for ApiError {
                 "quota_exceeded",
                 e.to_string(),
             ),
-            AllocateError::Refused(e @ (AllocError::RelayFull { .. } | AllocError::NoPorts { .. })) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "relay_full", e.to_string())
+            AllocateError::Refused(
+                e @ (AllocError::RelayFull { .. } | AllocError::NoPorts { .. }),
+            ) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "relay_full", e.to_string()),
+            AllocateError::Refused(e @ AllocError::Invalid { .. }) => {
+                ApiError::invalid(e.to_string())
             }
-            AllocateError::Refused(e @ AllocError::Invalid { .. }) => ApiError::invalid(e.to_string()),
             e @ AllocateError::FastPath(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "relay_full", e.to_string())
             }

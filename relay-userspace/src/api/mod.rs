@@ -97,6 +97,14 @@ pub fn idempotency_key(
     }
 }
 
+/// A wall-clock time (ms since the Unix epoch) as RFC 3339, for documents.
+pub fn rfc3339(unix_ms: u64) -> String {
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms),
+    )
+    .to_string()
+}
+
 /// What every front's handlers share.
 #[derive(Clone)]
 pub struct ApiState {

@@ -102,3 +102,80 @@ pub struct ErrorDocument {
     /// Why.
     pub reason: String,
 }
+
+/// `POST /v1/wireguard` body: a pair of stock WireGuard peers.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CreatePair {
+    /// The peers' WireGuard public keys, as `wg pubkey` prints them (required).
+    #[serde(default)]
+    pub public_keys: Option<PairKeys>,
+    /// Human labels for the two peers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Labels>,
+    /// Both peers may be behind one IP address (two peers behind one carrier-grade NAT).
+    /// Off by default: it lets one host that knows both public keys play both peers before
+    /// they shake hands (docs/security.md).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared_address: bool,
+    /// As for sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+/// The two peers' public keys.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PairKeys {
+    /// Peer a's.
+    pub a: String,
+    /// Peer b's.
+    pub b: String,
+}
+
+/// One peer of a WireGuard pair.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct PeerDetails {
+    /// "a" or "b".
+    pub peer: String,
+    /// Its label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Its WireGuard public key.
+    pub public_key: String,
+    /// The relay endpoints this peer sends to (its own relay port), per family.
+    pub relay: Endpoints,
+    /// The address the relay learnt it at, once it has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<SocketAddr>,
+    /// The `[Peer]` section this peer adds for the other one (only in responses about a
+    /// single pair).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snippet: Option<String>,
+}
+
+/// A WireGuard pair.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct PairDetails {
+    /// Pair id.
+    pub id: u32,
+    /// Owning token's name.
+    pub token: String,
+    /// allocated | half_bound | bound (whether the relay has learnt the peers' addresses).
+    pub state: String,
+    /// Allocation time, RFC 3339.
+    pub created: String,
+    /// `PersistentKeepalive` of the snippets, seconds.
+    pub keepalive_s: u32,
+    /// Seconds of silence after which a learnt address is forgotten.
+    pub idle_lifetime_s: u64,
+    /// Peers a and b.
+    pub peers: Vec<PeerDetails>,
+}
+
+/// `GET /v1/wireguard`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub struct PairList {
+    /// The caller's pairs, by id.
+    pub pairs: Vec<PairDetails>,
+}

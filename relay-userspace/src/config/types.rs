@@ -732,7 +732,10 @@ impl Config {
         }
         if let Some(t) = &self.turn {
             if range.contains(t.port) {
-                return err("relay_ports", format!("must not include turn.port {}", t.port));
+                return err(
+                    "relay_ports",
+                    format!("must not include turn.port {}", t.port),
+                );
             }
             let r = t.relay_ports;
             if range.first <= r.last && r.first <= range.last {

@@ -15,9 +15,7 @@ use relay_common::{
 
 use relay_common::wireguard::WireGuardPair;
 
-use super::session::{
-    LegIndex, LegState, Session, SessionKind, WireGuardSession, address_of_leg,
-};
+use super::session::{LegIndex, LegState, Session, SessionKind, WireGuardSession, address_of_leg};
 
 /// Longest leg label, in bytes.
 pub const MAX_LABEL_LEN: usize = 64;
@@ -241,10 +239,7 @@ impl SessionTable {
             token: token.to_string(),
             created: now,
             created_unix_ms: unix_ms,
-            legs: [
-                LegState::new(key_a, label_a),
-                LegState::new(key_b, label_b),
-            ],
+            legs: [LegState::new(key_a, label_a), LegState::new(key_b, label_b)],
             bind_lifetime,
             idle_lifetime,
             idempotency_key: request.idempotency_key.clone(),

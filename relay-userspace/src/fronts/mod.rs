@@ -6,7 +6,8 @@
 //! API server — are in [`crate::control`], [`crate::forwarder`] and [`crate::api`].
 //!
 //! The daemon starts every front in [`start_all`]: adding a front is a module here and one line
-//! there: [`geneve`], the session protocol of `relay client`, and [`turn`], the TURN server.
+//! there: [`geneve`], the session protocol of `relay client`, [`turn`], the TURN server, and
+//! [`wireguard`], stock WireGuard pairs.
 //!
 //! [`DatagramHandler`]: crate::forwarder::DatagramHandler
 
@@ -67,12 +68,17 @@ pub trait Front: Any + Send + Sync {
     fn stop(&self);
 }
 
-/// Starts every front: the session protocol always, TURN when configured.
+/// Starts every front: the session protocol always, TURN and WireGuard pairs when configured.
 pub fn start_all(context: &FrontContext) -> Result<Vec<Arc<dyn Front>>> {
     let mut fronts: Vec<Arc<dyn Front>> = vec![Arc::new(geneve::SessionFront::start(context)?)];
     match (&context.config.turn, context.pin_dir) {
         (Some(turn), _) => fronts.push(Arc::new(turn::TurnFront::start(context, turn)?)),
         (None, Some(dir)) => turn::forget_pinned(dir)?,
+        (None, None) => {}
+    }
+    match (&context.config.wireguard, context.pin_dir) {
+        (Some(w), _) => fronts.push(Arc::new(wireguard::WireGuardFront::start(context, w)?)),
+        (None, Some(dir)) => wireguard::forget_pinned(dir)?,
         (None, None) => {}
     }
     Ok(fronts)

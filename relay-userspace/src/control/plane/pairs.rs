@@ -50,7 +50,6 @@ impl PairPlane {
             idle_lifetime,
         }
     }
-
 }
 
 /// Which port pair of `ports` a pair session holds (`None` if its ports are not one of them).
@@ -132,9 +131,17 @@ impl Plane {
     }
 
     /// Writes a pair's fast-path record and metadata (the kernel part of [`Plane::publish`]).
-    pub(super) fn publish_pair(&mut self, session: &Session, record: &WireGuardPair) -> Result<(), String> {
-        let (Some(kernel), Some(PairPlane { maps: Some(maps), .. })) =
-            (&mut self.kernel, &mut self.pairs)
+    pub(super) fn publish_pair(
+        &mut self,
+        session: &Session,
+        record: &WireGuardPair,
+    ) -> Result<(), String> {
+        let (
+            Some(kernel),
+            Some(PairPlane {
+                maps: Some(maps), ..
+            }),
+        ) = (&mut self.kernel, &mut self.pairs)
         else {
             return Ok(());
         };
@@ -187,7 +194,10 @@ impl Plane {
             let session = match kernel.maps().meta(record.id)? {
                 Some(meta) => persist::pair_from_records(&record, &meta, now),
                 None => {
-                    warn!(id = record.id, "pinned WireGuard pair without metadata: removing it");
+                    warn!(
+                        id = record.id,
+                        "pinned WireGuard pair without metadata: removing it"
+                    );
                     maps.delete(record.slot)?;
                     continue;
                 }
@@ -234,7 +244,11 @@ impl Plane {
             warn!(id = session.vni, error = %e, "releasing an idle WireGuard pair's legs failed");
             return None;
         }
-        *self.stats.expired.entry("wireguard_legs_released").or_default() += 1;
+        *self
+            .stats
+            .expired
+            .entry("wireguard_legs_released")
+            .or_default() += 1;
         info!(target: "audit", id = session.vni, token = %session.token, leg, "WireGuard legs released (idle)");
         Some(reason)
     }

@@ -1,8 +1,6 @@
 //! The session protocol's API routes: allocate, list, show and delete sessions, with the
 //! tickets clients join them by.
 
-use std::time::UNIX_EPOCH;
-
 use axum::{
     Json, Router,
     body::Bytes,
@@ -18,7 +16,7 @@ use crate::{
     api::{
         ApiState,
         error::ApiError,
-        idempotency_key, json_body,
+        idempotency_key, json_body, rfc3339,
         types::{CreateSession, Endpoints, LegDetails, SessionDetails, SessionList},
     },
     control::{
@@ -54,11 +52,6 @@ fn parse_vni(text: &str) -> Result<u32, ApiError> {
             "{text:?} is not a session id (1 to {VNI_MAX})"
         ))),
     }
-}
-
-fn rfc3339(unix_ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + std::time::Duration::from_millis(unix_ms))
-        .to_string()
 }
 
 /// The JSON view of a session; with credentials only for single-session responses.

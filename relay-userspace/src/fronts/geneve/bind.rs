@@ -150,10 +150,7 @@ pub fn handle(
     let target = Some((message.vni, message.leg as usize));
     // A WireGuard pair is a session too, but its legs' keys are the peers' public keys: it
     // is never bound this way (its legs are learnt from handshakes, `fronts::wireguard`).
-    let Some(session) = table
-        .get(message.vni)
-        .filter(|s| s.wireguard().is_none())
-    else {
+    let Some(session) = table.get(message.vni).filter(|s| s.wireguard().is_none()) else {
         return dropped(BindDrop::UnknownSession, target);
     };
     let leg = &session.legs[message.leg as usize];
