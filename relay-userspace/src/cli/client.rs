@@ -12,7 +12,7 @@ use clap::{Args, Subcommand};
 use tokio::sync::watch;
 
 use crate::{
-    api::types::{CreateSession, Labels, SessionDetails},
+    api::types::{CreatePair, CreateSession, Labels, PairDetails, PairKeys, SessionDetails},
     client::{
         api::ApiClient,
         sidecar::{self, Family, SidecarOptions, SidecarStats},
@@ -44,10 +44,23 @@ impl ApiArgs {
 /// `relay client` subcommands.
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
-    /// Allocate a session and print its two tickets (one per leg).
+    /// Allocate a session and print its two tickets (one per leg); with --wireguard, a pair of
+    /// stock WireGuard peers and the [Peer] section each of them pastes (no sidecar).
     Create {
         #[command(flatten)]
         api: ApiArgs,
+        /// A stock WireGuard pair (give --peer-a and --peer-b) instead of a session.
+        #[arg(long, requires_all = ["peer_a", "peer_b"])]
+        wireguard: bool,
+        /// Peer a's WireGuard public key (`wg pubkey` prints it).
+        #[arg(long, requires = "wireguard")]
+        peer_a: Option<String>,
+        /// Peer b's WireGuard public key.
+        #[arg(long, requires = "wireguard")]
+        peer_b: Option<String>,
+        /// Both WireGuard peers may be behind one IP address (see docs/security.md).
+        #[arg(long, requires = "wireguard")]
+        shared_address: bool,
         /// Label of leg a (e.g. alice-laptop).
         #[arg(long)]
         label_a: Option<String>,
@@ -61,21 +74,28 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Show one of your sessions (with its tickets).
+    /// Show one of your sessions (with its tickets), or with --wireguard a pair (with its
+    /// snippets).
     Get {
         #[command(flatten)]
         api: ApiArgs,
-        /// Session id.
+        /// The id is a WireGuard pair's.
+        #[arg(long)]
+        wireguard: bool,
+        /// Session id (a pair id with --wireguard).
         vni: u32,
         /// Print the API's JSON document.
         #[arg(long)]
         json: bool,
     },
-    /// Delete one of your sessions.
+    /// Delete one of your sessions (or with --wireguard, a pair).
     Delete {
         #[command(flatten)]
         api: ApiArgs,
-        /// Session id.
+        /// The id is a WireGuard pair's.
+        #[arg(long)]
+        wireguard: bool,
+        /// Session id (a pair id with --wireguard).
         vni: u32,
     },
     /// Join a leg and carry a local application's UDP through the relay.
@@ -159,11 +179,42 @@ fn print_session(s: &SessionDetails) {
     }
 }
 
+fn print_pair(p: &PairDetails) {
+    println!(
+        "wireguard pair {} ({}) token {} created {}",
+        p.id, p.state, p.token, p.created
+    );
+    for peer in &p.peers {
+        let relay: Vec<String> = peer.relay.all().iter().map(ToString::to_string).collect();
+        println!(
+            "peer {}  {}  key {}  relay {}{}",
+            peer.peer,
+            peer.label.as_deref().unwrap_or("-"),
+            peer.public_key,
+            relay.join(", "),
+            peer.bound.map_or(String::new(), |b| format!(" (at {b})"))
+        );
+    }
+    for peer in &p.peers {
+        if let Some(snippet) = &peer.snippet {
+            println!(
+                "\n# On peer {} ({}): add this to its WireGuard configuration (nothing else changes)\n{snippet}",
+                peer.peer,
+                peer.label.as_deref().unwrap_or(&peer.public_key),
+            );
+        }
+    }
+}
+
 /// Runs a client subcommand.
 pub async fn run(command: ClientCommand) -> Result<()> {
     match command {
         ClientCommand::Create {
             api,
+            wireguard,
+            peer_a,
+            peer_b,
+            shared_address,
             label_a,
             label_b,
             idempotency_key,
@@ -174,6 +225,25 @@ pub async fn run(command: ClientCommand) -> Result<()> {
                 a: label_a,
                 b: label_b,
             });
+            if wireguard {
+                let p = client
+                    .create_pair(&CreatePair {
+                        public_keys: Some(PairKeys {
+                            a: peer_a.unwrap_or_default(),
+                            b: peer_b.unwrap_or_default(),
+                        }),
+                        labels,
+                        shared_address,
+                        idempotency_key,
+                    })
+                    .await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&p)?);
+                } else {
+                    print_pair(&p);
+                }
+                return Ok(());
+            }
             let s = client
                 .create(&CreateSession {
                     labels,
@@ -186,7 +256,20 @@ pub async fn run(command: ClientCommand) -> Result<()> {
                 print_session(&s);
             }
         }
-        ClientCommand::Get { api, vni, json } => {
+        ClientCommand::Get {
+            api,
+            wireguard: true,
+            vni,
+            json,
+        } => {
+            let p = api.client()?.get_pair(vni).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&p)?);
+            } else {
+                print_pair(&p);
+            }
+        }
+        ClientCommand::Get { api, vni, json, .. } => {
             let s = api.client()?.get(vni).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -194,7 +277,15 @@ pub async fn run(command: ClientCommand) -> Result<()> {
                 print_session(&s);
             }
         }
-        ClientCommand::Delete { api, vni } => {
+        ClientCommand::Delete {
+            api,
+            wireguard: true,
+            vni,
+        } => {
+            api.client()?.delete_pair(vni).await?;
+            println!("wireguard pair {vni} deleted");
+        }
+        ClientCommand::Delete { api, vni, .. } => {
             api.client()?.delete(vni).await?;
             println!("session {vni} deleted");
         }

@@ -5,7 +5,9 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use reqwest::{Response, StatusCode};
 
-use crate::api::types::{CreateSession, ErrorDocument, SessionDetails, SessionList};
+use crate::api::types::{
+    CreatePair, CreateSession, ErrorDocument, PairDetails, SessionDetails, SessionList,
+};
 
 /// Talks to one relay's API with one token.
 pub struct ApiClient {
@@ -118,11 +120,47 @@ impl ApiClient {
         Ok(check(response).await?.json().await?)
     }
 
-    /// Deletes a session.
-    pub async fn delete(&self, vni: u32) -> Result<()> {
+    /// Allocates a stock WireGuard pair.
+    pub async fn create_pair(&self, request: &CreatePair) -> Result<PairDetails> {
         let response = self
             .http
-            .delete(format!("{}/v1/sessions/{vni}", self.base))
+            .post(format!("{}/v1/wireguard", self.base))
+            .bearer_auth(&self.token)
+            .json(request)
+            .send()
+            .await
+            .with_context(|| format!("reaching the relay API at {}", self.base))?;
+        Ok(check(response).await?.json().await?)
+    }
+
+    /// One WireGuard pair, with its snippets.
+    pub async fn get_pair(&self, id: u32) -> Result<PairDetails> {
+        let response = self
+            .http
+            .get(format!("{}/v1/wireguard/{id}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("reaching the relay API at {}", self.base))?;
+        Ok(check(response).await?.json().await?)
+    }
+
+    /// Deletes a session.
+    pub async fn delete(&self, vni: u32) -> Result<()> {
+        self.delete_at(&format!("{}/v1/sessions/{vni}", self.base))
+            .await
+    }
+
+    /// Deletes a WireGuard pair.
+    pub async fn delete_pair(&self, id: u32) -> Result<()> {
+        self.delete_at(&format!("{}/v1/wireguard/{id}", self.base))
+            .await
+    }
+
+    async fn delete_at(&self, url: &str) -> Result<()> {
+        let response = self
+            .http
+            .delete(url)
             .bearer_auth(&self.token)
             .send()
             .await
