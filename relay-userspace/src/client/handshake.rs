@@ -295,6 +295,33 @@ mod tests {
     }
 
     #[test]
+    fn a_wireguard_pairs_public_keys_bind_nothing_through_the_session_protocol() {
+        let (mut r, ..) = relay();
+        let keys = [[0xA; 32], [0xB; 32]];
+        let request = AllocationRequest {
+            wireguard: Some(crate::control::table::PairRequest {
+                public_keys: keys,
+                ports: [40_000, 40_001],
+                shared_address: false,
+                idle_lifetime: Duration::from_secs(60),
+                bind_lifetime: Duration::from_secs(60),
+            }),
+            ..Default::default()
+        };
+        let mut rng = StdRng::seed_from_u64(9);
+        let (pair, _) = r
+            .table
+            .allocate("t", request, Instant::now(), 0, &mut rng)
+            .unwrap();
+        let id = pair.vni;
+        // The keys are public: anyone could run the bind handshake with them.
+        let mut hs = Handshake::new(id, 0, keys[0]);
+        let req = hs.start(Instant::now(), 1_000);
+        assert_eq!(to_relay(&mut r, &req, "198.51.100.9:4000"), None);
+        assert_eq!(r.table.get(id).unwrap().legs[0].bound, None);
+    }
+
+    #[test]
     fn forged_or_stale_replies_are_ignored() {
         let (mut r, vni, keys) = relay();
         let mut hs = Handshake::new(vni, 0, keys[0]);

@@ -253,3 +253,140 @@ impl Plane {
         Some(reason)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::HashMap, net::SocketAddr};
+
+    use relay_common::maps::Leg;
+
+    use super::*;
+    use crate::control::session::leg_at;
+
+    const KEYS: [[u8; 32]; 2] = [[0xA; 32], [0xB; 32]];
+
+    fn plane(pairs: u16, quota: u32) -> Plane {
+        let mut plane = Plane::in_memory(16, HashMap::from([("alice".to_string(), quota)]));
+        let ports = PortPairs::new(40_000..=40_000 + 2 * pairs - 1).unwrap();
+        plane.enable_pairs(PairPlane::new(ports, Duration::from_secs(60), None));
+        plane
+    }
+
+    fn ask() -> PairAsk {
+        PairAsk {
+            public_keys: KEYS,
+            shared_address: false,
+        }
+    }
+
+    fn keyed(key: &str) -> AllocationRequest {
+        AllocationRequest {
+            idempotency_key: Some(key.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn pairs_get_distinct_port_pairs_until_the_range_is_used_up() {
+        let mut p = plane(3, 10);
+        let mut ports = Vec::new();
+        for _ in 0..3 {
+            let (s, created) = p
+                .allocate_pair("alice", AllocationRequest::default(), ask())
+                .unwrap();
+            assert!(created);
+            let w = s.wireguard().unwrap();
+            assert_eq!(w.ports[1], w.ports[0] + 1);
+            assert!((40_000..40_006).contains(&w.ports[0]) && w.ports[0] % 2 == 0);
+            assert_eq!([s.legs[0].key, s.legs[1].key], KEYS);
+            ports.push(w.ports[0]);
+        }
+        ports.sort();
+        ports.dedup();
+        assert_eq!(ports.len(), 3);
+        let full = p.allocate_pair("alice", AllocationRequest::default(), ask());
+        assert!(matches!(
+            full,
+            Err(AllocateError::Refused(AllocError::NoPorts { pairs: 3 }))
+        ));
+        // Deleting one frees its ports for the next pair.
+        let id = p.table().iter().next().unwrap().vni;
+        assert!(!p.delete("alice", id, false), "a pair is not deleted as a session");
+        assert!(p.delete("alice", id, true));
+        assert!(p.allocate_pair("alice", AllocationRequest::default(), ask()).is_ok());
+    }
+
+    #[test]
+    fn pairs_count_against_the_tokens_quota_and_keep_their_ports_when_refused() {
+        let mut p = plane(4, 2);
+        p.allocate("alice", AllocationRequest::default()).unwrap();
+        p.allocate_pair("alice", AllocationRequest::default(), ask())
+            .unwrap();
+        let refused = p.allocate_pair("alice", AllocationRequest::default(), ask());
+        assert!(matches!(
+            refused,
+            Err(AllocateError::Refused(AllocError::TokenQuota { .. }))
+        ));
+        let refused = p.allocate_pair("bob", AllocationRequest::default(), ask());
+        assert!(matches!(
+            refused,
+            Err(AllocateError::Refused(AllocError::TokenQuota { .. }))
+        ));
+        // The refusals gave their ports back: three more fit once the quota allows.
+        p.set_quotas(HashMap::from([("alice".to_string(), 10)]));
+        for _ in 0..3 {
+            p.allocate_pair("alice", AllocationRequest::default(), ask())
+                .unwrap();
+        }
+    }
+
+    #[test]
+    fn an_idempotency_key_returns_the_same_pair_and_never_the_other_kind() {
+        let mut p = plane(2, 10);
+        let (first, created) = p.allocate_pair("alice", keyed("k"), ask()).unwrap();
+        assert!(created);
+        let (again, created) = p.allocate_pair("alice", keyed("k"), ask()).unwrap();
+        assert!(!created);
+        assert_eq!(again.vni, first.vni);
+        // The retry gave back the ports it had taken: one more pair fits in a 2-pair range.
+        p.allocate_pair("alice", AllocationRequest::default(), ask())
+            .unwrap();
+        let session = p.allocate("alice", keyed("k"));
+        assert!(
+            matches!(
+                session,
+                Err(AllocateError::Refused(AllocError::Invalid {
+                    field: "idempotency_key",
+                    ..
+                }))
+            ),
+            "{session:?}"
+        );
+    }
+
+    #[test]
+    fn learnt_legs_are_recorded_and_idle_ones_released_but_the_pair_stays() {
+        let mut p = plane(2, 10);
+        let (s, _) = p
+            .allocate_pair("alice", AllocationRequest::default(), ask())
+            .unwrap();
+        let a: SocketAddr = "198.51.100.1:40000".parse().unwrap();
+        let b: SocketAddr = "203.0.113.2:50000".parse().unwrap();
+        let mut record = s.wireguard_record().unwrap();
+        record.legs = [leg_at(a), leg_at(b)];
+        let bound = p.update_pair(&record).unwrap();
+        assert_eq!(bound.state(), SessionState::Bound);
+        assert_eq!([bound.legs[0].bound, bound.legs[1].bound], [Some(a), Some(b)]);
+        assert_eq!(bound.wireguard_record().unwrap(), record);
+        let now = Instant::now();
+        assert!(p.expire(now + Duration::from_secs(30)).is_empty());
+        let expired = p.expire(now + Duration::from_secs(61));
+        assert_eq!(expired, vec![(s.vni, Expiry::Idle(0))]);
+        let after = p.table().get(s.vni).expect("the pair stays");
+        assert_eq!(after.state(), SessionState::Allocated);
+        assert_eq!(after.wireguard_record().unwrap().legs, [Leg::default(); 2]);
+        // Unbound pairs never expire (they wait for their peers' configuration).
+        assert!(p.expire(now + Duration::from_secs(86_400)).is_empty());
+        assert_eq!(p.table().len(), 1);
+    }
+}
