@@ -9,8 +9,12 @@
 //! type 2  handshake response     92 B: type, 3×0, sender(4), receiver(4), ephemeral(32),
 //!                                      empty(16), mac1(16), mac2(16)
 //! type 3  cookie reply           64 B: type, 3×0, receiver(4), nonce(24), cookie(32)
-//! type 4  transport data     32+16k B: type, 3×0, receiver(4), counter(8), data(16k), tag(16)
+//! type 4  transport data    ≥ 32 B: type, 3×0, receiver(4), counter(8), data(n), tag(16)
 //! ```
+//!
+//! A data message's plaintext is padded to a multiple of 16 bytes *but never beyond the
+//! tunnel's MTU* (whitepaper §5.4.6), so a full-size packet's length is any value — 1452 bytes
+//! for a 1420-byte MTU — and the only length rule the relay can apply is the minimum.
 //!
 //! Indices are little-endian on the wire (WireGuard's own convention); the relay keeps them as
 //! the four raw bytes read as a little-endian `u32`, which is what `wg` and wireguard-go log.
@@ -130,8 +134,6 @@ pub const COOKIE_REPLY_LEN: usize = 64;
 pub const DATA_MIN_LEN: usize = 32;
 /// Transport data's header (type, reserved, receiver, counter) before the encrypted payload.
 pub const DATA_HLEN: usize = 16;
-/// WireGuard pads plaintext to a multiple of 16 before sealing it.
-pub const DATA_PADDING: usize = 16;
 /// Length of a MAC (`mac1`, `mac2`).
 pub const MAC_LEN: usize = 16;
 
@@ -193,10 +195,12 @@ fn index(bytes: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]])
 }
 
-/// Whether `len` is a valid transport-data length: header, payload padded to 16, tag.
+/// Whether `len` is a valid transport-data length: the header and the tag at least (the
+/// padding rule cannot be checked: padding stops at the tunnel's MTU, which the relay does not
+/// know; see the module doc).
 #[inline(always)]
 pub const fn data_len_valid(len: usize) -> bool {
-    len >= DATA_MIN_LEN && (len - DATA_MIN_LEN).is_multiple_of(DATA_PADDING)
+    len >= DATA_MIN_LEN
 }
 
 /// Classifies a datagram's payload by its type byte, reserved bytes and length — everything
@@ -308,8 +312,18 @@ mod tests {
             assert_eq!(classify(&r[..len]), Message::Invalid, "response {len}");
         }
         let d = message(TYPE_DATA);
-        for len in [16, 31, 33, 47, 49] {
+        for len in [16, 31] {
             assert_eq!(classify(&d[..len]), Message::Invalid, "data {len}");
+        }
+        // A full-MTU packet is padded only up to the MTU: 1420 bytes of plaintext (not a
+        // multiple of 16) make a 1452-byte message, which wireguard-go sends.
+        let mut full = [0u8; 1452];
+        full[0] = TYPE_DATA;
+        for len in [32, 33, 47, 1452] {
+            assert!(
+                matches!(classify(&full[..len]), Message::Data { .. }),
+                "data {len}"
+            );
         }
         for kind in [0u8, 5, 0x40, 0xFF] {
             assert_eq!(classify(&message(kind)[..64]), Message::Invalid);

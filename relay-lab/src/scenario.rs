@@ -51,6 +51,9 @@ pub struct ScenarioOptions {
     /// Run the TURN front ([`TURN_REALM`], [`TURN_SECRET`], [`TURN_USER`]) with TLS on
     /// [`TURNS_PORT`].
     pub turn: bool,
+    /// Run the WireGuard front on [`WIREGUARD_RELAY_PORTS`] (snippets with
+    /// `PersistentKeepalive` [`WIREGUARD_KEEPALIVE`]).
+    pub wireguard: bool,
     /// Run each sidecar with exactly these arguments (after `relay`; [`TICKET_PLACEHOLDER`]
     /// stands for the leg's ticket) instead of the lab's (family, quick timers): the README's
     /// command, word for word.
@@ -75,6 +78,11 @@ pub const TURN_QUOTA: u32 = 8;
 /// The relayed port range in the lab.
 pub const TURN_RELAY_PORTS: (u16, u16) = (50_000, 50_999);
 
+/// The WireGuard pairs' relay port range in the lab.
+pub const WIREGUARD_RELAY_PORTS: (u16, u16) = (45_000, 45_099);
+/// `PersistentKeepalive` of the lab's WireGuard snippets (the configuration's default).
+pub const WIREGUARD_KEEPALIVE: u32 = 25;
+
 /// The relay's metrics endpoint in the lab (on the relay host's loopback).
 pub const LAB_METRICS: &str = "127.0.0.1:9101";
 
@@ -91,6 +99,7 @@ impl ScenarioOptions {
             keep: false,
             sessions: true,
             turn: false,
+            wireguard: false,
             join_command: None,
         }
     }
@@ -135,6 +144,12 @@ fn relay_config(options: &ScenarioOptions, pin_dir: &Path, dir: &Path) -> String
             dir.join("turn.crt").display(),
             dir.join("turn.key").display(),
             crate::nat_lab::addr::DENIED_NET,
+        ));
+    }
+    if options.wireguard {
+        let (first, last) = WIREGUARD_RELAY_PORTS;
+        config.push_str(&format!(
+            "wireguard:\n  relay_ports: {first}-{last}\n  keepalive: {WIREGUARD_KEEPALIVE}\n"
         ));
     }
     config

@@ -5,6 +5,8 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context, Result, bail};
 
+use relay_userspace::api::types::PairDetails;
+
 use crate::{
     nat_lab::{Host, NatLab},
     scenario::{APP_PORT, SIDECAR_PORT, Scenario},
@@ -88,6 +90,57 @@ pub fn start_stock(
     Ok((names, keys))
 }
 
+/// Starts wireguard-go on both clients as stock WireGuard peers through the relay's WireGuard
+/// front, as a user would: `relay client create --wireguard` with the two public keys, then
+/// each peer configured (`wg setconf`) from its own `[Interface]` (private key) and the
+/// `[Peer]` section the relay printed for it, plus the peer's tunnel address as `AllowedIPs` —
+/// nothing else. Returns the interface names and the pair as the API described it.
+pub fn start_through_front(scenario: &mut Scenario) -> Result<([String; 2], PairDetails)> {
+    let pair: std::cell::RefCell<Option<PairDetails>> = Default::default();
+    let names = start_keyed(
+        scenario,
+        |i, (mine, _, peer_addr), publics, dir, scenario| {
+            if pair.borrow().is_none() {
+                let out = scenario.relay_cli(&[
+                    "client",
+                    "create",
+                    "--wireguard",
+                    "--peer-a",
+                    &publics[0],
+                    "--peer-b",
+                    &publics[1],
+                    "--label-a",
+                    "alice-phone",
+                    "--label-b",
+                    "office-router",
+                    "--json",
+                ])?;
+                *pair.borrow_mut() = Some(serde_json::from_str(&out).context("the pair's JSON")?);
+            }
+            let snippet = pair.borrow().as_ref().expect("made above").peers[i]
+                .snippet
+                .clone()
+                .context("no snippet in the API's answer")?;
+            let private = std::fs::read_to_string(mine)?;
+            let file = dir.join(format!("stock-{i}.conf"));
+            std::fs::write(
+                &file,
+                format!(
+                    "[Interface]\nPrivateKey = {}\n\n{snippet}AllowedIPs = {peer_addr}/32\n",
+                    private.trim()
+                ),
+            )?;
+            Ok(vec![
+                "setconf".into(),
+                "IFACE".into(),
+                file.to_str().context("path")?.to_string(),
+            ])
+        },
+    )?;
+    let pair = pair.into_inner().expect("configured");
+    Ok((names, pair))
+}
+
 /// Starts wireguard-go on both clients, each configured (`wg setconf`) from `template`: a
 /// WireGuard configuration file whose `PrivateKey`, `PublicKey` and `AllowedIPs` values are
 /// replaced by the client's key, its peer's key and its peer's tunnel address; every other line
@@ -136,6 +189,15 @@ fn start_with(
     scenario: &mut Scenario,
     wg_args: impl Fn(PeerKeys, &Path) -> Result<Vec<String>>,
 ) -> Result<[String; 2]> {
+    start_keyed(scenario, |_, keys, _, dir, _| wg_args(keys, dir))
+}
+
+/// [`start_with`], the configuring callback also given the client's index, both public keys
+/// and the scenario (to allocate with them).
+fn start_keyed(
+    scenario: &mut Scenario,
+    wg_args: impl Fn(usize, PeerKeys, &[String; 2], &Path, &Scenario) -> Result<Vec<String>>,
+) -> Result<[String; 2]> {
     crate::nat_lab::require_tool("wireguard-go")?;
     let names = interface_names(&scenario.lab);
     let mut keys = Vec::new();
@@ -180,7 +242,14 @@ fn start_with(
         } else {
             (TUNNEL_B, TUNNEL_A)
         };
-        let args = wg_args((&keys[i].0, &keys[1 - i].1, peer_addr), &scenario.lab.dir)?;
+        let publics = [keys[0].1.clone(), keys[1].1.clone()];
+        let args = wg_args(
+            i,
+            (&keys[i].0, &keys[1 - i].1, peer_addr),
+            &publics,
+            &scenario.lab.dir,
+            scenario,
+        )?;
         let args: Vec<&str> = args
             .iter()
             .map(|a| if a == "IFACE" { iface.as_str() } else { a })

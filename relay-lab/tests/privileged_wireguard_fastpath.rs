@@ -141,12 +141,13 @@ fn handshakes_and_data_from_anyone_else_go_up_and_garbage_is_dropped() {
         let frame = to_port(from, side, &data(64), FrameOpts::default());
         assert_not_relayed(&mut fx, &maps, &frame, up, Reason::PassedWireGuardUnbound);
     }
-    // Not WireGuard: an unknown type, a wrong length, reserved bytes set, too short.
+    // Not WireGuard: an unknown type, too short for data, a wrong handshake length, reserved
+    // bytes set, too short for anything.
     let mut reserved = data(64);
     reserved[2] = 1;
     for payload in [
         message(5, 64),
-        data(33),
+        data(31),
         message(1, 147),
         reserved,
         vec![4, 0, 0],

@@ -311,9 +311,15 @@ mod tests {
         ));
         // Deleting one frees its ports for the next pair.
         let id = p.table().iter().next().unwrap().vni;
-        assert!(!p.delete("alice", id, false), "a pair is not deleted as a session");
+        assert!(
+            !p.delete("alice", id, false),
+            "a pair is not deleted as a session"
+        );
         assert!(p.delete("alice", id, true));
-        assert!(p.allocate_pair("alice", AllocationRequest::default(), ask()).is_ok());
+        assert!(
+            p.allocate_pair("alice", AllocationRequest::default(), ask())
+                .is_ok()
+        );
     }
 
     #[test]
@@ -376,7 +382,10 @@ mod tests {
         record.legs = [leg_at(a), leg_at(b)];
         let bound = p.update_pair(&record).unwrap();
         assert_eq!(bound.state(), SessionState::Bound);
-        assert_eq!([bound.legs[0].bound, bound.legs[1].bound], [Some(a), Some(b)]);
+        assert_eq!(
+            [bound.legs[0].bound, bound.legs[1].bound],
+            [Some(a), Some(b)]
+        );
         assert_eq!(bound.wireguard_record().unwrap(), record);
         let now = Instant::now();
         assert!(p.expire(now + Duration::from_secs(30)).is_empty());
