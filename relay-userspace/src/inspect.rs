@@ -11,7 +11,10 @@ use std::{
 };
 
 use anyhow::Result;
-use relay_common::{maps::SessionStats, verdict::VerdictCounter};
+use relay_common::{
+    maps::{Leg, SessionMeta, SessionStats},
+    verdict::VerdictCounter,
+};
 use serde::Serialize;
 
 use crate::{
@@ -19,7 +22,7 @@ use crate::{
         persist::{leg_address, meta_strings},
         session::SessionState,
     },
-    dataplane::{RelayMaps, clock::JiffiesClock},
+    dataplane::{RelayMaps, clock::JiffiesClock, wireguard_maps::WireGuardMaps},
     fronts::turn::persist as turn_persist,
 };
 
@@ -93,11 +96,16 @@ impl Path_ {
     }
 }
 
-/// A session as the maps show it.
+/// A session as the maps show it (a stock WireGuard pair is a session of another kind).
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct SessionView {
-    /// Session id.
+    /// Session id (a pair's id).
     pub vni: u32,
+    /// "geneve": the session protocol's; "wireguard": a pair of stock WireGuard peers.
+    pub kind: &'static str,
+    /// A WireGuard pair's relay ports (peer a's, peer b's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ports: Option<[u16; 2]>,
     /// allocated | half_bound | bound.
     pub state: &'static str,
     /// Owning token (from the metadata map).
@@ -272,10 +280,9 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
     let maps = RelayMaps::open_pinned(pin_dir)?;
     let clock = JiffiesClock::from_pinned(pin_dir).ok();
     let now = Instant::now();
-    let mut sessions = Vec::new();
-    for (vni, fast, meta) in maps.all_sessions()? {
-        let kernel = maps.kernel_session_stats(fast.slot)?;
-        let user = maps.userspace_session_stats(fast.slot)?;
+    let view = |vni: u32, legs: &[Leg; 2], slot: u32, meta: Option<SessionMeta>| {
+        let kernel = maps.kernel_session_stats(slot)?;
+        let user = maps.userspace_session_stats(slot)?;
         let (token, labels) = match &meta {
             Some(m) => {
                 let (t, l) = meta_strings(m);
@@ -287,11 +294,11 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
         let legs = [
             LegView {
                 label: label_a,
-                bound: leg_address(&fast.legs[0]),
+                bound: leg_address(&legs[0]),
             },
             LegView {
                 label: label_b,
-                bound: leg_address(&fast.legs[1]),
+                bound: leg_address(&legs[1]),
             },
         ];
         let state = match (legs[0].bound.is_some(), legs[1].bound.is_some()) {
@@ -301,8 +308,10 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
         };
         let directions = [0, 1].map(|leg| direction(&kernel, &user, leg, clock.as_ref(), now));
         let path = path_of(&directions);
-        sessions.push(SessionView {
+        anyhow::Ok(SessionView {
             vni,
+            kind: "geneve",
+            ports: None,
             state: state.name(),
             token,
             created_unix_ms: meta.map(|m| m.created_unix_ms),
@@ -311,10 +320,27 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
             legs,
             directions,
             path,
-            slot: fast.slot,
+            slot,
             rates: None,
-        });
+        })
+    };
+    let mut sessions = Vec::new();
+    for (vni, fast, meta) in maps.all_sessions()? {
+        sessions.push(view(vni, &fast.legs, fast.slot, meta)?);
     }
+    // WireGuard pairs (absent when the pinned maps predate them).
+    if let Ok(pairs) = WireGuardMaps::open_pinned(pin_dir) {
+        for entry in pairs.pairs.iter() {
+            let (_, pair) = entry?;
+            let mut pair_view = view(pair.id, &pair.legs, pair.slot, maps.meta(pair.id)?)?;
+            pair_view.kind = "wireguard";
+            pair_view.ports = Some(pair.ports.map(u16::from_be));
+            // Pairs wait for their peers as long as they live: no bind lifetime.
+            pair_view.bind_lifetime_s = None;
+            sessions.push(pair_view);
+        }
+    }
+    sessions.sort_by_key(|s| s.vni);
     let mut allocations = Vec::new();
     for record in maps.turn.all()? {
         use relay_common::turn::{CLIENT_TCP, CLIENT_TLS, RELAYED_V4, RELAYED_V6};

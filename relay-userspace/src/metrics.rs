@@ -101,6 +101,8 @@ fn front_and_family(r: Reason) -> (&'static str, &'static str) {
         Reason::ForwardedV4ToV6 => ("sessions", "v4_to_v6"),
         Reason::ForwardedTurnToPeer => ("turn", "to_peer"),
         Reason::ForwardedTurnToClient => ("turn", "to_client"),
+        Reason::ForwardedTurnBetweenClients => ("turn", "between_clients"),
+        Reason::ForwardedWireGuard => ("wireguard", "between_peers"),
         _ => ("sessions", "v6_to_v4"),
     }
 }
@@ -199,11 +201,17 @@ impl Collector for RelayCollector {
         let (states, capacity, expired, allocated, deleted) = {
             let plane = self.plane.lock().unwrap_or_else(|p| p.into_inner());
             let table = plane.table();
-            let states: Vec<(Labels, i64)> = SessionState::ALL
-                .iter()
-                .map(|st| {
-                    let n = table.iter().filter(|s| s.state() == *st).count();
-                    (vec![("state", st.name().to_string())], n as i64)
+            let states: Vec<(Labels, i64)> = ["geneve", "wireguard"]
+                .into_iter()
+                .flat_map(|kind| SessionState::ALL.iter().map(move |st| (kind, st)))
+                .map(|(kind, st)| {
+                    let n = table
+                        .iter()
+                        .filter(|s| s.state() == *st)
+                        .filter(|s| (s.wireguard().is_some()) == (kind == "wireguard"))
+                        .count();
+                    let labels = vec![("kind", kind.to_string()), ("state", st.name().to_string())];
+                    (labels, n as i64)
                 })
                 .collect();
             let mut expired: Vec<(Labels, u64)> = plane
@@ -224,7 +232,7 @@ impl Collector for RelayCollector {
         gauges(
             &mut encoder,
             "relay_sessions",
-            "Sessions by state.",
+            "Sessions by kind (geneve: the session protocol's; wireguard: stock WireGuard pairs) and state.",
             &states,
         )?;
         gauges(

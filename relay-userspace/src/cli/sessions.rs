@@ -62,7 +62,7 @@ pub struct SessionsArgs {
 /// Which front's records `relay sessions` shows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum FrontFilter {
-    /// Sessions of the session protocol (`relay client`).
+    /// Sessions of the session protocol (`relay client`) and stock WireGuard pairs.
     Sessions,
     /// TURN allocations.
     Turn,
@@ -157,8 +157,8 @@ pub fn table(rows: &[&SessionView]) -> String {
     let with_rates = rows.iter().any(|s| s.rates.is_some());
     let _ = write!(
         out,
-        "{:<9} {:<10} {:<36} {:<36} {:>20} {:>20} {:<9} {:<9}",
-        "VNI", "STATE", "LEG A", "LEG B", "A→B", "B→A", "PATH", "SEEN"
+        "{:<9} {:<9} {:<10} {:<36} {:<36} {:>20} {:>20} {:<9} {:<9}",
+        "VNI", "KIND", "STATE", "LEG A", "LEG B", "A→B", "B→A", "PATH", "SEEN"
     );
     if with_rates {
         let _ = write!(out, " {:<24} {:<24}", "RATE A→B", "RATE B→A");
@@ -172,8 +172,9 @@ pub fn table(rows: &[&SessionView]) -> String {
         let seen = s.directions.iter().filter_map(|d| d.last_seen).min();
         let _ = write!(
             out,
-            "{:<9} {:<10} {:<36} {:<36} {:>20} {:>20} {:<9} {:<9}",
+            "{:<9} {:<9} {:<10} {:<36} {:<36} {:>20} {:>20} {:<9} {:<9}",
             s.vni,
+            s.kind,
             s.state,
             leg_text(s, 0),
             leg_text(s, 1),
@@ -192,7 +193,15 @@ pub fn table(rows: &[&SessionView]) -> String {
 
 fn detail(s: &SessionView) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "session {} ({})", s.vni, s.state);
+    match s.ports {
+        Some([a, b]) => {
+            let _ = writeln!(out, "wireguard pair {} ({})", s.vni, s.state);
+            let _ = writeln!(out, "  ports    a {a}, b {b}");
+        }
+        None => {
+            let _ = writeln!(out, "session {} ({})", s.vni, s.state);
+        }
+    }
     let _ = writeln!(out, "  token    {}", s.token.as_deref().unwrap_or("-"));
     if let Some(ms) = s.created_unix_ms {
         let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);

@@ -52,6 +52,8 @@ pub struct StatsReport {
     pub session_count: usize,
     /// Session map capacity.
     pub capacity: u32,
+    /// Stock WireGuard pairs (counted among the sessions too).
+    pub wireguard_pairs: usize,
     /// TURN allocations.
     pub allocations: usize,
     /// TURN allocation map capacity.
@@ -97,6 +99,11 @@ pub fn report(snapshot: &Snapshot, xdp: Vec<anyhow::Result<Attachment>>) -> Stat
         sessions,
         session_count: snapshot.sessions.len(),
         capacity: snapshot.capacity,
+        wireguard_pairs: snapshot
+            .sessions
+            .iter()
+            .filter(|s| s.kind == "wireguard")
+            .count(),
         allocations: snapshot.allocations.len(),
         allocation_capacity: snapshot.allocation_capacity,
         verdicts,
@@ -149,6 +156,9 @@ pub fn render(r: &StatsReport) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if r.wireguard_pairs > 0 {
+        let _ = writeln!(out, "  of which WireGuard pairs {}", r.wireguard_pairs);
+    }
     let _ = writeln!(
         out,
         "TURN allocations {} of {}",

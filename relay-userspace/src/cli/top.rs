@@ -279,6 +279,8 @@ mod tests {
         };
         let session = |vni: u32, bytes: u64| SessionView {
             vni,
+            kind: "geneve",
+            ports: None,
             state: "bound",
             token: Some("ops".into()),
             created_unix_ms: None,
