@@ -18,6 +18,7 @@ pub mod turn_bench;
 pub mod turn_clients;
 pub mod turn_probe;
 pub mod wireguard;
+pub mod wireguard_bench;
 pub mod xdp_bench;
 
 use std::path::PathBuf;

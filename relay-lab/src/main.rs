@@ -13,6 +13,7 @@ use relay_lab::{
     nat_lab,
     throughput::{self, ThroughputOptions, report},
     turn_bench::{self, TurnBenchOptions},
+    wireguard_bench::{self, WgBenchOptions},
     xdp_bench::{self, BenchOptions},
 };
 
@@ -82,6 +83,22 @@ enum Command {
         /// Allocation counts to measure, comma-separated (default 1,500; 4 with --quick).
         #[arg(long, value_delimiter = ',')]
         allocations: Option<Vec<usize>>,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Stock WireGuard (wireguard-go, iperf3) direct, through the WireGuard front with no
+    /// client software, and through sidecars, interleaved.
+    BenchWireguard {
+        /// One short round: checks the harness.
+        #[arg(long)]
+        quick: bool,
+        /// Interleaved rounds (default 3).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Seconds of iperf3 per path and round (default 5; 2 with --quick).
+        #[arg(long)]
+        seconds: Option<u32>,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -192,6 +209,27 @@ fn main() -> Result<()> {
                     x.generic_vs_off_per_cpu
                 );
             }
+            write_json(json, serde_json::to_value(&r)?)
+        }
+        Command::BenchWireguard {
+            quick,
+            rounds,
+            seconds,
+            json,
+        } => {
+            let options = WgBenchOptions {
+                relay_bin: relay_lab::relay_bin()?,
+                rounds: rounds.unwrap_or(if quick { 1 } else { 3 }),
+                seconds: seconds.unwrap_or(if quick { 2 } else { 5 }),
+            };
+            let r = wireguard_bench::run(options)?;
+            for p in &r.paths {
+                println!("{:<12} median {:>8.0} Mbit/s", p.path, p.median_mbit_per_s);
+            }
+            println!(
+                "no-software / direct {:.2} (target ≥ {}), sidecars / direct {:.2}, kernel share {:.4}",
+                r.no_software_vs_direct, r.target, r.sidecars_vs_direct, r.no_software_kernel_share
+            );
             write_json(json, serde_json::to_value(&r)?)
         }
         Command::BenchTurn {

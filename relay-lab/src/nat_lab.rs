@@ -394,6 +394,24 @@ impl NatLab {
         Ok(())
     }
 
+    /// Forwards UDP `port` on NAT `nat`'s public address to the same port of `to` behind it
+    /// (and lets it through the NAT's firewall): the port forward a user would configure to
+    /// reach a peer directly.
+    pub fn forward_udp_port(&self, nat: Host, port: u16, to: &str) -> Result<()> {
+        let rules = format!(
+            "table inet lab {{
+  chain prerouting {{ type nat hook prerouting priority dstnat; iifname \"wan\" udp dport {port} dnat ip to {to}:{port}; }}
+  chain forward {{ ct status dnat accept; }}
+}}
+"
+        );
+        let path = self.dir.join(format!("{}-forward-{port}.nft", nat.role()));
+        std::fs::write(&path, rules)?;
+        self.ns(nat)
+            .exec("nft", &["-f", path.to_str().context("path")?])?;
+        Ok(())
+    }
+
     /// Starts `program args…` in `host`'s namespace with output to `<dir>/<name>.log`; the
     /// process is killed when the lab is dropped.
     pub fn spawn(&mut self, host: Host, name: &str, program: &Path, args: &[&str]) -> Result<()> {

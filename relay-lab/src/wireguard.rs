@@ -92,7 +92,8 @@ pub fn start_stock(
 
 /// Starts wireguard-go on both clients as stock WireGuard peers through the relay's WireGuard
 /// front, as a user would: `relay client create --wireguard` with the two public keys, then
-/// each peer configured (`wg setconf`) from its own `[Interface]` (private key) and the
+/// each peer configured (`wg setconf`) from its own `[Interface]` (private key, and
+/// `ListenPort` [`APP_PORT`] so the same tunnel can also run direct or through sidecars) and the
 /// `[Peer]` section the relay printed for it, plus the peer's tunnel address as `AllowedIPs` —
 /// nothing else. Returns the interface names and the pair as the API described it.
 pub fn start_through_front(scenario: &mut Scenario) -> Result<([String; 2], PairDetails)> {
@@ -126,7 +127,7 @@ pub fn start_through_front(scenario: &mut Scenario) -> Result<([String; 2], Pair
             std::fs::write(
                 &file,
                 format!(
-                    "[Interface]\nPrivateKey = {}\n\n{snippet}AllowedIPs = {peer_addr}/32\n",
+                    "[Interface]\nPrivateKey = {}\nListenPort = {APP_PORT}\n\n{snippet}AllowedIPs = {peer_addr}/32\n",
                     private.trim()
                 ),
             )?;

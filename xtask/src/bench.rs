@@ -15,10 +15,11 @@ use crate::{
 };
 
 /// Benchmark names, as `--only` takes them and as their docs sections are marked.
-const NAMES: [&str; 5] = [
+const NAMES: [&str; 6] = [
     "xdp-micro",
     "throughput",
     "turn",
+    "wireguard",
     "control-plane",
     "hot-paths",
 ];
@@ -82,6 +83,21 @@ pub fn run(quick: bool, render: bool, only: &[String]) -> Result<()> {
         println!("== TURN: the TURN front (XDP native, off) against coturn (NAT lab)");
         let mut cmd = Command::new(&lab);
         cmd.arg("bench-turn").arg("--json").arg(&turn_json);
+        if quick {
+            cmd.arg("--quick");
+        }
+        status(&mut cmd)?;
+    }
+
+    let wireguard_json = out_dir.join("wireguard.json");
+    if wanted("wireguard") {
+        println!(
+            "== stock WireGuard: direct, through the WireGuard front (no client software), through sidecars (NAT lab)"
+        );
+        let mut cmd = Command::new(&lab);
+        cmd.arg("bench-wireguard")
+            .arg("--json")
+            .arg(&wireguard_json);
         if quick {
             cmd.arg("--quick");
         }
@@ -153,6 +169,11 @@ fn write_docs(wanted: &dyn Fn(&str) -> bool, out_dir: &Path, criterion_out: &str
             |most| format!("TURN: packets per relay CPU-second, {most} allocations"),
             &root.join("docs/turn.svg"),
         )?;
+    }
+    if wanted("wireguard") {
+        let wireguard: Value =
+            serde_json::from_str(&fs::read_to_string(out_dir.join("wireguard.json"))?)?;
+        replace_section(&doc, "wireguard", &wireguard_section(&wireguard, &machine)?)?;
     }
     if wanted("control-plane") {
         let control: Value = serde_json::from_str(&fs::read_to_string(&control_json)?)?;
@@ -571,6 +592,60 @@ fn turn_section(doc: &Value, machine: &str) -> Result<String> {
             num(e, "cores")?,
         )?;
     }
+    Ok(s)
+}
+
+/// The stock WireGuard section: each path's iperf3 throughput and the ratios to direct.
+fn wireguard_section(doc: &Value, machine: &str) -> Result<String> {
+    let mut s = String::new();
+    let o = doc.get("options").context("benchmark JSON: no `options`")?;
+    writeln!(
+        s,
+        "Machine: {machine}. {} interleaved rounds of {} s of iperf3 (TCP, one stream, client A → \
+         client B) per path; medians. One pair of wireguard-go peers; each run points both \
+         peers' `Endpoint` at the path under test.\n",
+        num(o, "rounds")?,
+        num(o, "seconds")?
+    )?;
+    writeln!(
+        s,
+        "| path | Mbit/s (median) | Mbit/s per round | relay: WireGuard datagrams in the kernel | in userspace | relay: session datagrams |"
+    )?;
+    writeln!(s, "|---|---:|---|---:|---:|---:|")?;
+    for p in array(doc, "paths")? {
+        let rounds: Vec<String> = array(p, "mbit_per_s")?
+            .iter()
+            .filter_map(Value::as_f64)
+            .map(|v| format!("{v:.0}"))
+            .collect();
+        let relay = p.get("relay").context("benchmark JSON: no `relay`")?;
+        writeln!(
+            s,
+            "| {} | {:.0} | {} | {:.0} | {:.0} | {:.0} |",
+            text(p, "path")?,
+            num(p, "median_mbit_per_s")?,
+            rounds.join(", "),
+            num(relay, "wireguard_kernel")?,
+            num(relay, "wireguard_userspace")?,
+            num(relay, "sessions")?,
+        )?;
+    }
+    let ratio = num(doc, "no_software_vs_direct")?;
+    let target = num(doc, "target")?;
+    writeln!(
+        s,
+        "\nTarget: no-software / direct ≥ {target}. The kernel carried {:.2} % of the \
+         no-software path's relayed WireGuard datagrams.\n",
+        100.0 * num(doc, "no_software_kernel_share")?
+    )?;
+    writeln!(s, "| `no-software / direct` | `sidecars / direct` |")?;
+    writeln!(s, "|---:|---:|")?;
+    writeln!(
+        s,
+        "| {ratio:.2} ({}) | {:.2} |",
+        verdict(ratio, target),
+        num(doc, "sidecars_vs_direct")?
+    )?;
     Ok(s)
 }
 
