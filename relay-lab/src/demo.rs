@@ -1,5 +1,7 @@
 //! `cargo xtask demo`: the relay doing its job, start to finish, in the NAT lab — two WireGuard
-//! peers behind NATs that cannot reach each other talk through the relay's kernel fast path.
+//! peers behind NATs that cannot reach each other talk through the relay's kernel fast path,
+//! first with the `relay client` sidecar, then as stock WireGuard with no client software,
+//! next to the same pair connected directly.
 
 use std::{
     path::{Path, PathBuf},
@@ -182,6 +184,61 @@ pub fn run(options: DemoOptions, interrupted: Arc<AtomicBool>) -> Result<()> {
         drop(s);
         println!("  done: namespaces, processes and pinned state removed");
     }
+    run_stock(options.relay_bin, options.seconds, &interrupted)
+}
+
+/// The stock WireGuard part: two WireGuard peers with nothing but WireGuard, configured from
+/// the `[Peer]` sections `relay client create --wireguard` prints, relayed in the kernel — and
+/// their throughput next to the same pair connected directly, measured in the same run.
+fn run_stock(relay_bin: PathBuf, seconds: u32, interrupted: &AtomicBool) -> Result<()> {
+    use crate::wireguard_bench::{StockLab, WgPath};
+    step(
+        "stock WireGuard, no client software: `relay client create --wireguard --peer-a KEY --peer-b KEY` on a fresh lab",
+    );
+    let lab = StockLab::start(relay_bin)?;
+    check(interrupted)?;
+    let pair = &lab.pair;
+    println!("  pair {}: each peer pastes the [Peer] section printed for it, e.g. peer a:", pair.id);
+    for line in pair.peers[0].snippet.as_deref().unwrap_or("").lines() {
+        println!("    {line}");
+    }
+    let shown = lab.s.relay_cli(&["client", "get", "--wireguard", "--json", &pair.id.to_string()])?;
+    let shown: relay_userspace::api::types::PairDetails = serde_json::from_str(&shown)?;
+    for peer in &shown.peers {
+        println!(
+            "  peer {} {:<14} learnt from its handshakes at {}",
+            peer.peer,
+            peer.label.as_deref().unwrap_or("-"),
+            peer.bound.map_or("-".into(), |a| a.to_string())
+        );
+    }
+
+    step(&format!(
+        "{seconds} seconds of iperf3 directly (a port forward on B's NAT; the relay not involved)"
+    ));
+    lab.use_path(WgPath::Direct)?;
+    let direct = lab.iperf(seconds)?;
+    println!("  direct: {direct:.0} Mbit/s");
+    check(interrupted)?;
+
+    step(&format!(
+        "{seconds} seconds of iperf3 through the relay, the same WireGuard pair, no client software"
+    ));
+    lab.use_path(WgPath::NoSoftware)?;
+    let before = lab.relay_counters()?;
+    let relayed = lab.iperf(seconds)?;
+    let after = lab.relay_counters()?;
+    let kernel = after.wireguard_kernel - before.wireguard_kernel;
+    let user = after.wireguard_userspace - before.wireguard_userspace;
+    println!(
+        "  through the relay: {relayed:.0} Mbit/s ({:.2} of direct); {kernel} datagrams \
+         forwarded by the XDP program, {user} by userspace ({:.1} % in the kernel)",
+        relayed / direct.max(1e-9),
+        100.0 * kernel as f64 / (kernel + user).max(1) as f64
+    );
+    step("tearing down");
+    drop(lab);
+    println!("  done: namespaces, processes and pinned state removed");
     Ok(())
 }
 

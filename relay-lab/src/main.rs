@@ -227,8 +227,13 @@ fn main() -> Result<()> {
                 println!("{:<12} median {:>8.0} Mbit/s", p.path, p.median_mbit_per_s);
             }
             println!(
-                "no-software / direct {:.2} (target ≥ {}), sidecars / direct {:.2}, kernel share {:.4}",
-                r.no_software_vs_direct, r.target, r.sidecars_vs_direct, r.no_software_kernel_share
+                "no-software / direct {:.2} (target ≥ {}), sidecars / direct {:.2}, detour / direct {:.2}, no-software / detour {:.2}, kernel share {:.4}",
+                r.no_software_vs_direct,
+                r.target,
+                r.sidecars_vs_direct,
+                r.detour_vs_direct,
+                r.no_software_vs_detour,
+                r.no_software_kernel_share
             );
             write_json(json, serde_json::to_value(&r)?)
         }

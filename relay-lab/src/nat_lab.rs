@@ -394,6 +394,15 @@ impl NatLab {
         Ok(())
     }
 
+    /// Loads nftables `rules` (a ruleset text) in `host`, saved as `name` in the lab directory.
+    pub fn nft_script(&self, host: Host, name: &str, rules: &str) -> Result<()> {
+        let path = self.dir.join(name);
+        std::fs::write(&path, rules)?;
+        self.ns(host)
+            .exec("nft", &["-f", path.to_str().context("path")?])?;
+        Ok(())
+    }
+
     /// Forwards UDP `port` on NAT `nat`'s public address to the same port of `to` behind it
     /// (and lets it through the NAT's firewall): the port forward a user would configure to
     /// reach a peer directly.
@@ -405,11 +414,7 @@ impl NatLab {
 }}
 "
         );
-        let path = self.dir.join(format!("{}-forward-{port}.nft", nat.role()));
-        std::fs::write(&path, rules)?;
-        self.ns(nat)
-            .exec("nft", &["-f", path.to_str().context("path")?])?;
-        Ok(())
+        self.nft_script(nat, &format!("{}-forward-{port}.nft", nat.role()), &rules)
     }
 
     /// Starts `program args…` in `host`'s namespace with output to `<dir>/<name>.log`; the

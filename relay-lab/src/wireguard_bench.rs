@@ -1,8 +1,11 @@
-//! Stock WireGuard's throughput three ways over the same lab, measured in one run: directly
-//! (no relay, but over the same hops — both NATs and the internet router — with a port forward
-//! on client B's NAT so the peers can reach each other: the relay is the only difference),
-//! through the relay's WireGuard front with no client software (XDP native), and through the
-//! session protocol with a `relay client` sidecar on each peer.
+//! Stock WireGuard's throughput over the same lab, measured in one run: directly (no relay, but
+//! over the same hops — both NATs and the internet router — with a port forward on client B's
+//! NAT so the peers can reach each other: the relay is the only difference), through the
+//! relay's WireGuard front with no client software (XDP native), and through the session
+//! protocol with a `relay client` sidecar on each peer. A fourth path, the *detour*, sends the
+//! direct traffic via the relay host's plain kernel forwarding (no relay software involved):
+//! in this lab every host shares the same two cores, so the extra hops themselves cost the
+//! peers' WireGuard CPU, and the detour shows how much of the difference is that.
 //!
 //! One pair of wireguard-go peers serves all three: its tunnel is brought up through the
 //! WireGuard front (configured from the API's `[Peer]` sections, as a user would), and each
@@ -25,12 +28,34 @@ use crate::{
     wireguard::{TUNNEL_A, TUNNEL_B, start_through_front},
 };
 
+/// The port on the relay host that the detour baseline forwards to B's port forward.
+const DETOUR_PORT: u16 = 44_000;
+
+/// The relay host as a plain router (the lab's baseline for the detour itself): UDP to
+/// [`DETOUR_PORT`] is forwarded by the kernel (netfilter NAT, no XDP program involved: the port
+/// is not the relay's) to B's port forward, its source rewritten to the relay's address so the
+/// replies come back the same way.
+fn detour_rules() -> String {
+    format!(
+        "table ip detour {{
+  chain prerouting {{ type nat hook prerouting priority dstnat; udp dport {DETOUR_PORT} dnat to {}:{APP_PORT}; }}
+  chain postrouting {{ type nat hook postrouting priority srcnat; ip daddr {} udp dport {APP_PORT} masquerade; }}
+}}
+",
+        addr::NAT_B_V4,
+        addr::NAT_B_V4
+    )
+}
+
 /// The ways the same WireGuard pair can reach each other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WgPath {
     /// Peer to peer through a port forward on B's NAT.
     Direct,
+    /// Peer to peer through the same port forward, but routed via the relay host's kernel (IP
+    /// forwarding and NAT, not the relay): what the detour to the relay costs in this lab.
+    Detour,
     /// Through the relay's WireGuard front, no client software (XDP native).
     NoSoftware,
     /// Through the session protocol, a `relay client` sidecar on each peer (XDP native).
@@ -39,12 +64,18 @@ pub enum WgPath {
 
 impl WgPath {
     /// Every path, in the order a round measures them.
-    pub const ALL: [WgPath; 3] = [WgPath::Direct, WgPath::NoSoftware, WgPath::Sidecars];
+    pub const ALL: [WgPath; 4] = [
+        WgPath::Direct,
+        WgPath::Detour,
+        WgPath::NoSoftware,
+        WgPath::Sidecars,
+    ];
 
     /// Its name in tables and JSON.
     pub fn name(self) -> &'static str {
         match self {
             WgPath::Direct => "direct",
+            WgPath::Detour => "detour",
             WgPath::NoSoftware => "no-software",
             WgPath::Sidecars => "sidecars",
         }
@@ -78,6 +109,7 @@ impl StockLab {
         let mut s = Scenario::start(options)?;
         s.lab
             .forward_udp_port(Host::NatB, APP_PORT, addr::CLIENT_B_V4)?;
+        s.lab.nft_script(Host::Relay, "detour.nft", &detour_rules())?;
         let (names, pair) = start_through_front(&mut s)?;
         let mut lab = StockLab { s, names, pair };
         lab.wait_for_ping("the WireGuard front")?;
@@ -122,6 +154,11 @@ impl StockLab {
             WgPath::Direct => [
                 format!("{}:{APP_PORT}", addr::NAT_B_V4),
                 format!("{}:{APP_PORT}", addr::NAT_A_V4),
+            ],
+            // The relay host keeps the source port when it masquerades (nothing else uses it).
+            WgPath::Detour => [
+                format!("{}:{DETOUR_PORT}", addr::RELAY_V4),
+                format!("{}:{APP_PORT}", addr::RELAY_V4),
             ],
             WgPath::NoSoftware => {
                 [0, 1].map(|i| self.pair.peers[i].relay.v4.expect("IPv4").to_string())
@@ -257,6 +294,12 @@ pub struct WgBenchResult {
     pub no_software_vs_direct: f64,
     /// Median sidecars / median direct.
     pub sidecars_vs_direct: f64,
+    /// Median detour (the relay host as a plain router) / median direct: the detour's own cost
+    /// in this lab.
+    pub detour_vs_direct: f64,
+    /// Median no-software / median detour: the relay's cost over a plain router on the same
+    /// detour.
+    pub no_software_vs_detour: f64,
     /// Share of the no-software path's relayed datagrams the kernel carried.
     pub no_software_kernel_share: f64,
     /// The issue's target for `no_software_vs_direct`.
@@ -310,19 +353,24 @@ pub fn run(options: WgBenchOptions) -> Result<WgBenchResult> {
         })
         .collect();
     let direct = &paths[0];
-    // The direct runs must not have crossed the relay: otherwise the comparison is void.
-    ensure!(
-        direct.relay.wireguard_kernel + direct.relay.wireguard_userspace + direct.relay.sessions
-            < 100,
-        "the direct path crossed the relay: {:?}",
-        direct.relay
-    );
-    let ns = &paths[1].relay;
+    // The direct and detour runs must not have crossed the relay's fronts: otherwise the
+    // comparison is void.
+    for p in &paths[..2] {
+        ensure!(
+            p.relay.wireguard_kernel + p.relay.wireguard_userspace + p.relay.sessions < 100,
+            "the {} path crossed the relay: {:?}",
+            p.path,
+            p.relay
+        );
+    }
+    let ns = &paths[2].relay;
     let share =
         ns.wireguard_kernel as f64 / (ns.wireguard_kernel + ns.wireguard_userspace).max(1) as f64;
     Ok(WgBenchResult {
-        no_software_vs_direct: paths[1].median_mbit_per_s / direct.median_mbit_per_s,
-        sidecars_vs_direct: paths[2].median_mbit_per_s / direct.median_mbit_per_s,
+        no_software_vs_direct: paths[2].median_mbit_per_s / direct.median_mbit_per_s,
+        sidecars_vs_direct: paths[3].median_mbit_per_s / direct.median_mbit_per_s,
+        detour_vs_direct: paths[1].median_mbit_per_s / direct.median_mbit_per_s,
+        no_software_vs_detour: paths[2].median_mbit_per_s / paths[1].median_mbit_per_s,
         no_software_kernel_share: share,
         target: 0.9,
         options,

@@ -471,6 +471,30 @@ fn the_demo_runs_start_to_finish_and_cleans_up() {
         kernel_line.contains(", 0 by the userspace forwarder"),
         "{kernel_line}"
     );
+    // The stock WireGuard part: a pair from the snippets, direct and relayed in one run.
+    for expected in [
+        "PersistentKeepalive = 25",
+        "learnt from its handshakes at 198.51.100.2:",
+        "learnt from its handshakes at 203.0.113.2:",
+        "direct: ",
+        "through the relay: ",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    let relayed = stdout
+        .lines()
+        .find(|l| l.contains("through the relay: "))
+        .unwrap();
+    let share: f64 = relayed
+        .rsplit('(')
+        .next()
+        .and_then(|t| t.split(' ').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("no kernel share in {relayed}"));
+    assert!(share >= 99.0, "{relayed}");
     let left = std::process::Command::new("ip")
         .args(["netns", "list"])
         .output()
