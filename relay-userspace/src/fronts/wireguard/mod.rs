@@ -54,7 +54,7 @@ use crate::{
     control::{
         address_policy::AddressPolicy,
         plane::{PairPlane, SharedPlane},
-        session::{Session, SessionState},
+        session::{Session, SessionState, address_of_leg},
     },
     dataplane::wireguard_maps::WireGuardMaps,
     forwarder::counters::{LocalVerdicts, UserCounters},
@@ -306,7 +306,8 @@ impl PairsCore {
                 to,
             } => {
                 self.count("legs_learnt");
-                info!(id = running.id, a = ?record.legs[0], b = ?record.legs[1], "WireGuard pair's legs learnt");
+                let [a, b] = record.legs.map(|l| address_of_leg(&l));
+                info!(id = running.id, a = ?a, b = ?b, "WireGuard pair's legs learnt");
                 (
                     from_port,
                     vec![to],
