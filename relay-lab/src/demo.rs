@@ -198,11 +198,20 @@ fn run_stock(relay_bin: PathBuf, seconds: u32, interrupted: &AtomicBool) -> Resu
     let lab = StockLab::start(relay_bin)?;
     check(interrupted)?;
     let pair = &lab.pair;
-    println!("  pair {}: each peer pastes the [Peer] section printed for it, e.g. peer a:", pair.id);
+    println!(
+        "  pair {}: each peer pastes the [Peer] section printed for it, e.g. peer a:",
+        pair.id
+    );
     for line in pair.peers[0].snippet.as_deref().unwrap_or("").lines() {
         println!("    {line}");
     }
-    let shown = lab.s.relay_cli(&["client", "get", "--wireguard", "--json", &pair.id.to_string()])?;
+    let shown = lab.s.relay_cli(&[
+        "client",
+        "get",
+        "--wireguard",
+        "--json",
+        &pair.id.to_string(),
+    ])?;
     let shown: relay_userspace::api::types::PairDetails = serde_json::from_str(&shown)?;
     for peer in &shown.peers {
         println!(

@@ -109,7 +109,8 @@ impl StockLab {
         let mut s = Scenario::start(options)?;
         s.lab
             .forward_udp_port(Host::NatB, APP_PORT, addr::CLIENT_B_V4)?;
-        s.lab.nft_script(Host::Relay, "detour.nft", &detour_rules())?;
+        s.lab
+            .nft_script(Host::Relay, "detour.nft", &detour_rules())?;
         let (names, pair) = start_through_front(&mut s)?;
         let mut lab = StockLab { s, names, pair };
         lab.wait_for_ping("the WireGuard front")?;
@@ -188,10 +189,10 @@ impl StockLab {
             ping_once(&self.s.lab, host, [TUNNEL_B, TUNNEL_A][i]);
         }
         self.wait_for_ping(path.name())?;
-        for i in 0..2 {
+        for (i, endpoint) in endpoints.iter().enumerate() {
             let shown = self.wg_show(i);
             ensure!(
-                shown.contains(&format!("endpoint: {}", endpoints[i])),
+                shown.contains(&format!("endpoint: {endpoint}")),
                 "peer {i} does not send through {}:\n{shown}",
                 path.name()
             );
