@@ -245,6 +245,11 @@ fn run_stock(relay_bin: PathBuf, seconds: u32, interrupted: &AtomicBool) -> Resu
         relayed / direct.max(1e-9),
         100.0 * kernel as f64 / (kernel + user).max(1) as f64
     );
+    println!(
+        "  (every host of this lab shares the same two cores with the peers' WireGuard, so the \
+         detour via the relay host costs them CPU; `cargo xtask bench --only wireguard` measures \
+         that detour on its own: docs/benchmarks.md)"
+    );
     step("tearing down");
     drop(lab);
     println!("  done: namespaces, processes and pinned state removed");
