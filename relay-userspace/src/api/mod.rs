@@ -1,6 +1,7 @@
 //! The API server's shared part: bearer tokens, the per-source request limit, request metrics,
-//! JSON errors and `/healthz`. Each front adds its own routes ([`crate::fronts::Front`]); today
-//! the session protocol's:
+//! JSON errors and `/healthz`. Each front adds its own routes ([`crate::fronts::Front`]): the
+//! session protocol's, and the WireGuard pairs' (`/v1/wireguard`, `fronts::wireguard::api`,
+//! same rules):
 //!
 //! | method | path | |
 //! |---|---|---|

@@ -204,6 +204,6 @@ async fn delete(
     if !deleted {
         return Err(ApiError::not_found(format!("no WireGuard pair {id}")));
     }
-    state.core.stop_pair(id);
+    state.core.stop_pair(id).await;
     Ok(StatusCode::NO_CONTENT)
 }

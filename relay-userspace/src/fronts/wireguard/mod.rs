@@ -77,6 +77,23 @@ struct RunningPair {
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
+impl RunningPair {
+    /// Stops the reader tasks and waits until they are gone, so the pair's ports are closed
+    /// when the caller drops the pair (and a new pair may bind them at once).
+    async fn stop(&self) {
+        let tasks: Vec<_> = self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
 impl Drop for RunningPair {
     fn drop(&mut self) {
         for t in self
@@ -106,7 +123,22 @@ fn send_nonblocking(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> bool {
     .is_ok()
 }
 
+/// Binds `ip`:`port`, waiting briefly if a just-deleted pair's socket still holds it (the ticker
+/// stops pairs deleted elsewhere asynchronously).
 fn open_socket(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
+    let mut tries = 0;
+    loop {
+        match try_open_socket(ip, port) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 10 => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => return result,
+        }
+    }
+}
+
+fn try_open_socket(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = SocketAddr::new(ip, port);
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -223,12 +255,16 @@ impl PairsCore {
         Ok(())
     }
 
-    /// Stops pair `id` (deleted through the API).
-    pub fn stop_pair(&self, id: u32) {
-        self.running
+    /// Stops pair `id` (deleted through the API); returns once its ports are closed.
+    pub async fn stop_pair(&self, id: u32) {
+        let pair = self
+            .running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        if let Some(pair) = pair {
+            pair.stop().await;
+        }
     }
 
     /// Matches the running pairs with the plane's: starts new ones (adopted after a restart),
