@@ -121,7 +121,7 @@ async fn a_pair_gets_two_bound_ports_and_a_snippet_for_each_peer() {
         .collect();
     assert_eq!(ports[1], ports[0] + 1);
     assert!(
-        (47_100..=47_105).contains(&ports[0]) && ports[0] % 2 == 0,
+        (47_100..=47_105).contains(&ports[0]) && ports[0].is_multiple_of(2),
         "{ports:?}"
     );
     assert_eq!(pair.peers[0].public_key, KEY_A);

@@ -297,7 +297,7 @@ mod tests {
             assert!(created);
             let w = s.wireguard().unwrap();
             assert_eq!(w.ports[1], w.ports[0] + 1);
-            assert!((40_000..40_006).contains(&w.ports[0]) && w.ports[0] % 2 == 0);
+            assert!((40_000..40_006).contains(&w.ports[0]) && w.ports[0].is_multiple_of(2));
             assert_eq!([s.legs[0].key, s.legs[1].key], KEYS);
             ports.push(w.ports[0]);
         }
