@@ -525,8 +525,11 @@ fn relay_without_an_address_of_the_destination_family_passes() {
 #[test]
 fn cached_next_hop_serves_until_it_expires() {
     require_root!();
+    // The cache is per CPU: a run on another CPU would look up afresh.
+    pin_to_current_cpu();
     let mut fx = Fixture::new();
-    let lifetime = std::time::Duration::from_millis(300);
+    // Long enough that spawning `ip` on a loaded machine stays well inside it.
+    let lifetime = std::time::Duration::from_secs(1);
     let mut config = fx.config;
     config.nexthop_ttl_jiffies = fx.clock.to_ticks(lifetime) as u32;
     fx.set_config(config);
@@ -565,6 +568,8 @@ fn cached_next_hop_serves_until_it_expires() {
 #[test]
 fn cached_next_hop_still_checks_the_mtu_for_longer_packets() {
     require_root!();
+    // The cache is per CPU: the entry this test widens must be the one the next run reads.
+    pin_to_current_cpu();
     let mut fx = Fixture::new();
     fx.ip(&["link", "set", "eth0", "mtu", "1400"]);
     fx.add_session(VNI, SLOT, leg(sa(LEG_A4)), leg(sa(LEG_B6)));
