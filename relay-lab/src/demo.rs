@@ -94,13 +94,7 @@ pub fn run(options: DemoOptions, interrupted: Arc<AtomicBool>) -> Result<()> {
         options.seconds
     ));
     let before = inspect::snapshot(&s.pin_dir)?;
-    s.lab.spawn(
-        Host::ClientB,
-        "iperf3-server",
-        Path::new("/usr/bin/iperf3"),
-        &["-s", "-1", "-B", TUNNEL_B],
-    )?;
-    std::thread::sleep(Duration::from_millis(500));
+    s.lab.iperf_server(Host::ClientB, TUNNEL_B, true)?;
     let seconds = options.seconds.to_string();
     s.lab.spawn(
         Host::ClientA,

@@ -13,6 +13,7 @@ pub mod nat_lab;
 pub mod netns;
 pub mod sandbox;
 pub mod scenario;
+pub mod tap;
 pub mod throughput;
 pub mod turn_bench;
 pub mod turn_clients;

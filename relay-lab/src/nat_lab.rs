@@ -203,6 +203,17 @@ const LINKS: &[Link] = &[
     },
 ];
 
+/// What one iperf3 client run measured at the receiving end.
+#[derive(Debug)]
+pub struct IperfRun {
+    /// Bytes the server received.
+    pub bytes: u64,
+    /// Their rate, Mbit/s.
+    pub mbps: f64,
+    /// iperf3's whole JSON report.
+    pub report: serde_json::Value,
+}
+
 /// Default routes: (host, IPv4 gateway, IPv6 gateway).
 const ROUTES: &[(Host, &str, Option<&str>)] = &[
     (Host::NatA, "198.51.100.1", Some("2001:db8:a::1")),
@@ -521,6 +532,34 @@ impl NatLab {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         ))
+    }
+
+    /// Starts an iperf3 server (process `iperf3-server`) in `host` listening on `addr`, for one
+    /// test if `once`, and gives it time to listen.
+    pub fn iperf_server(&mut self, host: Host, addr: &str, once: bool) -> Result<()> {
+        let mut args = vec!["-s", "-B", addr];
+        if once {
+            args.push("-1");
+        }
+        self.spawn(host, "iperf3-server", Path::new("/usr/bin/iperf3"), &args)?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(())
+    }
+
+    /// Runs iperf3 (TCP, one stream) from `host` to the server at `addr` for `seconds`.
+    pub fn iperf(&self, host: Host, addr: &str, seconds: u32) -> Result<IperfRun> {
+        let out = self.exec(
+            host,
+            "iperf3",
+            &["-c", addr, "-t", &seconds.to_string(), "-J"],
+        )?;
+        let report: serde_json::Value = serde_json::from_str(&out).context("iperf3's report")?;
+        let received = &report["end"]["sum_received"];
+        Ok(IperfRun {
+            bytes: received["bytes"].as_u64().unwrap_or(0),
+            mbps: received["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+            report,
+        })
     }
 
     /// Waits until `check` holds, at most `limit`.

@@ -17,7 +17,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Result, bail, ensure};
 use relay_common::verdict::Reason;
 use relay_userspace::{api::types::PairDetails, config::XdpMode};
 use serde::Serialize;
@@ -114,13 +114,7 @@ impl StockLab {
         let (names, pair) = start_through_front(&mut s)?;
         let mut lab = StockLab { s, names, pair };
         lab.wait_for_ping("the WireGuard front")?;
-        lab.s.lab.spawn(
-            Host::ClientB,
-            "iperf3-server",
-            std::path::Path::new("/usr/bin/iperf3"),
-            &["-s", "-B", TUNNEL_B],
-        )?;
-        std::thread::sleep(Duration::from_millis(300));
+        lab.s.lab.iperf_server(Host::ClientB, TUNNEL_B, false)?;
         Ok(lab)
     }
 
@@ -202,16 +196,11 @@ impl StockLab {
 
     /// iperf3 (TCP, A → B) for `seconds`; Mbit/s received.
     pub fn iperf(&self, seconds: u32) -> Result<f64> {
-        let out = self.s.lab.exec(
-            Host::ClientA,
-            "iperf3",
-            &["-c", TUNNEL_B, "-t", &seconds.to_string(), "-J"],
-        )?;
-        let report: serde_json::Value = serde_json::from_str(&out).context("iperf3's report")?;
-        report["end"]["sum_received"]["bits_per_second"]
-            .as_f64()
-            .map(|b| b / 1e6)
-            .context("iperf3's report has no received rate")
+        let run = self.s.lab.iperf(Host::ClientA, TUNNEL_B, seconds)?;
+        if run.bytes == 0 {
+            bail!("iperf3 moved nothing: {}", run.report);
+        }
+        Ok(run.mbps)
     }
 
     /// Forwarded WireGuard datagrams so far, (kernel, userspace), and forwarded session

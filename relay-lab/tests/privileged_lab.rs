@@ -328,21 +328,8 @@ fn wireguard_runs_through_the_relay_and_the_counters_match() {
         s.lab.log("sidecar-a")
     );
     assert!(ping.unwrap().contains(" 0% packet loss"));
-    s.lab
-        .spawn(
-            Host::ClientB,
-            "iperf3-server",
-            std::path::Path::new("/usr/bin/iperf3"),
-            &["-s", "-1", "-B", TUNNEL_B],
-        )
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    let report = s
-        .lab
-        .exec(Host::ClientA, "iperf3", &["-c", TUNNEL_B, "-t", "3", "-J"])
-        .unwrap();
-    let report: serde_json::Value = serde_json::from_str(&report).unwrap();
-    let received = report["end"]["sum_received"]["bytes"].as_u64().unwrap();
+    s.lab.iperf_server(Host::ClientB, TUNNEL_B, true).unwrap();
+    let received = s.lab.iperf(Host::ClientA, TUNNEL_B, 3).unwrap().bytes;
     assert!(received > 1_000_000, "iperf3 moved only {received} bytes");
     std::thread::sleep(Duration::from_millis(1500)); // let the daemon flush its counters
     // Everything WireGuard sent crossed the relay, in the kernel.

@@ -1,6 +1,8 @@
 //! The allocation API through its router, in-process (no sockets, no root): authentication,
 //! malformed requests, quotas and limits, idempotence, scoping of sessions to their token.
 
+mod common;
+
 use std::{
     sync::{Arc, Mutex},
     time::Duration,
@@ -10,12 +12,13 @@ use axum::{
     body::Body,
     http::{Request, StatusCode, header},
 };
+use common::{JSON, call, error};
 use http_body_util::BodyExt;
 use relay_userspace::{
     api::{
         self, ApiState,
         auth::TokenStore,
-        types::{Endpoints, ErrorDocument, SessionDetails, SessionList},
+        types::{Endpoints, SessionDetails, SessionList},
     },
     config::TokenConfig,
     control::plane::Plane,
@@ -73,36 +76,6 @@ fn app_with_state(
     );
     (api::router(&state, [sessions], max_body), state)
 }
-
-async fn call(
-    app: &axum::Router,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Option<(&str, &str)>,
-) -> (StatusCode, String) {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some(t) = token {
-        req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
-    }
-    let req = match body {
-        Some((content_type, text)) => req
-            .header(header::CONTENT_TYPE, content_type)
-            .body(Body::from(text.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(bytes.to_vec()).unwrap())
-}
-
-fn error(body: &str) -> ErrorDocument {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not an error document ({e}): {body}"))
-}
-
-const JSON: &str = "application/json";
 
 #[tokio::test]
 async fn create_returns_random_vni_endpoints_credentials_and_labels() {

@@ -2,28 +2,26 @@
 //! bound on 127.0.0.1): snippets, key validation, idempotency, quotas and the port range, scoping
 //! to the token and to the kind, and that a pair's ports are bound for as long as it lives.
 
+mod common;
+
 use std::{
     net::{IpAddr, SocketAddr, UdpSocket},
     sync::{Arc, Mutex},
 };
 
-use axum::{
-    body::Body,
-    http::{Request, StatusCode, header},
-};
-use http_body_util::BodyExt;
+use axum::http::StatusCode;
+use common::{JSON, error};
 use relay_userspace::{
     api::{
         self, ApiState,
         auth::TokenStore,
-        types::{ErrorDocument, PairDetails, PairList},
+        types::{PairDetails, PairList},
     },
     config::Config,
     control::plane::Plane,
     forwarder::{counters::UserCounters, table::ForwardTable},
     fronts::{Front, FrontContext, wireguard::WireGuardFront},
 };
-use tower::ServiceExt;
 
 const ALICE: &str = "alice-token-0123456789";
 const BOB: &str = "bob-token-0123456789ab";
@@ -63,6 +61,7 @@ async fn front(first: u16) -> (axum::Router, WireGuardFront) {
     (router, front)
 }
 
+/// A JSON request with `token`.
 async fn call(
     app: &axum::Router,
     method: &str,
@@ -70,29 +69,30 @@ async fn call(
     token: &str,
     json: Option<&str>,
 ) -> (StatusCode, String) {
-    let req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"));
-    let req = match json {
-        Some(text) => req
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(text.to_string())),
-        None => req.body(Body::empty()),
-    }
-    .unwrap();
-    let resp = app.clone().oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8(bytes.to_vec()).unwrap())
-}
-
-fn error(body: &str) -> ErrorDocument {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("not an error document ({e}): {body}"))
+    common::call(
+        app,
+        method,
+        path,
+        Some(token),
+        json.map(|text| (JSON, text)),
+    )
+    .await
 }
 
 fn create_body(a: &str, b: &str) -> String {
     format!(r#"{{"public_keys": {{"a": "{a}", "b": "{b}"}}, "labels": {{"a": "alice-phone"}}}}"#)
+}
+
+/// Asks `token`'s relay for a pair of the test keys.
+async fn create(app: &axum::Router, token: &str) -> (StatusCode, String) {
+    call(
+        app,
+        "POST",
+        "/v1/wireguard",
+        token,
+        Some(&create_body(KEY_A, KEY_B)),
+    )
+    .await
 }
 
 fn port_is_taken(port: u16) -> bool {
@@ -102,14 +102,7 @@ fn port_is_taken(port: u16) -> bool {
 #[tokio::test]
 async fn a_pair_gets_two_bound_ports_and_a_snippet_for_each_peer() {
     let (app, front) = front(47_100).await;
-    let (status, body) = call(
-        &app,
-        "POST",
-        "/v1/wireguard",
-        ALICE,
-        Some(&create_body(KEY_A, KEY_B)),
-    )
-    .await;
+    let (status, body) = create(&app, ALICE).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let pair: PairDetails = serde_json::from_str(&body).unwrap();
     assert_eq!(pair.state, "allocated");
@@ -224,43 +217,15 @@ async fn idempotency_quotas_and_the_port_range_limit_pairs() {
     let id = |text: &str| serde_json::from_str::<PairDetails>(text).unwrap().id;
     assert_eq!(id(&first), id(&again));
     // Bob's quota is one pair (pairs count as sessions).
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/v1/wireguard",
-        BOB,
-        Some(&create_body(KEY_A, KEY_B)),
-    )
-    .await;
+    let (status, _) = create(&app, BOB).await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, text) = call(
-        &app,
-        "POST",
-        "/v1/wireguard",
-        BOB,
-        Some(&create_body(KEY_A, KEY_B)),
-    )
-    .await;
+    let (status, text) = create(&app, BOB).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{text}");
     assert_eq!(error(&text).error, "quota_exceeded");
     // Three port pairs in the range: one more fits, the fourth is refused with 503.
-    let (status, _) = call(
-        &app,
-        "POST",
-        "/v1/wireguard",
-        ALICE,
-        Some(&create_body(KEY_A, KEY_B)),
-    )
-    .await;
+    let (status, _) = create(&app, ALICE).await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, text) = call(
-        &app,
-        "POST",
-        "/v1/wireguard",
-        ALICE,
-        Some(&create_body(KEY_A, KEY_B)),
-    )
-    .await;
+    let (status, text) = create(&app, ALICE).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
     let e = error(&text);
     assert_eq!(e.error, "relay_full");

@@ -85,59 +85,43 @@ impl ApiClient {
 
     /// Allocates a session.
     pub async fn create(&self, request: &CreateSession) -> Result<SessionDetails> {
-        let response = self
-            .http
-            .post(format!("{}/v1/sessions", self.base))
-            .bearer_auth(&self.token)
-            .json(request)
-            .send()
+        self.send(self.http.post(self.url("/v1/sessions")).json(request))
             .await
-            .with_context(|| format!("reaching the relay API at {}", self.base))?;
-        Ok(check(response).await?.json().await?)
     }
 
     /// One session, with its tickets.
     pub async fn get(&self, vni: u32) -> Result<SessionDetails> {
-        let response = self
-            .http
-            .get(format!("{}/v1/sessions/{vni}", self.base))
-            .bearer_auth(&self.token)
-            .send()
+        self.send(self.http.get(self.url(&format!("/v1/sessions/{vni}"))))
             .await
-            .with_context(|| format!("reaching the relay API at {}", self.base))?;
-        Ok(check(response).await?.json().await?)
     }
 
     /// The token's sessions.
     pub async fn list(&self) -> Result<SessionList> {
-        let response = self
-            .http
-            .get(format!("{}/v1/sessions", self.base))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .with_context(|| format!("reaching the relay API at {}", self.base))?;
-        Ok(check(response).await?.json().await?)
+        self.send(self.http.get(self.url("/v1/sessions"))).await
     }
 
     /// Allocates a stock WireGuard pair.
     pub async fn create_pair(&self, request: &CreatePair) -> Result<PairDetails> {
-        let response = self
-            .http
-            .post(format!("{}/v1/wireguard", self.base))
-            .bearer_auth(&self.token)
-            .json(request)
-            .send()
+        self.send(self.http.post(self.url("/v1/wireguard")).json(request))
             .await
-            .with_context(|| format!("reaching the relay API at {}", self.base))?;
-        Ok(check(response).await?.json().await?)
     }
 
     /// One WireGuard pair, with its snippets.
     pub async fn get_pair(&self, id: u32) -> Result<PairDetails> {
-        let response = self
-            .http
-            .get(format!("{}/v1/wireguard/{id}", self.base))
+        self.send(self.http.get(self.url(&format!("/v1/wireguard/{id}"))))
+            .await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Sends `request` with the token and decodes the JSON answer (or the API's error).
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let response = request
             .bearer_auth(&self.token)
             .send()
             .await
@@ -147,13 +131,13 @@ impl ApiClient {
 
     /// Deletes a session.
     pub async fn delete(&self, vni: u32) -> Result<()> {
-        self.delete_at(&format!("{}/v1/sessions/{vni}", self.base))
+        self.delete_at(&self.url(&format!("/v1/sessions/{vni}")))
             .await
     }
 
     /// Deletes a WireGuard pair.
     pub async fn delete_pair(&self, id: u32) -> Result<()> {
-        self.delete_at(&format!("{}/v1/wireguard/{id}", self.base))
+        self.delete_at(&self.url(&format!("/v1/wireguard/{id}")))
             .await
     }
 

@@ -28,6 +28,26 @@ use crate::{
     metrics::FrontMetrics,
 };
 
+/// A non-blocking UDP socket bound to `ip`:`port` for a front's relay port (IPv6 ones v6-only,
+/// so each family has its own socket on the port), asking for `recv_buffer` bytes of receive
+/// buffer (the kernel may cap it; that is not an error).
+pub(crate) fn bind_udp(
+    ip: IpAddr,
+    port: u16,
+    recv_buffer: usize,
+) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = SocketAddr::new(ip, port);
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if ip.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    let _ = socket.set_recv_buffer_size(recv_buffer);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
 /// What a front starts from: the configuration and the shared services.
 pub struct FrontContext<'a> {
     /// The whole configuration (each front reads its own section).

@@ -275,13 +275,28 @@ impl Plane {
         Ok((session, true))
     }
 
+    /// `token`'s session `vni` if it is of the kind asked (a WireGuard pair if `wireguard`):
+    /// each kind's API routes see only their own.
+    pub fn owned(&self, token: &str, vni: u32, wireguard: bool) -> Option<&Session> {
+        self.table
+            .get(vni)
+            .filter(|s| s.token == token && s.wireguard().is_some() == wireguard)
+    }
+
+    /// All of `token`'s sessions of the kind asked, by id.
+    pub fn all_owned(&self, token: &str, wireguard: bool) -> Vec<&Session> {
+        let mut owned: Vec<&Session> = self
+            .table
+            .iter()
+            .filter(|s| s.token == token && s.wireguard().is_some() == wireguard)
+            .collect();
+        owned.sort_by_key(|s| s.vni);
+        owned
+    }
+
     /// Deletes session `vni` (a WireGuard pair if `wireguard`) if `token` owns it.
     pub fn delete(&mut self, token: &str, vni: u32, wireguard: bool) -> bool {
-        if self
-            .table
-            .get(vni)
-            .is_none_or(|s| s.token != token || s.wireguard().is_some() != wireguard)
-        {
+        if self.owned(token, vni, wireguard).is_none() {
             return false;
         }
         let session = self.table.remove(vni).expect("looked up above");

@@ -127,13 +127,11 @@ async fn list(
 ) -> Result<Json<SessionList>, ApiError> {
     let token = state.shared.token(&headers)?;
     let plane = state.shared.plane.lock().unwrap_or_else(|p| p.into_inner());
-    let mut sessions: Vec<SessionDetails> = plane
-        .table()
-        .iter()
-        .filter(|s| s.token == *token && s.wireguard().is_none())
+    let sessions = plane
+        .all_owned(&token, false)
+        .into_iter()
         .map(|s| details(s, &state.endpoints, false))
         .collect();
-    sessions.sort_by_key(|s| s.vni);
     Ok(Json(SessionList { sessions }))
 }
 
@@ -145,11 +143,9 @@ async fn show(
     let token = state.shared.token(&headers)?;
     let vni = parse_vni(&vni)?;
     let plane = state.shared.plane.lock().unwrap_or_else(|p| p.into_inner());
-    match plane.table().get(vni) {
-        Some(s) if s.token == token && s.wireguard().is_none() => {
-            Ok(Json(details(s, &state.endpoints, true)))
-        }
-        _ => Err(ApiError::not_found(format!("no session {vni}"))),
+    match plane.owned(&token, vni, false) {
+        Some(s) => Ok(Json(details(s, &state.endpoints, true))),
+        None => Err(ApiError::not_found(format!("no session {vni}"))),
     }
 }
 

@@ -92,21 +92,6 @@ struct RelaySockets {
     ports: Arc<DashMap<u16, PortSockets>>,
 }
 
-impl RelaySockets {
-    fn open(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
-        use socket2::{Domain, Protocol, Socket, Type};
-        let addr = SocketAddr::new(ip, port);
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        if ip.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        let _ = socket.set_recv_buffer_size(RELAYED_RECV_BUFFER);
-        socket.set_nonblocking(true)?;
-        socket.bind(&addr.into())?;
-        Ok(socket.into())
-    }
-}
-
 impl PortBinder for RelaySockets {
     fn bind(&mut self, port: u16, families: Families) -> bool {
         let mut sockets = PortSockets::default();
@@ -117,7 +102,7 @@ impl PortBinder for RelaySockets {
             let Some(ip) = self.local[i] else {
                 return false;
             };
-            match RelaySockets::open(ip, port) {
+            match super::bind_udp(ip, port, RELAYED_RECV_BUFFER) {
                 Ok(s) => sockets.families[i] = Some(Arc::new(s)),
                 Err(_) => return false,
             }

@@ -162,13 +162,11 @@ async fn list(
 ) -> Result<Json<PairList>, ApiError> {
     let token = state.shared.token(&headers)?;
     let plane = state.shared.plane.lock().unwrap_or_else(|p| p.into_inner());
-    let mut pairs: Vec<PairDetails> = plane
-        .table()
-        .iter()
-        .filter(|s| s.token == *token && s.wireguard().is_some())
+    let pairs = plane
+        .all_owned(&token, true)
+        .into_iter()
         .map(|s| details(s, &state.core, false))
         .collect();
-    pairs.sort_by_key(|p| p.id);
     Ok(Json(PairList { pairs }))
 }
 
@@ -180,11 +178,9 @@ async fn show(
     let token = state.shared.token(&headers)?;
     let id = parse_id(&id)?;
     let plane = state.shared.plane.lock().unwrap_or_else(|p| p.into_inner());
-    match plane.table().get(id) {
-        Some(s) if s.token == token && s.wireguard().is_some() => {
-            Ok(Json(details(s, &state.core, true)))
-        }
-        _ => Err(ApiError::not_found(format!("no WireGuard pair {id}"))),
+    match plane.owned(&token, id, true) {
+        Some(s) => Ok(Json(details(s, &state.core, true))),
+        None => Err(ApiError::not_found(format!("no WireGuard pair {id}"))),
     }
 }
 

@@ -128,7 +128,7 @@ fn send_nonblocking(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> bool {
 fn open_socket(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
     let mut tries = 0;
     loop {
-        match try_open_socket(ip, port) {
+        match super::bind_udp(ip, port, RECV_BUFFER) {
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 10 => {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(20));
@@ -136,19 +136,6 @@ fn open_socket(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
             result => return result,
         }
     }
-}
-
-fn try_open_socket(ip: IpAddr, port: u16) -> std::io::Result<UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let addr = SocketAddr::new(ip, port);
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if ip.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    let _ = socket.set_recv_buffer_size(RECV_BUFFER);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
 }
 
 /// What the front's parts share.
