@@ -135,6 +135,7 @@ pub fn draw(frame: &mut Frame, m: &TopModel) {
         let seen = s.directions.iter().filter_map(|d| d.last_seen).min();
         Row::new(vec![
             s.vni.to_string(),
+            s.kind.to_string(),
             s.state.to_string(),
             leg(0),
             leg(1),
@@ -149,6 +150,7 @@ pub fn draw(frame: &mut Frame, m: &TopModel) {
         [
             Constraint::Length(9),
             Constraint::Length(10),
+            Constraint::Length(10),
             Constraint::Length(16),
             Constraint::Length(16),
             Constraint::Length(24),
@@ -159,7 +161,7 @@ pub fn draw(frame: &mut Frame, m: &TopModel) {
     )
     .header(
         Row::new([
-            "VNI", "STATE", "LEG A", "LEG B", "A→B", "B→A", "PATH", "SEEN",
+            "VNI", "KIND", "STATE", "LEG A", "LEG B", "A→B", "B→A", "PATH", "SEEN",
         ])
         .style(Style::default().add_modifier(Modifier::BOLD)),
     )
@@ -309,8 +311,12 @@ mod tests {
             slot: vni,
             rates: None,
         };
+        let pair = SessionView {
+            kind: "wireguard",
+            ..session(11, kernel_bytes / 10)
+        };
         Snapshot {
-            sessions: vec![session(11, kernel_bytes / 10), session(22, kernel_bytes)],
+            sessions: vec![pair, session(22, kernel_bytes)],
             allocations: Vec::new(),
             allocation_capacity: 16384,
             kernel_verdicts: verdicts.clone(),
@@ -341,6 +347,9 @@ mod tests {
             .unwrap();
         let second = text.lines().position(|l| l.contains("a-11")).unwrap();
         assert!(first < second, "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[first].contains(" geneve "), "{text}");
+        assert!(lines[second].contains(" wireguard "), "{text}");
         assert!(text.contains("10000 pps 8.0 Mbit/s"), "{text}");
         assert!(
             text.contains("forwarded_v4") && text.contains("10000"),
