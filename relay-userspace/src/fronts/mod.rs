@@ -48,6 +48,26 @@ pub(crate) fn bind_udp(
     Ok(socket.into())
 }
 
+/// Index of `ip`'s family in a front's per-family socket arrays: 0 IPv4 (or IPv4-mapped), 1 IPv6.
+pub(crate) fn family_index(ip: IpAddr) -> usize {
+    usize::from(crate::control::address_policy::normalise(ip).is_ipv6())
+}
+
+/// Sends without blocking (the caller is a task or a connection's reader): a full socket buffer
+/// drops the datagram, which the caller counts.
+pub(crate) fn send_nonblocking(socket: &std::net::UdpSocket, data: &[u8], to: SocketAddr) -> bool {
+    use std::os::fd::AsRawFd;
+
+    use nix::sys::socket::{MsgFlags, SockaddrStorage, sendto};
+    sendto(
+        socket.as_raw_fd(),
+        data,
+        &SockaddrStorage::from(to),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .is_ok()
+}
+
 /// What a front starts from: the configuration and the shared services.
 pub struct FrontContext<'a> {
     /// The whole configuration (each front reads its own section).

@@ -23,7 +23,6 @@ use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -193,23 +192,6 @@ pub fn credentials(turn: &TurnConfig) -> Credentials {
     )
 }
 
-/// Sends without blocking (the caller is a task or a connection's reader): a full socket buffer
-/// drops the datagram, which the caller counts.
-fn send_nonblocking(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> bool {
-    use nix::sys::socket::{MsgFlags, SockaddrStorage, sendto};
-    sendto(
-        socket.as_raw_fd(),
-        data,
-        &SockaddrStorage::from(to),
-        MsgFlags::MSG_DONTWAIT,
-    )
-    .is_ok()
-}
-
-fn family_index(ip: IpAddr) -> usize {
-    usize::from(crate::control::address_policy::normalise(ip).is_ipv6())
-}
-
 impl TurnCore {
     fn count(&self, result: &'static str) {
         *self
@@ -346,7 +328,7 @@ impl TurnCore {
     fn relay_socket(&self, port: u16, peer: IpAddr) -> Option<Arc<UdpSocket>> {
         self.ports
             .get(&port)
-            .and_then(|s| s.families[family_index(peer)].clone())
+            .and_then(|s| s.families[super::family_index(peer)].clone())
     }
 
     /// Whether `peer` is one of the relay's own addresses on a port no allocation holds: the
@@ -406,7 +388,7 @@ impl TurnCore {
         let reply = match self.on_client_datagram(frame, *five_tuple, &mut verdicts) {
             Action::Reply(reply) => Some(reply),
             Action::Relay { from, to, range } => {
-                if !send_nonblocking(&from, frame.get(range).unwrap_or_default(), to) {
+                if !super::send_nonblocking(&from, frame.get(range).unwrap_or_default(), to) {
                     verdicts.add(Reason::DroppedSendError, 0);
                 }
                 None
@@ -457,8 +439,8 @@ impl TurnCore {
             Transport::Udp => self
                 .listeners
                 .get()
-                .and_then(|l| l[family_index(five_tuple.client.ip())].as_ref())
-                .is_some_and(|s| send_nonblocking(s, frame, five_tuple.client)),
+                .and_then(|l| l[super::family_index(five_tuple.client.ip())].as_ref())
+                .is_some_and(|s| super::send_nonblocking(s, frame, five_tuple.client)),
             Transport::Tcp | Transport::Tls => self
                 .streams
                 .get(five_tuple)
@@ -564,7 +546,7 @@ impl DatagramHandler for TurnPort {
         _now: Instant,
         verdicts: &mut LocalVerdicts,
     ) -> Action {
-        let Some(server) = self.core.listen[family_index(src.ip())] else {
+        let Some(server) = self.core.listen[super::family_index(src.ip())] else {
             verdicts.add(Reason::DroppedTurnMalformed, payload.len());
             return Action::Drop;
         };

@@ -30,7 +30,6 @@ use std::{
     collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr, UdpSocket},
-    os::fd::AsRawFd,
     sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
@@ -105,22 +104,6 @@ impl Drop for RunningPair {
             t.abort();
         }
     }
-}
-
-fn family_index(ip: IpAddr) -> usize {
-    usize::from(crate::control::address_policy::normalise(ip).is_ipv6())
-}
-
-/// Sends without blocking (a full socket buffer drops the datagram, which the caller counts).
-fn send_nonblocking(socket: &UdpSocket, data: &[u8], to: SocketAddr) -> bool {
-    use nix::sys::socket::{MsgFlags, SockaddrStorage, sendto};
-    sendto(
-        socket.as_raw_fd(),
-        data,
-        &SockaddrStorage::from(to),
-        MsgFlags::MSG_DONTWAIT,
-    )
-    .is_ok()
 }
 
 /// Binds `ip`:`port`, waiting briefly if a just-deleted pair's socket still holds it (the ticker
@@ -200,7 +183,7 @@ impl PairsCore {
         let mut sockets: [[Option<Arc<UdpSocket>>; 2]; 2] = Default::default();
         for (side, port) in w.ports.iter().enumerate() {
             for ip in &self.listen {
-                sockets[side][family_index(*ip)] = Some(Arc::new(open_socket(*ip, *port)?));
+                sockets[side][super::family_index(*ip)] = Some(Arc::new(open_socket(*ip, *port)?));
             }
         }
         let running = Arc::new(RunningPair {
@@ -362,8 +345,8 @@ impl PairsCore {
         }
         let mut sent = false;
         for addr in &to {
-            if let Some(socket) = &running.sockets[out_side][family_index(addr.ip())] {
-                sent |= send_nonblocking(socket, payload, *addr);
+            if let Some(socket) = &running.sockets[out_side][super::family_index(addr.ip())] {
+                sent |= super::send_nonblocking(socket, payload, *addr);
             }
         }
         if !sent {
