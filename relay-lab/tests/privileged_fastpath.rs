@@ -530,12 +530,16 @@ fn cached_next_hop_serves_until_it_expires() {
     let mut fx = Fixture::new();
     // Long enough that spawning `ip` on a loaded machine stays well inside it.
     let lifetime = std::time::Duration::from_secs(1);
+    let ttl = fx.clock.to_ticks(lifetime);
     let mut config = fx.config;
-    config.nexthop_ttl_jiffies = fx.clock.to_ticks(lifetime) as u32;
+    config.nexthop_ttl_jiffies = ttl as u32;
     fx.set_config(config);
     fx.add_session(VNI, SLOT, leg(sa(LEG_A4)), leg(sa(LEG_B4)));
     let frame = data_frame(LEG_A4, FrameOpts::default());
     assert_forwarded(&mut fx, &frame, LEG_B4, Reason::ForwardedV4, 0, VIA_GATEWAY);
+    // The entry expires `ttl` jiffies after that run, by the kernel's clock (waiting by ours
+    // would trust the calibrated tick rate, which a loaded machine can misjudge).
+    let expires_by = fx.jiffies() + ttl;
     // The gateway's MAC changes (a failover): the cache keeps the old one for its lifetime...
     let new_mac = [0x02, 0, 0, 0, 0, 0xfd];
     fx.ip(
@@ -545,7 +549,7 @@ fn cached_next_hop_serves_until_it_expires() {
     );
     assert_forwarded(&mut fx, &frame, LEG_B4, Reason::ForwardedV4, 0, VIA_GATEWAY);
     // ...and the next lookup after it expires sees the new one.
-    std::thread::sleep(lifetime + std::time::Duration::from_millis(50));
+    fx.wait_for_jiffies_past(expires_by);
     assert_forwarded(
         &mut fx,
         &frame,

@@ -382,6 +382,28 @@ impl Fixture {
     }
 
     /// Runs `frame` arriving on eth0 and returns the outcome and counter deltas for `slot`.
+    /// The kernel's jiffies now (the clock the program stamps and expires by).
+    pub fn jiffies(&mut self) -> u64 {
+        let probe = self
+            .sandbox
+            .dataplane
+            .program(relay_userspace::dataplane::object::PROGRAM_CLOCK_PROBE)
+            .unwrap();
+        relay_userspace::dataplane::clock::JiffiesClock::read(probe).unwrap()
+    }
+
+    /// Waits (at most 10 s) until the kernel's jiffies pass `jiffies`.
+    pub fn wait_for_jiffies_past(&mut self, jiffies: u64) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.jiffies() <= jiffies {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "jiffies did not reach {jiffies}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     pub fn run(&mut self, frame: &[u8], slot: u32) -> (RunOutcome, Deltas) {
         let before = self.maps().kernel_verdicts().unwrap();
         let session_before = self.maps().kernel_session_stats(slot).unwrap();
