@@ -15,10 +15,45 @@ use super::simulate::run_frame;
 
 /// Tick rates Linux can be built with (`CONFIG_HZ`).
 const KNOWN_HZ: [u32; 4] = [100, 250, 300, 1000];
-/// Ticks timed to measure the rate.
-const TICKS_TIMED: u64 = 4;
-/// Give up measuring after this long (a kernel ticking slower than 10 Hz is not Linux).
-const CALIBRATION_LIMIT: Duration = Duration::from_millis(500);
+/// Time between the two tick edges a measurement times (several ticks at any rate).
+const WINDOW: Duration = Duration::from_millis(30);
+/// Largest relative uncertainty of an accepted measurement: well under the 9 % half-gap
+/// between the closest known rates (250 and 300 Hz).
+const MAX_UNCERTAINTY: f64 = 0.04;
+/// Give up measuring after this long; the best measurement so far is used then.
+const CALIBRATION_LIMIT: Duration = Duration::from_secs(2);
+
+/// A tick edge: the kernel's jiffies became `jiffies` at some instant in `after..before`
+/// (the start of the last read that saw the previous value, the end of the read that saw
+/// this one). A read preempted on a loaded machine widens it; the estimate accounts for that.
+#[derive(Clone, Copy, Debug)]
+struct Edge {
+    jiffies: u64,
+    after: Instant,
+    before: Instant,
+}
+
+impl Edge {
+    fn mid(&self) -> Instant {
+        self.after + (self.before - self.after) / 2
+    }
+
+    fn width(&self) -> Duration {
+        self.before - self.after
+    }
+}
+
+/// The tick interval between two edges, and its relative uncertainty.
+fn estimate(first: &Edge, second: &Edge) -> Option<(Duration, f64)> {
+    let ticks = second
+        .jiffies
+        .checked_sub(first.jiffies)
+        .filter(|t| *t > 0)?;
+    let elapsed = second.mid().checked_duration_since(first.mid())?;
+    let tick = elapsed / u32::try_from(ticks).ok()?;
+    let uncertainty = (first.width() + second.width()).as_secs_f64() / 2.0;
+    Some((tick, uncertainty / elapsed.as_secs_f64().max(1e-9)))
+}
 
 /// The relation between the kernel's jiffies and this process's monotonic clock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -79,33 +114,61 @@ impl JiffiesClock {
         Ok(u64::from_ne_bytes(bytes))
     }
 
-    /// Measures the tick rate (timing a few ticks, a few milliseconds) and samples jiffies.
+    /// Measures the tick rate and samples jiffies. Timing a few ticks naively misjudges the
+    /// rate on a loaded machine (a read preempted between the probe and the clock read made
+    /// 250 Hz look like 300 in a quarter of tries under load), so each tick edge is bracketed
+    /// by the reads around it, edges ~30 ms apart are timed, and a measurement is accepted
+    /// only when its brackets are narrow (retrying, at most [`CALIBRATION_LIMIT`], then the
+    /// best so far is used).
     pub fn calibrate(probe: &Xdp) -> Result<JiffiesClock> {
-        let start = Instant::now();
-        let first = Self::read(probe)?;
-        // Wait for a tick edge, then time TICKS_TIMED more.
-        let (edge_jiffies, edge_at) = loop {
-            let j = Self::read(probe)?;
-            if j != first {
-                break (j, Instant::now());
-            }
-            if start.elapsed() > CALIBRATION_LIMIT {
-                bail!("the kernel's jiffies did not advance in {CALIBRATION_LIMIT:?}");
-            }
-        };
+        let deadline = Instant::now() + CALIBRATION_LIMIT;
+        let mut best: Option<(Duration, f64)> = None;
+        let mut first = Self::edge(probe, deadline)?;
         loop {
+            std::thread::sleep(WINDOW);
+            let second = match Self::edge(probe, deadline) {
+                Ok(edge) => edge,
+                Err(e) if best.is_none() => return Err(e),
+                Err(_) => break,
+            };
+            if let Some(m) = estimate(&first, &second)
+                && best.is_none_or(|b| m.1 < b.1)
+            {
+                best = Some(m);
+            }
+            if best.is_some_and(|b| b.1 <= MAX_UNCERTAINTY) || Instant::now() > deadline {
+                break;
+            }
+            first = second;
+        }
+        let (tick, _) = best.context("no tick timed")?;
+        let jiffies = Self::read(probe)?;
+        Ok(JiffiesClock {
+            hz: Self::hz_for_tick(tick),
+            jiffies,
+            at: Instant::now(),
+        })
+    }
+
+    /// Reads jiffies until they advance by exactly one tick and brackets that edge.
+    fn edge(probe: &Xdp, deadline: Instant) -> Result<Edge> {
+        let mut last_start = Instant::now();
+        let mut last = Self::read(probe)?;
+        loop {
+            let start = Instant::now();
             let j = Self::read(probe)?;
-            if j >= edge_jiffies + TICKS_TIMED {
-                let now = Instant::now();
-                let tick = (now - edge_at) / (j - edge_jiffies) as u32;
-                return Ok(JiffiesClock {
-                    hz: Self::hz_for_tick(tick),
+            let end = Instant::now();
+            if j == last + 1 {
+                return Ok(Edge {
                     jiffies: j,
-                    at: now,
+                    after: last_start,
+                    before: end,
                 });
             }
-            if start.elapsed() > CALIBRATION_LIMIT {
-                bail!("could not time the kernel's ticks in {CALIBRATION_LIMIT:?}");
+            // Same tick, or several passed unseen (preempted): keep looking from here.
+            (last, last_start) = (j, start);
+            if end > deadline {
+                bail!("the kernel's jiffies did not advance by one tick in {CALIBRATION_LIMIT:?}");
             }
         }
     }
@@ -143,6 +206,27 @@ mod tests {
         );
         assert_eq!(JiffiesClock::hz_for_tick(Duration::from_micros(3_333)), 300);
         assert_eq!(JiffiesClock::hz_for_tick(Duration::from_millis(10)), 100);
+    }
+
+    #[test]
+    fn an_estimate_times_the_edges_midpoints_and_says_how_sure_it_is() {
+        let t0 = Instant::now();
+        let at = |us: u64| t0 + Duration::from_micros(us);
+        let edge = |jiffies, after, before| Edge {
+            jiffies,
+            after: at(after),
+            before: at(before),
+        };
+        // Narrow brackets 8 ticks of 4 ms apart: 250 Hz, sure.
+        let (tick, uncertainty) = estimate(&edge(100, 0, 20), &edge(108, 32_000, 32_020)).unwrap();
+        assert_eq!(tick, Duration::from_millis(4));
+        assert!(uncertainty < 0.001);
+        assert_eq!(JiffiesClock::hz_for_tick(tick), 250);
+        // A preempted read (a 5 ms bracket) makes the same ticks unsure.
+        let (_, unsure) = estimate(&edge(100, 0, 5_000), &edge(108, 32_000, 32_020)).unwrap();
+        assert!(unsure > MAX_UNCERTAINTY, "{unsure}");
+        // No tick between them: no estimate.
+        assert!(estimate(&edge(100, 0, 20), &edge(100, 5_000, 5_020)).is_none());
     }
 
     #[test]
