@@ -15,7 +15,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    nat_lab::{Host, addr},
+    nat_lab::{Host, IperfRun, addr},
     scenario::{Scenario, ScenarioOptions},
     wireguard::{self, TUNNEL_B},
 };
@@ -110,12 +110,7 @@ pub fn run(options: DemoOptions, interrupted: Arc<AtomicBool>) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    let report: serde_json::Value =
-        serde_json::from_str(&s.lab.log("iperf3")).context("iperf3's report")?;
-    let mbps = report["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap_or(0.0)
-        / 1e6;
+    let mbps = IperfRun::parse(&s.lab.log("iperf3"))?.mbps;
     println!(
         "  throughput: {mbps:.0} Mbit/s (WireGuard in userspace on both ends, 2 shared cores)"
     );

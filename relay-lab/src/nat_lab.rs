@@ -203,17 +203,6 @@ const LINKS: &[Link] = &[
     },
 ];
 
-/// What one iperf3 client run measured at the receiving end.
-#[derive(Debug)]
-pub struct IperfRun {
-    /// Bytes the server received.
-    pub bytes: u64,
-    /// Their rate, Mbit/s.
-    pub mbps: f64,
-    /// iperf3's whole JSON report.
-    pub report: serde_json::Value,
-}
-
 /// Default routes: (host, IPv4 gateway, IPv6 gateway).
 const ROUTES: &[(Host, &str, Option<&str>)] = &[
     (Host::NatA, "198.51.100.1", Some("2001:db8:a::1")),
@@ -553,13 +542,7 @@ impl NatLab {
             "iperf3",
             &["-c", addr, "-t", &seconds.to_string(), "-J"],
         )?;
-        let report: serde_json::Value = serde_json::from_str(&out).context("iperf3's report")?;
-        let received = &report["end"]["sum_received"];
-        Ok(IperfRun {
-            bytes: received["bytes"].as_u64().unwrap_or(0),
-            mbps: received["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
-            report,
-        })
+        IperfRun::parse(&out)
     }
 
     /// Waits until `check` holds, at most `limit`.
@@ -645,6 +628,30 @@ impl Drop for NatLab {
     }
 }
 
+/// What one iperf3 client run measured at the receiving end.
+#[derive(Debug)]
+pub struct IperfRun {
+    /// Bytes the server received.
+    pub bytes: u64,
+    /// Their rate, Mbit/s.
+    pub mbps: f64,
+    /// iperf3's whole JSON report.
+    pub report: serde_json::Value,
+}
+
+impl IperfRun {
+    /// Reads iperf3's JSON report (`-J`).
+    pub fn parse(json: &str) -> Result<IperfRun> {
+        let report: serde_json::Value = serde_json::from_str(json).context("iperf3's report")?;
+        let received = &report["end"]["sum_received"];
+        Ok(IperfRun {
+            bytes: received["bytes"].as_u64().unwrap_or(0),
+            mbps: received["bits_per_second"].as_f64().unwrap_or(0.0) / 1e6,
+            report,
+        })
+    }
+}
+
 /// Sends `payload` from `from` to `to` over UDP and reports whether `receiver` got it within
 /// `wait` (bounded: used for "does not arrive" assertions too).
 pub fn udp_probe(
@@ -674,4 +681,22 @@ pub fn require_tool(tool: &str) -> Result<()> {
         bail!("{tool} is not installed: run `cargo xtask setup`");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_iperf3_report_gives_what_the_server_received() {
+        let run = IperfRun::parse(
+            r#"{"end": {"sum_received": {"bytes": 125000000, "bits_per_second": 333333333.3}}}"#,
+        )
+        .unwrap();
+        assert_eq!(run.bytes, 125_000_000);
+        assert!((run.mbps - 333.33).abs() < 0.01, "{}", run.mbps);
+        let failed = IperfRun::parse(r#"{"error": "unable to connect to server"}"#).unwrap();
+        assert_eq!((failed.bytes, failed.mbps), (0, 0.0));
+        assert!(IperfRun::parse("iperf3: error").is_err());
+    }
 }
