@@ -113,7 +113,7 @@ pub fn start_all(context: &FrontContext) -> Result<Vec<Arc<dyn Front>>> {
     let mut fronts: Vec<Arc<dyn Front>> = vec![Arc::new(geneve::SessionFront::start(context)?)];
     match (&context.config.turn, context.pin_dir) {
         (Some(turn), _) => fronts.push(Arc::new(turn::TurnFront::start(context, turn)?)),
-        (None, Some(dir)) => turn::forget_pinned(dir)?,
+        (None, Some(dir)) => turn::adoption::forget_pinned(dir)?,
         (None, None) => {}
     }
     match (&context.config.wireguard, context.pin_dir) {

@@ -1,0 +1,335 @@
+//! What every part of the TURN front shares ([`TurnCore`]): the server, the relayed ports'
+//! sockets, the data path's tables, the counters and the maps; and what a client's message does
+//! there, on any transport.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr, UdpSocket},
+    sync::{Arc, Mutex},
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use arc_swap::ArcSwap;
+use dashmap::DashMap;
+use relay_common::{
+    maps::{SessionLimits, SessionStats},
+    turn::TO_PEER,
+    verdict::Reason,
+};
+use tokio::{sync::mpsc, task::JoinHandle};
+use tracing::{debug, info, warn};
+
+use super::{
+    auth, persist,
+    relayed_ports::{PortSockets, RelaySockets},
+    relaying::{self, FromClient, RelayTables},
+    server::{Change, Clock, FiveTuple, Transport, TurnServer},
+};
+use crate::{
+    control::source_limit::SourceLimiter,
+    dataplane::turn_maps::TurnMaps,
+    forwarder::{
+        Action,
+        counters::{LocalVerdicts, UserCounters},
+    },
+};
+
+pub(super) fn clock() -> Clock {
+    Clock {
+        now: Instant::now(),
+        unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+    }
+}
+
+/// What every part of the TURN front shares.
+pub struct TurnCore {
+    pub(super) me: std::sync::Weak<TurnCore>,
+    pub(super) server: Mutex<TurnServer>,
+    pub(super) sockets: Mutex<RelaySockets>,
+    pub(super) ports: Arc<DashMap<u16, PortSockets>>,
+    pub(super) tables: RelayTables,
+    pub(super) counters: Arc<UserCounters>,
+    pub(super) verdicts: Arc<UserCounters>,
+    /// The TURN port's sockets per family, for sending to UDP clients (set once its forwarder
+    /// runs).
+    pub(super) listeners: std::sync::OnceLock<[Option<Arc<UdpSocket>>; 2]>,
+    /// The TURN port's addresses per family (the server side of UDP 5-tuples).
+    pub(super) listen: [Option<SocketAddr>; 2],
+    /// TCP and TLS clients' outgoing queues.
+    pub(super) streams: DashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    pub(super) maps: Option<Mutex<TurnMaps>>,
+    pub(super) results: Mutex<HashMap<&'static str, u64>>,
+    pub(super) requests: Mutex<SourceLimiter>,
+    pub(super) port_tasks: Mutex<HashMap<u16, Vec<JoinHandle<()>>>>,
+    pub(super) runtime: tokio::runtime::Handle,
+    pub(super) limits: SessionLimits,
+    /// The relay's own addresses: peers there are only allocations' relayed ports.
+    pub(super) own: Vec<IpAddr>,
+    pub(super) tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
+}
+
+impl fmt::Debug for TurnCore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TurnCore").finish_non_exhaustive()
+    }
+}
+
+impl TurnCore {
+    pub(super) fn count(&self, result: &'static str) {
+        *self
+            .results
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(result)
+            .or_default() += 1;
+    }
+
+    /// Handles a STUN request; returns the response to send back.
+    pub(super) fn handle_stun(&self, datagram: &[u8], five_tuple: FiveTuple) -> Option<Vec<u8>> {
+        let clock = clock();
+        if !self
+            .requests
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allow(five_tuple.client.ip(), clock.now)
+        {
+            self.count("rate_limited");
+            return None;
+        }
+        let outcome = {
+            let mut server = self.server.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+            let outcome = server.handle(datagram, five_tuple, &clock, &mut *sockets);
+            if let Some(change) = outcome.change {
+                self.apply(&server, change, &clock);
+            }
+            outcome
+        };
+        self.count(outcome.result);
+        if let Some(reason) = &outcome.reason {
+            debug!(client = %five_tuple.client, transport = five_tuple.transport.name(), result = outcome.result, reason, "TURN request refused");
+        }
+        outcome.reply
+    }
+
+    /// Mirrors a change into the data path's tables, the maps and the relayed ports' tasks.
+    pub(super) fn apply(&self, server: &TurnServer, change: Change, clock: &Clock) {
+        self.mirror(server, change, clock, false);
+    }
+
+    /// [`TurnCore::apply`]; `adopted`: the allocation comes from a previous daemon's maps, so
+    /// its counters (the kernel's, and what [`adopt`] restored) carry on rather than restart.
+    pub(super) fn mirror(&self, server: &TurnServer, change: Change, clock: &Clock, adopted: bool) {
+        match change {
+            Change::Updated(slot) => {
+                let Some(allocation) = server.allocation(slot) else {
+                    return;
+                };
+                let new = self.tables.route(slot).is_none();
+                self.tables.sync(allocation, server.settings(), clock.now);
+                if new {
+                    if !adopted {
+                        self.counters.reset(slot);
+                        if let Some(maps) = &self.maps {
+                            let _ = maps
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .reset_slot(slot);
+                        }
+                    }
+                    self.start_port_tasks(slot, allocation.port);
+                    info!(
+                        slot,
+                        client = %allocation.five_tuple.client,
+                        transport = allocation.five_tuple.transport.name(),
+                        port = allocation.port,
+                        user = auth::quota_user(&allocation.username),
+                        "{}",
+                        if adopted {
+                            "TURN allocation adopted"
+                        } else {
+                            "TURN allocation created"
+                        }
+                    );
+                }
+                if let Some(maps) = &self.maps {
+                    let record = persist::to_record(allocation, self.limits, clock);
+                    if let Err(e) = maps.lock().unwrap_or_else(|p| p.into_inner()).put(&record) {
+                        warn!(slot, error = %e, "writing a TURN allocation to the maps failed");
+                    }
+                }
+            }
+            Change::Removed { slot, port } => {
+                self.tables.remove(slot);
+                if let Some(tasks) = self
+                    .port_tasks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&port)
+                {
+                    for t in tasks {
+                        t.abort();
+                    }
+                }
+                if let Some(maps) = &self.maps
+                    && let Err(e) = maps.lock().unwrap_or_else(|p| p.into_inner()).delete(slot)
+                {
+                    warn!(slot, error = %e, "removing a TURN allocation from the maps failed");
+                }
+                info!(slot, port, "TURN allocation ended");
+            }
+        }
+    }
+
+    /// Whether `peer` is one of the relay's own addresses on a port no allocation holds: the
+    /// relay must not become a way to its host's other services.
+    pub(super) fn own_but_not_relayed(&self, peer: SocketAddr) -> bool {
+        let ip = crate::control::address_policy::normalise(peer.ip());
+        self.own.contains(&ip) && !self.ports.contains_key(&peer.port())
+    }
+
+    /// What to do with a datagram from a client, on any transport: STUN goes to the server
+    /// (its response is the reply), data to its peer through the relayed port's socket.
+    pub(super) fn on_client_datagram(
+        &self,
+        payload: &[u8],
+        five_tuple: FiveTuple,
+        verdicts: &mut LocalVerdicts,
+    ) -> Action {
+        match relaying::from_client(payload, &five_tuple, &self.tables) {
+            FromClient::Stun => {
+                verdicts.add(Reason::PassedTurnStun, payload.len());
+                match self.handle_stun(payload, five_tuple) {
+                    Some(reply) => Action::Reply(reply),
+                    None => Action::Drop,
+                }
+            }
+            FromClient::ToPeer {
+                slot,
+                port,
+                peer,
+                range,
+                limits,
+            } => match self.admit_to_peer(slot, port, peer, range.len(), &limits) {
+                Ok(from) => {
+                    verdicts.add(Reason::ForwardedTurnToPeer, range.len());
+                    Action::Relay {
+                        from,
+                        to: peer,
+                        range,
+                    }
+                }
+                Err(reason) => {
+                    verdicts.add(reason, payload.len());
+                    Action::Drop
+                }
+            },
+            FromClient::Drop(reason) => {
+                verdicts.add(reason, payload.len());
+                Action::Drop
+            }
+        }
+    }
+
+    /// A datagram from a client on a stream (TCP, TLS): the reply to write back, if any. Data
+    /// for a peer is sent here, as the forwarder does for UDP.
+    pub(super) fn on_stream_frame(&self, frame: &[u8], five_tuple: &FiveTuple) -> Option<Vec<u8>> {
+        let mut verdicts = LocalVerdicts::default();
+        let reply = match self.on_client_datagram(frame, *five_tuple, &mut verdicts) {
+            Action::Reply(reply) => Some(reply),
+            Action::Relay { from, to, range } => {
+                if !crate::fronts::send_nonblocking(&from, frame.get(range).unwrap_or_default(), to)
+                {
+                    verdicts.add(Reason::DroppedSendError, 0);
+                }
+                None
+            }
+            Action::Forward { .. } | Action::Drop => None,
+        };
+        self.verdicts.publish(&mut verdicts);
+        reply
+    }
+
+    /// The checks before data leaves for a peer: the relay's own addresses, the relayed
+    /// socket, the rate limit; counts it when it passes.
+    pub(super) fn admit_to_peer(
+        &self,
+        slot: u32,
+        port: u16,
+        peer: SocketAddr,
+        len: usize,
+        limits: &SessionLimits,
+    ) -> Result<Arc<UdpSocket>, Reason> {
+        if self.own_but_not_relayed(peer) {
+            return Err(Reason::DroppedTurnOwnAddress);
+        }
+        let socket = self
+            .relay_socket(port, peer.ip())
+            .ok_or(Reason::DroppedTurnNoAllocation)?;
+        let now = Instant::now();
+        if !self.counters.admit(slot, TO_PEER, limits, len, now) {
+            return Err(Reason::DroppedRateLimited);
+        }
+        self.counters.forwarded(slot, TO_PEER, len, now);
+        Ok(socket)
+    }
+
+    /// A TCP or TLS client went away: its allocation ends with its connection.
+    pub(super) fn client_gone(&self, five_tuple: &FiveTuple) {
+        let clock = clock();
+        let mut server = self.server.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(change) = server.remove_client(five_tuple, &mut *sockets) {
+            self.apply(&server, change, &clock);
+        }
+    }
+
+    /// Sends `frame` to the client of `five_tuple`.
+    pub(super) fn to_client(&self, five_tuple: &FiveTuple, frame: &[u8]) -> bool {
+        match five_tuple.transport {
+            Transport::Udp => self
+                .listeners
+                .get()
+                .and_then(|l| l[crate::fronts::family_index(five_tuple.client.ip())].as_ref())
+                .is_some_and(|s| crate::fronts::send_nonblocking(s, frame, five_tuple.client)),
+            Transport::Tcp | Transport::Tls => self
+                .streams
+                .get(five_tuple)
+                .is_some_and(|q| q.try_send(frame.to_vec()).is_ok()),
+        }
+    }
+
+    /// Once a tick: expiry, and the userspace counters into the maps.
+    pub(super) fn tick(&self) {
+        let clock = clock();
+        {
+            let mut server = self.server.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
+            for change in server.expire(&clock, &mut *sockets) {
+                self.apply(&server, change, &clock);
+            }
+        }
+        if let Some(maps) = &self.maps {
+            let slots: Vec<u32> = self
+                .server
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .allocations()
+                .map(|a| a.slot)
+                .collect();
+            let mut maps = maps.lock().unwrap_or_else(|p| p.into_inner());
+            for slot in slots {
+                let snap = self.counters.slot(slot);
+                let stats = SessionStats {
+                    packets: snap.packets,
+                    bytes: snap.bytes,
+                    ..Default::default()
+                };
+                let _ = maps.set_userspace_stats(slot, &stats);
+            }
+        }
+    }
+}
