@@ -28,8 +28,8 @@ use relay_userspace::{
         auth::{Credentials, Nonces, StaticUser},
         relaying::{self, FromClient, RelayTables},
         server::{
-            Clock, Families, FiveTuple, PortBinder, RelayedAddress, Transport, TurnServer,
-            TurnSettings,
+            BindFailure, Clock, Families, FiveTuple, PortBinder, RelayedAddress, Transport,
+            TurnServer, TurnSettings,
         },
         stream::frame_len,
     },
@@ -38,8 +38,8 @@ use relay_userspace::{
 struct NoPorts;
 
 impl PortBinder for NoPorts {
-    fn bind(&mut self, _: u16, _: Families) -> bool {
-        true
+    fn bind(&mut self, _: u16, _: Families) -> Result<(), BindFailure> {
+        Ok(())
     }
     fn release(&mut self, _: u16) {}
 }

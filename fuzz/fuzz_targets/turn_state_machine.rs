@@ -26,8 +26,8 @@ use relay_userspace::{
     fronts::turn::{
         auth::{Credentials, Nonces, StaticUser, quota_user},
         server::{
-            Clock, Families, FiveTuple, PortBinder, RelayedAddress, Transport, TurnServer,
-            TurnSettings,
+            BindFailure, Clock, Families, FiveTuple, PortBinder, RelayedAddress, Transport,
+            TurnServer, TurnSettings,
         },
     },
 };
@@ -59,9 +59,13 @@ struct Ports {
 }
 
 impl PortBinder for Ports {
-    fn bind(&mut self, port: u16, _: Families) -> bool {
+    fn bind(&mut self, port: u16, _: Families) -> Result<(), BindFailure> {
         // Some ports are taken by "other processes".
-        port % 7 != 3 && self.bound.insert(port)
+        if port % 7 != 3 && self.bound.insert(port) {
+            Ok(())
+        } else {
+            Err(BindFailure::Taken)
+        }
     }
     fn release(&mut self, port: u16) {
         assert!(

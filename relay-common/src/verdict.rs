@@ -165,6 +165,22 @@ reasons! {
     /// WireGuard, userspace: transport data from an address that is not a leg and confirms
     /// nothing.
     DroppedWireGuardUnbound = 48 => "dropped_wireguard_unbound", Dropped;
+    /// Userspace: a TURN request over UDP beyond `turn.requests_per_sec_per_source` (dropped
+    /// before any other work; the client retransmits).
+    DroppedTurnRequestRate = 49 => "dropped_turn_request_rate", Dropped;
+    /// Userspace: a TCP or TLS connection to the TURN server refused (closed at once) because
+    /// its source address holds `turn.max_connections_per_source` already. Counted once per
+    /// connection, with no bytes.
+    DroppedTurnConnectionsPerSource = 50 => "dropped_turn_connections_per_source", Dropped;
+    /// Userspace: a TCP or TLS connection refused because the server holds
+    /// `turn.max_connections` and none of them is still unauthenticated (those make room).
+    /// Counted once per connection, with no bytes.
+    DroppedTurnConnectionsTotal = 51 => "dropped_turn_connections_total", Dropped;
+    /// Userspace: a bind-handshake message beyond `sessions.binds_per_sec_per_source`.
+    DroppedBindRate = 52 => "dropped_bind_rate", Dropped;
+    /// Userspace: a WireGuard handshake initiation beyond what a pair relays per direction
+    /// (docs/wireguard.md): each one costs the receiving peer a Diffie-Hellman.
+    DroppedWireGuardHandshakeRate = 53 => "dropped_wireguard_handshake_rate", Dropped;
 }
 
 impl Reason {

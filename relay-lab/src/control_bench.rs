@@ -209,7 +209,7 @@ fn binds_per_sec(instance: &Instance, binds: usize) -> Result<f64> {
         let request = hs.start(Instant::now(), 1 + i as u64);
         let t = Instant::now();
         let challenge = control
-            .handle(&request, src, Instant::now())
+            .handle(&request, src, Instant::now())?
             .context("no challenge")?;
         relay_time += t.elapsed();
         let Step::Send(answer) = hs.on_datagram(&challenge, Instant::now()) else {
@@ -217,7 +217,7 @@ fn binds_per_sec(instance: &Instance, binds: usize) -> Result<f64> {
         };
         let t = Instant::now();
         let bound = control
-            .handle(&answer, src, Instant::now())
+            .handle(&answer, src, Instant::now())?
             .context("not bound")?;
         relay_time += t.elapsed();
         if !matches!(hs.on_datagram(&bound, Instant::now()), Step::Bound { .. }) {

@@ -29,6 +29,8 @@ fn systemd_unit_verifies_without_a_single_warning() {
         "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN",
         "ReadWritePaths=/sys/fs/bpf/relay",
         "Restart=on-failure",
+        // Far more than systemd's default soft limit of 1024: the defaults need ~57 000.
+        "LimitNOFILE=1048576",
     ] {
         assert!(unit.contains(needed), "{needed} missing");
     }

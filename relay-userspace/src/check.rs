@@ -4,6 +4,7 @@
 //! rules are unit-tested; the gathering (`ip`, `ethtool`, `/proc`, an attach trial) is not.
 
 use std::{
+    collections::HashSet,
     fmt,
     net::{IpAddr, SocketAddr, TcpListener, UdpSocket},
     path::Path,
@@ -17,6 +18,7 @@ use crate::{
     config::{Config, XdpMode},
     control::address_policy::normalise,
     dataplane::{Dataplane, LoadOptions, bpffs, loader::remove_pins, object::PROGRAM_PASS},
+    descriptors::{self, Limit, Needs},
 };
 
 /// A check's verdict.
@@ -397,6 +399,34 @@ fn interface_checks(interface: &str, config: Option<&Config>, out: &mut Vec<Chec
     });
 }
 
+/// The open-files limit against what the configuration can need. The daemon raises its soft
+/// limit to the hard one at start, so the hard limit is what counts.
+pub fn open_files(needs: &Needs, limit: Limit) -> CheckLine {
+    let need = needs.total();
+    if limit.hard < need {
+        return line(
+            Status::Fail,
+            "open files",
+            format!(
+                "hard limit {} < {need} this configuration can need ({needs}): set \
+                 LimitNOFILE={} or more in the unit (systemctl edit relay), or lower the \
+                 maxima named",
+                limit.hard,
+                need.next_power_of_two(),
+            ),
+        );
+    }
+    line(
+        Status::Pass,
+        "open files",
+        format!(
+            "hard limit {} ≥ {need} this configuration can need (the daemon raises its soft \
+             limit {} to it)",
+            limit.hard, limit.soft
+        ),
+    )
+}
+
 /// Runs every check for `config` (or, without one, for `interfaces`).
 pub fn run(config: Option<&Config>, interfaces: &[String]) -> Vec<CheckLine> {
     let mut out = Vec::new();
@@ -516,6 +546,19 @@ pub fn run(config: Option<&Config>, interfaces: &[String]) -> Vec<CheckLine> {
                 },
             );
         }
+        let families = if listen.is_empty() {
+            descriptors::configured_families(c)
+        } else {
+            listen
+                .iter()
+                .map(|ip| ip.is_ipv6())
+                .collect::<HashSet<_>>()
+                .len() as u64
+        };
+        out.push(open_files(
+            &descriptors::needed(c, families, descriptors::configured_workers(c)),
+            descriptors::Limit::current(),
+        ));
         for (key, configured, family_v6) in [
             ("advertise v4", c.relay.advertise.v4, false),
             ("advertise v6", c.relay.advertise.v6, true),
@@ -535,6 +578,39 @@ pub fn run(config: Option<&Config>, interfaces: &[String]) -> Vec<CheckLine> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_files_fail_below_what_the_configuration_needs_and_name_the_fix() {
+        let needs = Needs {
+            parts: vec![("turn.max_allocations × families".into(), 32_768)],
+        };
+        let low = open_files(
+            &needs,
+            Limit {
+                soft: 1024,
+                hard: 4096,
+            },
+        );
+        assert_eq!(low.status, Status::Fail);
+        assert!(low.detail.contains("LimitNOFILE=32768"), "{}", low.detail);
+        assert!(
+            low.detail.contains("turn.max_allocations"),
+            "{}",
+            low.detail
+        );
+        let fine = open_files(
+            &needs,
+            Limit {
+                soft: 1024,
+                hard: 1 << 20,
+            },
+        );
+        assert_eq!(
+            fine.status,
+            Status::Pass,
+            "the soft limit is raised at start"
+        );
+    }
 
     #[test]
     fn kernel_needs_5_15_and_btf() {

@@ -10,6 +10,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod dataplane;
+pub mod descriptors;
 pub mod explain;
 pub mod forwarder;
 pub mod fronts;

@@ -27,3 +27,62 @@ pub fn init(level: &str, format: LogFormat) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// How often a throttled warning may repeat.
+pub const THROTTLE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Keeps a recurring warning — a limit refusing clients, a full descriptor table — to one line
+/// per interval: the journal shows that it happens, how often, and which key controls it, and
+/// a flood cannot fill it.
+#[derive(Debug)]
+pub struct Throttle {
+    every: std::time::Duration,
+    /// When the last line was written, and the occurrences held back since.
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl Throttle {
+    /// At most one line per `every`.
+    pub const fn new(every: std::time::Duration) -> Throttle {
+        Throttle {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// One occurrence at `now`: `Some(held)` when it is to be logged (with `held` occurrences
+    /// since the previous line that were not), `None` when it is held back.
+    pub fn allow(&self, now: std::time::Instant) -> Option<u64> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let due = state
+            .0
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.every);
+        if due {
+            let held = state.1;
+            *state = (Some(now), 0);
+            Some(held)
+        } else {
+            state.1 += 1;
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    #[test]
+    fn a_throttle_logs_once_per_interval_and_counts_what_it_held() {
+        let t = Throttle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(t.allow(t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(t.allow(t0 + Duration::from_secs(i)), None);
+        }
+        assert_eq!(t.allow(t0 + Duration::from_secs(10)), Some(5));
+        assert_eq!(t.allow(t0 + Duration::from_secs(11)), None);
+    }
+}

@@ -407,10 +407,34 @@ pub struct TurnConfig {
     pub packets_per_sec: u32,
     /// Kilobytes per second each allocation may relay per direction; 0 = unlimited.
     pub kbytes_per_sec: u32,
-    /// STUN requests per second accepted from one source address, before any other work;
-    /// 0 = unlimited.
+    /// STUN requests per second accepted over UDP from one source address, with bursts of
+    /// [`TURN_REQUEST_BURST`] of it, checked before any other work (the excess is dropped:
+    /// UDP clients retransmit); 0 = unlimited. Sized for a NAT of many users (docs/turn.md).
     pub requests_per_sec_per_source: u32,
+    /// STUN requests per second one TCP or TLS connection may send, with bursts of
+    /// [`TURN_REQUEST_BURST`] of it. A stream has proven its address, so it is limited on its
+    /// own rather than by its address; the excess is not dropped (nothing would retransmit it)
+    /// but waits: the connection is read no faster. 0 = unlimited.
+    pub requests_per_sec_per_connection: u32,
+    /// TCP and TLS connections held at once, all sources. When full, a new connection takes
+    /// the place of the oldest one that has no allocation yet.
+    pub max_connections: u32,
+    /// TCP and TLS connections held at once from one source address.
+    pub max_connections_per_source: u32,
 }
+
+/// How much of a TURN request rate a full bucket holds: two seconds' worth, so the requests of
+/// many ICE agents starting at once behind one NAT pass together (docs/turn.md).
+pub const TURN_REQUEST_BURST: Duration = Duration::from_secs(2);
+/// Default `turn.requests_per_sec_per_source` (derived in docs/turn.md).
+pub const DEFAULT_TURN_REQUESTS_PER_SOURCE: u32 = 500;
+/// Default `turn.requests_per_sec_per_connection`.
+pub const DEFAULT_TURN_REQUESTS_PER_CONNECTION: u32 = 50;
+/// Default `turn.max_connections`: as many as allocations, each at a few kilobytes idle.
+pub const DEFAULT_TURN_MAX_CONNECTIONS: u32 = 16_384;
+/// Default `turn.max_connections_per_source`: a large office's NAT, every user's browser with
+/// a TCP and a TLS allocation.
+pub const DEFAULT_TURN_MAX_CONNECTIONS_PER_SOURCE: u32 = 1024;
 
 impl Default for TurnConfig {
     fn default() -> Self {
@@ -435,7 +459,10 @@ impl Default for TurnConfig {
             max_channels: 64,
             packets_per_sec: DEFAULT_PACKETS_PER_SEC,
             kbytes_per_sec: DEFAULT_KBYTES_PER_SEC,
-            requests_per_sec_per_source: 100,
+            requests_per_sec_per_source: DEFAULT_TURN_REQUESTS_PER_SOURCE,
+            requests_per_sec_per_connection: DEFAULT_TURN_REQUESTS_PER_CONNECTION,
+            max_connections: DEFAULT_TURN_MAX_CONNECTIONS,
+            max_connections_per_source: DEFAULT_TURN_MAX_CONNECTIONS_PER_SOURCE,
         }
     }
 }
@@ -841,6 +868,15 @@ impl Config {
         }
         if t.max_allocations_per_user == 0 {
             return err("max_allocations_per_user", "must be at least 1".into());
+        }
+        if t.max_connections == 0 || t.max_connections > 1 << 20 {
+            return err("max_connections", "must be between 1 and 1048576".into());
+        }
+        if t.max_connections_per_source == 0 || t.max_connections_per_source > t.max_connections {
+            return err(
+                "max_connections_per_source",
+                "must be at least 1 and at most max_connections".into(),
+            );
         }
         for (key, n) in [
             ("max_permissions", t.max_permissions),

@@ -38,6 +38,7 @@ use crate::{
         plane::{KernelState, Plane, SharedPlane},
         table::TableSettings,
     },
+    descriptors,
     forwarder::{counters::UserCounters, table::ForwardTable},
     fronts::{self, Front, FrontContext},
 };
@@ -136,10 +137,33 @@ fn quotas(config: &Config) -> std::collections::HashMap<String, u32> {
         .collect()
 }
 
+/// Raises the soft open-files limit to the hard one (systemd gives services 1024 unless the
+/// unit says otherwise) and says whether the configuration fits.
+fn open_files_limit(config: &Config, families: u64) {
+    let needs = descriptors::needed(config, families, descriptors::configured_workers(config));
+    match descriptors::raise_soft_limit() {
+        Ok((before, after)) if after.soft >= needs.total() => info!(
+            before = %before,
+            after = %after,
+            needed = %needs,
+            "open files limit"
+        ),
+        Ok((before, after)) => warn!(
+            before = %before,
+            after = %after,
+            needed = %needs,
+            "open files limit below what this configuration can need: allocations, pairs or \
+             connections beyond it are refused; raise LimitNOFILE in the unit"
+        ),
+        Err(e) => warn!(error = %e, "raising the open files limit failed"),
+    }
+}
+
 impl Daemon {
     /// Starts every component. Must run inside a tokio runtime.
     pub async fn start(config: &Config) -> Result<Daemon> {
         let listen = fast_path::listen_addresses(config)?;
+        open_files_limit(config, listen.len() as u64);
         let (kernel, xdp) = fast_path::start(config, &fast_path::settings(config, &listen))?;
         let has_kernel = kernel.is_some();
         let pin_dir = has_kernel.then(|| config.pin_dir.clone());

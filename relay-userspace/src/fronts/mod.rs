@@ -12,8 +12,12 @@
 //! [`DatagramHandler`]: crate::forwarder::DatagramHandler
 
 pub mod geneve;
+mod sockets;
 pub mod turn;
 pub mod wireguard;
+
+pub use sockets::{BindFailure, is_out_of_descriptors};
+pub(crate) use sockets::{bind_udp, family_index, read_datagrams, send_nonblocking};
 
 use std::{any::Any, net::IpAddr, net::SocketAddr, path::Path, sync::Arc};
 
@@ -27,46 +31,6 @@ use crate::{
     forwarder::{counters::UserCounters, table::ForwardTable},
     metrics::FrontMetrics,
 };
-
-/// A non-blocking UDP socket bound to `ip`:`port` for a front's relay port (IPv6 ones v6-only,
-/// so each family has its own socket on the port), asking for `recv_buffer` bytes of receive
-/// buffer (the kernel may cap it; that is not an error).
-pub(crate) fn bind_udp(
-    ip: IpAddr,
-    port: u16,
-    recv_buffer: usize,
-) -> std::io::Result<std::net::UdpSocket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let addr = SocketAddr::new(ip, port);
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if ip.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    let _ = socket.set_recv_buffer_size(recv_buffer);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    Ok(socket.into())
-}
-
-/// Index of `ip`'s family in a front's per-family socket arrays: 0 IPv4 (or IPv4-mapped), 1 IPv6.
-pub(crate) fn family_index(ip: IpAddr) -> usize {
-    usize::from(crate::control::address_policy::normalise(ip).is_ipv6())
-}
-
-/// Sends without blocking (the caller is a task or a connection's reader): a full socket buffer
-/// drops the datagram, which the caller counts.
-pub(crate) fn send_nonblocking(socket: &std::net::UdpSocket, data: &[u8], to: SocketAddr) -> bool {
-    use std::os::fd::AsRawFd;
-
-    use nix::sys::socket::{MsgFlags, SockaddrStorage, sendto};
-    sendto(
-        socket.as_raw_fd(),
-        data,
-        &SockaddrStorage::from(to),
-        MsgFlags::MSG_DONTWAIT,
-    )
-    .is_ok()
-}
 
 /// What a front starts from: the configuration and the shared services.
 pub struct FrontContext<'a> {

@@ -12,7 +12,17 @@ use super::{
     bind::{self, BindOutcome},
     cookie_jar::CookieJar,
 };
-use crate::control::{plane::Plane, source_limit::SourceLimiter, table::BindChange};
+use crate::{
+    control::{plane::Plane, source_limit::SourceLimiter, table::BindChange},
+    logging::{THROTTLE_EVERY, Throttle},
+};
+
+/// A message over its source's rate: dropped before any work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("over sessions.binds_per_sec_per_source")]
+pub struct RateLimited;
+
+static BIND_RATE: Throttle = Throttle::new(THROTTLE_EVERY);
 
 /// The relay's side of every bind: one per daemon, behind a mutex (taken before the plane's).
 pub struct BindService {
@@ -37,18 +47,28 @@ impl BindService {
         }
     }
 
-    /// Handles a bind-handshake datagram from `src`; returns the reply to send back, if any.
+    /// Handles a bind-handshake datagram from `src`; returns the reply to send back, if any,
+    /// or `Err(RateLimited)` when `src` is over `sessions.binds_per_sec_per_source`.
     pub fn handle(
         &mut self,
         plane: &mut Plane,
         datagram: &[u8],
         src: SocketAddr,
         now: Instant,
-    ) -> Option<[u8; CONTROL_LEN]> {
+    ) -> Result<Option<[u8; CONTROL_LEN]>, RateLimited> {
         if !self.sources.allow(src.ip(), now) {
             // Before any MAC or cookie work: a flood costs a hash and a table slot.
             *self.stats.entry("rate_limited").or_default() += 1;
-            return None;
+            if let Some(held) = BIND_RATE.allow(now) {
+                warn!(
+                    source = %src.ip(),
+                    rate = self.sources.rate(),
+                    held,
+                    "bind-handshake messages beyond sessions.binds_per_sec_per_source dropped \
+                     (clients retry; raise the key if many clients share this address)"
+                );
+            }
+            return Err(RateLimited);
         }
         self.jar.rotate_if_due(now, &mut self.rng);
         let (table, policy) = plane.table_and_policy();
@@ -69,6 +89,6 @@ impl BindService {
                 warn!(vni, error = %e, "updating the fast path after a bind failed");
             }
         }
-        response.reply
+        Ok(response.reply)
     }
 }

@@ -24,7 +24,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use relay_common::{geneve::control::CONTROL_LEN, verdict::Reason};
 
 use self::{
-    bind_service::BindService,
+    bind_service::{BindService, RateLimited},
     decide::{Decision, decide},
 };
 use super::{Front, FrontContext};
@@ -55,13 +55,14 @@ impl SessionControl {
         }
     }
 
-    /// Handles a bind-handshake datagram from `src`; returns the reply, if any.
+    /// Handles a bind-handshake datagram from `src`; returns the reply, if any, or that the
+    /// source is over its rate.
     pub fn handle(
         &self,
         datagram: &[u8],
         src: SocketAddr,
         now: Instant,
-    ) -> Option<[u8; CONTROL_LEN]> {
+    ) -> Result<Option<[u8; CONTROL_LEN]>, RateLimited> {
         let mut binds = self.binds.lock().unwrap_or_else(|p| p.into_inner());
         let mut plane = self.plane.lock().unwrap_or_else(|p| p.into_inner());
         binds.handle(&mut plane, datagram, src, now)
@@ -127,13 +128,16 @@ impl DatagramHandler for SessionPort {
                 verdicts.add(reason, payload.len());
                 Action::Forward { to }
             }
-            Decision::Control => {
-                verdicts.add(Reason::PassedControl, payload.len());
-                match self.control.handle(payload, src, now) {
-                    Some(reply) => Action::Reply(reply.to_vec()),
-                    None => Action::Drop,
+            Decision::Control => match self.control.handle(payload, src, now) {
+                Ok(reply) => {
+                    verdicts.add(Reason::PassedControl, payload.len());
+                    reply.map_or(Action::Drop, |r| Action::Reply(r.to_vec()))
                 }
-            }
+                Err(RateLimited) => {
+                    verdicts.add(Reason::DroppedBindRate, payload.len());
+                    Action::Drop
+                }
+            },
             Decision::Drop(reason) => {
                 verdicts.add(reason, payload.len());
                 Action::Drop

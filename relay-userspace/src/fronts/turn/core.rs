@@ -21,18 +21,22 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::{
-    auth, persist,
+    auth,
+    connections::Connections,
+    persist,
     relayed_ports::{PortSockets, RelaySockets},
     relaying::{self, FromClient, RelayTables},
-    server::{Change, Clock, FiveTuple, Transport, TurnServer},
+    server::{Change, Clock, FiveTuple, NO_DESCRIPTORS_RESULT, Transport, TurnServer},
 };
 use crate::{
     control::source_limit::SourceLimiter,
     dataplane::turn_maps::TurnMaps,
+    descriptors,
     forwarder::{
         Action,
         counters::{LocalVerdicts, UserCounters},
     },
+    logging::{THROTTLE_EVERY, Throttle},
 };
 
 pub(super) fn clock() -> Clock {
@@ -62,7 +66,12 @@ pub struct TurnCore {
     pub(super) streams: DashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
     pub(super) maps: Option<Mutex<TurnMaps>>,
     pub(super) results: Mutex<HashMap<&'static str, u64>>,
+    /// UDP requests per source address (`turn.requests_per_sec_per_source`).
     pub(super) requests: Mutex<SourceLimiter>,
+    /// Requests per second of one TCP or TLS connection (0: unlimited).
+    pub(super) requests_per_connection: u32,
+    /// TCP and TLS connections held, per source and in all.
+    pub(super) connections: Arc<Connections>,
     pub(super) port_tasks: Mutex<HashMap<u16, Vec<JoinHandle<()>>>>,
     pub(super) runtime: tokio::runtime::Handle,
     pub(super) limits: SessionLimits,
@@ -70,6 +79,10 @@ pub struct TurnCore {
     pub(super) own: Vec<IpAddr>,
     pub(super) tls: Option<Arc<ArcSwap<rustls::ServerConfig>>>,
 }
+
+/// Throttles of the front's recurring warnings.
+static REQUEST_RATE: Throttle = Throttle::new(THROTTLE_EVERY);
+static OUT_OF_DESCRIPTORS: Throttle = Throttle::new(THROTTLE_EVERY);
 
 impl fmt::Debug for TurnCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -79,26 +92,23 @@ impl fmt::Debug for TurnCore {
 
 impl TurnCore {
     pub(super) fn count(&self, result: &'static str) {
+        self.count_by(result, 1);
+    }
+
+    /// Adds `n` to a request result or connection event counter.
+    pub(super) fn count_by(&self, result: &'static str, n: u64) {
         *self
             .results
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(result)
-            .or_default() += 1;
+            .or_default() += n;
     }
 
-    /// Handles a STUN request; returns the response to send back.
+    /// Handles a STUN request; returns the response to send back. Over UDP the caller has
+    /// applied the per-source limit ([`TurnCore::on_client_datagram`]).
     pub(super) fn handle_stun(&self, datagram: &[u8], five_tuple: FiveTuple) -> Option<Vec<u8>> {
         let clock = clock();
-        if !self
-            .requests
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .allow(five_tuple.client.ip(), clock.now)
-        {
-            self.count("rate_limited");
-            return None;
-        }
         let outcome = {
             let mut server = self.server.lock().unwrap_or_else(|p| p.into_inner());
             let mut sockets = self.sockets.lock().unwrap_or_else(|p| p.into_inner());
@@ -109,10 +119,42 @@ impl TurnCore {
             outcome
         };
         self.count(outcome.result);
-        if let Some(reason) = &outcome.reason {
+        if outcome.result == NO_DESCRIPTORS_RESULT {
+            if let Some(held) = OUT_OF_DESCRIPTORS.allow(clock.now) {
+                warn!(
+                    client = %five_tuple.client,
+                    held,
+                    limit = %descriptors::Limit::current(),
+                    "TURN Allocate answered 508: the relay is out of file descriptors; raise \
+                     LimitNOFILE in the unit (`relay check` computes what the configuration needs)"
+                );
+            }
+        } else if let Some(reason) = &outcome.reason {
             debug!(client = %five_tuple.client, transport = five_tuple.transport.name(), result = outcome.result, reason, "TURN request refused");
         }
         outcome.reply
+    }
+
+    /// Whether a UDP request from `source` is within `turn.requests_per_sec_per_source`;
+    /// counts and logs (throttled) the refusal when it is not.
+    fn udp_request_allowed(&self, source: IpAddr, now: Instant) -> bool {
+        let mut limiter = self.requests.lock().unwrap_or_else(|p| p.into_inner());
+        if limiter.allow(source, now) {
+            return true;
+        }
+        let rate = limiter.rate();
+        drop(limiter);
+        self.count("rate_limited");
+        if let Some(held) = REQUEST_RATE.allow(now) {
+            warn!(
+                source = %source,
+                rate,
+                held,
+                "TURN requests over UDP beyond turn.requests_per_sec_per_source dropped \
+                 (the client retransmits; raise the key if a NAT of many users is behind it)"
+            );
+        }
+        false
     }
 
     /// Mirrors a change into the data path's tables, the maps and the relayed ports' tasks.
@@ -121,7 +163,7 @@ impl TurnCore {
     }
 
     /// [`TurnCore::apply`]; `adopted`: the allocation comes from a previous daemon's maps, so
-    /// its counters (the kernel's, and what [`adopt`] restored) carry on rather than restart.
+    /// its counters (the kernel's, and what [`super::adoption::adopt`] restored) carry on rather than restart.
     pub(super) fn mirror(&self, server: &TurnServer, change: Change, clock: &Clock, adopted: bool) {
         match change {
             Change::Updated(slot) => {
@@ -141,6 +183,9 @@ impl TurnCore {
                         }
                     }
                     self.start_port_tasks(slot, allocation.port);
+                    if allocation.five_tuple.transport != Transport::Udp {
+                        self.connections.established(&allocation.five_tuple);
+                    }
                     info!(
                         slot,
                         client = %allocation.five_tuple.client,
@@ -201,6 +246,12 @@ impl TurnCore {
     ) -> Action {
         match relaying::from_client(payload, &five_tuple, &self.tables) {
             FromClient::Stun => {
+                if five_tuple.transport == Transport::Udp
+                    && !self.udp_request_allowed(five_tuple.client.ip(), Instant::now())
+                {
+                    verdicts.add(Reason::DroppedTurnRequestRate, payload.len());
+                    return Action::Drop;
+                }
                 verdicts.add(Reason::PassedTurnStun, payload.len());
                 match self.handle_stun(payload, five_tuple) {
                     Some(reply) => Action::Reply(reply),
@@ -236,9 +287,13 @@ impl TurnCore {
 
     /// A datagram from a client on a stream (TCP, TLS): the reply to write back, if any. Data
     /// for a peer is sent here, as the forwarder does for UDP.
-    pub(super) fn on_stream_frame(&self, frame: &[u8], five_tuple: &FiveTuple) -> Option<Vec<u8>> {
-        let mut verdicts = LocalVerdicts::default();
-        let reply = match self.on_client_datagram(frame, *five_tuple, &mut verdicts) {
+    pub(super) fn on_stream_frame(
+        &self,
+        frame: &[u8],
+        five_tuple: &FiveTuple,
+        verdicts: &mut LocalVerdicts,
+    ) -> Option<Vec<u8>> {
+        let reply = match self.on_client_datagram(frame, *five_tuple, verdicts) {
             Action::Reply(reply) => Some(reply),
             Action::Relay { from, to, range } => {
                 if !crate::fronts::send_nonblocking(&from, frame.get(range).unwrap_or_default(), to)
@@ -249,8 +304,17 @@ impl TurnCore {
             }
             Action::Forward { .. } | Action::Drop => None,
         };
-        self.verdicts.publish(&mut verdicts);
+        self.verdicts.publish(verdicts);
         reply
+    }
+
+    /// Whether `five_tuple` holds an allocation.
+    pub(super) fn has_allocation(&self, five_tuple: &FiveTuple) -> bool {
+        self.server
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .allocation_of(five_tuple)
+            .is_some()
     }
 
     /// The checks before data leaves for a peer: the relay's own addresses, the relayed

@@ -16,6 +16,7 @@
 pub mod adoption;
 pub mod amplification;
 pub mod auth;
+pub mod connections;
 mod core;
 mod listeners;
 mod metrics;
@@ -44,6 +45,7 @@ use tracing::info;
 
 use self::{
     auth::{Credentials, Nonces, StaticUser},
+    connections::{ConnectionLimits, Connections},
     core::TurnCore,
     relayed_ports::RelaySockets,
     relaying::RelayTables,
@@ -206,10 +208,16 @@ impl TurnFront {
             streams: DashMap::new(),
             maps,
             results: Mutex::new(HashMap::new()),
-            requests: Mutex::new(SourceLimiter::new(
+            requests: Mutex::new(SourceLimiter::with_burst(
                 turn.requests_per_sec_per_source,
+                crate::config::TURN_REQUEST_BURST.as_millis() as u64,
                 Instant::now(),
             )),
+            requests_per_connection: turn.requests_per_sec_per_connection,
+            connections: Connections::new(ConnectionLimits {
+                total: turn.max_connections,
+                per_source: turn.max_connections_per_source,
+            }),
             port_tasks: Mutex::new(HashMap::new()),
             runtime: runtime.clone(),
             limits: SessionLimits {

@@ -14,7 +14,7 @@ use relay_common::{turn::TO_CLIENT, verdict::Reason};
 use super::{
     core::TurnCore,
     relaying::{self, FromPeer, channel_data, data_indication},
-    server::{Families, PortBinder, Transport},
+    server::{BindFailure, Families, PortBinder, Transport},
 };
 use crate::forwarder::counters::LocalVerdicts;
 
@@ -35,22 +35,19 @@ pub(super) struct RelaySockets {
 }
 
 impl PortBinder for RelaySockets {
-    fn bind(&mut self, port: u16, families: Families) -> bool {
+    fn bind(&mut self, port: u16, families: Families) -> Result<(), BindFailure> {
         let mut sockets = PortSockets::default();
         for (i, wanted) in [families.v4, families.v6].into_iter().enumerate() {
             if !wanted {
                 continue;
             }
-            let Some(ip) = self.local[i] else {
-                return false;
-            };
-            match crate::fronts::bind_udp(ip, port, RELAYED_RECV_BUFFER) {
-                Ok(s) => sockets.families[i] = Some(Arc::new(s)),
-                Err(_) => return false,
-            }
+            let ip = self.local[i].ok_or(BindFailure::Other)?;
+            let socket = crate::fronts::bind_udp(ip, port, RELAYED_RECV_BUFFER)
+                .map_err(|e| BindFailure::of(&e))?;
+            sockets.families[i] = Some(Arc::new(socket));
         }
         self.ports.insert(port, sockets);
-        true
+        Ok(())
     }
 
     fn release(&mut self, port: u16) {
@@ -59,18 +56,17 @@ impl PortBinder for RelaySockets {
 }
 
 /// Reads one relayed port (one family) and frames what peers send for the client.
-async fn relay_port(core: Arc<TurnCore>, slot: u32, socket: tokio::net::UdpSocket) {
-    let mut buf = vec![0u8; 65_536];
-    let mut frame = Vec::with_capacity(2048);
+async fn relay_port(core: Arc<TurnCore>, slot: u32, socket: Arc<UdpSocket>) {
+    // Grows to the largest frame once data flows; an idle allocation holds none.
+    let mut frame = Vec::new();
     let mut verdicts = LocalVerdicts::default();
-    loop {
-        let Ok((n, peer)) = socket.recv_from(&mut buf).await else {
-            continue;
-        };
-        let data = &buf[..n];
+    let read = crate::fronts::read_datagrams(socket, |data, peer| {
         let reason = deliver(&core, slot, peer, data, &mut frame);
-        verdicts.add(reason, n);
+        verdicts.add(reason, data.len());
         core.verdicts.publish(&mut verdicts);
+    });
+    if let Err(e) = read.await {
+        tracing::warn!(slot, error = %e, "reading a relayed port failed");
     }
 }
 
@@ -121,15 +117,11 @@ impl TurnCore {
         };
         let mut tasks = Vec::new();
         for socket in sockets.families.iter().flatten() {
-            let Ok(clone) = socket.try_clone() else {
-                continue;
-            };
-            let core = core.clone();
             let _guard = self.runtime.enter();
-            let Ok(socket) = tokio::net::UdpSocket::from_std(clone) else {
-                continue;
-            };
-            tasks.push(self.runtime.spawn(relay_port(core, slot, socket)));
+            tasks.push(
+                self.runtime
+                    .spawn(relay_port(core.clone(), slot, socket.clone())),
+            );
         }
         self.port_tasks
             .lock()

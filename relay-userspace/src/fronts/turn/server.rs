@@ -280,11 +280,13 @@ impl Allocation {
     }
 }
 
+pub use crate::fronts::BindFailure;
+
 /// Binds and releases relayed ports on the host.
 pub trait PortBinder {
     /// Binds `port` on the relayed addresses of `families`, so no other process can take it and
-    /// what arrives there reaches the daemon; false when it is taken.
-    fn bind(&mut self, port: u16, families: Families) -> bool;
+    /// what arrives there reaches the daemon.
+    fn bind(&mut self, port: u16, families: Families) -> Result<(), BindFailure>;
     /// Closes it.
     fn release(&mut self, port: u16);
 }
@@ -347,7 +349,15 @@ const KNOWN_ATTRIBUTES: &[u16] = &[
 ];
 
 /// An error response's code and reason.
+#[derive(Debug, PartialEq, Eq)]
 struct Refuse(u16, &'static str);
+
+/// Out of file descriptors: 508 to the client, as any capacity refusal, but counted apart
+/// ([`NO_DESCRIPTORS_RESULT`]) so the operator is told what to raise.
+const NO_DESCRIPTORS: Refuse = Refuse(508, "the relay is out of file descriptors");
+
+/// The result of a request refused because the process is out of file descriptors.
+pub const NO_DESCRIPTORS_RESULT: &str = "error_508_no_descriptors";
 
 /// Why a request did not authenticate.
 enum Unauthenticated {
@@ -449,7 +459,7 @@ impl TurnServer {
         if !slot_free
             || self.allocations.contains_key(&allocation.five_tuple)
             || self.ports_used.contains(&allocation.port)
-            || !ports.bind(allocation.port, allocation.families)
+            || ports.bind(allocation.port, allocation.families).is_err()
         {
             return false;
         }
@@ -612,11 +622,15 @@ impl TurnServer {
                 result,
                 reason: None,
             },
-            Err(Refuse(code, reason)) => Outcome {
-                reply: Some(Reply::error(&request, code, reason).finish(Some(&signer))),
+            Err(refuse) => Outcome {
+                reply: Some(Reply::error(&request, refuse.0, refuse.1).finish(Some(&signer))),
                 change: None,
-                result: error_name(code),
-                reason: Some(reason.to_string()),
+                result: if refuse == NO_DESCRIPTORS {
+                    NO_DESCRIPTORS_RESULT
+                } else {
+                    error_name(refuse.0)
+                },
+                reason: Some(refuse.1.to_string()),
             },
         }
     }
@@ -832,13 +846,14 @@ impl TurnServer {
         }
     }
 
-    /// A free port from the range (even when `even`), bound on `families`.
+    /// A free port from the range (even when `even`), bound on `families`; the refusal
+    /// when none could be.
     fn take_port(
         &mut self,
         families: Families,
         even: bool,
         ports: &mut dyn PortBinder,
-    ) -> Option<u16> {
+    ) -> Result<u16, Refuse> {
         let (lo, hi) = (*self.settings.ports.start(), *self.settings.ports.end());
         let span = (hi - lo) as u32 + 1;
         let start = self.rng.random_range(0..span);
@@ -853,15 +868,17 @@ impl TurnServer {
                 continue;
             }
             attempts += 1;
-            if ports.bind(port, families) {
-                self.ports_used.insert(port);
-                return Some(port);
-            }
-            if attempts >= 64 {
-                break;
+            match ports.bind(port, families) {
+                Ok(()) => {
+                    self.ports_used.insert(port);
+                    return Ok(port);
+                }
+                Err(BindFailure::NoDescriptors) => return Err(NO_DESCRIPTORS),
+                Err(_) if attempts >= 64 => break,
+                Err(_) => {}
             }
         }
-        None
+        Err(Refuse(508, "no relayed port free"))
     }
 
     fn allocate(
@@ -915,11 +932,9 @@ impl TurnServer {
         } else {
             let (families, family_error) = self.requested_families(request)?;
             let reserve = even.as_ref().is_some_and(|e| e.requested());
-            let port = self
-                .take_port(families, even.is_some(), ports)
-                .ok_or(Refuse(508, "no relayed port free"))?;
+            let port = self.take_port(families, even.is_some(), ports)?;
             let reserved = if reserve {
-                if ports.bind(port + 1, families) {
+                if ports.bind(port + 1, families).is_ok() {
                     self.ports_used.insert(port + 1);
                     let token = self.rng.next_u64();
                     self.reservations.insert(

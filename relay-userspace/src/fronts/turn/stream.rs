@@ -7,22 +7,36 @@
 
 use std::{sync::Arc, time::Duration};
 
-use relay_common::turn::{CHANNEL_DATA_HLEN, STUN_HLEN, padded};
+use relay_common::{
+    ratelimit,
+    turn::{CHANNEL_DATA_HLEN, STUN_HLEN, padded},
+};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     sync::{mpsc, watch},
+    time::Instant,
 };
-use tracing::debug;
+use tracing::{debug, info};
 
-use super::{TurnCore, server::FiveTuple};
+use super::{TurnCore, connections::Admitted, server::FiveTuple};
+use crate::{
+    config::TURN_REQUEST_BURST,
+    forwarder::counters::LocalVerdicts,
+    logging::{THROTTLE_EVERY, Throttle},
+};
 
 /// Largest frame accepted (a STUN message or ChannelData: 16-bit lengths).
 const MAX_FRAME: usize = 4 + 65_535 + 3;
 /// Frames queued towards one client before more are dropped (a slow reader must not hold
 /// memory without bound).
 const CLIENT_QUEUE: usize = 256;
-/// A connection that has not completed its first request within this time is closed.
-const FIRST_REQUEST: Duration = Duration::from_secs(10);
+/// Bytes asked of the socket per read; the buffer grows beyond only for a frame that needs it.
+const READ_CHUNK: usize = 4096;
+/// A buffer grown for a large frame is given back once it is empty again, so an idle
+/// connection holds little.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
+static PACED: Throttle = Throttle::new(THROTTLE_EVERY);
 
 /// A stream that is neither STUN nor ChannelData: the connection is closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -50,11 +64,57 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, NotTurn> {
     }
 }
 
-/// Serves one connection until it closes or the daemon stops.
+/// A connection's STUN requests, `turn.requests_per_sec_per_connection`: over the rate they
+/// wait (the connection is read no faster, and TCP's flow control slows the client) — a
+/// request on a stream is never dropped, since nothing would retransmit it.
+struct RequestPacer {
+    rate: u32,
+    start: Instant,
+    /// Bucket debt ([`ratelimit`]'s scaled form) and when it was last updated, in ms.
+    debt: u64,
+    last_ms: u64,
+}
+
+impl RequestPacer {
+    fn new(rate: u32) -> RequestPacer {
+        RequestPacer {
+            rate,
+            start: Instant::now(),
+            debt: 0,
+            last_ms: 0,
+        }
+    }
+
+    /// Takes one request's token, waiting for it if the bucket is empty; whether it waited.
+    async fn take(&mut self) -> bool {
+        if self.rate == 0 {
+            return false;
+        }
+        let mut waited = false;
+        loop {
+            let ms = self.start.elapsed().as_millis() as u64 + 1;
+            let elapsed = ms.saturating_sub(self.last_ms);
+            let burst = TURN_REQUEST_BURST.as_millis() as u64;
+            if let Some(debt) =
+                ratelimit::take_with_burst(self.debt, elapsed, 1000, self.rate.into(), 1, burst)
+            {
+                (self.debt, self.last_ms) = (debt, ms);
+                return waited;
+            }
+            waited = true;
+            tokio::time::sleep(Duration::from_millis((1000 / u64::from(self.rate)).max(1))).await;
+        }
+    }
+}
+
+/// Serves one admitted connection until it closes, the daemon stops, or — while it has no
+/// allocation — its `deadline` passes or a newer connection takes its place.
 pub async fn serve<S>(
     core: Arc<TurnCore>,
     stream: S,
     five_tuple: FiveTuple,
+    admitted: Admitted,
+    deadline: Instant,
     mut shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -70,42 +130,70 @@ pub async fn serve<S>(
         }
         let _ = writer.shutdown().await;
     });
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
-    let mut chunk = vec![0u8; 65_536];
-    let mut answered = false;
-    let deadline = tokio::time::sleep(FIRST_REQUEST);
-    tokio::pin!(deadline);
+    let mut pacer = RequestPacer::new(core.requests_per_connection);
+    let mut verdicts = LocalVerdicts::default();
+    let mut buf: Vec<u8> = Vec::new();
+    let mut allocated = false;
     'connection: loop {
-        let n = tokio::select! {
+        buf.reserve(READ_CHUNK);
+        let read = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
-            _ = &mut deadline, if !answered => {
-                debug!(client = %five_tuple.client, "no request in time: closing");
+            _ = admitted.evicted.notified(), if !allocated => {
+                debug!(client = %five_tuple.client, "server full: closing a connection without an allocation");
                 break;
             }
-            r = reader.read(&mut chunk) => match r {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            },
+            _ = tokio::time::sleep_until(deadline), if !allocated => {
+                allocated = core.has_allocation(&five_tuple);
+                if allocated {
+                    continue;
+                }
+                debug!(client = %five_tuple.client, "no allocation in time: closing");
+                break;
+            }
+            r = reader.read_buf(&mut buf) => r,
         };
-        buf.extend_from_slice(&chunk[..n]);
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let mut start = 0;
         loop {
-            let len = match frame_len(&buf) {
+            let pending = &buf[start..];
+            let len = match frame_len(pending) {
                 Ok(Some(len)) if len <= MAX_FRAME => len,
-                Ok(None) if buf.len() <= MAX_FRAME => break,
+                Ok(None) if pending.len() <= MAX_FRAME => break,
                 _ => break 'connection,
             };
-            if let Some(reply) = core.on_stream_frame(&buf[..len], &five_tuple) {
-                answered = true;
-                if tx.try_send(reply).is_err() {
-                    break 'connection;
+            // STUN (the two top bits 0) is a request for the server; ChannelData is data.
+            if pending[0] >> 6 == 0 && pacer.take().await {
+                core.count("stream_paced");
+                if let Some(held) = PACED.allow(std::time::Instant::now()) {
+                    info!(
+                        client = %five_tuple.client,
+                        rate = core.requests_per_connection,
+                        held,
+                        "TURN requests on a TCP/TLS connection beyond \
+                         turn.requests_per_sec_per_connection: read more slowly"
+                    );
                 }
             }
-            buf.drain(..len);
+            let frame = &buf[start..start + len];
+            if let Some(reply) = core.on_stream_frame(frame, &five_tuple, &mut verdicts)
+                && tx.try_send(reply).is_err()
+            {
+                break 'connection;
+            }
+            start += len;
+        }
+        buf.drain(..start);
+        if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
+            buf = Vec::new();
         }
     }
     drop(tx);
     core.streams.remove(&five_tuple);
     core.client_gone(&five_tuple);
+    drop(admitted);
     let _ = writing.await;
 }
 

@@ -130,9 +130,19 @@ async fn create(
         .unwrap_or_else(|p| p.into_inner())
         .allocate_pair(&token, allocation, ask)?;
     if let Err(e) = state.core.start_allocated(&session) {
-        // Another process holds one of the ports: give the pair back rather than hand out
-        // an endpoint nobody serves.
-        warn!(id = session.vni, error = %e, "a WireGuard pair's ports cannot be opened");
+        // Another process holds one of the ports, or the descriptors ran out: give the pair
+        // back rather than hand out an endpoint nobody serves.
+        if crate::fronts::is_out_of_descriptors(&e) {
+            warn!(
+                id = session.vni,
+                error = %e,
+                limit = %crate::descriptors::Limit::current(),
+                "a WireGuard pair's ports cannot be opened: out of file descriptors; raise \
+                 LimitNOFILE in the unit (`relay check` computes what the configuration needs)"
+            );
+        } else {
+            warn!(id = session.vni, error = %e, "a WireGuard pair's ports cannot be opened");
+        }
         state
             .shared
             .plane

@@ -41,6 +41,15 @@
 //! 7. **Data** (type 4) is forwarded only from a bound leg, to the other bound leg, and, for
 //!    rule 4, between a confirmed response's two addresses. Anything else is dropped with a
 //!    reason.
+//! 8. **Handshake rate.** Anyone who knows a peer's public key can make a valid mac1, and each
+//!    initiation relayed costs the receiving peer a Diffie-Hellman. Handshake messages
+//!    (initiations, responses, cookie replies) relayed per side are limited ([`HandshakeRate`]):
+//!    the side's bound leg has a budget of its own, so a flood from elsewhere never starves
+//!    the real peer's rekeying; other sources share [`OTHER_SOURCES`] per-address budgets,
+//!    a new address taking one only when one has been idle. WireGuard sends one initiation
+//!    per 5 s while it retries and one per 2 minutes when it rekeys: the limits are far
+//!    above that, and a peer never receives more than [`HandshakeRate::MAX_PER_SEC`] per
+//!    second from the relay.
 
 use std::{
     net::SocketAddr,
@@ -61,6 +70,72 @@ pub const PENDING_LIFETIME: Duration = Duration::from_secs(10);
 pub const MAX_CANDIDATES: usize = 4;
 /// Responses awaiting confirmation.
 pub const MAX_PENDING: usize = 4;
+
+/// The interval between handshake messages a budget allows in the long run (one per second:
+/// five times what WireGuard's retries send).
+pub const HANDSHAKE_INTERVAL: Duration = Duration::from_secs(1);
+/// Handshake messages the bound leg may send at once (a rekey crossing a retry, both peers
+/// initiating at once, a cookie exchange).
+pub const LEG_HANDSHAKE_BURST: u32 = 5;
+/// Handshake messages any other address may send at once.
+pub const OTHER_HANDSHAKE_BURST: u32 = 3;
+/// Addresses other than the bound leg that hold a handshake budget at once, per side.
+pub const OTHER_SOURCES: usize = 4;
+
+/// A budget of handshake messages (GCRA: the next message is due at `due`; a full budget
+/// lets `burst` through at once).
+#[derive(Clone, Copy, Debug, Default)]
+struct Budget {
+    due: Option<Instant>,
+}
+
+impl Budget {
+    /// Whether a message may pass at `now`; takes its place if so.
+    fn take(&mut self, now: Instant, burst: u32) -> bool {
+        let due = self.due.map_or(now, |d| d.max(now));
+        if due.saturating_duration_since(now) > HANDSHAKE_INTERVAL * (burst - 1) {
+            return false;
+        }
+        self.due = Some(due + HANDSHAKE_INTERVAL);
+        true
+    }
+
+    /// Whether the budget is full again at `now` (its address may be forgotten).
+    fn idle(&self, now: Instant) -> bool {
+        self.due.is_none_or(|d| d <= now)
+    }
+}
+
+/// Rule 8: the handshake messages one side's port relays.
+#[derive(Clone, Debug, Default)]
+pub struct HandshakeRate {
+    leg: Budget,
+    others: Vec<(std::net::IpAddr, Budget)>,
+}
+
+impl HandshakeRate {
+    /// The most handshake messages per second a peer receives through one pair, sustained.
+    pub const MAX_PER_SEC: u32 = 1 + OTHER_SOURCES as u32;
+
+    /// Whether a handshake message from `from` (the side's bound leg or not) may be relayed.
+    fn allow(&mut self, from: SocketAddr, from_leg: bool, now: Instant) -> bool {
+        if from_leg {
+            return self.leg.take(now, LEG_HANDSHAKE_BURST);
+        }
+        let ip = from.ip();
+        if let Some((_, budget)) = self.others.iter_mut().find(|(a, _)| *a == ip) {
+            return budget.take(now, OTHER_HANDSHAKE_BURST);
+        }
+        self.others.retain(|(_, b)| !b.idle(now));
+        if self.others.len() == OTHER_SOURCES {
+            return false;
+        }
+        let mut budget = Budget::default();
+        let allowed = budget.take(now, OTHER_HANDSHAKE_BURST);
+        self.others.push((ip, budget));
+        allowed
+    }
+}
 
 /// A peer's side: which relay port its packets arrive on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -129,6 +204,8 @@ pub enum Refusal {
     NotLeg,
     /// Transport data from an address that is not a leg and confirms nothing.
     Unbound,
+    /// A handshake message beyond the side's handshake rate (rule 8).
+    HandshakeRate,
 }
 
 impl Refusal {
@@ -141,6 +218,7 @@ impl Refusal {
             Refusal::Unanswered => Reason::DroppedWireGuardUnanswered,
             Refusal::NotLeg => Reason::DroppedWireGuardNotLeg,
             Refusal::Unbound => Reason::DroppedWireGuardUnbound,
+            Refusal::HandshakeRate => Reason::DroppedWireGuardHandshakeRate,
         }
     }
 }
@@ -191,6 +269,8 @@ pub struct Legs {
     bound: Option<[SocketAddr; 2]>,
     candidates: [Vec<Candidate>; 2],
     pending: Vec<Pending>,
+    /// Per side: its handshake messages relayed (rule 8).
+    handshakes: [HandshakeRate; 2],
 }
 
 impl Legs {
@@ -250,6 +330,15 @@ impl Legs {
             Message::Invalid => Decision::Refuse(Refusal::Invalid),
             Message::Initiation { .. } | Message::Response { .. } if !mac1_valid => {
                 Decision::Refuse(Refusal::Mac1)
+            }
+            Message::Initiation { .. } | Message::Response { .. } | Message::CookieReply { .. }
+                if !self.handshakes[side.index()].allow(
+                    from,
+                    self.bound.is_some_and(|legs| legs[side.index()] == from),
+                    now,
+                ) =>
+            {
+                Decision::Refuse(Refusal::HandshakeRate)
             }
             Message::Initiation { sender } => self.initiation(side, from, sender, now),
             Message::Response { sender, receiver } => {

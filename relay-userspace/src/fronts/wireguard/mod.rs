@@ -199,13 +199,12 @@ impl PairsCore {
         for (side, family) in running.sockets.iter().enumerate() {
             for socket in family.iter().flatten() {
                 let _guard = self.runtime.enter();
-                let socket = tokio::net::UdpSocket::from_std(socket.try_clone()?)?;
                 let side = if side == 0 { Side::A } else { Side::B };
                 tasks.push(self.runtime.spawn(read_port(
                     core.clone(),
                     Arc::downgrade(&running),
                     side,
-                    socket,
+                    socket.clone(),
                 )));
             }
         }
@@ -365,20 +364,20 @@ async fn read_port(
     core: Arc<PairsCore>,
     running: Weak<RunningPair>,
     side: Side,
-    socket: tokio::net::UdpSocket,
+    socket: Arc<UdpSocket>,
 ) {
-    let mut buf = vec![0u8; 65_536];
     let mut verdicts = LocalVerdicts::default();
-    loop {
-        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
-            continue;
-        };
+    let read = super::read_datagrams(socket, |payload, from| {
+        // The pair is being stopped: its task is aborted at the next await.
         let Some(running) = running.upgrade() else {
             return;
         };
-        let reason = core.on_datagram(&running, side, from, &buf[..n]);
-        verdicts.add(reason, n);
+        let reason = core.on_datagram(&running, side, from, payload);
+        verdicts.add(reason, payload.len());
         core.counters.publish(&mut verdicts);
+    });
+    if let Err(e) = read.await {
+        warn!(error = %e, "reading a WireGuard pair's port failed");
     }
 }
 

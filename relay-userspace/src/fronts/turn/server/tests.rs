@@ -22,11 +22,20 @@ const T0_UNIX_MS: u64 = 1_800_000_000_000;
 struct Ports {
     bound: HashSet<u16>,
     refuse: HashSet<u16>,
+    /// Every bind fails as if the process had no descriptor left (EMFILE).
+    out_of_descriptors: bool,
 }
 
 impl PortBinder for Ports {
-    fn bind(&mut self, port: u16, _families: Families) -> bool {
-        !self.refuse.contains(&port) && self.bound.insert(port)
+    fn bind(&mut self, port: u16, _families: Families) -> Result<(), BindFailure> {
+        if self.out_of_descriptors {
+            return Err(BindFailure::NoDescriptors);
+        }
+        if !self.refuse.contains(&port) && self.bound.insert(port) {
+            Ok(())
+        } else {
+            Err(BindFailure::Taken)
+        }
     }
     fn release(&mut self, port: u16) {
         assert!(self.bound.remove(&port), "released {port} twice");
@@ -646,4 +655,30 @@ fn ports_taken_by_other_processes_are_skipped() {
     h.ports.refuse = (50_000..=50_062).collect();
     let (_, relayed, _) = allocated(&mut h, "198.51.100.9:40000");
     assert_eq!(relayed.port(), 50_063);
+}
+
+#[test]
+fn out_of_descriptors_is_508_counted_apart_and_stops_the_search() {
+    let mut h = Harness::new(settings());
+    let (c, _, _) = allocated(&mut h, "198.51.100.9:40000");
+    h.ports.out_of_descriptors = true;
+    let mut c2 = client("198.51.100.9:40001");
+    c2.nonce = c.nonce.clone();
+    let out = h.send(&c2, &c2.request(ALLOCATE, &[&udp()], 0));
+    assert_eq!(code(&out.reply.unwrap()), 508);
+    assert_eq!(out.result, NO_DESCRIPTORS_RESULT);
+    assert!(out.change.is_none());
+    // Descriptors free again: the same client allocates.
+    h.ports.out_of_descriptors = false;
+    let out = h.send(&c2, &c2.request(ALLOCATE, &[&udp()], 0));
+    assert_eq!(out.result, "allocate", "{:?}", out.reason);
+}
+
+#[test]
+fn bind_failures_are_classified_by_errno() {
+    let io = std::io::Error::from_raw_os_error;
+    assert_eq!(BindFailure::of(&io(24)), BindFailure::NoDescriptors);
+    assert_eq!(BindFailure::of(&io(23)), BindFailure::NoDescriptors);
+    assert_eq!(BindFailure::of(&io(98)), BindFailure::Taken);
+    assert_eq!(BindFailure::of(&io(99)), BindFailure::Other);
 }

@@ -343,3 +343,81 @@ proptest! {
         }
     }
 }
+
+/// Rule 8: a flood of valid-mac1 initiations (from one address, then from thousands) reaches
+/// the peer at most at the handshake rate, and the bound leg's own handshakes still pass.
+#[test]
+fn an_initiation_flood_reaches_the_peer_at_most_at_the_handshake_rate() {
+    let (a, b) = (addr(1, 1000), addr(2, 2000));
+    let mut legs = Legs::bound(Policy::default(), [a, b]);
+    let t0 = Instant::now();
+    let attacker = |i: u32| -> SocketAddr {
+        if i.is_multiple_of(2) {
+            addr(66, 4000)
+        } else {
+            // Spoofed sources: a different address each time.
+            (
+                Ipv4Addr::new(203, 0, 113, (i % 250) as u8),
+                5000 + (i % 1000) as u16,
+            )
+                .into()
+        }
+    };
+    let seconds = 10u32;
+    let mut relayed = 0u32;
+    // 10 000 per second for 10 s, with the real peer B initiating every 5 s among them.
+    for i in 0..seconds * 10_000 {
+        let now = t0 + Duration::from_micros(u64::from(i) * 100);
+        let forged = arrival(Side::A, attacker(i), Message::Initiation { sender: i });
+        if let Decision::Relay(to) = legs.on_arrival(forged, now) {
+            assert_eq!(to, vec![b], "initiations go to the bound leg only");
+            relayed += 1;
+        }
+        if i % 50_000 == 0 {
+            let real = arrival(Side::B, b, Message::Initiation { sender: i });
+            assert_eq!(
+                legs.on_arrival(real, now),
+                Decision::Relay(vec![a]),
+                "the bound leg's handshake is never starved"
+            );
+        }
+    }
+    let bound = HandshakeRate::MAX_PER_SEC * seconds + OTHER_HANDSHAKE_BURST * 8;
+    assert!(
+        relayed <= bound,
+        "{relayed} forged initiations relayed in {seconds} s (at most {bound})"
+    );
+    assert!(relayed > 0, "the limit is a rate, not a wall");
+    assert_eq!(legs.legs(), Some([a, b]), "the pair stays bound");
+    // The forged ones are refused under their own reason.
+    let now = t0 + Duration::from_secs(u64::from(seconds));
+    let mut refused = 0;
+    for i in 0..100 {
+        let m = arrival(Side::A, addr(66, 4000), Message::Initiation { sender: i });
+        if legs.on_arrival(m, now) == Decision::Refuse(Refusal::HandshakeRate) {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 100 - OTHER_HANDSHAKE_BURST, "{refused}");
+    assert_eq!(
+        Refusal::HandshakeRate.reason(),
+        Reason::DroppedWireGuardHandshakeRate
+    );
+}
+
+#[test]
+fn the_bound_leg_rekeying_and_retrying_stays_within_its_budget() {
+    let (a, b) = (addr(1, 1000), addr(2, 2000));
+    let mut legs = Legs::bound(Policy::default(), [a, b]);
+    let t0 = Instant::now();
+    // A burst of a rekey crossing retries, then WireGuard's pace (one per 5 s) for a minute.
+    for i in 0..LEG_HANDSHAKE_BURST {
+        let m = arrival(Side::A, a, Message::Initiation { sender: i });
+        assert_eq!(legs.on_arrival(m, t0), Decision::Relay(vec![b]));
+    }
+    for i in 1..=12u32 {
+        let now = t0 + Duration::from_secs(u64::from(i) * 5);
+        let m = arrival(Side::A, a, Message::Initiation { sender: 100 + i });
+        assert_eq!(legs.on_arrival(m, now), Decision::Relay(vec![b]));
+    }
+}
