@@ -54,6 +54,13 @@ pub struct ScenarioOptions {
     /// Run the WireGuard front on [`WIREGUARD_RELAY_PORTS`] (snippets with
     /// `PersistentKeepalive` [`WIREGUARD_KEEPALIVE`]).
     pub wireguard: bool,
+    /// The TURN front with the limits it ships with (`deploy/relay.example.yaml`'s defaults:
+    /// per-source request rate, per-user quota, the whole relayed port range) instead of the
+    /// lab's (no request limit, [`TURN_QUOTA`], [`TURN_RELAY_PORTS`]).
+    pub turn_shipped_limits: bool,
+    /// Start the daemon with this soft open-files limit (its hard limit stays the lab's), as
+    /// systemd starts a service without `LimitNOFILE`: the daemon must raise it itself.
+    pub open_files_soft: Option<u64>,
     /// Run each sidecar with exactly these arguments (after `relay`; [`TICKET_PLACEHOLDER`]
     /// stands for the leg's ticket) instead of the lab's (family, quick timers): the README's
     /// command, word for word.
@@ -100,6 +107,8 @@ impl ScenarioOptions {
             sessions: true,
             turn: false,
             wireguard: false,
+            turn_shipped_limits: false,
+            open_files_soft: None,
             join_command: None,
         }
     }
@@ -134,11 +143,18 @@ fn relay_config(options: &ScenarioOptions, pin_dir: &Path, dir: &Path) -> String
             "level: info,relay_userspace::fronts::turn=debug",
         );
         let (first, last) = TURN_RELAY_PORTS;
+        let lab_limits = if options.turn_shipped_limits {
+            String::new()
+        } else {
+            format!(
+                "  relay_ports: {first}-{last}\n  requests_per_sec_per_source: 0\n  \
+                 max_allocations_per_user: {TURN_QUOTA}\n"
+            )
+        };
         config.push_str(&format!(
-            "turn:\n  realm: {TURN_REALM}\n  relay_ports: {first}-{last}\n  secrets: [{TURN_SECRET}]\n  \
+            "turn:\n  realm: {TURN_REALM}\n{lab_limits}  secrets: [{TURN_SECRET}]\n  \
              users:\n    - name: {}\n      password: {}\n  tls:\n    cert: {}\n    key: {}\n    \
-             ports: [{TURNS_PORT}]\n  requests_per_sec_per_source: 0\n  \
-             max_allocations_per_user: {TURN_QUOTA}\nsessions:\n  leg_addresses:\n    deny: [{}]\n",
+             ports: [{TURNS_PORT}]\nsessions:\n  leg_addresses:\n    deny: [{}]\n",
             TURN_USER.0,
             TURN_USER.1,
             dir.join("turn.crt").display(),
@@ -153,6 +169,23 @@ fn relay_config(options: &ScenarioOptions, pin_dir: &Path, dir: &Path) -> String
         ));
     }
     config
+}
+
+/// The command that starts the daemon with `config`: the binary itself, or through
+/// `prlimit` when the scenario lowers its soft open-files limit.
+fn relay_command(options: &ScenarioOptions, config: &Path) -> Result<(PathBuf, Vec<String>)> {
+    let bin = options.relay_bin.to_str().context("path")?.to_string();
+    let config = config.to_str().context("path")?.to_string();
+    let serve = vec!["serve".to_string(), "--config".to_string(), config];
+    Ok(match options.open_files_soft {
+        None => (options.relay_bin.clone(), serve),
+        Some(soft) => {
+            let hard = relay_userspace::descriptors::Limit::current().hard;
+            let mut args = vec![format!("--nofile={soft}:{hard}"), bin];
+            args.extend(serve);
+            (PathBuf::from("/usr/bin/prlimit"), args)
+        }
+    })
 }
 
 /// A self-signed certificate for the relay's lab addresses (TURN over TLS), written into `dir`.
@@ -195,13 +228,9 @@ impl Scenario {
         }
         let config_path = lab.dir.join("relay.yaml");
         std::fs::write(&config_path, relay_config(&options, &pin_dir, &lab.dir))?;
-        let config = config_path.to_str().context("path")?.to_string();
-        lab.spawn(
-            Host::Relay,
-            "relay",
-            &options.relay_bin,
-            &["serve", "--config", &config],
-        )?;
+        let (program, args) = relay_command(&options, &config_path)?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        lab.spawn(Host::Relay, "relay", &program, &args)?;
         let mut scenario = Scenario {
             lab,
             pin_dir,
@@ -246,11 +275,9 @@ impl Scenario {
         if !status.success() {
             bail!("the relay exited with {status}:\n{}", self.lab.log("relay"));
         }
-        let config = self.lab.dir.join("relay.yaml");
-        let config = config.to_str().context("path")?.to_string();
-        let bin = self.options.relay_bin.clone();
-        self.lab
-            .spawn(Host::Relay, "relay", &bin, &["serve", "--config", &config])?;
+        let (program, args) = relay_command(&self.options, &self.lab.dir.join("relay.yaml"))?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.lab.spawn(Host::Relay, "relay", &program, &args)?;
         self.wait_for_api()
     }
 

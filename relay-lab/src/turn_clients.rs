@@ -90,11 +90,31 @@ fn uclient_args<'a>(args: &[&'a str], v6_server: bool, port: &'a str) -> Vec<&'a
 /// Runs `turnutils_uclient` on `host` against the relay with the lab's REST secret and `args`
 /// (its flags: `-D`, `-s`, `-t`, `-x`, `-m N`, …), the echo peer as its peer.
 pub fn uclient(lab: &NatLab, host: Host, args: &[&str], v6_server: bool) -> Result<UclientReport> {
+    run_uclient(lab, host, args, v6_server, Duration::from_secs(20))
+}
+
+/// [`uclient`] to the relay's IPv4 address, given up to `limit` (many clients take longer).
+pub fn uclient_for(
+    lab: &NatLab,
+    host: Host,
+    args: &[&str],
+    limit: Duration,
+) -> Result<UclientReport> {
+    run_uclient(lab, host, args, false, limit)
+}
+
+fn run_uclient(
+    lab: &NatLab,
+    host: Host,
+    args: &[&str],
+    v6_server: bool,
+    limit: Duration,
+) -> Result<UclientReport> {
     require_tool("turnutils_uclient")?;
     let port = PEER_PORT.to_string();
     let argv = uclient_args(args, v6_server, &port);
     let out = lab
-        .exec_output(host, "turnutils_uclient", &argv, Duration::from_secs(20))
+        .exec_output(host, "turnutils_uclient", &argv, limit)
         .context("running turnutils_uclient")?;
     parse_uclient(&out)
 }

@@ -333,3 +333,108 @@ fn stock_peers_cross_in_the_kernel_survive_rebinding_and_restart() {
     );
     assert!(ping(&s.lab, Host::ClientB, TUNNEL_A));
 }
+
+/// The attacker floods peer A's port with initiations whose mac1 is valid for peer B (anyone
+/// who knows B's public key can make them), 10 000 a second from several of its ports, while
+/// the tunnel carries pings: peer B receives at most the pair's handshake rate
+/// (docs/wireguard.md), the rest are counted as `dropped_wireguard_handshake_rate`, and not one
+/// ping is lost.
+#[test]
+fn an_initiation_flood_reaches_the_peer_only_at_the_handshake_rate() {
+    use relay_userspace::fronts::wireguard::legs::{
+        HandshakeRate, LEG_HANDSHAKE_BURST, OTHER_HANDSHAKE_BURST, OTHER_SOURCES,
+    };
+    require_root!();
+    let mut s = start(XdpMode::Native);
+    let up = bring_up(&mut s);
+    let key_b: [u8; 32] = STANDARD
+        .decode(&up.pair.peers[1].public_key)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let port_a = up.pair.peers[0].relay.v4.unwrap();
+    // What arrives on A's port reaches B from B's port.
+    let port_b = up.pair.peers[1].relay.v4.unwrap();
+    let dropped = |s: &Scenario| {
+        s.maps().unwrap().userspace_verdicts().unwrap()
+            [Reason::DroppedWireGuardHandshakeRate as usize]
+            .packets
+    };
+    let dropped_before = dropped(&s);
+    let tap = Tap::open(&s.lab, Host::ClientB).unwrap();
+    s.lab
+        .spawn(
+            Host::ClientA,
+            "ping-flood",
+            std::path::Path::new("/usr/bin/ping"),
+            &["-c", "40", "-i", "0.1", "-W", "2", TUNNEL_B],
+        )
+        .unwrap();
+    const SECONDS: u64 = 4;
+    const PER_SEC: u64 = 10_000;
+    let started = Instant::now();
+    let sent = s
+        .lab
+        .in_host(Host::Attacker, || {
+            let sockets: Vec<UdpSocket> = (0..4u16)
+                .map(|p| UdpSocket::bind(("0.0.0.0", 41_000 + p)).unwrap())
+                .collect();
+            let start = Instant::now();
+            let mut sent = 0u64;
+            // Bounded in count and time.
+            while sent < SECONDS * PER_SEC && start.elapsed() < Duration::from_secs(SECONDS + 5) {
+                let mut init = vec![0u8; INITIATION_LEN];
+                init[0] = 1;
+                init[4..8].copy_from_slice(&(sent as u32).to_le_bytes());
+                Mac1Key::for_receiver(&key_b).seal(&mut init);
+                let _ = sockets[(sent % 4) as usize].send_to(&init, port_a);
+                sent += 1;
+                // Paced: 100 every 10 ms.
+                if sent % 100 == 0 {
+                    let due = Duration::from_micros(sent * 1_000_000 / PER_SEC);
+                    if let Some(wait) = due.checked_sub(start.elapsed()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            }
+            sent
+        })
+        .unwrap();
+    let seconds = started.elapsed().as_secs() + 1;
+    assert!(NatLab::wait_until(Duration::from_secs(15), || !s
+        .lab
+        .running("ping-flood")));
+    let pinged = s.lab.log("ping-flood");
+    assert!(
+        pinged.contains("40 packets transmitted, 40 received"),
+        "the tunnel suffered from the flood: {pinged}"
+    );
+    std::thread::sleep(Duration::from_millis(1500)); // the daemon flushes its counters
+    let initiations = tap
+        .udp(|_| true)
+        .unwrap()
+        .into_iter()
+        .filter(|c| c.payload.len() == INITIATION_LEN && c.payload[0] == 1)
+        .filter(|c| c.from.port() == port_b.port())
+        .count() as u64;
+    let bound = u64::from(HandshakeRate::MAX_PER_SEC) * seconds
+        + u64::from(LEG_HANDSHAKE_BURST)
+        + OTHER_SOURCES as u64 * u64::from(OTHER_HANDSHAKE_BURST);
+    eprintln!(
+        "sent {sent} forged initiations in {seconds} s; peer B received {initiations} \
+         initiations (at most {bound})"
+    );
+    assert!(
+        initiations <= bound,
+        "peer B received {initiations} initiations, more than {bound}"
+    );
+    let refused = dropped(&s) - dropped_before;
+    assert!(
+        refused >= sent - bound,
+        "{refused} counted as dropped_wireguard_handshake_rate of {sent}"
+    );
+    assert!(
+        ping(&s.lab, Host::ClientB, TUNNEL_A),
+        "the pair keeps working"
+    );
+}
