@@ -1,7 +1,9 @@
-//! No amplification towards unverified sources: over UDP, what the server sends a source address
-//! that has not authenticated never exceeds what that address sent it (within
-//! [`CREDIT_WINDOW`]). A spoofer posing as a victim makes the relay send the victim at most the
-//! bytes the spoofer spent — amplification ≤ 1, the property coturn's 401 lacked.
+//! No amplification towards unverified sources: over UDP, what the server sends an address in
+//! answer to unauthenticated requests never exceeds what unauthenticated requests from that
+//! address brought (within [`CREDIT_WINDOW`]). Authenticated requests earn nothing (their
+//! answers need no credit), so a spoofer posing as a victim makes the relay send the victim at
+//! most the bytes the spoofer spent, plus whatever the victim's own unauthenticated requests
+//! left unspent (normally nothing) — amplification ≤ 1, the property coturn's 401 lacked.
 //!
 //! Accounted per source rather than per message because a single message cannot be answered
 //! within its own size: coturn's client opens with a 52-byte Allocate, and no 401 carrying a

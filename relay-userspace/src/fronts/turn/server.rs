@@ -348,6 +348,13 @@ const KNOWN_ATTRIBUTES: &[u16] = &[
     0x0025, // USE-CANDIDATE (ICE)
 ];
 
+/// Who asked, and how many bytes the request took: what an unauthenticated answer is weighed
+/// against.
+struct Asked {
+    five_tuple: FiveTuple,
+    len: usize,
+}
+
 /// An error response's code and reason.
 #[derive(Debug, PartialEq, Eq)]
 struct Refuse(u16, &'static str);
@@ -559,10 +566,10 @@ impl TurnServer {
                 ..Default::default()
             };
         }
-        if five_tuple.transport == Transport::Udp {
-            self.guard
-                .received(five_tuple.client.ip(), datagram.len(), clock.now);
-        }
+        let asked = Asked {
+            five_tuple,
+            len: datagram.len(),
+        };
         let unknown: Vec<AttributeType> = request
             .iter_attributes()
             .map(|(_, a)| a.get_type())
@@ -570,7 +577,7 @@ impl TurnServer {
             .collect();
         if !unknown.is_empty() {
             let reply = Reply::unknown_attributes(&request, &unknown).finish(None);
-            return self.unverified(&five_tuple, clock, reply, "error_420", "unknown attributes");
+            return self.unverified(&asked, clock, reply, "error_420", "unknown attributes");
         }
         let method = request.method();
         if method == BINDING {
@@ -579,20 +586,20 @@ impl TurnServer {
                 five_tuple.client,
                 request.transaction_id(),
             ));
-            return self.unverified(&five_tuple, clock, reply.finish(None), "binding", "");
+            return self.unverified(&asked, clock, reply.finish(None), "binding", "");
         }
         if ![ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method) {
             let reply = Reply::error(&request, 400, "").finish(None);
-            return self.unverified(&five_tuple, clock, reply, "error_400", "unsupported method");
+            return self.unverified(&asked, clock, reply, "error_400", "unsupported method");
         }
         let (username, key, algorithm) = match self.authenticate(&request, five_tuple, clock) {
             Ok(authenticated) => authenticated,
             Err(Unauthenticated::Challenge { code, result, why }) => {
-                return self.challenge(&request, &five_tuple, clock, code, result, why);
+                return self.challenge(&request, &asked, clock, code, result, why);
             }
             Err(Unauthenticated::BadRequest(why)) => {
                 let reply = Reply::error(&request, 400, "").finish(None);
-                return self.unverified(&five_tuple, clock, reply, "error_400", why);
+                return self.unverified(&asked, clock, reply, "error_400", why);
             }
         };
         let signer = Signer {
@@ -712,13 +719,14 @@ impl TurnServer {
     fn challenge(
         &mut self,
         request: &Message,
-        five_tuple: &FiveTuple,
+        asked: &Asked,
         clock: &Clock,
         code: u16,
         result: &'static str,
         why: &'static str,
     ) -> Outcome {
-        let client = five_tuple.client.ip();
+        self.credit(asked, clock);
+        let client = asked.five_tuple.client.ip();
         for features in [true, false] {
             let reply = Reply::challenge(
                 request,
@@ -728,7 +736,7 @@ impl TurnServer {
                 features,
             )
             .finish(None);
-            if self.may_answer(five_tuple, clock, reply.len()) {
+            if self.may_answer(&asked.five_tuple, clock, reply.len()) {
                 return Outcome {
                     reply: Some(reply),
                     change: None,
@@ -746,6 +754,16 @@ impl TurnServer {
         }
     }
 
+    /// An unauthenticated request over UDP earns its source credit for answers
+    /// ([`super::amplification`]). Authenticated ones earn none: their answers need none, and
+    /// counting them would let a spoofer spend what the victim itself sent.
+    fn credit(&mut self, asked: &Asked, clock: &Clock) {
+        if asked.five_tuple.transport == Transport::Udp {
+            self.guard
+                .received(asked.five_tuple.client.ip(), asked.len, clock.now);
+        }
+    }
+
     /// Whether a response of `len` bytes may go to `five_tuple`'s client, which has not
     /// authenticated ([`super::amplification`]); spends the credit if so. Streams proved their
     /// source in their handshake.
@@ -758,13 +776,14 @@ impl TurnServer {
     /// credit allows.
     fn unverified(
         &mut self,
-        five_tuple: &FiveTuple,
+        asked: &Asked,
         clock: &Clock,
         reply: Vec<u8>,
         result: &'static str,
         reason: &str,
     ) -> Outcome {
-        if self.may_answer(five_tuple, clock, reply.len()) {
+        self.credit(asked, clock);
+        if self.may_answer(&asked.five_tuple, clock, reply.len()) {
             Outcome {
                 reply: Some(reply),
                 result,

@@ -682,3 +682,42 @@ fn bind_failures_are_classified_by_errno() {
     assert_eq!(BindFailure::of(&io(98)), BindFailure::Taken);
     assert_eq!(BindFailure::of(&io(99)), BindFailure::Other);
 }
+
+/// The case docs/turn.md was wrong about: a victim that has just sent authenticated requests
+/// (a Refresh every few seconds) gave a spoofer posing as it credit to spend. Authenticated
+/// requests earn no credit now, so the spoofer buys the victim at most what it spent itself,
+/// beyond what the victim's own unauthenticated requests earned (and their answers spent).
+#[test]
+fn a_spoofer_cannot_spend_what_the_victim_sent_authenticated() {
+    let mut h = Harness::new(settings());
+    let (victim, _, _) = allocated(&mut h, "198.51.100.9:40000");
+    // The victim's authenticated requests: answered whatever the credit, and earning none.
+    let mut victim_sent = 0;
+    for _ in 0..20 {
+        let refresh = victim.request(REFRESH, &[&Lifetime::new(600)], 100);
+        victim_sent += refresh.len();
+        let out = h.send(&victim, &refresh);
+        assert_eq!(code(&out.reply.unwrap()), 0);
+    }
+    assert!(victim_sent > 3000, "{victim_sent}");
+    // The spoofer: unauthenticated Allocates and Bindings from the victim's address and port.
+    let mut spoofer = client("198.51.100.9:40000");
+    spoofer.fingerprint = false;
+    let (mut spent, mut answered) = (0, 0);
+    for i in 0..100 {
+        let request = if i % 2 == 0 {
+            spoofer.request(ALLOCATE, &[&udp()], 0)
+        } else {
+            spoofer.request(BINDING, &[], 0)
+        };
+        spent += request.len();
+        if let Some(reply) = h.send(&spoofer, &request).reply {
+            answered += reply.len();
+        }
+    }
+    assert!(answered > 0, "the rule still answers retransmissions");
+    assert!(
+        answered <= spent,
+        "the victim received {answered} bytes for the spoofer's {spent}"
+    );
+}
