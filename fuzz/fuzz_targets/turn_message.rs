@@ -6,8 +6,10 @@
 //! * Nothing panics.
 //! * ChannelData's length always fits the datagram; a stream frame never claims more bytes than
 //!   it has.
-//! * The server never answers a source with more bytes than it sent (amplification ≤ 1), and
-//!   what it answers is a well-formed STUN message.
+//! * With credit alone (no allowance beyond it, `Allowance::NONE`), the server never answers a
+//!   source with more bytes than it sent (amplification ≤ 1), and what it answers is a
+//!   well-formed STUN message. (The default allowance beyond credit is bounded by the
+//!   `amplification` unit tests.)
 //! * Nothing unauthenticated changes any allocation, and with no allocation nothing is relayed.
 #![no_main]
 
@@ -25,6 +27,7 @@ use relay_common::turn::TurnDatagram;
 use relay_userspace::{
     control::address_policy::AddressPolicy,
     fronts::turn::{
+        amplification::Allowance,
         auth::{Credentials, Nonces, StaticUser},
         relaying::{self, FromClient, RelayTables},
         server::{
@@ -51,6 +54,7 @@ static SERVER: LazyLock<Mutex<TurnServer>> = LazyLock::new(|| {
             local: "192.0.2.10".parse().unwrap(),
             advertised: "192.0.2.10".parse().unwrap(),
         }),
+        amplification: Allowance::NONE,
         ..TurnSettings::new(50_000..=50_099)
     };
     let credentials = Credentials::new(

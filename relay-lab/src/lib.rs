@@ -9,6 +9,7 @@
 pub mod control_bench;
 pub mod demo;
 pub mod lab_xdp;
+pub mod load;
 pub mod nat_lab;
 pub mod netns;
 pub mod sandbox;

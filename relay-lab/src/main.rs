@@ -10,6 +10,7 @@ use std::sync::{Arc, atomic::AtomicBool};
 use relay_lab::{
     control_bench::{self, ControlBenchOptions},
     demo::{self, DemoOptions},
+    load::{self, LoadOptions},
     nat_lab,
     throughput::{self, ThroughputOptions, report},
     turn_bench::{self, TurnBenchOptions},
@@ -99,6 +100,23 @@ enum Command {
         /// Seconds of iperf3 per path and round (default 5; 2 with --quick).
         #[arg(long)]
         seconds: Option<u32>,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// The relay as a service holding crowds under its shipped configuration and unit limits:
+    /// a crowd of TURN clients behind one NAT (against coturn), the configured maxima at once,
+    /// churn, floods.
+    BenchLoad {
+        /// A small run of each part: checks the harness.
+        #[arg(long)]
+        quick: bool,
+        /// Clients of the crowd (default 2000; 150 with --quick).
+        #[arg(long)]
+        clients: Option<usize>,
+        /// Skip coturn.
+        #[arg(long)]
+        no_coturn: bool,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -264,6 +282,23 @@ fn main() -> Result<()> {
                     x.userspace_vs_coturn_per_cpu
                 );
             }
+            write_json(json, serde_json::to_value(&r)?)
+        }
+        Command::BenchLoad {
+            quick,
+            clients,
+            no_coturn,
+            json,
+        } => {
+            let mut options = if quick {
+                LoadOptions::quick(relay_lab::relay_bin()?)
+            } else {
+                LoadOptions::full(relay_lab::relay_bin()?)
+            };
+            options.crowd_clients = clients.unwrap_or(options.crowd_clients);
+            options.coturn &= !no_coturn;
+            let r = load::run(options)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
             write_json(json, serde_json::to_value(&r)?)
         }
         Command::BenchControl {

@@ -61,6 +61,8 @@ pub struct ScenarioOptions {
     /// Start the daemon with this soft open-files limit (its hard limit stays the lab's), as
     /// systemd starts a service without `LimitNOFILE`: the daemon must raise it itself.
     pub open_files_soft: Option<u64>,
+    /// With `open_files_soft`: the hard limit (a unit's `LimitNOFILE`); default the lab's.
+    pub open_files_hard: Option<u64>,
     /// Run each sidecar with exactly these arguments (after `relay`; [`TICKET_PLACEHOLDER`]
     /// stands for the leg's ticket) instead of the lab's (family, quick timers): the README's
     /// command, word for word.
@@ -109,6 +111,7 @@ impl ScenarioOptions {
             wireguard: false,
             turn_shipped_limits: false,
             open_files_soft: None,
+            open_files_hard: None,
             join_command: None,
         }
     }
@@ -138,10 +141,12 @@ fn relay_config(options: &ScenarioOptions, pin_dir: &Path, dir: &Path) -> String
         pin_dir.display()
     );
     if options.turn {
-        config = config.replace(
-            "level: info",
-            "level: info,relay_userspace::fronts::turn=debug",
-        );
+        if !options.turn_shipped_limits {
+            config = config.replace(
+                "level: info",
+                "level: info,relay_userspace::fronts::turn=debug",
+            );
+        }
         let (first, last) = TURN_RELAY_PORTS;
         let lab_limits = if options.turn_shipped_limits {
             String::new()
@@ -180,7 +185,9 @@ fn relay_command(options: &ScenarioOptions, config: &Path) -> Result<(PathBuf, V
     Ok(match options.open_files_soft {
         None => (options.relay_bin.clone(), serve),
         Some(soft) => {
-            let hard = relay_userspace::descriptors::Limit::current().hard;
+            let hard = options
+                .open_files_hard
+                .unwrap_or_else(|| relay_userspace::descriptors::Limit::current().hard);
             let mut args = vec![format!("--nofile={soft}:{hard}"), bin];
             args.extend(serve);
             (PathBuf::from("/usr/bin/prlimit"), args)

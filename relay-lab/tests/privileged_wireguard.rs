@@ -390,7 +390,7 @@ fn an_initiation_flood_reaches_the_peer_only_at_the_handshake_rate() {
                 let _ = sockets[(sent % 4) as usize].send_to(&init, port_a);
                 sent += 1;
                 // Paced: 100 every 10 ms.
-                if sent % 100 == 0 {
+                if sent.is_multiple_of(100) {
                     let due = Duration::from_micros(sent * 1_000_000 / PER_SEC);
                     if let Some(wait) = due.checked_sub(start.elapsed()) {
                         std::thread::sleep(wait);

@@ -432,9 +432,10 @@ pub const DEFAULT_TURN_REQUESTS_PER_SOURCE: u32 = 500;
 pub const DEFAULT_TURN_REQUESTS_PER_CONNECTION: u32 = 50;
 /// Default `turn.max_connections`: as many as allocations, each at a few kilobytes idle.
 pub const DEFAULT_TURN_MAX_CONNECTIONS: u32 = 16_384;
-/// Default `turn.max_connections_per_source`: a large office's NAT, every user's browser with
-/// a TCP and a TLS allocation.
-pub const DEFAULT_TURN_MAX_CONNECTIONS_PER_SOURCE: u32 = 1024;
+/// Default `turn.max_connections_per_source`: a thousand users behind one NAT address, each
+/// browser with a TCP and a TLS allocation, twice over. A single hostile address holding them
+/// all idle costs a few megabytes, for at most 10 s each.
+pub const DEFAULT_TURN_MAX_CONNECTIONS_PER_SOURCE: u32 = 4096;
 
 impl Default for TurnConfig {
     fn default() -> Self {

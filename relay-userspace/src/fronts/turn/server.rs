@@ -46,7 +46,7 @@ use turn_types::{
 };
 
 use super::{
-    amplification::AmplificationGuard,
+    amplification::{Allowance, AmplificationGuard},
     auth::{Credentials, NonceCheck, Nonces, quota_user},
     reply::{Reply, Signer},
 };
@@ -145,6 +145,9 @@ pub struct TurnSettings {
     pub relayed_v6: Option<RelayedAddress>,
     /// Rate limits per allocation and direction.
     pub limits: SessionLimits,
+    /// What unauthenticated requests over UDP may be answered with beyond their source's
+    /// credit ([`super::amplification`]).
+    pub amplification: Allowance,
 }
 
 impl TurnSettings {
@@ -167,6 +170,7 @@ impl TurnSettings {
             relayed_v4: None,
             relayed_v6: None,
             limits: SessionLimits::default(),
+            amplification: Allowance::DEFAULT,
         }
     }
 }
@@ -404,6 +408,7 @@ impl TurnServer {
         policy: AddressPolicy,
     ) -> TurnServer {
         let free_slots = (0..settings.max_allocations).rev().collect();
+        let amplification = settings.amplification;
         TurnServer {
             settings,
             credentials,
@@ -415,7 +420,7 @@ impl TurnServer {
             ports_used: HashSet::new(),
             reservations: HashMap::new(),
             per_user: HashMap::new(),
-            guard: AmplificationGuard::new(),
+            guard: AmplificationGuard::new(amplification),
             rng: StdRng::from_os_rng(),
         }
     }

@@ -57,6 +57,14 @@ fn settings() -> TurnSettings {
     }
 }
 
+/// [`settings`] with credit alone against amplification (no allowance beyond it).
+fn strict() -> TurnSettings {
+    TurnSettings {
+        amplification: super::super::amplification::Allowance::NONE,
+        ..settings()
+    }
+}
+
 struct Harness {
     server: TurnServer,
     ports: Ports,
@@ -237,7 +245,7 @@ fn an_allocation_after_the_challenge_relays_from_the_advertised_address() {
 
 #[test]
 fn challenges_carry_realm_nonce_and_algorithms_within_what_the_source_sent() {
-    let mut h = Harness::new(settings());
+    let mut h = Harness::new(strict());
     let c = client("198.51.100.9:40000");
     // A large request: the full challenge at once.
     let big = c.request(ALLOCATE, &[&udp()], 64);
@@ -289,7 +297,7 @@ fn challenges_carry_realm_nonce_and_algorithms_within_what_the_source_sent() {
 
 #[test]
 fn binding_is_answered_within_what_the_source_sent() {
-    let mut h = Harness::new(settings());
+    let mut h = Harness::new(strict());
     let mut c = client("198.51.100.9:40000");
     c.fingerprint = false;
     let bare = c.request(BINDING, &[], 0);
@@ -689,7 +697,7 @@ fn bind_failures_are_classified_by_errno() {
 /// beyond what the victim's own unauthenticated requests earned (and their answers spent).
 #[test]
 fn a_spoofer_cannot_spend_what_the_victim_sent_authenticated() {
-    let mut h = Harness::new(settings());
+    let mut h = Harness::new(strict());
     let (victim, _, _) = allocated(&mut h, "198.51.100.9:40000");
     // The victim's authenticated requests: answered whatever the credit, and earning none.
     let mut victim_sent = 0;
@@ -720,4 +728,32 @@ fn a_spoofer_cannot_spend_what_the_victim_sent_authenticated() {
         answered <= spent,
         "the victim received {answered} bytes for the spoofer's {spent}"
     );
+}
+
+/// The relay's default allowance: a client's small first request gets its challenge at once,
+/// and a spoofer buys its victim at most the per-address allowance beyond what it spent.
+#[test]
+fn by_default_a_small_first_request_is_answered_at_once_within_the_allowance() {
+    use super::super::amplification::Allowance;
+    let mut h = Harness::new(settings());
+    let mut c = client("198.51.100.10:40000");
+    c.fingerprint = false;
+    let first = h.send(&c, &c.request(ALLOCATE, &[&udp()], 0));
+    assert_eq!(code(&first.reply.expect("answered at once")), 401);
+    let mut spoofer = client("198.51.100.9:40000");
+    spoofer.fingerprint = false;
+    let (mut spent, mut answered) = (0, 0);
+    for _ in 0..2000 {
+        let request = spoofer.request(ALLOCATE, &[&udp()], 0);
+        spent += request.len();
+        if let Some(reply) = h.send(&spoofer, &request).reply {
+            answered += reply.len();
+        }
+    }
+    let allowance = Allowance::DEFAULT.per_address as usize;
+    assert!(
+        answered <= spent + allowance,
+        "{answered} answered for {spent} spent (allowance {allowance})"
+    );
+    assert!(answered > spent, "the allowance was used");
 }
