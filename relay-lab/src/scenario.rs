@@ -61,6 +61,12 @@ pub struct ScenarioOptions {
     /// Start the daemon with this soft open-files limit (its hard limit stays the lab's), as
     /// systemd starts a service without `LimitNOFILE`: the daemon must raise it itself.
     pub open_files_soft: Option<u64>,
+    /// The relay listens on its IPv4 address only (a pair's ports then take one descriptor
+    /// each, not two).
+    pub ipv4_only: bool,
+    /// The lab token may hold as many sessions as the relay, and the API has no per-source
+    /// request limit: an application server allocating for all its users (the load harness).
+    pub api_bulk: bool,
     /// With `open_files_soft`: the hard limit (a unit's `LimitNOFILE`); default the lab's.
     pub open_files_hard: Option<u64>,
     /// Run each sidecar with exactly these arguments (after `relay`; [`TICKET_PLACEHOLDER`]
@@ -112,6 +118,8 @@ impl ScenarioOptions {
             turn_shipped_limits: false,
             open_files_soft: None,
             open_files_hard: None,
+            ipv4_only: false,
+            api_bulk: false,
             join_command: None,
         }
     }
@@ -134,10 +142,26 @@ pub struct Scenario {
 
 fn relay_config(options: &ScenarioOptions, pin_dir: &Path, dir: &Path) -> String {
     let mode = options.xdp.name();
+    let listen = if options.ipv4_only {
+        format!("  listen: [{}]\n", crate::nat_lab::addr::RELAY_V4)
+    } else {
+        String::new()
+    };
+    let (bulk_rate, bulk_quota) = if options.api_bulk {
+        (
+            "  requests_per_sec_per_source: 0\n",
+            format!(
+                "      max_sessions: {}\n",
+                relay_common::maps::DEFAULT_MAX_SESSIONS
+            ),
+        )
+    } else {
+        ("", String::new())
+    };
     let mut config = format!(
-        "interfaces: [eth0]\nxdp:\n  mode: {mode}\nrelay:\n  port: {LAB_PORT}\napi:\n  \
-         listen: 127.0.0.1:8080\n  tokens:\n    - name: lab\n      token: {LAB_TOKEN}\n\
-         pin_dir: {}\nlog:\n  level: info\nmetrics:\n  listen: {LAB_METRICS}\n  top_sessions: 5\n",
+        "interfaces: [eth0]\nxdp:\n  mode: {mode}\nrelay:\n  port: {LAB_PORT}\n{listen}api:\n  \
+         listen: 127.0.0.1:8080\n{bulk_rate}  tokens:\n    - name: lab\n      token: {LAB_TOKEN}\n\
+         {bulk_quota}pin_dir: {}\nlog:\n  level: info\nmetrics:\n  listen: {LAB_METRICS}\n  top_sessions: 5\n",
         pin_dir.display()
     );
     if options.turn {

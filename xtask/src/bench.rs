@@ -15,12 +15,13 @@ use crate::{
 };
 
 /// Benchmark names, as `--only` takes them and as their docs sections are marked.
-const NAMES: [&str; 6] = [
+const NAMES: [&str; 7] = [
     "xdp-micro",
     "throughput",
     "turn",
     "wireguard",
     "control-plane",
+    "load",
     "hot-paths",
 ];
 
@@ -115,6 +116,20 @@ pub fn run(quick: bool, render: bool, only: &[String]) -> Result<()> {
         status(&mut cmd)?;
     }
 
+    if wanted("load") {
+        println!(
+            "== load: a crowd behind one NAT against coturn, the maxima at once, churn, floods (NAT lab)"
+        );
+        let mut cmd = Command::new(&lab);
+        cmd.arg("bench-load")
+            .arg("--json")
+            .arg(out_dir.join("load.json"));
+        if quick {
+            cmd.arg("--quick");
+        }
+        status(&mut cmd)?;
+    }
+
     let criterion_out = if wanted("hot-paths") {
         hot_paths(quick)?
     } else {
@@ -178,6 +193,10 @@ fn write_docs(wanted: &dyn Fn(&str) -> bool, out_dir: &Path, criterion_out: &str
     if wanted("control-plane") {
         let control: Value = serde_json::from_str(&fs::read_to_string(&control_json)?)?;
         replace_section(&doc, "control-plane", &control_section(&control, &machine)?)?;
+    }
+    if wanted("load") {
+        let load: Value = serde_json::from_str(&fs::read_to_string(out_dir.join("load.json"))?)?;
+        replace_section(&doc, "load", &crate::load_report::section(&load, &machine)?)?;
     }
     if wanted("hot-paths") && !criterion_out.is_empty() {
         replace_section(

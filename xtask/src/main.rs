@@ -11,6 +11,7 @@ mod bench;
 mod demo;
 mod ebpf;
 mod fuzz;
+mod load_report;
 mod plot;
 mod run;
 mod setup;

@@ -95,12 +95,14 @@ pub struct Job {
     pub password: String,
     /// The echo peer.
     pub peer: SocketAddr,
-    /// Messages it relays (each echoed back).
+    /// Messages it relays (each echoed back); 0: it only allocates.
     pub messages: u32,
     /// Bytes per message.
     pub size: usize,
     /// A number carried in its messages.
     pub id: u32,
+    /// Refresh the allocation once before deleting it (churn).
+    pub refresh: bool,
 }
 
 /// What happened to one client.
@@ -358,6 +360,13 @@ pub async fn run(
     }
     // Hold the allocation until the harness has looked at the server.
     let _ = hold.wait_for(|released| *released).await;
+    if job.refresh {
+        let _ = client
+            .request(REFRESH, &|_, m| {
+                let _ = m.add_attribute(&Lifetime::new(600));
+            })
+            .await;
+    }
     let _ = client
         .request(REFRESH, &|_, m| {
             let _ = m.add_attribute(&Lifetime::new(0));
@@ -393,6 +402,10 @@ async fn relay(
     m.attribute::<XorRelayedAddress>()
         .context("no XOR-RELAYED-ADDRESS")?;
     outcome.allocated = true;
+    if job.messages == 0 {
+        // An allocation held, nothing relayed (the maxima).
+        return Ok(());
+    }
     let peer = job.peer;
     client
         .request(CREATE_PERMISSION, &|t, m| {

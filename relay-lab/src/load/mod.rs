@@ -19,12 +19,16 @@
 //! Benchmarks report numbers; the privileged smoke test (`privileged_load`) runs a small
 //! version of each and checks only that the harness works and nothing was lost.
 
+pub mod api;
+pub mod churn;
 pub mod client;
 pub mod crowd;
+pub mod flood;
+pub mod maxima;
 pub mod process;
 
 use std::{
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -34,8 +38,11 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use self::{
+    churn::{ChurnOptions, ChurnReport},
     client::{Job, Server, Transport},
     crowd::CrowdSummary,
+    flood::{FloodOptions, FloodReport},
+    maxima::{Counts, MaximaReport},
 };
 use crate::{
     nat_lab::{Host, NatLab, addr},
@@ -81,10 +88,19 @@ pub struct LoadOptions {
     pub message_size: usize,
     /// Also measure coturn with the same crowd.
     pub coturn: bool,
+    /// Churn (none: skipped).
+    pub churn: Option<ChurnOptions>,
+    /// Idle TCP connections and TLS handshakes per flood, and legitimate clients during each
+    /// (none: skipped).
+    pub floods: Option<(u64, u64, usize)>,
+    /// The maxima to hold at once, and the seconds over which the TURN clients start (none:
+    /// skipped).
+    pub maxima: Option<(Counts, f64)>,
 }
 
 impl LoadOptions {
-    /// The full benchmark.
+    /// The full benchmark: the issue's numbers (the shipped defaults' maxima: 65 536 sessions
+    /// in all, pairs included; 16 384 TURN allocations).
     pub fn full(relay_bin: PathBuf) -> LoadOptions {
         LoadOptions {
             relay_bin,
@@ -93,14 +109,46 @@ impl LoadOptions {
             messages: 5,
             message_size: 100,
             coturn: true,
+            churn: Some(ChurnOptions {
+                seconds: 600.0,
+                sessions_per_sec: 20,
+                pairs_per_sec: 2,
+                allocations_per_sec: 10,
+                alive: 200,
+            }),
+            floods: Some((20_000, 2_000, 300)),
+            maxima: Some((
+                Counts {
+                    sessions: u64::from(relay_common::maps::DEFAULT_MAX_SESSIONS) - 2_000,
+                    pairs: 2_000,
+                    allocations: u64::from(relay_common::turn::DEFAULT_MAX_ALLOCATIONS),
+                },
+                80.0,
+            )),
         }
     }
 
-    /// A small run that checks the harness (the CI smoke test).
+    /// A small run of every part that checks the harness (the CI smoke test).
     pub fn quick(relay_bin: PathBuf) -> LoadOptions {
         LoadOptions {
             crowd_clients: 150,
             crowd_ramp_s: 2.0,
+            churn: Some(ChurnOptions {
+                seconds: 15.0,
+                sessions_per_sec: 20,
+                pairs_per_sec: 2,
+                allocations_per_sec: 10,
+                alive: 20,
+            }),
+            floods: Some((2_000, 200, 30)),
+            maxima: Some((
+                Counts {
+                    sessions: 2_000,
+                    pairs: 20,
+                    allocations: 300,
+                },
+                3.0,
+            )),
             ..LoadOptions::full(relay_bin)
         }
     }
@@ -115,28 +163,170 @@ pub struct LoadResult {
     pub hard_limit: u64,
     /// The crowd, per server (the relay first).
     pub crowd: Vec<CrowdSummary>,
+    /// Churn.
+    pub churn: Option<ChurnReport>,
+    /// Floods: from one address, from many.
+    pub floods: Vec<FloodReport>,
+    /// The maxima.
+    pub maxima: Option<MaximaReport>,
 }
 
 /// Runs the harness. Needs root, coturn (for the comparison) and the lab's tools.
 pub fn run(options: LoadOptions) -> Result<LoadResult> {
     raise_own_limit()?;
-    let mut crowd = Vec::new();
+    let mut result = LoadResult {
+        options: options.clone(),
+        hard_limit: unit_hard(),
+        crowd: Vec::new(),
+        churn: None,
+        floods: Vec::new(),
+        maxima: None,
+    };
     let mut s = start_relay(&options)?;
     turn_clients::start_peer(&mut s.lab)?;
     let server = lab_server(&s.lab)?;
-    let relay_pid = s.lab.pid("relay").context("the relay is not running")?;
-    crowd.push(run_crowd(&s.lab, &server, &options, relay_pid, "relay")?);
+    let pid = s.lab.pid("relay").context("the relay is not running")?;
+    result
+        .crowd
+        .push(run_crowd(&s.lab, &server, &options, pid, "relay")?);
+    if let Some(churn) = options.churn {
+        eprintln!("churn for {} s", churn.seconds);
+        let jobs = jobs(&options, 100_000, &Transport::ALL, 1)?;
+        let report = churn::run(
+            &s.lab,
+            pid,
+            &server,
+            churn,
+            move |i| {
+                let mut job = jobs[i as usize % jobs.len()].clone();
+                job.refresh = true;
+                job
+            },
+            || stats(&s),
+        )?;
+        eprintln!(
+            "churn: {} sessions, {} pairs, {} TURN clients, {} failures; slope per hour: \
+             RSS {:.0} KiB, descriptors {:.1}, sessions {:.1}, allocations {:.1}, UDP ports {:.1}",
+            report.sessions_created,
+            report.pairs_created,
+            report.allocations_done,
+            report.failures,
+            report.slope_per_hour[0],
+            report.slope_per_hour[1],
+            report.slope_per_hour[2],
+            report.slope_per_hour[3],
+            report.slope_per_hour[4],
+        );
+        result.churn = Some(report);
+    }
+    if let Some((idle, tls, legit)) = options.floods {
+        let many = extra_attacker_addresses(&s.lab)?;
+        let one = vec![IpAddr::from([0, 0, 0, 0])];
+        for (name, host, sources, idle, tls) in [
+            ("idle TCP, one address", Host::ClientA, one.clone(), idle, 0),
+            (
+                "idle TCP, many addresses",
+                Host::Attacker,
+                many.clone(),
+                idle,
+                0,
+            ),
+            ("unfinished TLS, one address", Host::ClientA, one, 0, tls),
+            (
+                "unfinished TLS, many addresses",
+                Host::Attacker,
+                many.clone(),
+                0,
+                tls,
+            ),
+        ] {
+            let flood = FloodOptions {
+                name: name.to_string(),
+                idle_tcp: idle,
+                tls_handshakes: tls,
+                sources,
+            };
+            let legit_jobs = jobs(&options, legit, &Transport::ALL, options.messages)?;
+            let report = flood::run(&s.lab, host, pid, &server, flood, legit_jobs)?;
+            eprintln!(
+                "flood from {name}: {} held, {} refused; RSS {:.0} → {:.0} MiB; legitimate \
+                 clients {}/{} (first byte median {:.0} ms, p99 {:.0} ms)",
+                report.held,
+                report.refused,
+                report.rss_before_mib,
+                report.rss_peak_mib,
+                report.legit_succeeded,
+                report.legit_clients,
+                report.legit_first_byte.median_ms,
+                report.legit_first_byte.p99_ms
+            );
+            result.floods.push(report);
+            // The flood's connections are closed by the allocation deadline.
+            std::thread::sleep(Duration::from_secs(12));
+        }
+    }
+    if let Some((counts, ramp)) = options.maxima {
+        eprintln!("maxima: {counts:?}");
+        let allocation_jobs = jobs(&options, counts.allocations as usize, &[Transport::Udp], 0)?;
+        let report = maxima::run(
+            &s.lab,
+            pid,
+            &server,
+            allocation_jobs,
+            counts,
+            Duration::from_secs_f64(ramp),
+        )?;
+        eprintln!(
+            "maxima held: {} sessions, {} pairs, {} allocations; {:.0} MiB RSS, {} descriptors, \
+             {:.0} MiB of maps",
+            report.sessions.held,
+            report.pairs.held,
+            report.allocations.held,
+            report.rss_mib,
+            report.descriptors,
+            report.map_mib
+        );
+        result.maxima = Some(report);
+    }
     if options.coturn {
         stop_relay(&mut s)?;
         start_coturn(&mut s.lab)?;
         let pid = s.lab.pid("coturn").context("coturn is not running")?;
-        crowd.push(run_crowd(&s.lab, &server, &options, pid, "coturn")?);
+        result
+            .crowd
+            .push(run_crowd(&s.lab, &server, &options, pid, "coturn")?);
     }
-    Ok(LoadResult {
-        options,
-        hard_limit: unit_hard(),
-        crowd,
-    })
+    Ok(result)
+}
+
+/// Entries of the session table and TURN allocations, as `relay stats` reads them from the
+/// pinned maps.
+fn stats(s: &Scenario) -> (u64, u64) {
+    let pin = s.pin_dir.to_string_lossy().into_owned();
+    s.relay_cli(&["stats", "--json", "--pin-dir", &pin])
+        .ok()
+        .and_then(|out| serde_json::from_str::<serde_json::Value>(&out).ok())
+        .map_or((0, 0), |v| {
+            (
+                v["session_count"].as_u64().unwrap_or(0),
+                v["allocations"].as_u64().unwrap_or(0),
+            )
+        })
+}
+
+/// Addresses the attacker floods from, added to its link (192.0.2.64/26).
+fn extra_attacker_addresses(lab: &NatLab) -> Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for last in 67..=126u8 {
+        let ip = IpAddr::from([192, 0, 2, last]);
+        let _ = lab.exec(
+            Host::Attacker,
+            "ip",
+            &["addr", "add", &format!("{ip}/26"), "dev", "eth0"],
+        );
+        out.push(ip);
+    }
+    Ok(out)
 }
 
 /// The harness itself opens a socket per client and per flood connection: its soft limit goes
@@ -156,6 +346,8 @@ fn start_relay(options: &LoadOptions) -> Result<Scenario> {
     o.turn_shipped_limits = true;
     o.open_files_soft = Some(SYSTEMD_DEFAULT_SOFT);
     o.open_files_hard = Some(unit_hard());
+    o.ipv4_only = true;
+    o.api_bulk = true;
     Scenario::start(o)
 }
 
@@ -233,22 +425,29 @@ fn lab_server(lab: &NatLab) -> Result<Server> {
     })
 }
 
-/// The crowd's jobs: transports in turn, 50 clients per REST user.
-fn jobs(options: &LoadOptions) -> Result<Vec<Job>> {
+/// `n` clients' jobs, 50 per REST user: transports in turn (or UDP only), each relaying
+/// `messages` (0: allocating only).
+fn jobs(
+    options: &LoadOptions,
+    n: usize,
+    transports: &[Transport],
+    messages: u32,
+) -> Result<Vec<Job>> {
     let expiry = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() + 3600;
     let peer = SocketAddr::new(addr::PEER_V4.parse()?, PEER_PORT);
-    Ok((0..options.crowd_clients)
+    Ok((0..n)
         .map(|i| {
             let username = rest_username(&format!("crowd{}", i / CLIENTS_PER_USER), expiry);
             let password = rest_password(TURN_SECRET.as_bytes(), &username);
             Job {
-                transport: Transport::ALL[i % Transport::ALL.len()],
+                transport: transports[i % transports.len()],
                 username,
                 password,
                 peer,
-                messages: options.messages,
+                messages,
                 size: options.message_size,
                 id: i as u32,
+                refresh: false,
             }
         })
         .collect())
@@ -270,7 +469,12 @@ fn run_crowd(
         lab,
         Host::ClientA,
         server,
-        jobs(options)?,
+        jobs(
+            options,
+            options.crowd_clients,
+            &Transport::ALL,
+            options.messages,
+        )?,
         Duration::from_secs_f64(options.crowd_ramp_s),
         move || {
             *sample.lock().unwrap_or_else(|p| p.into_inner()) =

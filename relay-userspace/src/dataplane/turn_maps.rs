@@ -80,7 +80,8 @@ where
 /// `Ok` for a removal whose key was already gone.
 fn gone(r: Result<(), MapError>, map: &'static str) -> Result<(), MapsError> {
     match r {
-        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Ok(()) => Ok(()),
+        Err(e) if super::maps::key_absent(&e) => Ok(()),
         Err(source) => Err(MapsError::Map { map, source }),
     }
 }

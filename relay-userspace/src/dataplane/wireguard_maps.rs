@@ -77,7 +77,8 @@ impl WireGuardMaps {
         };
         for port in pair.ports {
             match self.relay_ports.remove(&RelayPortKey { port, reserved: 0 }) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Ok(()) => {}
+                Err(e) if super::maps::key_absent(&e) => {}
                 Err(source) => {
                     return Err(MapsError::Map {
                         map: RELAY_PORTS,
@@ -87,7 +88,8 @@ impl WireGuardMaps {
             }
         }
         match self.pairs.remove(&slot) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if super::maps::key_absent(&e) => Ok(()),
             Err(source) => Err(MapsError::Map {
                 map: WIREGUARD_PAIRS,
                 source,

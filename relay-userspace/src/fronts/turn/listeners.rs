@@ -170,18 +170,29 @@ async fn serve(
     if !first_bytes.await {
         return;
     }
+    // What follows is boxed: the task of a connection that never sends holds only the few
+    // hundred bytes of the wait above, not the TLS handshake's and the stream's state.
     match five_tuple.transport {
         Transport::Tls => {
             let Some(tls) = &core.tls else { return };
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.load_full());
+            let accept = Box::pin(tokio::time::timeout_at(deadline, acceptor.accept(stream)));
             let handshake = tokio::select! {
-                r = tokio::time::timeout_at(deadline, acceptor.accept(stream)) => r,
+                r = accept => r,
                 _ = evicted.notified() => return,
             };
             if let Ok(Ok(stream)) = handshake {
-                stream::serve(core, stream, five_tuple, admitted, deadline, stopped).await;
+                Box::pin(stream::serve(
+                    core, stream, five_tuple, admitted, deadline, stopped,
+                ))
+                .await;
             }
         }
-        _ => stream::serve(core, stream, five_tuple, admitted, deadline, stopped).await,
+        _ => {
+            Box::pin(stream::serve(
+                core, stream, five_tuple, admitted, deadline, stopped,
+            ))
+            .await
+        }
     }
 }
