@@ -54,10 +54,14 @@ pub struct ScenarioOptions {
     /// Run the WireGuard front on [`WIREGUARD_RELAY_PORTS`] (snippets with
     /// `PersistentKeepalive` [`WIREGUARD_KEEPALIVE`]).
     pub wireguard: bool,
-    /// The TURN front with the limits it ships with (`deploy/relay.example.yaml`'s defaults:
-    /// per-source request rate, per-user quota, the whole relayed port range) instead of the
-    /// lab's (no request limit, [`TURN_QUOTA`], [`TURN_RELAY_PORTS`]).
-    pub turn_shipped_limits: bool,
+    /// The fronts with the limits they ship with (`deploy/relay.example.yaml`'s defaults: TURN's
+    /// per-source request rate, per-user quota and whole relayed port range, WireGuard's port
+    /// range) instead of the lab's (no request limit, [`TURN_QUOTA`], [`TURN_RELAY_PORTS`],
+    /// [`WIREGUARD_RELAY_PORTS`]).
+    pub shipped_limits: bool,
+    /// With `shipped_limits`: keys of the `turn:` section to set anyway, as YAML lines
+    /// indented by two spaces (`"  max_connections_per_source: 8\n"`).
+    pub turn_keys: String,
     /// Start the daemon with this soft open-files limit (its hard limit stays the lab's), as
     /// systemd starts a service without `LimitNOFILE`: the daemon must raise it itself.
     pub open_files_soft: Option<u64>,
@@ -115,7 +119,8 @@ impl ScenarioOptions {
             sessions: true,
             turn: false,
             wireguard: false,
-            turn_shipped_limits: false,
+            shipped_limits: false,
+            turn_keys: String::new(),
             open_files_soft: None,
             open_files_hard: None,
             ipv4_only: false,
@@ -165,15 +170,15 @@ fn relay_config(options: &ScenarioOptions, pin_dir: &Path, dir: &Path) -> String
         pin_dir.display()
     );
     if options.turn {
-        if !options.turn_shipped_limits {
+        if !options.shipped_limits {
             config = config.replace(
                 "level: info",
                 "level: info,relay_userspace::fronts::turn=debug",
             );
         }
         let (first, last) = TURN_RELAY_PORTS;
-        let lab_limits = if options.turn_shipped_limits {
-            String::new()
+        let lab_limits = if options.shipped_limits {
+            options.turn_keys.clone()
         } else {
             format!(
                 "  relay_ports: {first}-{last}\n  requests_per_sec_per_source: 0\n  \
@@ -193,8 +198,13 @@ fn relay_config(options: &ScenarioOptions, pin_dir: &Path, dir: &Path) -> String
     }
     if options.wireguard {
         let (first, last) = WIREGUARD_RELAY_PORTS;
+        let ports = if options.shipped_limits {
+            String::new()
+        } else {
+            format!("  relay_ports: {first}-{last}\n")
+        };
         config.push_str(&format!(
-            "wireguard:\n  relay_ports: {first}-{last}\n  keepalive: {WIREGUARD_KEEPALIVE}\n"
+            "wireguard:\n{ports}  keepalive: {WIREGUARD_KEEPALIVE}\n"
         ));
     }
     config

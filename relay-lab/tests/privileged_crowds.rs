@@ -15,13 +15,18 @@ use relay_lab::{
 };
 use relay_userspace::config::XdpMode;
 
-/// A relay with the TURN front as shipped (no lab overrides of its limits), the echo peer
-/// running.
+/// A relay with the TURN front as shipped (no lab overrides of its limits but `turn_keys`), the
+/// echo peer running.
 fn shipped(open_files_soft: Option<u64>) -> Scenario {
+    shipped_with(open_files_soft, "")
+}
+
+fn shipped_with(open_files_soft: Option<u64>, turn_keys: &str) -> Scenario {
     let mut options = ScenarioOptions::new(PathBuf::from(common::relay_path()), XdpMode::Native);
     options.sessions = false;
     options.turn = true;
-    options.turn_shipped_limits = true;
+    options.shipped_limits = true;
+    options.turn_keys = turn_keys.to_string();
     options.open_files_soft = open_files_soft;
     let mut s = Scenario::start(options).unwrap();
     turn_clients::start_peer(&mut s.lab).unwrap();
@@ -168,4 +173,98 @@ fn more_than_a_thousand_allocations_under_a_soft_limit_of_1024() {
             .collect::<Vec<_>>()
             .join("\n")
     );
+}
+
+/// Refusals for rate and caps are never silent to the operator: with small limits, an
+/// attacker's connections beyond its address's cap are reset and its requests beyond the rate
+/// dropped — each counted under its reason in `relay stats`, logged (throttled) naming the key —
+/// while a client behind another address still relays.
+#[test]
+fn refusals_for_rate_and_caps_are_counted_shown_and_logged_with_their_key() {
+    require_root!();
+    let s = shipped_with(
+        None,
+        "  max_connections_per_source: 8\n  requests_per_sec_per_source: 20\n",
+    );
+    let before = userspace(&s);
+    let server: std::net::SocketAddr = (
+        relay_lab::nat_lab::addr::RELAY_V4
+            .parse::<std::net::IpAddr>()
+            .unwrap(),
+        relay_lab::scenario::TURN_PORT,
+    )
+        .into();
+    let (held, reset) = s
+        .lab
+        .in_host(Host::Attacker, || {
+            use std::io::Read;
+            let streams: Vec<std::net::TcpStream> = (0..20)
+                .filter_map(|_| std::net::TcpStream::connect(server).ok())
+                .collect();
+            std::thread::sleep(Duration::from_millis(300));
+            let (mut held, mut reset) = (0, 0);
+            for mut stream in streams {
+                stream.set_nonblocking(true).unwrap();
+                match stream.read(&mut [0u8; 16]) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => held += 1,
+                    _ => reset += 1,
+                }
+            }
+            // 500 Binding requests at once over UDP (20 bytes each).
+            let udp = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            for i in 0..500u32 {
+                let mut binding = [0u8; 20];
+                binding[1] = 1;
+                binding[4..8].copy_from_slice(&0x2112_A442u32.to_be_bytes());
+                binding[8..12].copy_from_slice(&i.to_be_bytes());
+                let _ = udp.send_to(&binding, server);
+            }
+            (held, reset)
+        })
+        .unwrap();
+    assert_eq!((held, reset), (8, 12), "connections held and reset");
+    let r = turn_clients::uclient(&s.lab, Host::ClientA, &["-n", "10", "-c"], false);
+    assert_all_echoed(&s, &r, 10, "a client behind another address");
+    let after = userspace(&s);
+    let delta = |r: Reason| after[r as usize].packets - before[r as usize].packets;
+    assert_eq!(delta(Reason::DroppedTurnConnectionsPerSource), 12);
+    // 20 a second with bursts of 40: nearly all of the 500 are dropped.
+    assert!(
+        delta(Reason::DroppedTurnRequestRate) >= 400,
+        "{} dropped for rate",
+        delta(Reason::DroppedTurnRequestRate)
+    );
+    let pin = s.pin_dir.to_string_lossy().into_owned();
+    let stats: serde_json::Value = serde_json::from_str(
+        &s.relay_cli(&["stats", "--json", "--pin-dir", &pin])
+            .unwrap(),
+    )
+    .unwrap();
+    for reason in [
+        Reason::DroppedTurnRequestRate,
+        Reason::DroppedTurnConnectionsPerSource,
+    ] {
+        let shown = stats["verdicts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["reason"] == reason.name())
+            .and_then(|v| v["userspace_packets"].as_u64());
+        assert_eq!(
+            shown,
+            Some(after[reason as usize].packets),
+            "relay stats: {reason:?}"
+        );
+    }
+    let log = s.lab.log("relay");
+    for key in [
+        "turn.max_connections_per_source",
+        "turn.requests_per_sec_per_source",
+    ] {
+        assert_eq!(
+            log.matches(key).count(),
+            1,
+            "one throttled warning naming {key}:\n{log}"
+        );
+    }
 }

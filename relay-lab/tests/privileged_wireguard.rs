@@ -332,6 +332,16 @@ fn stock_peers_cross_in_the_kernel_survive_rebinding_and_restart() {
         "{pinged}"
     );
     assert!(ping(&s.lab, Host::ClientB, TUNNEL_A));
+
+    // Deleting the pair removes its records without a warning (a pair has no session record;
+    // a missing key used to be reported as a failed deletion).
+    s.relay_cli(&["client", "delete", "--wireguard", &pair.id.to_string()])
+        .unwrap();
+    let log = s.lab.log("relay");
+    assert!(
+        !log.contains("removing a WireGuard pair"),
+        "a deletion warned:\n{log}"
+    );
 }
 
 /// The attacker floods peer A's port with initiations whose mac1 is valid for peer B (anyone

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use relay_userspace::fronts::turn::stream::frame_len;
 use stun_types::{
-    attribute::{ErrorCode, Nonce, Realm, Username},
+    attribute::{ErrorCode, Nonce, Realm, Software, Username},
     message::{
         IntegrityAlgorithm, LongTermKeyCredentials, Message, MessageClass,
         MessageIntegrityCredentials, MessageType, MessageWrite, MessageWriteExt, MessageWriteVec,
@@ -46,6 +46,9 @@ const ECHO_WAIT: Duration = Duration::from_secs(5);
 const MESSAGE_GAP: Duration = Duration::from_millis(20);
 /// The channel every client binds (each client has its own allocation).
 const CHANNEL: u16 = 0x4000;
+/// SOFTWARE of a padded first request ([`Job::pad_first`]).
+const PADDING: &str =
+    "relay-lab load client, its first request padded past the size of the challenge it draws";
 
 /// How a client reaches the server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -103,6 +106,10 @@ pub struct Job {
     pub id: u32,
     /// Refresh the allocation once before deleting it (churn).
     pub refresh: bool,
+    /// Pad the first request past the size of the challenge it draws, so a relay that limits
+    /// amplification answers it from its own credit (the maxima: state, not first-request
+    /// behaviour, is measured there).
+    pub pad_first: bool,
 }
 
 /// What happened to one client.
@@ -224,6 +231,9 @@ impl Client {
         let transaction = TransactionId::generate();
         let mut m = Message::builder(kind, transaction, MessageWriteVec::new());
         attrs(transaction, &mut m);
+        if self.nonce.is_none() && self.job.pad_first {
+            let _ = m.add_attribute(&Software::new(PADDING).expect("a short name"));
+        }
         if let (Some(realm), Some(nonce)) = (&self.realm, &self.nonce) {
             let _ = m.add_attribute(&Username::new(&self.job.username).expect("short"));
             let _ = m.add_attribute(&Realm::new(realm).expect("the server's realm"));

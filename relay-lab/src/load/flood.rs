@@ -50,7 +50,8 @@ pub struct FloodOptions {
 pub struct FloodReport {
     /// What ran.
     pub options: FloodOptions,
-    /// Connections the server accepted and held (not reset within a second).
+    /// Connections the server kept open for more than a second (before its deadline or a
+    /// newer connection closed them).
     pub held: u64,
     /// Connections refused (reset) or that failed to connect.
     pub refused: u64,
@@ -58,6 +59,11 @@ pub struct FloodReport {
     pub rss_before_mib: f64,
     /// Peak during the flood.
     pub rss_peak_mib: f64,
+    /// The daemon's descriptors before the flood and at their peak: the connections it held
+    /// at once.
+    pub descriptors_before: usize,
+    /// Peak during the flood.
+    pub descriptors_peak: usize,
     /// Legitimate clients started during the flood, and how many relayed everything.
     pub legit_clients: usize,
     /// Those that succeeded.
@@ -77,14 +83,18 @@ pub fn run(
     legit: Vec<Job>,
 ) -> Result<FloodReport> {
     let rss_before = process::rss_kib(pid);
+    let descriptors_before = process::descriptors(pid);
     let done = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(rss_before));
+    let peak_descriptors = Arc::new(AtomicU64::new(descriptors_before as u64));
     std::thread::scope(|scope| -> Result<FloodReport> {
         let sampler = {
-            let (done, peak) = (done.clone(), peak.clone());
+            let (done, peak, peak_descriptors) =
+                (done.clone(), peak.clone(), peak_descriptors.clone());
             scope.spawn(move || {
                 while !done.load(Relaxed) {
                     peak.fetch_max(process::rss_kib(pid), Relaxed);
+                    peak_descriptors.fetch_max(process::descriptors(pid) as u64, Relaxed);
                     std::thread::sleep(Duration::from_millis(100));
                 }
             })
@@ -118,6 +128,8 @@ pub fn run(
             refused,
             rss_before_mib: rss_before as f64 / 1024.0,
             rss_peak_mib: peak.load(Relaxed) as f64 / 1024.0,
+            descriptors_before,
+            descriptors_peak: peak_descriptors.load(Relaxed) as usize,
             legit_clients: n,
             legit_succeeded: outcomes.iter().filter(|o| o.error.is_none()).count(),
             legit_first_byte: Latency::of(outcomes.iter().filter_map(|o| o.first_byte).collect()),

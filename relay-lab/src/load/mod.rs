@@ -123,7 +123,7 @@ impl LoadOptions {
                     pairs: 2_000,
                     allocations: u64::from(relay_common::turn::DEFAULT_MAX_ALLOCATIONS),
                 },
-                80.0,
+                100.0,
             )),
         }
     }
@@ -343,7 +343,7 @@ fn start_relay(options: &LoadOptions) -> Result<Scenario> {
     o.sessions = false;
     o.turn = true;
     o.wireguard = true;
-    o.turn_shipped_limits = true;
+    o.shipped_limits = true;
     o.open_files_soft = Some(SYSTEMD_DEFAULT_SOFT);
     o.open_files_hard = Some(unit_hard());
     o.ipv4_only = true;
@@ -448,6 +448,7 @@ fn jobs(
                 size: options.message_size,
                 id: i as u32,
                 refresh: false,
+                pad_first: messages == 0,
             }
         })
         .collect())

@@ -54,9 +54,13 @@ pub struct TurnMaps {
     pub user_stats: Array<MapData, SessionStats>,
     /// Persistent secrets.
     pub keys: Array<MapData, TurnKeys>,
-    /// What [`TurnMaps::put`] wrote per slot, so a change touches only that allocation's
-    /// entries (a slot not in it is found by scanning the maps).
-    installed: std::collections::HashMap<u32, Installed>,
+    /// The binding entries of every slot that has any: built by one scan of the maps the
+    /// first time it is needed (a restarted daemon's allocations), then kept up to date by
+    /// [`TurnMaps::put`] and [`TurnMaps::delete`], so a change touches only its allocation's
+    /// entries. (Scanning the maps for every new allocation's slot made creating n allocations
+    /// cost n² map reads: the load harness's crowd spent more CPU in `bpf_map_get_next_key`
+    /// than anywhere else.)
+    installed: Option<std::collections::HashMap<u32, Installed>>,
 }
 
 /// The binding entries of one slot.
@@ -125,7 +129,7 @@ impl TurnMaps {
                 get(names::TURN_USERSPACE_STATS)?,
             )?,
             keys: typed(names::TURN_KEYS, get(names::TURN_KEYS)?)?,
-            installed: Default::default(),
+            installed: None,
         })
     }
 
@@ -198,13 +202,11 @@ impl TurnMaps {
                 .insert(key, binding, 0)
                 .map_err(err(names::TURN_CHANNELS))?;
         }
-        self.installed.insert(
-            slot,
-            Installed {
-                channels: record.channels.clone(),
-                permissions: want_permissions.into_iter().collect(),
-            },
-        );
+        let installed = Installed {
+            channels: record.channels.clone(),
+            permissions: want_permissions.into_iter().collect(),
+        };
+        self.index()?.insert(slot, installed);
         Ok(())
     }
 
@@ -234,27 +236,44 @@ impl TurnMaps {
     /// The channel and permission entries of `slot`.
     #[allow(clippy::type_complexity)]
     fn bindings_of(
-        &self,
+        &mut self,
         slot: u32,
     ) -> Result<(Vec<(ChannelKey, ChannelBinding)>, Vec<PermissionKey>), MapsError> {
-        if let Some(i) = self.installed.get(&slot) {
-            return Ok((i.channels.clone(), i.permissions.clone()));
-        }
-        let mut channels = Vec::new();
-        for entry in self.channels.iter() {
-            let (key, binding) = entry.map_err(err(names::TURN_CHANNELS))?;
-            if binding.slot == slot {
-                channels.push((key, binding));
+        let i = self.index()?.get(&slot).cloned().unwrap_or_default();
+        Ok((i.channels, i.permissions))
+    }
+
+    /// Every slot's binding entries, from one scan of the maps the first time.
+    fn index(&mut self) -> Result<&mut std::collections::HashMap<u32, Installed>, MapsError> {
+        if self.installed.is_none() {
+            let mut index: std::collections::HashMap<u32, Installed> = Default::default();
+            for (key, binding) in self.scan_channels()? {
+                index
+                    .entry(binding.slot)
+                    .or_default()
+                    .channels
+                    .push((key, binding));
             }
-        }
-        let mut permissions = Vec::new();
-        for key in self.permissions.keys() {
-            let key = key.map_err(err(names::TURN_PERMISSIONS))?;
-            if key.slot == slot {
-                permissions.push(key);
+            for (key, _) in self.scan_permissions()? {
+                index.entry(key.slot).or_default().permissions.push(key);
             }
+            self.installed = Some(index);
         }
-        Ok((channels, permissions))
+        Ok(self.installed.as_mut().expect("built above"))
+    }
+
+    fn scan_channels(&self) -> Result<Vec<(ChannelKey, ChannelBinding)>, MapsError> {
+        self.channels
+            .iter()
+            .map(|e| e.map_err(err(names::TURN_CHANNELS)))
+            .collect()
+    }
+
+    fn scan_permissions(&self) -> Result<Vec<(PermissionKey, Permission)>, MapsError> {
+        self.permissions
+            .iter()
+            .map(|e| e.map_err(err(names::TURN_PERMISSIONS)))
+            .collect()
     }
 
     /// Removes an allocation and everything of it.
@@ -273,13 +292,29 @@ impl TurnMaps {
             }
         }
         self.remove_bindings(slot, |_| true, |_| true)?;
-        self.installed.remove(&slot);
+        self.index()?.remove(&slot);
         gone(self.allocations.remove(&slot), names::TURN_ALLOCATIONS)?;
         gone(self.meta.remove(&slot), names::TURN_ALLOCATION_META)
     }
 
-    /// Every allocation with its records, sorted by slot.
+    /// Every allocation with its records, sorted by slot (one pass over each map).
     pub fn all(&self) -> Result<Vec<TurnRecord>, MapsError> {
+        let mut channels: std::collections::HashMap<u32, Vec<(ChannelKey, ChannelBinding)>> =
+            Default::default();
+        for (key, binding) in self.scan_channels()? {
+            channels
+                .entry(binding.slot)
+                .or_default()
+                .push((key, binding));
+        }
+        let mut permissions: std::collections::HashMap<u32, Vec<(PermissionKey, Permission)>> =
+            Default::default();
+        for (key, permission) in self.scan_permissions()? {
+            permissions
+                .entry(key.slot)
+                .or_default()
+                .push((key, permission));
+        }
         let mut out = Vec::new();
         for entry in self.allocations.iter() {
             let (slot, allocation) = entry.map_err(err(names::TURN_ALLOCATIONS))?;
@@ -293,19 +328,11 @@ impl TurnMaps {
                     });
                 }
             };
-            let (channels, _) = self.bindings_of(slot)?;
-            let mut permissions = Vec::new();
-            for entry in self.permissions.iter() {
-                let (key, permission) = entry.map_err(err(names::TURN_PERMISSIONS))?;
-                if key.slot == slot {
-                    permissions.push((key, permission));
-                }
-            }
             out.push(TurnRecord {
                 allocation,
                 meta,
-                channels,
-                permissions,
+                channels: channels.remove(&slot).unwrap_or_default(),
+                permissions: permissions.remove(&slot).unwrap_or_default(),
             });
         }
         out.sort_by_key(|r| r.allocation.slot);
