@@ -346,7 +346,7 @@ fn stock_peers_cross_in_the_kernel_survive_rebinding_and_restart() {
 
 /// The attacker floods peer A's port with initiations whose mac1 is valid for peer B (anyone
 /// who knows B's public key can make them), 10 000 a second from several of its ports, while
-/// the tunnel carries pings: peer B receives at most the pair's handshake rate
+/// the tunnel carries pings: peer B receives at most the pair's initiation rate
 /// (docs/wireguard.md), the rest are counted as `dropped_wireguard_handshake_rate`, and not one
 /// ping is lost.
 #[test]

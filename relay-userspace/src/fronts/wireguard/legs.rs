@@ -41,15 +41,18 @@
 //! 7. **Data** (type 4) is forwarded only from a bound leg, to the other bound leg, and, for
 //!    rule 4, between a confirmed response's two addresses. Anything else is dropped with a
 //!    reason.
-//! 8. **Handshake rate.** Anyone who knows a peer's public key can make a valid mac1, and each
-//!    initiation relayed costs the receiving peer a Diffie-Hellman. Handshake messages
-//!    (initiations, responses, cookie replies) relayed per side are limited ([`HandshakeRate`]):
-//!    the side's bound leg has a budget of its own, so a flood from elsewhere never starves
-//!    the real peer's rekeying; other sources share [`OTHER_SOURCES`] per-address budgets,
-//!    a new address taking one only when one has been idle. WireGuard sends one initiation
-//!    per 5 s while it retries and one per 2 minutes when it rekeys: the limits are far
-//!    above that, and a peer never receives more than [`HandshakeRate::MAX_PER_SEC`] per
-//!    second from the relay.
+//! 8. **Initiation rate.** Anyone who knows a peer's public key can make a valid mac1, and each
+//!    initiation relayed costs the receiving peer a Diffie-Hellman. Initiations relayed per
+//!    side are limited ([`HandshakeRate`]): the side's bound leg has a budget of its own, so a
+//!    flood from elsewhere never starves the real peer's rekeying; other sources share
+//!    [`OTHER_SOURCES`] per-address budgets, a new address taking one only when one has been
+//!    idle. WireGuard sends one initiation per 5 s while it retries and one per 2 minutes when
+//!    it rekeys: the limits are far above that, and a peer never receives more than
+//!    [`HandshakeRate::MAX_PER_SEC`] initiations a second from the relay. Responses and cookie
+//!    replies are not limited: they are relayed only as answers to relayed initiations (rule
+//!    3), so those bound them, and an honest peer's answer dropped for rate would leave the
+//!    pair unbound in a state the other rules do not expect (the fuzz target found one where
+//!    an attacker's replay then received the initiator's first data).
 
 use std::{
     net::SocketAddr,
@@ -71,18 +74,18 @@ pub const MAX_CANDIDATES: usize = 4;
 /// Responses awaiting confirmation.
 pub const MAX_PENDING: usize = 4;
 
-/// The interval between handshake messages a budget allows in the long run (one per second:
-/// five times what WireGuard's retries send).
+/// The interval between initiations a budget allows in the long run (one per second: five
+/// times what WireGuard's retries send).
 pub const HANDSHAKE_INTERVAL: Duration = Duration::from_secs(1);
-/// Handshake messages the bound leg may send at once (a rekey crossing a retry, both peers
-/// initiating at once, a cookie exchange).
+/// Initiations the bound leg may send at once (a rekey crossing a retry, a burst of retries
+/// after an outage).
 pub const LEG_HANDSHAKE_BURST: u32 = 5;
-/// Handshake messages any other address may send at once.
+/// Initiations any other address may send at once.
 pub const OTHER_HANDSHAKE_BURST: u32 = 3;
 /// Addresses other than the bound leg that hold a handshake budget at once, per side.
 pub const OTHER_SOURCES: usize = 4;
 
-/// A budget of handshake messages (GCRA: the next message is due at `due`; a full budget
+/// A budget of initiations (GCRA: the next message is due at `due`; a full budget
 /// lets `burst` through at once).
 #[derive(Clone, Copy, Debug, Default)]
 struct Budget {
@@ -106,7 +109,7 @@ impl Budget {
     }
 }
 
-/// Rule 8: the handshake messages one side's port relays.
+/// Rule 8: the initiations one side's port relays.
 #[derive(Clone, Debug, Default)]
 pub struct HandshakeRate {
     leg: Budget,
@@ -114,10 +117,10 @@ pub struct HandshakeRate {
 }
 
 impl HandshakeRate {
-    /// The most handshake messages per second a peer receives through one pair, sustained.
+    /// The most initiations per second a peer receives through one pair, sustained.
     pub const MAX_PER_SEC: u32 = 1 + OTHER_SOURCES as u32;
 
-    /// Whether a handshake message from `from` (the side's bound leg or not) may be relayed.
+    /// Whether an initiation from `from` (the side's bound leg or not) may be relayed.
     fn allow(&mut self, from: SocketAddr, from_leg: bool, now: Instant) -> bool {
         if from_leg {
             return self.leg.take(now, LEG_HANDSHAKE_BURST);
@@ -204,7 +207,7 @@ pub enum Refusal {
     NotLeg,
     /// Transport data from an address that is not a leg and confirms nothing.
     Unbound,
-    /// A handshake message beyond the side's handshake rate (rule 8).
+    /// An initiation beyond the side's initiation rate (rule 8).
     HandshakeRate,
 }
 
@@ -269,7 +272,7 @@ pub struct Legs {
     bound: Option<[SocketAddr; 2]>,
     candidates: [Vec<Candidate>; 2],
     pending: Vec<Pending>,
-    /// Per side: its handshake messages relayed (rule 8).
+    /// Per side: its initiations relayed (rule 8).
     handshakes: [HandshakeRate; 2],
 }
 
@@ -331,7 +334,7 @@ impl Legs {
             Message::Initiation { .. } | Message::Response { .. } if !mac1_valid => {
                 Decision::Refuse(Refusal::Mac1)
             }
-            Message::Initiation { .. } | Message::Response { .. } | Message::CookieReply { .. }
+            Message::Initiation { .. }
                 if !self.handshakes[side.index()].allow(
                     from,
                     self.bound.is_some_and(|legs| legs[side.index()] == from),

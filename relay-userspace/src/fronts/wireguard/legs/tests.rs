@@ -421,3 +421,53 @@ fn the_bound_leg_rekeying_and_retrying_stays_within_its_budget() {
         assert_eq!(legs.on_arrival(m, now), Decision::Relay(vec![b]));
     }
 }
+
+/// Found by the `wireguard_legs` fuzz target when rule 8 limited every handshake message: the
+/// honest peer A's three initiations used its address's budget, so its response to B's
+/// initiation was dropped and the pair stayed unbound — and the attacker, replaying B's answer
+/// to one of A's initiations from its own address, became the address A's first data went to.
+/// Only initiations are limited (what anyone can forge, and what costs a peer a
+/// Diffie-Hellman); a response or cookie reply answers a relayed initiation and is bounded by
+/// them.
+#[test]
+fn an_honest_peers_responses_are_never_limited() {
+    let mut w = World::new();
+    for s in [
+        Step::Forge {
+            port: 45,
+            to: Side::B,
+            kind: 1,
+            first: 65536,
+            second: 0,
+            mac1: true,
+            reuse: None,
+        },
+        Step::Initiate(Side::A),
+        Step::Initiate(Side::A),
+        Step::Initiate(Side::A),
+        Step::Initiate(Side::B),
+        Step::Replay {
+            port: 104,
+            to: Side::A,
+            which: 6,
+        },
+        Step::Replay {
+            port: 96,
+            to: Side::A,
+            which: 98,
+        },
+        Step::Replay {
+            port: 255,
+            to: Side::A,
+            which: 255,
+        },
+        Step::Replay {
+            port: 104,
+            to: Side::B,
+            which: 104,
+        },
+    ] {
+        w.step(s);
+    }
+    assert_eq!(w.legs(), Some([w.address(Side::A), w.address(Side::B)]));
+}
