@@ -109,10 +109,12 @@ pub fn section(doc: &Value, machine: &str) -> Result<String> {
         writeln!(
             s,
             "\nAll held at once: {:.0} MiB resident, {} descriptors, {:.0} MiB of BPF maps \
-             (preallocated for the configured maxima).",
+             (preallocated for the configured maxima); at rest, the daemon spends {:.1} ms of \
+             CPU a second on it all (expiry, counters).",
             f(m, &["rss_mib"]),
             f(m, &["descriptors"]),
-            f(m, &["map_mib"])
+            f(m, &["map_mib"]),
+            f(m, &["cpu_at_rest_ms_per_sec"])
         )?;
         if let Some(failures) = m.get("allocation_failures").and_then(Value::as_object)
             && !failures.is_empty()
@@ -166,7 +168,7 @@ pub fn section(doc: &Value, machine: &str) -> Result<String> {
         )?;
         writeln!(
             s,
-            "| flood | attempted | held at once (peak) | held > 1 s | refused at once | RSS before → peak | per connection held at once | legitimate clients relayed all | their first byte, median / p99 |"
+            "| flood | attempted | descriptors at peak, beyond before | held > 1 s | refused at once | RSS before → peak | per descriptor at peak | legitimate clients relayed all | their first byte, median / p99 |"
         )?;
         writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|")?;
         for fl in floods {
@@ -190,9 +192,11 @@ pub fn section(doc: &Value, machine: &str) -> Result<String> {
         }
         writeln!(
             s,
-            "\nA flood's memory is taken from the heap earlier floods grew, so after the first \
-             the RSS moves little; the first one's growth per connection held at once is the \
-             cost of an idle connection."
+            "\nEach flood runs against a freshly restarted daemon (it adopts the pinned state), \
+             so its memory is its own. The descriptors at peak include the legitimate clients' \
+             (a TCP or TLS connection and a relayed socket each: about 500), so the memory per \
+             descriptor slightly understates an idle connection's cost. A connection held more \
+             than a second may still have been closed early to make room for a newer one."
         )?;
     }
     Ok(s)

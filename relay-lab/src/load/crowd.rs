@@ -145,14 +145,7 @@ pub fn summarise(
 ) -> CrowdSummary {
     let succeeded = outcomes.iter().filter(|o| o.error.is_none()).count();
     let allocated = outcomes.iter().filter(|o| o.allocated).count();
-    let mut failures = BTreeMap::new();
-    for o in outcomes {
-        if let Some(e) = &o.error {
-            // The reason without the numbers that make every message unique.
-            let kind: String = e.chars().take(60).filter(|c| !c.is_ascii_digit()).collect();
-            *failures.entry(kind).or_default() += 1;
-        }
-    }
+    let failures = failure_kinds(outcomes);
     let mut by_transport = BTreeMap::new();
     for t in Transport::ALL {
         let values: Vec<Duration> = outcomes
@@ -182,12 +175,58 @@ pub fn summarise(
     }
 }
 
+/// Why clients failed, with how many: each error's first line, its long numbers (indices,
+/// counts of messages) blanked so that like failures group while error codes stay.
+pub fn failure_kinds(outcomes: &[Outcome]) -> BTreeMap<String, usize> {
+    let mut failures = BTreeMap::new();
+    for o in outcomes {
+        if let Some(e) = &o.error {
+            let mut kind = String::new();
+            let mut digits = String::new();
+            for c in e
+                .lines()
+                .next()
+                .unwrap_or("")
+                .chars()
+                .chain(std::iter::once(' '))
+            {
+                if c.is_ascii_digit() {
+                    digits.push(c);
+                    continue;
+                }
+                kind.push_str(if digits.len() > 3 { "…" } else { &digits });
+                digits.clear();
+                kind.push(c);
+            }
+            *failures.entry(kind.trim_end().to_string()).or_default() += 1;
+        }
+    }
+    failures
+}
+
 /// A slot the hold callback fills from another thread.
 pub type Sample<T> = Arc<Mutex<Option<T>>>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_group_by_kind_and_keep_error_codes() {
+        let failed = |e: &str| Outcome {
+            error: Some(e.to_string()),
+            ..Outcome::default()
+        };
+        let kinds = failure_kinds(&[
+            failed("Allocate (after the challenge): error 508"),
+            failed("Allocate (after the challenge): error 508"),
+            failed("3 of 5 messages echoed"),
+            failed("ChannelBind: no answer after 7 tries\ncaused by 1234567"),
+        ]);
+        assert_eq!(kinds["Allocate (after the challenge): error 508"], 2);
+        assert_eq!(kinds["3 of 5 messages echoed"], 1);
+        assert_eq!(kinds["ChannelBind: no answer after 7 tries"], 1);
+    }
 
     #[test]
     fn quantiles_pick_the_sample_at_or_above() {

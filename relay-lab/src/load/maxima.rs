@@ -63,7 +63,13 @@ pub struct MaximaReport {
     pub descriptors: usize,
     /// Memory of the BPF maps the daemon holds (preallocated for the configured maxima).
     pub map_mib: f64,
+    /// CPU the daemon spends per second with everything held and nothing changing (its
+    /// tickers: expiry, counters), milliseconds.
+    pub cpu_at_rest_ms_per_sec: f64,
 }
+
+/// How long the daemon's CPU at rest is measured.
+const AT_REST: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy)]
 struct Snapshot {
@@ -137,7 +143,7 @@ pub fn run(
     let t2 = snapshot(pid)?;
     let pairs_s = started.elapsed().as_secs_f64();
     let started = std::time::Instant::now();
-    let at_hold: Arc<Mutex<Option<(Snapshot, u64)>>> = Arc::default();
+    let at_hold: Arc<Mutex<Option<(Snapshot, u64, f64)>>> = Arc::default();
     let sample = at_hold.clone();
     let outcomes = crowd::run(
         lab,
@@ -146,25 +152,23 @@ pub fn run(
         allocation_jobs,
         ramp,
         move || {
-            if let Ok(s) = snapshot(pid) {
-                *sample.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((s, process::bpf_map_bytes(pid)));
-            }
+            let Ok(s) = snapshot(pid) else { return };
+            // Everything held, nothing changing: what the daemon spends on it by itself.
+            std::thread::sleep(AT_REST);
+            let at_rest = snapshot(pid).map_or(f64::NAN, |later| {
+                (later.cpu - s.cpu) * 1000.0 / AT_REST.as_secs_f64()
+            });
+            *sample.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((s, process::bpf_map_bytes(pid), at_rest));
         },
     )?;
     let allocations_s = started.elapsed().as_secs_f64();
-    let (t3, map_bytes) = at_hold
+    let (t3, map_bytes, at_rest_ms) = at_hold
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .unwrap_or((t2, 0));
+        .unwrap_or((t2, 0, f64::NAN));
     let allocated = outcomes.iter().filter(|o| o.allocated).count() as u64;
-    let mut failures = std::collections::BTreeMap::new();
-    for o in &outcomes {
-        if let Some(e) = &o.error {
-            let kind: String = e.chars().filter(|c| !c.is_ascii_digit()).take(60).collect();
-            *failures.entry(kind).or_default() += 1;
-        }
-    }
+    let failures = crowd::failure_kinds(&outcomes);
     Ok(MaximaReport {
         sessions: per_item(sessions, sessions_held, t0, t1, sessions_s),
         pairs: per_item(pairs, pairs_held, t1, t2, pairs_s),
@@ -173,5 +177,6 @@ pub fn run(
         rss_mib: t3.rss_kib as f64 / 1024.0,
         descriptors: t3.descriptors,
         map_mib: map_bytes as f64 / (1024.0 * 1024.0),
+        cpu_at_rest_ms_per_sec: at_rest_ms,
     })
 }

@@ -246,6 +246,10 @@ pub fn run(options: LoadOptions) -> Result<LoadResult> {
                 tls_handshakes: tls,
                 sources,
             };
+            // A fresh daemon for each flood (it adopts what is pinned): its memory is then
+            // this flood's alone, not what an earlier one grew the heap to.
+            s.restart_relay()?;
+            let pid = s.lab.pid("relay").context("the relay is not running")?;
             let legit_jobs = jobs(&options, legit, &Transport::ALL, options.messages)?;
             let report = flood::run(&s.lab, host, pid, &server, flood, legit_jobs)?;
             eprintln!(
@@ -267,6 +271,8 @@ pub fn run(options: LoadOptions) -> Result<LoadResult> {
     }
     if let Some((counts, ramp)) = options.maxima {
         eprintln!("maxima: {counts:?}");
+        s.restart_relay()?;
+        let pid = s.lab.pid("relay").context("the relay is not running")?;
         let allocation_jobs = jobs(&options, counts.allocations as usize, &[Transport::Udp], 0)?;
         let report = maxima::run(
             &s.lab,

@@ -34,7 +34,7 @@ use crate::{
     descriptors,
     forwarder::{
         Action,
-        counters::{LocalVerdicts, UserCounters},
+        counters::{LocalVerdicts, SlotSnapshot, UserCounters},
     },
     logging::{THROTTLE_EVERY, Throttle},
 };
@@ -73,6 +73,8 @@ pub struct TurnCore {
     /// TCP and TLS connections held, per source and in all.
     pub(super) connections: Arc<Connections>,
     pub(super) port_tasks: Mutex<HashMap<u16, Vec<JoinHandle<()>>>>,
+    /// The userspace counters last written to the maps, per slot.
+    pub(super) flushed: Mutex<HashMap<u32, SlotSnapshot>>,
     pub(super) runtime: tokio::runtime::Handle,
     pub(super) limits: SessionLimits,
     /// The relay's own addresses: peers there are only allocations' relayed ports.
@@ -173,6 +175,7 @@ impl TurnCore {
                 let new = self.tables.route(slot).is_none();
                 self.tables.sync(allocation, server.settings(), clock.now);
                 if new {
+                    self.forget_flushed(slot);
                     if !adopted {
                         self.counters.reset(slot);
                         if let Some(maps) = &self.maps {
@@ -209,6 +212,7 @@ impl TurnCore {
             }
             Change::Removed { slot, port } => {
                 self.tables.remove(slot);
+                self.forget_flushed(slot);
                 if let Some(tasks) = self
                     .port_tasks
                     .lock()
@@ -308,6 +312,13 @@ impl TurnCore {
         reply
     }
 
+    fn forget_flushed(&self, slot: u32) {
+        self.flushed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&slot);
+    }
+
     /// Whether `five_tuple` holds an allocation.
     pub(super) fn has_allocation(&self, five_tuple: &FiveTuple) -> bool {
         self.server
@@ -385,14 +396,22 @@ impl TurnCore {
                 .map(|a| a.slot)
                 .collect();
             let mut maps = maps.lock().unwrap_or_else(|p| p.into_inner());
+            let mut flushed = self.flushed.lock().unwrap_or_else(|p| p.into_inner());
             for slot in slots {
+                // Only what changed: a full relay's allocations mostly relay in the kernel, and
+                // writing all 16 384 every second cost a system call each.
                 let snap = self.counters.slot(slot);
+                if flushed.get(&slot) == Some(&snap) {
+                    continue;
+                }
                 let stats = SessionStats {
                     packets: snap.packets,
                     bytes: snap.bytes,
                     ..Default::default()
                 };
-                let _ = maps.set_userspace_stats(slot, &stats);
+                if maps.set_userspace_stats(slot, &stats).is_ok() {
+                    flushed.insert(slot, snap);
+                }
             }
         }
     }

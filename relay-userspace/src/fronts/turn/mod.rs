@@ -219,6 +219,7 @@ impl TurnFront {
                 per_source: turn.max_connections_per_source,
             }),
             port_tasks: Mutex::new(HashMap::new()),
+            flushed: Mutex::new(HashMap::new()),
             runtime: runtime.clone(),
             limits: SessionLimits {
                 packets_per_sec: turn.packets_per_sec,
