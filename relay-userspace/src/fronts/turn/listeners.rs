@@ -160,9 +160,14 @@ async fn serve(
 ) {
     let deadline = Instant::now() + ALLOCATION_DEADLINE;
     let evicted = admitted.evicted.clone();
+    // Bytes, not readiness: `readable()` reports a fresh socket ready before anything came
+    // (tokio's readiness is a hint), and every idle connection then got its buffers, its
+    // writer task and, for TLS, a handshake's state — 10 KiB each in the load harness's flood,
+    // where a peek that waits for a byte leaves it at the task's own 2.
     let first_bytes = async {
+        let mut byte = [0u8; 1];
         tokio::select! {
-            r = stream.readable() => r.is_ok(),
+            r = stream.peek(&mut byte) => matches!(r, Ok(n) if n > 0),
             _ = tokio::time::sleep_until(deadline) => false,
             _ = evicted.notified() => false,
         }
