@@ -347,8 +347,8 @@ fn stock_peers_cross_in_the_kernel_survive_rebinding_and_restart() {
 /// The attacker floods peer A's port with initiations whose mac1 is valid for peer B (anyone
 /// who knows B's public key can make them), 10 000 a second from several of its ports, while
 /// the tunnel carries pings: peer B receives at most the pair's initiation rate
-/// (docs/wireguard.md), the rest are counted as `dropped_wireguard_handshake_rate`, and not one
-/// ping is lost.
+/// (docs/wireguard.md), the rest are counted as `dropped_wireguard_handshake_rate` and logged
+/// (throttled), and not one ping is lost.
 #[test]
 fn an_initiation_flood_reaches_the_peer_only_at_the_handshake_rate() {
     use relay_userspace::fronts::wireguard::legs::{
@@ -442,6 +442,15 @@ fn an_initiation_flood_reaches_the_peer_only_at_the_handshake_rate() {
     assert!(
         refused >= sent - bound,
         "{refused} counted as dropped_wireguard_handshake_rate of {sent}"
+    );
+    // Logged, but not once per packet: one line per throttle period (10 s), the rest held.
+    let log = s.lab.log("relay");
+    let lines = log
+        .matches("WireGuard initiations beyond a pair's initiation rate")
+        .count();
+    assert!(
+        (1..=2).contains(&lines),
+        "{lines} log lines for the flood:\n{log}"
     );
     assert!(
         ping(&s.lab, Host::ClientB, TUNNEL_A),

@@ -149,6 +149,9 @@ pub fn request_limiter(per_sec: u32) -> SourceLimiter {
     SourceLimiter::with_burst(per_sec, REQUEST_BURST_MS, Instant::now())
 }
 
+static API_RATE: crate::logging::Throttle =
+    crate::logging::Throttle::new(crate::logging::THROTTLE_EVERY);
+
 /// Refuses a request over its source's rate with 429 before any other work. Requests without a
 /// peer address (in-process callers, not the server) are not limited.
 async fn limit_requests(
@@ -165,6 +168,13 @@ async fn limit_requests(
                 peer.ip()
             );
             drop(limiter);
+            if let Some(held) = API_RATE.allow(Instant::now()) {
+                tracing::warn!(
+                    source = %peer.ip(),
+                    held,
+                    "API requests beyond api.requests_per_sec_per_source refused with 429"
+                );
+            }
             let mut response = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", reason)
                 .into_response();
             response

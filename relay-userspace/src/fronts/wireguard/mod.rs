@@ -60,6 +60,9 @@ use crate::{
     metrics::FrontMetrics,
 };
 
+static INITIATION_RATE: crate::logging::Throttle =
+    crate::logging::Throttle::new(crate::logging::THROTTLE_EVERY);
+
 /// How often running pairs are matched against the plane's.
 const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// Receive buffer of a pair port's socket.
@@ -298,7 +301,21 @@ impl PairsCore {
         let now = Instant::now();
         let mut pair = running.pair.lock().unwrap_or_else(|p| p.into_inner());
         let (from_port, to, reason, update) = match pair.on_datagram(side, from, payload, now) {
-            Outcome::Refuse(reason) => return reason,
+            Outcome::Refuse(reason) => {
+                if reason == Reason::DroppedWireGuardHandshakeRate
+                    && let Some(held) = INITIATION_RATE.allow(now)
+                {
+                    warn!(
+                        id = running.id,
+                        source = %from,
+                        held,
+                        "WireGuard initiations beyond a pair's initiation rate dropped (1 a \
+                         second per address, bursts of 3; the bound leg has its own budget): \
+                         a flood of forged initiations, or a peer misbehaving (docs/security.md)"
+                    );
+                }
+                return reason;
+            }
             Outcome::Relay {
                 from_port,
                 to,
