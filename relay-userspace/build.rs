@@ -92,4 +92,36 @@ fn main() {
     let digest = sha2::Sha256::digest(std::fs::read(&path).expect("reading the XDP object"));
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
     println!("cargo:rustc-env=RELAY_EBPF_SHA256={hex}");
+    println!("cargo:rustc-env=RELAY_GIT_COMMIT={}", git_commit());
+}
+
+/// The commit this build is from, for `relay --version`: `RELAY_GIT_COMMIT` when set (`cargo
+/// xtask dist` sets it, with "-dirty" for uncommitted changes; a build from a source tarball has
+/// no .git), else what `git` says, else "unknown".
+fn git_commit() -> String {
+    println!("cargo:rerun-if-env-changed=RELAY_GIT_COMMIT");
+    if let Ok(commit) = env::var("RELAY_GIT_COMMIT") {
+        return commit;
+    }
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").unwrap());
+    let git = manifest.parent().unwrap().join(".git");
+    // HEAD names a branch whose ref file (or packed-refs) moves on each commit.
+    for file in ["HEAD", "packed-refs"] {
+        println!("cargo:rerun-if-changed={}", git.join(file).display());
+    }
+    if let Ok(head) = std::fs::read_to_string(git.join("HEAD"))
+        && let Some(branch) = head.trim().strip_prefix("ref: ")
+    {
+        println!("cargo:rerun-if-changed={}", git.join(branch).display());
+    }
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(&manifest)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown".into())
 }

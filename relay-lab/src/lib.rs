@@ -6,6 +6,7 @@
 //!
 //! The product crates (`relay-userspace`, `relay-common`) never depend on this one.
 
+pub mod container;
 pub mod control_bench;
 pub mod demo;
 pub mod lab_xdp;

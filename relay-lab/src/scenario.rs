@@ -77,6 +77,12 @@ pub struct ScenarioOptions {
     /// stands for the leg's ticket) instead of the lab's (family, quick timers): the README's
     /// command, word for word.
     pub join_command: Option<Vec<String>>,
+    /// The relay is not the lab's process: something else runs it in the relay host's
+    /// namespace (a container that installed a package) with the configuration the scenario
+    /// writes to `relay.yaml` in the lab's directory, whose `pin_dir` is then the packages'
+    /// default. This is that pin directory as this process sees it. [`Scenario::start`] returns
+    /// once the lab is up; [`Scenario::open_session`] allocates when the relay runs.
+    pub external_relay: Option<PathBuf>,
 }
 
 /// How the README writes a ticket in its commands; replaced by the leg's real ticket.
@@ -126,6 +132,7 @@ impl ScenarioOptions {
             ipv4_only: false,
             api_bulk: false,
             join_command: None,
+            external_relay: None,
         }
     }
 }
@@ -248,10 +255,17 @@ impl Scenario {
     pub fn start(options: ScenarioOptions) -> Result<Scenario> {
         let mut lab = NatLab::create()?;
         lab.tie_to_parent = !options.keep;
-        let pin_dir = Path::new(LAB_BPFFS).join(lab.ns(Host::Relay).name());
+        let pin_dir = match &options.external_relay {
+            Some(dir) => dir.clone(),
+            None => Path::new(LAB_BPFFS).join(lab.ns(Host::Relay).name()),
+        };
+        let config_pin_dir = match options.external_relay {
+            Some(_) => PathBuf::from(relay_common::maps::DEFAULT_PIN_DIR),
+            None => pin_dir.clone(),
+        };
         let mut pass = None;
         if options.xdp != XdpMode::Off {
-            let pins = PathBuf::from(format!("{}-pass", pin_dir.display()));
+            let pins = Path::new(LAB_BPFFS).join(format!("{}-pass", lab.ns(Host::Relay).name()));
             let mut dp = Dataplane::load(&LoadOptions {
                 pin_dir: pins.clone(),
                 max_sessions: 4,
@@ -268,10 +282,15 @@ impl Scenario {
             write_turn_certificate(&lab.dir)?;
         }
         let config_path = lab.dir.join("relay.yaml");
-        std::fs::write(&config_path, relay_config(&options, &pin_dir, &lab.dir))?;
-        let (program, args) = relay_command(&options, &config_path)?;
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        lab.spawn(Host::Relay, "relay", &program, &args)?;
+        std::fs::write(
+            &config_path,
+            relay_config(&options, &config_pin_dir, &lab.dir),
+        )?;
+        if options.external_relay.is_none() {
+            let (program, args) = relay_command(&options, &config_path)?;
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            lab.spawn(Host::Relay, "relay", &program, &args)?;
+        }
         let mut scenario = Scenario {
             lab,
             pin_dir,
@@ -288,10 +307,21 @@ impl Scenario {
             options,
             pass,
         };
-        scenario.wait_for_api()?;
-        if !scenario.options.sessions {
+        if scenario.options.external_relay.is_some() {
             return Ok(scenario);
         }
+        scenario.wait_for_api()?;
+        if scenario.options.sessions {
+            scenario.open_session()?;
+        }
+        Ok(scenario)
+    }
+
+    /// Allocates the session through the API and starts both sidecars; returns once both legs
+    /// are bound. (What [`Scenario::start`] does unless the relay is external.)
+    pub fn open_session(&mut self) -> Result<()> {
+        let scenario = self;
+        scenario.wait_for_api()?;
         scenario.session = scenario.create_session()?;
         for (leg, host) in [(0, Host::ClientA), (1, Host::ClientB)] {
             scenario.start_sidecar(leg, host, &format!("sidecar-{}", ["a", "b"][leg]))?;
@@ -306,7 +336,7 @@ impl Scenario {
                 scenario.lab.log("sidecar-b")
             );
         }
-        Ok(scenario)
+        Ok(())
     }
 
     /// Stops the relay daemon (SIGTERM: the fast path stays pinned) and starts a new one with
@@ -408,6 +438,44 @@ impl Scenario {
         self.lab
             .in_host(host, || UdpSocket::bind(("127.0.0.1", APP_PORT)))?
             .context("binding the application socket")
+    }
+
+    /// Streams `count` sequence-numbered datagrams from client A's application to B's, one
+    /// every `gap`, while `during` runs (a restart, an upgrade); returns the sequence numbers B
+    /// never received.
+    pub fn lost_while(
+        &mut self,
+        count: u32,
+        gap: Duration,
+        during: impl FnOnce(&mut Scenario),
+    ) -> Result<Vec<u32>> {
+        let a = self.app_socket(Host::ClientA)?;
+        let b = self.app_socket(Host::ClientB)?;
+        b.set_read_timeout(Some(Duration::from_secs(3)))?;
+        let receiver = std::thread::spawn(move || {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut buf = [0u8; 64];
+            while let Ok((n, _)) = b.recv_from(&mut buf) {
+                if n == 4 {
+                    seen.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+                }
+                if seen.len() == count as usize {
+                    break;
+                }
+            }
+            seen
+        });
+        let sender = std::thread::spawn(move || {
+            for seq in 0..count {
+                let _ = a.send_to(&seq.to_be_bytes(), Scenario::sidecar_addr());
+                std::thread::sleep(gap);
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        during(self);
+        sender.join().expect("the sender thread");
+        let seen = receiver.join().expect("the receiver thread");
+        Ok((0..count).filter(|n| !seen.contains(n)).collect())
     }
 
     /// Where an application on a client sends to reach its peer.

@@ -1,5 +1,5 @@
 //! Everything in deploy/ that can be checked without root: the systemd unit verifies cleanly,
-//! the scripts pass shellcheck and install into a staging directory, the sysctls and the
+//! the scripts (the packages' too) pass shellcheck, the sysctls and the
 //! cloud-init user-data are well-formed.
 
 #[path = "common/process.rs"]
@@ -27,7 +27,7 @@ fn systemd_unit_verifies_without_a_single_warning() {
         "Type=notify",
         "WatchdogSec=",
         "CapabilityBoundingSet=CAP_BPF CAP_PERFMON CAP_NET_ADMIN",
-        "ReadWritePaths=/sys/fs/bpf/relay",
+        "ReadWritePaths=-/sys/fs/bpf/relay",
         "Restart=on-failure",
         // Far more than systemd's default soft limit of 1024: the defaults need ~57 000.
         "LimitNOFILE=1048576",
@@ -37,7 +37,7 @@ fn systemd_unit_verifies_without_a_single_warning() {
     // Point it at the binary this test built (verify checks that ExecStart exists).
     let dir = tmp("unit");
     let path = dir.join("relay.service");
-    std::fs::write(&path, unit.replace("/usr/local/bin/relay", &relay_path())).unwrap();
+    std::fs::write(&path, unit.replace("/usr/bin/relay", &relay_path())).unwrap();
     // systemd-analyze verify prints warnings yet exits 0: require silence.
     let verify = |path: &PathBuf| {
         let out = Command::new("systemd-analyze")
@@ -75,48 +75,21 @@ fn scripts_pass_shellcheck_and_bash_syntax() {
         // shellcheck is installed by `cargo xtask setup`.
         run_ok(Command::new("shellcheck").arg(&path));
     }
-}
-
-#[test]
-fn install_stages_every_file_and_keeps_an_existing_config() {
-    let dest = tmp("install");
-    let run = |extra: &[&str]| {
-        run_ok(
-            Command::new(deploy("install.sh"))
-                .args(["--no-build", "--binary", &relay_path(), "--destdir"])
-                .arg(&dest)
-                .args(extra),
-        )
-    };
-    // A dry run changes nothing.
-    assert!(run(&["--dry-run"]).contains("+ install -D -m 0755"));
-    assert_eq!(std::fs::read_dir(&dest).unwrap().count(), 0);
-    run(&[]);
-    use std::os::unix::fs::PermissionsExt;
-    for (file, mode) in [
-        ("usr/local/bin/relay", 0o755),
-        ("etc/systemd/system/relay.service", 0o644),
-        ("etc/sysctl.d/60-relay.conf", 0o644),
-        ("usr/local/share/doc/relay/operations.md", 0o644),
-        ("etc/relay/relay.yaml", 0o600),
+    // What the packages run: POSIX sh (dash on Debian), no bashisms.
+    for script in [
+        "dist/install.sh",
+        "debian/postinst",
+        "debian/prerm",
+        "debian/postrm",
     ] {
-        let meta = std::fs::metadata(dest.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(meta.permissions().mode() & 0o777, mode, "{file}");
+        let path = deploy(script);
+        run_ok(Command::new("sh").arg("-n").arg(&path));
+        run_ok(
+            Command::new("shellcheck")
+                .args(["--shell", "sh"])
+                .arg(&path),
+        );
     }
-    // The installed binary works and the installed config loads.
-    assert!(
-        run_ok(Command::new(dest.join("usr/local/bin/relay")).arg("--version"))
-            .starts_with("relay ")
-    );
-    relay_userspace::config::Config::load(&dest.join("etc/relay/relay.yaml")).unwrap();
-    // A second run keeps the operator's config.
-    std::fs::write(dest.join("etc/relay/relay.yaml"), "# mine\n").unwrap();
-    assert!(run(&[]).contains("keeping the existing"));
-    assert_eq!(
-        std::fs::read_to_string(dest.join("etc/relay/relay.yaml")).unwrap(),
-        "# mine\n"
-    );
-    std::fs::remove_dir_all(dest).unwrap();
 }
 
 #[test]
@@ -149,7 +122,18 @@ fn cloud_init_user_data_is_well_formed() {
             .any(|p| p == "nftables")
     );
     let runcmd = format!("{:?}", doc["runcmd"]);
-    for step in ["deploy/install.sh", "tune-nic.sh", "enable", "relay"] {
+    // The package, not a toolchain.
+    assert!(
+        !runcmd.contains("rustup") && !runcmd.contains("cargo"),
+        "{runcmd}"
+    );
+    for step in [
+        "apt-get install",
+        "RELAY_DEB",
+        "tune-nic.sh",
+        "enable",
+        "relay",
+    ] {
         assert!(runcmd.contains(step), "runcmd lacks {step}");
     }
     // The embedded relay configuration is valid.

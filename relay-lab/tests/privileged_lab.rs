@@ -670,44 +670,6 @@ fn the_cli_reads_sessions_while_the_daemon_is_stopped() {
     );
 }
 
-/// Streams `count` sequence-numbered datagrams A → B every `gap` while `during` runs; returns
-/// the sequence numbers B did not receive.
-fn stream_through(
-    s: &mut Scenario,
-    count: u32,
-    gap: Duration,
-    during: impl FnOnce(&mut Scenario),
-) -> Vec<u32> {
-    let a = s.app_socket(Host::ClientA).unwrap();
-    let b = s.app_socket(Host::ClientB).unwrap();
-    b.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    let receiver = std::thread::spawn(move || {
-        let mut seen = std::collections::BTreeSet::new();
-        let mut buf = [0u8; 64];
-        while let Ok((n, _)) = b.recv_from(&mut buf) {
-            if n == 4 {
-                seen.insert(u32::from_be_bytes(buf[..4].try_into().unwrap()));
-            }
-            if seen.len() == count as usize {
-                break;
-            }
-        }
-        seen
-    });
-    let sender = std::thread::spawn(move || {
-        for seq in 0..count {
-            a.send_to(&seq.to_be_bytes(), Scenario::sidecar_addr())
-                .unwrap();
-            std::thread::sleep(gap);
-        }
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    during(s);
-    sender.join().unwrap();
-    let seen = receiver.join().unwrap();
-    (0..count).filter(|n| !seen.contains(n)).collect()
-}
-
 fn program_on_relay_eth0(s: &Scenario) -> u64 {
     let out = s
         .lab
@@ -727,9 +689,11 @@ fn restart_and_upgrade_lose_no_datagram_in_the_fast_path() {
     let program = program_on_relay_eth0(&s);
 
     // A restart: the new daemon adopts the pinned state and keeps the running program.
-    let lost = stream_through(&mut s, 1500, Duration::from_millis(4), |s| {
-        s.restart_relay().unwrap()
-    });
+    let lost = s
+        .lost_while(1500, Duration::from_millis(4), |s| {
+            s.restart_relay().unwrap()
+        })
+        .unwrap();
     assert!(
         lost.is_empty(),
         "lost {} datagrams across a restart: {:?}",
@@ -761,9 +725,11 @@ fn restart_and_upgrade_lose_no_datagram_in_the_fast_path() {
             0,
         )
         .unwrap();
-    let lost = stream_through(&mut s, 1500, Duration::from_millis(4), |s| {
-        s.restart_relay().unwrap()
-    });
+    let lost = s
+        .lost_while(1500, Duration::from_millis(4), |s| {
+            s.restart_relay().unwrap()
+        })
+        .unwrap();
     assert!(
         lost.is_empty(),
         "lost {} datagrams across an upgrade: {:?}",

@@ -17,9 +17,14 @@ use relay_userspace::{
     daemon, logging,
 };
 
+/// The static (musl) build that the packages ship: musl's own allocator serialises threads.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A kernel-bypass UDP relay for peers behind hard NAT.
 #[derive(Parser)]
-#[command(name = "relay", version, about)]
+#[command(name = "relay", version = relay_userspace::VERSION, about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,10 +62,28 @@ enum Command {
     /// Why a frame is forwarded, passed or dropped: runs it through the live program, sends
     /// nothing, changes no counter.
     Explain(ExplainArgs),
+    /// Ask a running daemon to re-read its configuration (SIGHUP): what `systemctl reload relay`
+    /// runs, so the unit needs no /bin/kill (minimal systems lack procps).
+    Reload {
+        /// The daemon's process id (systemd passes $MAINPID; 0, 1 and groups are refused).
+        #[arg(long, value_parser = clap::value_parser!(i32).range(2..))]
+        pid: i32,
+    },
+    /// Write a man page per command (relay.1, relay-serve.1, …) into a directory (packaging).
+    #[command(hide = true)]
+    Manpages {
+        /// Where to write them.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> Result<std::process::ExitCode> {
     let cli = Cli::parse();
+    if let Command::Manpages { out } = &cli.command {
+        write_manpages(out)?;
+        return Ok(std::process::ExitCode::SUCCESS);
+    }
     if let Command::Check(args) = cli.command {
         return check::run(args);
     }
@@ -90,6 +113,34 @@ fn main() -> Result<std::process::ExitCode> {
         Command::Explain(args) => explain::run(args).map(|()| ok),
         Command::Top(args) => top::run(args).map(|()| ok),
         Command::Turn(command) => turn::run(command).map(|()| ok),
-        Command::Check(_) => unreachable!("handled above"),
+        Command::Reload { pid } => {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGHUP)
+                .map_err(|e| anyhow::anyhow!("signalling process {pid}: {e}"))?;
+            Ok(ok)
+        }
+        Command::Check(_) | Command::Manpages { .. } => unreachable!("handled above"),
     }
+}
+
+/// One page for `relay` and one per visible subcommand, at any depth (`relay-client-join.1`).
+fn write_manpages(out: &std::path::Path) -> Result<()> {
+    use clap::CommandFactory;
+    std::fs::create_dir_all(out)?;
+    fn write(command: clap::Command, name: String, out: &std::path::Path) -> Result<()> {
+        // clap wants a 'static name; this process writes a few dozen pages and exits.
+        let command = command.name(&*Box::leak(name.clone().into_boxed_str()));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command.clone()).render(&mut page)?;
+        std::fs::write(out.join(format!("{name}.1")), page)?;
+        for sub in command
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            write(sub.clone(), format!("{name}-{}", sub.get_name()), out)?;
+        }
+        Ok(())
+    }
+    let mut command = Cli::command();
+    command.build();
+    write(command, "relay".into(), out)
 }

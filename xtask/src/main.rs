@@ -6,9 +6,11 @@
 //! * `demo` runs the NAT lab demo (the README's first command).
 //! * `bench` runs the benchmarks and regenerates `docs/benchmarks.md`.
 //! * `fuzz` builds the cargo-fuzz targets and runs each for a bounded time.
+//! * `dist` builds what operators install: a .deb, a portable tarball and an OCI image.
 
 mod bench;
 mod demo;
+mod dist;
 mod ebpf;
 mod fuzz;
 mod load_report;
@@ -78,6 +80,12 @@ enum Command {
         #[arg(long = "target", value_delimiter = ',')]
         targets: Vec<String>,
     },
+    /// The static release binary, a .deb, a portable tarball and an OCI image in target/dist/.
+    Dist {
+        /// The package revision: VERSION-REVISION (a second build of the same sources is -2).
+        #[arg(long, default_value_t = 1)]
+        revision: u32,
+    },
 }
 
 fn main() -> Result<()> {
@@ -91,6 +99,7 @@ fn main() -> Result<()> {
             render,
         } => bench::run(quick, render, &only),
         Command::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
+        Command::Dist { revision } => dist::run(revision),
         Command::Demo {
             keep,
             down,

@@ -47,6 +47,22 @@ const PACKAGES: &[(&str, &str)] = &[
         "the lab's Python environment (aioice, the Chromium driver)",
     ),
     ("python3-pip", "installing the lab's Python packages"),
+    (
+        "musl-tools",
+        "the C compiler for the static (musl) relay that the packages ship (ring's C code)",
+    ),
+    (
+        "debootstrap",
+        "the fresh Debian the package and tarball install tests boot",
+    ),
+    (
+        "systemd-container",
+        "systemd-nspawn: booting that Debian with systemd as PID 1",
+    ),
+    (
+        "umoci",
+        "reading back the OCI image `cargo xtask dist` writes",
+    ),
 ];
 
 /// The lab's Python environment (under target/, created by setup): real TURN and WebRTC
@@ -63,6 +79,8 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     cargo_nextest()?;
     cargo_fuzz()?;
+    musl_target()?;
+    cargo_deb()?;
     debian_packages()?;
     python_venv()?;
     bpffs()?;
@@ -110,20 +128,29 @@ fn nightly_rust_src() -> Result<()> {
 }
 
 fn bpf_linker() -> Result<()> {
-    let version = output(Command::new("bpf-linker").arg("--version"));
-    match version.as_deref().map(str::trim) {
-        Some(v) if v.ends_with(BPF_LINKER_VERSION) => {
-            println!("bpf-linker: found {v}");
+    pinned_cargo_tool(
+        "bpf-linker",
+        BPF_LINKER_VERSION,
+        Command::new("bpf-linker").arg("--version"),
+    )
+}
+
+/// Installs `krate` at exactly `version` with `cargo install` unless `probe` (its `--version`)
+/// already reports that version.
+fn pinned_cargo_tool(krate: &str, version: &str, probe: &mut Command) -> Result<()> {
+    match output(probe).as_deref().map(str::trim) {
+        Some(v) if v.ends_with(version) => {
+            println!("{krate}: found {v}");
             return Ok(());
         }
-        Some(v) => println!("bpf-linker: found {v}, want {BPF_LINKER_VERSION}; reinstalling"),
-        None => println!("bpf-linker: missing, installing {BPF_LINKER_VERSION} (a few minutes)"),
+        Some(v) => println!("{krate}: found {v}, want {version}; reinstalling"),
+        None => println!("{krate}: missing, installing {version} (a few minutes)"),
     }
     status(clean_command("cargo").args([
         "install",
-        "bpf-linker",
+        krate,
         "--version",
-        BPF_LINKER_VERSION,
+        version,
         "--locked",
         "--force",
     ]))
@@ -156,6 +183,31 @@ fn cargo_fuzz() -> Result<()> {
         CARGO_FUZZ_VERSION,
         "--locked",
     ]))
+}
+
+/// The target of the static binary the packages ship (`cargo xtask dist`).
+pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
+
+/// cargo-deb release that builds the .deb (`cargo xtask dist`).
+const CARGO_DEB_VERSION: &str = "3.6.2";
+
+fn musl_target() -> Result<()> {
+    let installed =
+        output(Command::new("rustup").args(["target", "list", "--installed"])).unwrap_or_default();
+    if installed.lines().any(|l| l.trim() == MUSL_TARGET) {
+        println!("rust target {MUSL_TARGET}: found");
+        return Ok(());
+    }
+    println!("rust target {MUSL_TARGET}: missing, installing");
+    status(Command::new("rustup").args(["target", "add", MUSL_TARGET]))
+}
+
+fn cargo_deb() -> Result<()> {
+    pinned_cargo_tool(
+        "cargo-deb",
+        CARGO_DEB_VERSION,
+        Command::new("cargo").args(["deb", "--version"]),
+    )
 }
 
 fn is_installed(package: &str) -> bool {

@@ -2,13 +2,16 @@
 //! suites (test binaries named `privileged_*`: BPF_PROG_TEST_RUN, XDP attach, network-namespace
 //! labs) run when root and are otherwise listed as "skipped: needs root". A short fuzz run of
 //! every target comes last, so CI keeps the targets building and their seeds passing; its
-//! closing line (`fuzz: N passed, N failed`) is the last line printed.
+//! closing line (`fuzz: N passed, N failed`) is the last line printed. As root, the packages
+//! (`cargo xtask dist`, twice: a build and a second one to upgrade to) are built before the
+//! privileged suites, whose install tests boot a fresh Debian and install them.
 
 use std::process::Command;
 
 use anyhow::Result;
 
 use crate::{
+    dist,
     ebpf::{self, Profile},
     fuzz,
     run::{clean_command, is_root, output, status},
@@ -48,6 +51,11 @@ fn test_suites() -> Result<()> {
     if is_root() {
         println!("== host tests");
         status(&mut nextest(&host))?;
+        // The install tests boot a fresh Debian and install what operators install: the
+        // packages of this tree, and a second build of them to upgrade to.
+        println!("== packages for the install tests");
+        dist::run(1)?;
+        dist::run(2)?;
         println!("== privileged tests (root)");
         status(&mut nextest(PRIVILEGED))
     } else {

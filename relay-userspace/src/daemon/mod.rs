@@ -214,7 +214,13 @@ impl Daemon {
             adopted,
             api_tls: api.is_tls(),
         };
-        info!(relay = ?started.relay, api = %started.api, tls = started.api_tls, "relay running");
+        info!(
+            version = crate::VERSION,
+            relay = ?started.relay,
+            api = %started.api,
+            tls = started.api_tls,
+            "relay running"
+        );
         Ok(Daemon {
             plane,
             started,

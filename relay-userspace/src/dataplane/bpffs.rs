@@ -8,8 +8,9 @@ use nix::{
     sys::statfs::statfs,
 };
 
-/// `BPF_FS_MAGIC` from linux/magic.h.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+/// `BPF_FS_MAGIC` from linux/magic.h (statfs's `f_type` is signed in glibc, unsigned in musl:
+/// compared as the 32-bit value the kernel reports).
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 
 /// Where bpffs is conventionally mounted.
 pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
@@ -17,7 +18,7 @@ pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
 /// Whether `path` lies on a mounted bpffs.
 pub fn is_bpffs(path: &Path) -> bool {
     statfs(path)
-        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 as u32 == BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 
