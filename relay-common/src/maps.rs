@@ -37,6 +37,10 @@ pub const SESSION_META: &str = "session_meta";
 /// `ARRAY` with one [`BuildInfo`]: which build of the XDP object the pinned links run, so a
 /// restarted daemon replaces the program only when its own build differs.
 pub const BUILD_INFO: &str = "build_info";
+/// `ARRAY` with one [`FleetState`]: whether this relay is draining (taking no new sessions,
+/// pairs or allocations). Pinned so that a restart — or a pod's, in Kubernetes — keeps draining
+/// a relay an operator is taking out; written and read by userspace only.
+pub const FLEET_STATE: &str = "fleet_state";
 /// `PERCPU_ARRAY` of [`NextHopEntry`]: a direct-mapped cache of route lookups by destination
 /// address, so most packets skip `bpf_fib_lookup` (which costs more than the rest of the fast
 /// path together).
@@ -315,6 +319,18 @@ pub struct BuildInfo {
     pub object_sha256: [u8; 32],
 }
 
+/// This relay's place in its fleet ([`FLEET_STATE`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetState {
+    /// 1 while draining.
+    pub draining: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
+    /// When draining began, in seconds since the Unix epoch (0 when not draining).
+    pub since_unix_s: u64,
+}
+
 /// Longest leg label and token name stored in [`SessionMeta`], in bytes.
 pub const META_LABEL_LEN: usize = 64;
 /// Longest token name stored in [`SessionMeta`], in bytes.
@@ -461,6 +477,7 @@ pub struct RelayPort {
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
+    unsafe impl aya::Pod for FleetState {}
     unsafe impl aya::Pod for RelayPortKey {}
     unsafe impl aya::Pod for RelayPort {}
     unsafe impl aya::Pod for Leg {}
@@ -519,6 +536,7 @@ mod tests {
             NEXTHOP_CACHE,
             SESSION_META,
             BUILD_INFO,
+            FLEET_STATE,
         ] {
             assert!(name.len() <= 15, "{name}");
         }

@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use relay_common::{
     maps::{
-        BuildInfo, DEFAULT_MAX_SESSIONS, DEFAULT_NEXTHOP_CACHE_ENTRIES, MAX_REDIRECT_INTERFACES,
-        NextHopEntry, RelayConfig, Session, SessionMeta, SessionStats,
+        BuildInfo, DEFAULT_MAX_SESSIONS, DEFAULT_NEXTHOP_CACHE_ENTRIES, FleetState,
+        MAX_REDIRECT_INTERFACES, NextHopEntry, RelayConfig, Session, SessionMeta, SessionStats,
     },
     turn::{
         ChannelBinding, ChannelKey, DEFAULT_MAX_ALLOCATIONS, DEFAULT_MAX_TURN_BINDINGS,
@@ -62,6 +62,10 @@ pub static SESSION_META: HashMap<u32, SessionMeta> = HashMap::pinned(DEFAULT_MAX
 /// Which object build the pinned links run (written and read by userspace only).
 #[map(name = "build_info")]
 pub static BUILD_INFO: Array<BuildInfo> = Array::pinned(1, 0);
+
+/// Whether this relay is draining (written and read by userspace only).
+#[map(name = "fleet_state")]
+pub static FLEET_STATE: Array<FleetState> = Array::pinned(1, 0);
 
 // TURN: written by the daemon (and kept pinned, so a restarted daemon adopts its allocations).
 // Declared here so one loader creates and pins every map; the program reads them from issue 17

@@ -762,3 +762,47 @@ fn restart_and_upgrade_lose_no_datagram_in_the_fast_path() {
     );
     exchange(&s, 5);
 }
+
+/// A drain refuses new sessions and keeps the running one flowing in the kernel; it is pinned,
+/// so a restarted daemon keeps draining (and `relay stats` shows it with the daemon down) until
+/// `relay undrain`.
+#[test]
+fn a_drain_keeps_what_runs_survives_a_restart_and_ends_with_undrain() {
+    require_root!();
+    let mut s = start(XdpMode::Native, [false, false]);
+    exchange(&s, 1);
+    let out = s.relay_cli(&["drain"]).unwrap();
+    assert!(out.contains("draining since"), "{out}");
+    // Nothing new…
+    let refused = s.relay_cli(&["client", "create", "--json"]);
+    let text = format!("{refused:?}");
+    assert!(refused.is_err() && text.contains("draining"), "{text}");
+    // …but what runs keeps running, in the kernel.
+    exchange(&s, 2);
+
+    let stopped = s.lab.stop("relay").unwrap();
+    assert!(stopped.success());
+    let stats = s
+        .relay_cli(&["stats", "--pin-dir", s.pin_dir.to_str().unwrap()])
+        .unwrap();
+    assert!(stats.contains("DRAINING since"), "{stats}");
+    s.start_relay().unwrap();
+    let status = s.relay_cli(&["drain", "--status"]).unwrap();
+    assert!(status.contains("draining since"), "{status}");
+    assert!(
+        s.lab
+            .log("relay")
+            .contains("draining (pinned by a previous daemon)"),
+        "{}",
+        s.lab.log("relay")
+    );
+    let metrics = s
+        .http_get(relay_lab::scenario::LAB_METRICS, "/metrics")
+        .unwrap();
+    assert!(metrics.contains("relay_draining 1"), "{metrics}");
+    exchange(&s, 1);
+
+    let out = s.relay_cli(&["undrain"]).unwrap();
+    assert!(out.contains("not draining"), "{out}");
+    s.relay_cli(&["client", "create", "--json"]).unwrap();
+}

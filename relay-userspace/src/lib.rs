@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod descriptors;
 pub mod explain;
+pub mod fleet;
 pub mod forwarder;
 pub mod fronts;
 pub mod inspect;

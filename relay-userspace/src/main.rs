@@ -7,6 +7,7 @@ use relay_userspace::{
         check::{self, CheckArgs},
         client::{self, ClientCommand},
         down::{self, DownArgs},
+        drain::{self, DrainArgs},
         explain::{self, ExplainArgs},
         sessions::{self, SessionsArgs},
         stats::{self, StatsArgs},
@@ -47,6 +48,11 @@ enum Command {
     Check(CheckArgs),
     /// Remove the relay from this host: detach XDP, unpin every map (drops all sessions).
     Down(DownArgs),
+    /// Take this relay out of its fleet: refuse new sessions, pairs and TURN allocations
+    /// (naming the alternates) while what runs keeps running (an admin token).
+    Drain(DrainArgs),
+    /// Take new sessions, pairs and allocations again (an admin token).
+    Undrain(relay_userspace::cli::client::ApiArgs),
     /// Allocate, inspect and join sessions as a client.
     #[command(subcommand)]
     Client(ClientCommand),
@@ -103,6 +109,14 @@ fn main() -> Result<std::process::ExitCode> {
             Ok(ok)
         }
         Command::Down(args) => down::run(args).map(|()| ok),
+        Command::Drain(args) => {
+            logging::init("warn", LogFormat::Text);
+            runtime.block_on(drain::drain(args))
+        }
+        Command::Undrain(args) => {
+            logging::init("warn", LogFormat::Text);
+            runtime.block_on(drain::undrain(args)).map(|()| ok)
+        }
         Command::Client(command) => {
             logging::init("info", LogFormat::Text);
             runtime.block_on(client::run(command))?;

@@ -85,6 +85,8 @@ pub struct RelayCollector {
     pub top_sessions: usize,
     /// The protocol fronts' own series.
     pub fronts: Vec<Arc<dyn FrontMetrics>>,
+    /// Draining or not.
+    pub fleet: Arc<crate::fleet::Fleet>,
 }
 
 impl fmt::Debug for RelayCollector {
@@ -241,6 +243,12 @@ impl Collector for RelayCollector {
             "Sessions the relay can hold.",
             &[(vec![], capacity as i64)],
         )?;
+        gauges(
+            &mut encoder,
+            "relay_draining",
+            "1 while the relay drains: no new sessions, pairs or TURN allocations (relay drain).",
+            &[(vec![], i64::from(self.fleet.draining()))],
+        )?;
         counters(
             &mut encoder,
             "relay_sessions_allocated",
@@ -368,6 +376,7 @@ mod dashboard_tests {
             interfaces: vec![],
             top_sessions: 0,
             fronts: vec![Arc::new(sessions)],
+            fleet: Arc::new(crate::fleet::Fleet::unpinned(Default::default())),
         })
         .unwrap();
         text.lines()

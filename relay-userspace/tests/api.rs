@@ -55,6 +55,7 @@ fn app_with_state(
             token: Some(token.into()),
             token_sha256: None,
             max_sessions: quota,
+            admin: false,
         })
         .to_vec();
     let quotas = tokens

@@ -31,6 +31,7 @@ const MAPS: &[&str] = &[
     "session_meta",
     "log_gate",
     "build_info",
+    "fleet_state",
     "relay_ports",
     "turn_allocs",
     "turn_alloc_meta",

@@ -12,6 +12,7 @@ use crate::config::TokenConfig;
 #[derive(Clone, Debug)]
 pub struct TokenStore {
     tokens: Vec<([u8; 32], String)>,
+    admins: Vec<String>,
 }
 
 impl TokenStore {
@@ -32,6 +33,11 @@ impl TokenStore {
                     };
                     (digest, t.name.clone())
                 })
+                .collect(),
+            admins: tokens
+                .iter()
+                .filter(|t| t.admin)
+                .map(|t| t.name.clone())
                 .collect(),
         }
     }
@@ -56,6 +62,11 @@ impl TokenStore {
         }
         found.ok_or_else(|| ApiError::unauthorized("unknown token"))
     }
+
+    /// Whether the token named `name` may drain and undrain the relay (`admin: true`).
+    pub fn is_admin(&self, name: &str) -> bool {
+        self.admins.iter().any(|a| a == name)
+    }
 }
 
 #[cfg(test)]
@@ -69,6 +80,7 @@ mod tests {
                 token: Some("alice-secret-token-1".into()),
                 token_sha256: None,
                 max_sessions: 1,
+                admin: false,
             },
             TokenConfig {
                 name: "hashed".into(),
@@ -78,6 +90,7 @@ mod tests {
                     "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".into(),
                 ),
                 max_sessions: 1,
+                admin: false,
             },
         ]
     }

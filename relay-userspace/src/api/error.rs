@@ -1,4 +1,5 @@
-//! API errors: always JSON `{"error": code, "reason": text}` with the matching status.
+//! API errors: always JSON `{"error": code, "reason": text}` with the matching status (and
+//! `"alternates": [URL, …]` when a draining relay refuses).
 
 use axum::{
     Json,
@@ -19,12 +20,16 @@ pub struct ApiError {
     pub code: &'static str,
     /// Human-readable reason.
     pub reason: String,
+    /// Where to go instead (a draining relay's 503 names the fleet's other relays' APIs).
+    pub alternates: Vec<String>,
 }
 
 #[derive(Serialize)]
 struct Body<'a> {
     error: &'a str,
     reason: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    alternates: &'a [String],
 }
 
 impl ApiError {
@@ -34,6 +39,7 @@ impl ApiError {
             status,
             code,
             reason: reason.into(),
+            alternates: Vec::new(),
         }
     }
 
@@ -58,6 +64,7 @@ impl IntoResponse for ApiError {
         let body = Json(Body {
             error: self.code,
             reason: &self.reason,
+            alternates: &self.alternates,
         });
         let mut response = (self.status, body).into_response();
         if self.status == StatusCode::UNAUTHORIZED {

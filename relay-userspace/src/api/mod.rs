@@ -10,6 +10,8 @@
 //! | GET | `/v1/sessions/{vni}` | one session, with its leg keys and tickets |
 //! | DELETE | `/v1/sessions/{vni}` | delete (204) |
 //! | GET | `/healthz` | liveness, no token |
+//! | GET | `/readyz` | readiness and occupancy, no token ([`fleet`]) |
+//! | GET, PUT, DELETE | `/v1/drain` | drain state; drain and undrain with an admin token |
 //!
 //! Every error is `{"error": code, "reason": text}` with the matching status. A token sees only
 //! its own sessions; another token's session is "not found", not "forbidden", so VNIs cannot be
@@ -18,6 +20,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod fleet;
 pub mod tls;
 pub mod types;
 
@@ -117,6 +120,10 @@ pub struct ApiState {
     pub metrics: Arc<ApiMetrics>,
     /// Requests per source address.
     pub requests: Arc<Mutex<SourceLimiter>>,
+    /// Draining, and the fleet's other relays.
+    pub fleet: Arc<crate::fleet::Fleet>,
+    /// What `/readyz` looks at, once the daemon's fronts run.
+    pub readiness: fleet::ReadinessCell,
 }
 
 impl ApiState {
@@ -128,7 +135,15 @@ impl ApiState {
             tokens: Arc::new(ArcSwap::from_pointee(tokens)),
             metrics: Arc::new(ApiMetrics::default()),
             requests: Arc::new(Mutex::new(request_limiter(requests_per_sec))),
+            fleet: Arc::new(crate::fleet::Fleet::unpinned(Default::default())),
+            readiness: Default::default(),
         }
+    }
+
+    /// The same state with `fleet` (the daemon's, pinned) in place of an unpinned one.
+    pub fn with_fleet(mut self, fleet: crate::fleet::Fleet) -> ApiState {
+        self.fleet = Arc::new(fleet);
+        self
     }
 
     /// The name of the request's token (401 without a valid one).
@@ -211,7 +226,8 @@ pub fn router(
 ) -> Router {
     let mut router = Router::new()
         .route("/healthz", get(health))
-        .with_state(state.clone());
+        .with_state(state.clone())
+        .merge(fleet::routes(state));
     for routes in fronts {
         router = router.merge(routes);
     }

@@ -23,9 +23,16 @@ use crate::{
 /// Where the API is and who is asking.
 #[derive(Args, Clone, Debug)]
 pub struct ApiArgs {
-    /// Base URL of the relay's API.
-    #[arg(long, env = "RELAY_API", default_value = "http://127.0.0.1:8080")]
-    pub api: String,
+    /// Base URL of the relay's API. `relay client create` takes several, comma-separated or
+    /// repeated (a fleet): it allocates on the first that is ready and has room (`/readyz`),
+    /// falling back in order.
+    #[arg(
+        long,
+        env = "RELAY_API",
+        default_value = "http://127.0.0.1:8080",
+        value_delimiter = ','
+    )]
+    pub api: Vec<String>,
     /// API token (better given in RELAY_TOKEN than on the command line).
     #[arg(long, env = "RELAY_TOKEN", hide_env_values = true)]
     pub token: String,
@@ -36,8 +43,42 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
-    fn client(&self) -> Result<ApiClient> {
-        ApiClient::new(&self.api, &self.token, self.ca_cert.as_deref())
+    /// The one relay this command acts on (a session, a pair, a drain lives on one).
+    pub(crate) fn client(&self) -> Result<ApiClient> {
+        match self.api.as_slice() {
+            [one] => ApiClient::new(one, &self.token, self.ca_cert.as_deref()),
+            several => anyhow::bail!(
+                "--api names {} relays; this command acts on one: give the relay it concerns",
+                several.len()
+            ),
+        }
+    }
+
+    /// The relays in the order to try for a new allocation: those ready with room first (in
+    /// the given order), then the rest (a relay whose `/readyz` cannot be read may still
+    /// answer). Says on stderr why each one is passed over.
+    pub(crate) async fn candidates(&self) -> Result<Vec<(String, ApiClient)>> {
+        let mut ready = Vec::new();
+        let mut others = Vec::new();
+        for base in &self.api {
+            let client = ApiClient::new(base, &self.token, self.ca_cert.as_deref())?;
+            if self.api.len() == 1 {
+                return Ok(vec![(base.clone(), client)]);
+            }
+            match client.readiness().await {
+                Ok(r) if r.ready => ready.push((base.clone(), client)),
+                Ok(r) => eprintln!("{base}: not ready ({})", r.reasons.join(", ")),
+                Err(e) => {
+                    eprintln!("{base}: readiness unknown ({e:#})");
+                    others.push((base.clone(), client));
+                }
+            }
+        }
+        ready.extend(others);
+        if ready.is_empty() {
+            anyhow::bail!("no relay of {} is ready", self.api.join(", "));
+        }
+        Ok(ready)
     }
 }
 
@@ -220,41 +261,63 @@ pub async fn run(command: ClientCommand) -> Result<()> {
             idempotency_key,
             json,
         } => {
-            let client = api.client()?;
             let labels = (label_a.is_some() || label_b.is_some()).then_some(Labels {
                 a: label_a,
                 b: label_b,
             });
-            if wireguard {
-                let p = client
-                    .create_pair(&CreatePair {
-                        public_keys: Some(PairKeys {
-                            a: peer_a.unwrap_or_default(),
-                            b: peer_b.unwrap_or_default(),
-                        }),
-                        labels,
-                        shared_address,
-                        idempotency_key,
-                    })
-                    .await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&p)?);
+            let mut failures = Vec::new();
+            for (base, client) in api.candidates().await? {
+                let made = if wireguard {
+                    client
+                        .create_pair(&CreatePair {
+                            public_keys: Some(PairKeys {
+                                a: peer_a.clone().unwrap_or_default(),
+                                b: peer_b.clone().unwrap_or_default(),
+                            }),
+                            labels: labels.clone(),
+                            shared_address,
+                            idempotency_key: idempotency_key.clone(),
+                        })
+                        .await
+                        .map(|p| {
+                            if json {
+                                println!(
+                                    "{}",
+                                    serde_json::to_string_pretty(&p).unwrap_or_default()
+                                );
+                            } else {
+                                print_pair(&p);
+                            }
+                        })
                 } else {
-                    print_pair(&p);
+                    client
+                        .create(&CreateSession {
+                            labels: labels.clone(),
+                            idempotency_key: idempotency_key.clone(),
+                        })
+                        .await
+                        .map(|s| {
+                            if json {
+                                println!(
+                                    "{}",
+                                    serde_json::to_string_pretty(&s).unwrap_or_default()
+                                );
+                            } else {
+                                print_session(&s);
+                            }
+                        })
+                };
+                match made {
+                    Ok(()) => return Ok(()),
+                    // Draining or full since its /readyz: the next relay.
+                    Err(e) if api.api.len() > 1 => {
+                        eprintln!("{base}: {e:#}");
+                        failures.push(format!("{base}: {e:#}"));
+                    }
+                    Err(e) => return Err(e),
                 }
-                return Ok(());
             }
-            let s = client
-                .create(&CreateSession {
-                    labels,
-                    idempotency_key,
-                })
-                .await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                print_session(&s);
-            }
+            anyhow::bail!("no relay allocated:\n{}", failures.join("\n"));
         }
         ClientCommand::Get {
             api,

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod client;
 pub mod down;
+pub mod drain;
 pub mod explain;
 pub mod sessions;
 pub mod stats;

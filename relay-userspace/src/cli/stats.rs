@@ -60,6 +60,8 @@ pub struct StatsReport {
     pub allocation_capacity: u32,
     /// Every verdict reason.
     pub verdicts: Vec<VerdictRow>,
+    /// Draining since (seconds since the epoch), from the pinned drain state.
+    pub draining_since: Option<u64>,
 }
 
 /// Builds the report from a snapshot and the attachments.
@@ -107,6 +109,7 @@ pub fn report(snapshot: &Snapshot, xdp: Vec<anyhow::Result<Attachment>>) -> Stat
         allocations: snapshot.allocations.len(),
         allocation_capacity: snapshot.allocation_capacity,
         verdicts,
+        draining_since: None,
     }
 }
 
@@ -143,6 +146,14 @@ pub fn render(r: &StatsReport) -> String {
                 let _ = writeln!(out, "  {e}");
             }
         }
+    }
+    if let Some(since) = r.draining_since {
+        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(since);
+        let _ = writeln!(
+            out,
+            "\nDRAINING since {}: no new sessions, pairs or TURN allocations (`relay undrain`)",
+            humantime::format_rfc3339_seconds(at)
+        );
     }
     let pct = 100.0 * r.session_count as f64 / r.capacity.max(1) as f64;
     let _ = writeln!(
@@ -186,7 +197,10 @@ pub fn render(r: &StatsReport) -> String {
 /// Runs `relay stats`.
 pub fn run(args: StatsArgs) -> Result<()> {
     let snapshot = inspect::snapshot(&args.pin.pin_dir)?;
-    let r = report(&snapshot, attachment::attachments(&args.pin.pin_dir));
+    let mut r = report(&snapshot, attachment::attachments(&args.pin.pin_dir));
+    r.draining_since = crate::fleet::pinned_state(&args.pin.pin_dir)
+        .filter(|s| s.draining != 0)
+        .map(|s| s.since_unix_s);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
     } else {

@@ -112,6 +112,34 @@ impl ApiClient {
             .await
     }
 
+    /// The relay's drain state and what is left on it.
+    pub async fn drain_state(&self) -> Result<crate::api::fleet::DrainState> {
+        self.send(self.http.get(self.url("/v1/drain"))).await
+    }
+
+    /// Starts (`true`) or ends draining (an admin token).
+    pub async fn set_draining(&self, on: bool) -> Result<crate::api::fleet::DrainState> {
+        let url = self.url("/v1/drain");
+        let request = if on {
+            self.http.put(url)
+        } else {
+            self.http.delete(url)
+        };
+        self.send(request).await
+    }
+
+    /// `/readyz` (no token): whether this relay takes new sessions, and how full it is.
+    pub async fn readiness(&self) -> Result<crate::api::fleet::Readiness> {
+        let response = self
+            .http
+            .get(self.url("/readyz"))
+            .send()
+            .await
+            .with_context(|| format!("reaching the relay API at {}", self.base))?;
+        // 503 carries the same document, with the reasons.
+        Ok(response.json().await?)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

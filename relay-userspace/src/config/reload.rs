@@ -1,7 +1,8 @@
 //! What a reload (SIGHUP) can apply to a running daemon, and what needs a restart.
 //!
 //! A reload applies the API's tokens (with their quotas), its certificate files and its
-//! per-source request rate, and TURN's shared secrets, static users and certificate files: the
+//! per-source request rate, TURN's shared secrets, static users and certificate files, and the
+//! fleet's alternates: the
 //! things operators rotate or tune while sessions run. Everything
 //! else (interfaces, addresses, the fast path, map sizes, lifetimes) shapes state that already
 //! exists, so a change there is reported and left for a restart — which loses no session.
@@ -31,7 +32,8 @@ impl Config {
             ("turn", turn_restart(&self.turn) != turn_restart(&new.turn)),
         ];
         // Not listed, because a reload applies them: api.tokens, the api.tls file paths,
-        // api.requests_per_sec_per_source, turn.secrets, turn.users and the turn.tls files.
+        // api.requests_per_sec_per_source, turn.secrets, turn.users, the turn.tls files and
+        // fleet (the alternates).
         for (key, differs) in sections {
             if differs {
                 changed.push(key);

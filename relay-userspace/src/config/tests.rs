@@ -23,7 +23,9 @@ fn the_example_config_loads_and_documents_every_key() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/relay.example.yaml");
     let config = Config::load(std::path::Path::new(path)).unwrap();
     assert_eq!(config.relay.port, 6081);
-    assert_eq!(config.api.tokens.len(), 2);
+    assert_eq!(config.api.tokens.len(), 3);
+    assert!(config.api.tokens[2].admin && !config.api.tokens[0].admin);
+    assert_eq!(config.fleet.as_ref().unwrap().alternates[0].turn.len(), 2);
     assert_eq!(config.sessions.idle_lifetime, Duration::from_secs(300));
     // Every key of the typed tree appears in the example (serialising the loaded config lists
     // them all, Option fields included because the example sets them).
@@ -193,4 +195,24 @@ fn an_api_beyond_loopback_needs_tls() {
 fn missing_required_section_is_reported() {
     let e = error("xdp:\n  mode: off\n");
     assert!(e.message.contains("missing field `api`"), "{e}");
+}
+
+#[test]
+fn fleet_alternates_name_their_bad_key() {
+    let base = "interfaces: [eth0]\napi:\n  tokens:\n    - name: a\n      token: a-token-of-16-chars-or-more\nfleet:\n  alternates:\n";
+    for (alternate, key, says) in [
+        ("    - api: ftp://x\n", "fleet.alternates[0].api", "not an http(s) URL"),
+        (
+            "    - turn: [0.0.0.0:3478]\n",
+            "fleet.alternates[0].turn",
+            "not an address clients can reach",
+        ),
+        ("    - {}\n", "fleet.alternates[0]", "give its api URL"),
+        ("    - colour: red\n", "fleet.alternates[0].colour", "unknown field"),
+    ] {
+        let e = Config::parse(&format!("{base}{alternate}"), "test").unwrap_err();
+        assert!(e.key.starts_with(key) || e.message.contains(key), "{alternate}: {e:?}");
+        assert!(e.message.contains(says), "{alternate}: {e:?}");
+        assert!(e.line.is_some(), "{e:?}");
+    }
 }

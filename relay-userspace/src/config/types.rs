@@ -44,6 +44,30 @@ pub struct Config {
     /// The stock WireGuard front (off when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wireguard: Option<WireGuardConfig>,
+    /// This relay's fleet: the other relays clients are sent to while it drains.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet: Option<FleetConfig>,
+}
+
+/// `fleet:` section.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// The fleet's other relays, in the order clients should try them while this one drains.
+    pub alternates: Vec<AlternateConfig>,
+}
+
+/// One other relay of the fleet.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AlternateConfig {
+    /// Its API's base URL, named in the 503 that refuses new sessions and pairs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api: Option<String>,
+    /// Its TURN addresses (UDP and TCP), per family: TURN's ALTERNATE-SERVER.
+    pub turn: Vec<SocketAddr>,
+    /// Its TURN-over-TLS addresses, per family.
+    pub turns: Vec<SocketAddr>,
 }
 
 /// `wireguard:` section: pairs of stock WireGuard peers relayed without client software. A
@@ -265,6 +289,10 @@ pub struct TokenConfig {
     /// Sessions this token may hold at once.
     #[serde(default = "default_token_quota")]
     pub max_sessions: u32,
+    /// May drain and undrain this relay (`relay drain`): an operator's token, not an
+    /// application's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin: bool,
 }
 
 fn default_token_quota() -> u32 {
@@ -735,6 +763,9 @@ impl Config {
         if let Some(wireguard) = &self.wireguard {
             self.validate_wireguard(wireguard)?;
         }
+        if let Some(fleet) = &self.fleet {
+            validate_fleet(fleet)?;
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return err(
                 "log.level",
@@ -743,6 +774,32 @@ impl Config {
         }
         Ok(())
     }
+}
+
+fn validate_fleet(f: &FleetConfig) -> Result<(), (String, String)> {
+    for (i, a) in f.alternates.iter().enumerate() {
+        let err = |key: &str, msg: String| Err((format!("fleet.alternates[{i}].{key}"), msg));
+        if let Some(api) = &a.api {
+            match url::Url::parse(api) {
+                Ok(u) if ["http", "https"].contains(&u.scheme()) => {}
+                _ => return err("api", format!("{api:?} is not an http(s) URL")),
+            }
+        }
+        for (key, list) in [("turn", &a.turn), ("turns", &a.turns)] {
+            for addr in list.iter() {
+                if addr.ip().is_unspecified() || addr.port() == 0 {
+                    return err(key, format!("{addr} is not an address clients can reach"));
+                }
+            }
+        }
+        if a.api.is_none() && a.turn.is_empty() && a.turns.is_empty() {
+            return Err((
+                format!("fleet.alternates[{i}]"),
+                "give its api URL, its turn addresses or both".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Config {

@@ -33,6 +33,7 @@ pub struct ApiServer {
     pub addr: SocketAddr,
     tokens: Arc<ArcSwap<TokenStore>>,
     requests: Arc<Mutex<SourceLimiter>>,
+    fleet: Arc<crate::fleet::Fleet>,
     tls: Option<RustlsConfig>,
     task: JoinHandle<()>,
 }
@@ -83,6 +84,7 @@ impl ApiServer {
             addr,
             tokens: state.tokens.clone(),
             requests: state.requests.clone(),
+            fleet: state.fleet.clone(),
             tls,
             task,
         })
@@ -119,6 +121,8 @@ impl ApiServer {
         if let (Some(tls), Some(config)) = (&self.tls, certificate) {
             tls.reload_from_config(config);
         }
+        self.fleet
+            .set_alternates(crate::fleet::Alternates::from_config(new.fleet.as_ref()));
     }
 
     /// Waits for the server to finish draining (after `stopped` turned true).

@@ -29,6 +29,8 @@ pub struct MetricsSource {
     pub interfaces: Vec<String>,
     /// The fronts' own series.
     pub fronts: Vec<Arc<dyn FrontMetrics>>,
+    /// Draining or not.
+    pub fleet: Arc<crate::fleet::Fleet>,
 }
 
 impl MetricsSource {
@@ -42,6 +44,7 @@ impl MetricsSource {
             interfaces: self.interfaces.clone(),
             top_sessions,
             fronts: self.fronts.clone(),
+            fleet: self.fleet.clone(),
         };
         match metrics::render(collector) {
             Ok(text) => (

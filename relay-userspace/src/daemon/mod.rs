@@ -173,11 +173,16 @@ impl Daemon {
         let (plane, adopted) =
             session_plane(config, &listen, forward.clone(), counters.clone(), kernel)?;
         let plane: SharedPlane = Arc::new(Mutex::new(plane));
+        let fleet = crate::fleet::Fleet::open(
+            crate::fleet::Alternates::from_config(config.fleet.as_ref()),
+            pin_dir.as_deref(),
+        );
         let api_state = ApiState::new(
             plane.clone(),
             TokenStore::new(&config.api.tokens),
             config.api.requests_per_sec_per_source,
-        );
+        )
+        .with_fleet(fleet);
 
         let fronts = fronts::start_all(&FrontContext {
             config,
@@ -189,6 +194,13 @@ impl Daemon {
             pin_dir: pin_dir.as_deref(),
         })?;
 
+        let _ = api_state.readiness.set(crate::api::fleet::ReadinessSource {
+            xdp_off: config.xdp.mode == crate::config::XdpMode::Off,
+            interfaces: config.interfaces.clone(),
+            pin_dir: pin_dir.clone(),
+            max_sessions: config.sessions.max_sessions,
+            fronts: fronts.clone(),
+        });
         let (shutdown, stopped) = watch::channel(false);
         let metrics = match &config.metrics {
             Some(m) => {
@@ -199,6 +211,7 @@ impl Daemon {
                     api: api_state.metrics.clone(),
                     interfaces: config.interfaces.clone(),
                     fronts: fronts.iter().filter_map(|f| f.metrics()).collect(),
+                    fleet: api_state.fleet.clone(),
                 };
                 Some(metrics_server::start(m, source, stopped.clone()).await?)
             }

@@ -70,6 +70,10 @@ pub trait Front: Any + Send + Sync {
     fn apply_reload(&self, _config: &Config) {}
     /// Stops its sockets and threads (the daemon is stopping).
     fn stop(&self);
+    /// Its allocations held and the most it holds, for a front that has its own (TURN).
+    fn allocations(&self) -> Option<(u64, u64)> {
+        None
+    }
 }
 
 /// Starts every front: the session protocol always, TURN and WireGuard pairs when configured.

@@ -94,6 +94,7 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<SessionDetails>), ApiError> {
     let token = state.shared.token(&headers)?;
+    crate::api::fleet::refuse_while_draining(&state.shared, "sessions")?;
     let request: CreateSession = json_body(&headers, body)?;
     let idempotency_key = idempotency_key(&headers, request.idempotency_key)?;
     let labels = request.labels.unwrap_or_default();

@@ -115,6 +115,7 @@ pub struct TurnFront {
     tasks: Vec<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     local: Vec<SocketAddr>,
+    max_allocations: u32,
 }
 
 impl TurnFront {
@@ -165,7 +166,9 @@ impl TurnFront {
                 .nonce_key(fresh)?,
             None => fresh,
         };
-        let server = TurnServer::new(settings, credentials(turn), Nonces::new(nonce_key), policy);
+        let mut server =
+            TurnServer::new(settings, credentials(turn), Nonces::new(nonce_key), policy);
+        server.set_fleet(context.api.fleet.clone());
         let ports = Arc::new(DashMap::new());
         let sockets = RelaySockets {
             local: [relayed_v4.map(|r| r.local), relayed_v6.map(|r| r.local)],
@@ -297,6 +300,7 @@ impl TurnFront {
             tasks,
             stop,
             local,
+            max_allocations: turn.max_allocations,
         })
     }
 
@@ -336,6 +340,10 @@ impl Front for TurnFront {
 
     fn metrics(&self) -> Option<Arc<dyn FrontMetrics>> {
         Some(self.core.clone())
+    }
+
+    fn allocations(&self) -> Option<(u64, u64)> {
+        Some((self.allocations() as u64, u64::from(self.max_allocations)))
     }
 
     fn check_reload(&self, config: &crate::config::Config) -> Result<()> {

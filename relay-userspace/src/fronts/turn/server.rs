@@ -22,6 +22,7 @@ use std::{
     collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     ops::RangeInclusive,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -29,9 +30,9 @@ use rand::{Rng, RngCore, SeedableRng, rngs::StdRng};
 use relay_common::maps::SessionLimits;
 use stun_types::{
     attribute::{
-        Attribute, AttributeStaticType, AttributeType, MessageIntegrity, MessageIntegritySha256,
-        Nonce, PasswordAlgorithm, PasswordAlgorithmValue, PasswordAlgorithms, Realm, Username,
-        XorMappedAddress,
+        AlternateServer, Attribute, AttributeStaticType, AttributeType, MessageIntegrity,
+        MessageIntegritySha256, Nonce, PasswordAlgorithm, PasswordAlgorithmValue,
+        PasswordAlgorithms, Realm, Username, XorMappedAddress,
     },
     message::{BINDING, IntegrityAlgorithm, IntegrityKey, Message, MessageClass},
 };
@@ -50,7 +51,10 @@ use super::{
     auth::{Credentials, NonceCheck, Nonces, quota_user},
     reply::{Reply, Signer},
 };
-use crate::control::address_policy::{AddressPolicy, normalise};
+use crate::{
+    control::address_policy::{AddressPolicy, normalise},
+    fleet::{Alternates, Fleet},
+};
 
 /// How a client reaches the TURN port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -396,6 +400,8 @@ pub struct TurnServer {
     per_user: HashMap<String, u32>,
     guard: AmplificationGuard,
     rng: StdRng,
+    /// Draining sends new allocations to the fleet's alternates.
+    fleet: Arc<Fleet>,
 }
 
 impl TurnServer {
@@ -422,7 +428,13 @@ impl TurnServer {
             per_user: HashMap::new(),
             guard: AmplificationGuard::new(amplification),
             rng: StdRng::from_os_rng(),
+            fleet: Arc::new(Fleet::unpinned(Alternates::default())),
         }
+    }
+
+    /// Shares the daemon's drain state and alternates.
+    pub fn set_fleet(&mut self, fleet: Arc<Fleet>) {
+        self.fleet = fleet;
     }
 
     /// Replaces the credentials (configuration reload): existing allocations keep running; their
@@ -592,6 +604,26 @@ impl TurnServer {
                 request.transaction_id(),
             ));
             return self.unverified(&asked, clock, reply.finish(None), "binding", "");
+        }
+        if method == ALLOCATE
+            && self.fleet.draining()
+            && !self.allocations.contains_key(&five_tuple)
+        {
+            // Before authentication, as coturn does: the first (unauthenticated) Allocate is
+            // redirected at once, and RFC 8489 §10 lets a 300 go unsigned. What is allocated
+            // here already keeps working.
+            let tls = five_tuple.transport == Transport::Tls;
+            return match self.fleet.alternates().turn_for(five_tuple.client, tls) {
+                Some(alternate) => {
+                    let mut reply = Reply::error(&request, 300, "draining: try the alternate");
+                    reply.add(&AlternateServer::new(alternate));
+                    self.unverified(&asked, clock, reply.finish(None), "error_300", "draining")
+                }
+                None => {
+                    let reply = Reply::error(&request, 508, "draining").finish(None);
+                    self.unverified(&asked, clock, reply, "error_508_draining", "draining")
+                }
+            };
         }
         if ![ALLOCATE, REFRESH, CREATE_PERMISSION, CHANNEL_BIND].contains(&method) {
             let reply = Reply::error(&request, 400, "").finish(None);
@@ -1200,6 +1232,7 @@ fn error_name(code: u16) -> &'static str {
         442 => "error_442",
         443 => "error_443",
         486 => "error_486",
+        300 => "error_300",
         508 => "error_508",
         _ => "error_other",
     }

@@ -106,6 +106,7 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<PairDetails>), ApiError> {
     let token = state.shared.token(&headers)?;
+    crate::api::fleet::refuse_while_draining(&state.shared, "WireGuard pairs")?;
     let request: CreatePair = json_body(&headers, body)?;
     let idempotency_key = idempotency_key(&headers, request.idempotency_key)?;
     let keys = request.public_keys.ok_or_else(|| {

@@ -757,3 +757,61 @@ fn by_default_a_small_first_request_is_answered_at_once_within_the_allowance() {
     );
     assert!(answered > spent, "the allowance was used");
 }
+
+#[test]
+fn a_draining_server_sends_new_allocations_to_an_alternate_of_their_family_and_keeps_the_rest() {
+    use crate::fleet::{Alternates, Fleet};
+    let mut h = Harness::new(settings());
+    // Allocated before the drain.
+    let (mut kept, _, _) = allocated(&mut h, "198.51.100.9:40000");
+    let fleet = Arc::new(Fleet::unpinned(Alternates {
+        api: vec![],
+        turn: vec![
+            "192.0.2.20:3478".parse().unwrap(),
+            "[2001:db8:2::20]:3478".parse().unwrap(),
+        ],
+        turns: vec![],
+    }));
+    h.server.set_fleet(fleet.clone());
+    fleet.set_draining(true).unwrap();
+
+    // A new client's first (unauthenticated) Allocate: 300 with its family's alternate.
+    for (addr, alternate) in [
+        ("198.51.100.10:40000", "192.0.2.20:3478"),
+        ("[2001:db8:a::10]:40000", "[2001:db8:2::20]:3478"),
+    ] {
+        let c = client(addr);
+        let out = h.send(&c, &c.request(ALLOCATE, &[&udp()], 64));
+        let reply = out.reply.expect("an answer");
+        assert_eq!(code(&reply), 300, "{:?}", out.reason);
+        assert_eq!(out.result, "error_300");
+        let m = Message::from_bytes(&reply).unwrap();
+        assert_eq!(
+            m.attribute::<AlternateServer>().unwrap().server(),
+            alternate.parse::<SocketAddr>().unwrap()
+        );
+    }
+    // An authenticated one too (a client that had a nonce from before the drain).
+    let mut late = client("198.51.100.11:40000");
+    late.nonce = kept.nonce.clone();
+    let out = h.send(&late, &late.request(ALLOCATE, &[&udp()], 0));
+    assert_eq!(code(out.reply.as_ref().unwrap()), 300);
+    assert_eq!(h.server.len(), 1, "nothing new was allocated");
+
+    // What was allocated keeps working: a Refresh is answered.
+    let refresh = kept.request(REFRESH, &[&Lifetime::new(600)], 0);
+    let out = h.send(&kept, &refresh);
+    assert_eq!(code(out.reply.as_ref().unwrap()), 0, "{:?}", out.reason);
+    kept.fingerprint = true;
+
+    // Over TLS there is no alternate of that family here: 508, not a redirect to nowhere.
+    let mut tls = client("198.51.100.12:40000");
+    tls.five_tuple.transport = Transport::Tls;
+    let out = h.send(&tls, &tls.request(ALLOCATE, &[&udp()], 64));
+    assert_eq!(code(out.reply.as_ref().unwrap()), 508);
+    assert_eq!(out.result, "error_508_draining");
+
+    // Undrained: allocations again.
+    fleet.set_draining(false).unwrap();
+    allocated(&mut h, "198.51.100.13:40000");
+}
