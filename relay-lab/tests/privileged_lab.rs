@@ -805,4 +805,22 @@ fn a_drain_keeps_what_runs_survives_a_restart_and_ends_with_undrain() {
     let out = s.relay_cli(&["undrain"]).unwrap();
     assert!(out.contains("not draining"), "{out}");
     s.relay_cli(&["client", "create", "--json"]).unwrap();
+
+    // On the host, without the API (a Kubernetes preStop hook): the daemon follows the pinned
+    // state within a tick.
+    let pin_dir = s.pin_dir.to_str().unwrap().to_string();
+    let out = s
+        .relay_cli(&["drain", "--local", "--pin-dir", &pin_dir])
+        .unwrap();
+    assert!(out.contains("draining since"), "{out}");
+    assert!(NatLab::wait_until(Duration::from_secs(3), || s
+        .relay_cli(&["client", "create", "--json"])
+        .is_err()));
+    let out = s
+        .relay_cli(&["undrain", "--local", "--pin-dir", &pin_dir])
+        .unwrap();
+    assert!(out.contains("not draining"), "{out}");
+    assert!(NatLab::wait_until(Duration::from_secs(3), || s
+        .relay_cli(&["client", "create", "--json"])
+        .is_ok()));
 }

@@ -156,6 +156,28 @@ impl Fleet {
         Ok(true)
     }
 
+    /// Follows the pinned state, which `relay drain --local` writes without the API (on the
+    /// host, or in a Kubernetes `preStop` hook): called every tick.
+    pub fn follow_pinned(&self) {
+        let pinned = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(state) = pinned.as_ref().and_then(|m| m.get(&0, 0).ok()) else {
+            return;
+        };
+        let since = if state.draining != 0 {
+            state.since_unix_s.max(1)
+        } else {
+            0
+        };
+        let before = self.since.swap(since, Ordering::Relaxed);
+        if (before != 0) != (since != 0) {
+            info!(
+                target: "audit",
+                draining = since != 0,
+                "drain changed in the pinned state (relay drain --local)"
+            );
+        }
+    }
+
     /// The alternates in force.
     pub fn alternates(&self) -> Arc<Alternates> {
         self.alternates.load_full()
@@ -177,6 +199,24 @@ fn open_pinned(dir: &Path) -> Result<Array<MapData, FleetState>> {
 /// map is not pinned there.
 pub fn pinned_state(dir: &Path) -> Option<FleetState> {
     open_pinned(dir).ok().and_then(|m| m.get(&0, 0).ok())
+}
+
+/// Writes the drain state pinned in `dir` (`relay drain --local`); a running daemon follows it
+/// within a second. Returns the state now in force.
+pub fn set_pinned(dir: &Path, on: bool) -> Result<FleetState> {
+    let mut map = open_pinned(dir)?;
+    let now = map.get(&0, 0).unwrap_or_default();
+    if (now.draining != 0) == on {
+        return Ok(now);
+    }
+    let state = FleetState {
+        draining: u32::from(on),
+        reserved: 0,
+        since_unix_s: if on { now_unix_s() } else { 0 },
+    };
+    map.set(0, state, 0)
+        .context("writing the pinned drain state")?;
+    Ok(state)
 }
 
 #[cfg(test)]

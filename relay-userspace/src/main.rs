@@ -7,7 +7,7 @@ use relay_userspace::{
         check::{self, CheckArgs},
         client::{self, ClientCommand},
         down::{self, DownArgs},
-        drain::{self, DrainArgs},
+        drain::{self, DrainArgs, UndrainArgs},
         explain::{self, ExplainArgs},
         sessions::{self, SessionsArgs},
         stats::{self, StatsArgs},
@@ -52,7 +52,7 @@ enum Command {
     /// (naming the alternates) while what runs keeps running (an admin token).
     Drain(DrainArgs),
     /// Take new sessions, pairs and allocations again (an admin token).
-    Undrain(relay_userspace::cli::client::ApiArgs),
+    Undrain(UndrainArgs),
     /// Allocate, inspect and join sessions as a client.
     #[command(subcommand)]
     Client(ClientCommand),

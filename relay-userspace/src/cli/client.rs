@@ -35,7 +35,7 @@ pub struct ApiArgs {
     pub api: Vec<String>,
     /// API token (better given in RELAY_TOKEN than on the command line).
     #[arg(long, env = "RELAY_TOKEN", hide_env_values = true)]
-    pub token: String,
+    pub token: Option<String>,
     /// PEM file of the certificate (or its CA) an https:// API presents, when no public CA
     /// vouches for it (e.g. a self-signed certificate).
     #[arg(long, env = "RELAY_CA_CERT")]
@@ -43,10 +43,16 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
+    fn token(&self) -> Result<&str> {
+        self.token
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("give the API token: --token or RELAY_TOKEN"))
+    }
+
     /// The one relay this command acts on (a session, a pair, a drain lives on one).
     pub(crate) fn client(&self) -> Result<ApiClient> {
         match self.api.as_slice() {
-            [one] => ApiClient::new(one, &self.token, self.ca_cert.as_deref()),
+            [one] => ApiClient::new(one, self.token()?, self.ca_cert.as_deref()),
             several => anyhow::bail!(
                 "--api names {} relays; this command acts on one: give the relay it concerns",
                 several.len()
@@ -61,7 +67,7 @@ impl ApiArgs {
         let mut ready = Vec::new();
         let mut others = Vec::new();
         for base in &self.api {
-            let client = ApiClient::new(base, &self.token, self.ca_cert.as_deref())?;
+            let client = ApiClient::new(base, self.token()?, self.ca_cert.as_deref())?;
             if self.api.len() == 1 {
                 return Ok(vec![(base.clone(), client)]);
             }

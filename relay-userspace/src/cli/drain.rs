@@ -2,14 +2,21 @@
 //! (docs/operations.md, "Running a fleet"). Draining refuses new sessions, pairs and TURN
 //! allocations (naming the alternates) while everything already here keeps running; `--wait`
 //! returns when nothing is left, for maintenance scripts and Kubernetes' `preStop`.
+//!
+//! Over the API with an admin token, or `--local`: as root on the relay host (or in its pod),
+//! writing the pinned drain state that the daemon follows within a second — no token, no TLS
+//! name to match, and it works while the daemon is down.
 
 use std::{process::ExitCode, time::Duration};
 
 use anyhow::Result;
 use clap::Args;
 
-use super::client::ApiArgs;
-use crate::api::fleet::DrainState;
+use super::{client::ApiArgs, sessions::PinArgs};
+use crate::{
+    api::fleet::{DrainState, Occupancy, Readiness},
+    fleet, inspect,
+};
 
 /// `relay drain` arguments.
 #[derive(Args, Debug)]
@@ -25,6 +32,60 @@ pub struct DrainArgs {
     /// Only show the drain state; change nothing.
     #[arg(long, conflicts_with = "wait")]
     pub status: bool,
+    /// Write the pinned drain state directly (root on the relay host; no API, no token).
+    #[arg(long)]
+    pub local: bool,
+    #[command(flatten)]
+    pub pin: PinArgs,
+}
+
+/// `relay undrain` arguments.
+#[derive(Args, Debug)]
+pub struct UndrainArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+    /// Write the pinned drain state directly (root on the relay host; no API, no token).
+    #[arg(long)]
+    pub local: bool,
+    #[command(flatten)]
+    pub pin: PinArgs,
+}
+
+/// The drain state and what is left, read from the pinned maps (`--local`).
+fn local_state(pin: &PinArgs) -> Result<DrainState> {
+    let dir = &pin.pin_dir;
+    let state = fleet::pinned_state(dir).ok_or_else(|| {
+        anyhow::anyhow!(
+            "no drain state pinned in {} (is the relay running there, with this build?)",
+            dir.display()
+        )
+    })?;
+    let snapshot = inspect::snapshot(dir)?;
+    let pairs = snapshot
+        .sessions
+        .iter()
+        .filter(|s| s.kind == "wireguard")
+        .count() as u64;
+    let max = u64::from(snapshot.capacity);
+    let readiness = Readiness {
+        draining: state.draining != 0,
+        sessions: Occupancy {
+            used: snapshot.sessions.len() as u64 - pairs,
+            max,
+        },
+        pairs: Occupancy { used: pairs, max },
+        allocations: Some(Occupancy {
+            used: snapshot.allocations.len() as u64,
+            max: u64::from(snapshot.allocation_capacity),
+        }),
+        ..Readiness::default()
+    };
+    Ok(DrainState {
+        draining: state.draining != 0,
+        since: (state.draining != 0).then(|| crate::api::rfc3339(state.since_unix_s * 1000)),
+        remaining: readiness.remaining(),
+        readiness,
+    })
 }
 
 fn describe(s: &DrainState) -> String {
@@ -47,11 +108,21 @@ fn describe(s: &DrainState) -> String {
 
 /// Runs `relay drain`.
 pub async fn drain(args: DrainArgs) -> Result<ExitCode> {
-    let client = args.api.client()?;
-    let mut state = if args.status {
-        client.drain_state().await?
+    let client = if args.local {
+        if !args.status {
+            fleet::set_pinned(&args.pin.pin_dir, true)?;
+        }
+        None
     } else {
-        client.set_draining(true).await?
+        Some(args.api.client()?)
+    };
+    let current = async || match &client {
+        Some(c) => c.drain_state().await,
+        None => local_state(&args.pin),
+    };
+    let mut state = match &client {
+        Some(c) if !args.status => c.set_draining(true).await?,
+        _ => current().await?,
     };
     println!("{}", describe(&state));
     if !args.wait {
@@ -69,7 +140,7 @@ pub async fn drain(args: DrainArgs) -> Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
-        state = client.drain_state().await?;
+        state = current().await?;
         if !state.draining {
             println!("undrained meanwhile: {}", describe(&state));
             return Ok(ExitCode::FAILURE);
@@ -84,8 +155,13 @@ pub async fn drain(args: DrainArgs) -> Result<ExitCode> {
 }
 
 /// Runs `relay undrain`.
-pub async fn undrain(args: ApiArgs) -> Result<()> {
-    let state = args.client()?.set_draining(false).await?;
+pub async fn undrain(args: UndrainArgs) -> Result<()> {
+    let state = if args.local {
+        fleet::set_pinned(&args.pin.pin_dir, false)?;
+        local_state(&args.pin)?
+    } else {
+        args.api.client()?.set_draining(false).await?
+    };
     println!("{}", describe(&state));
     Ok(())
 }

@@ -32,7 +32,7 @@ impl Config {
             ("turn", turn_restart(&self.turn) != turn_restart(&new.turn)),
         ];
         // Not listed, because a reload applies them: api.tokens, the api.tls file paths,
-        // api.requests_per_sec_per_source, turn.secrets, turn.users, the turn.tls files and
+        // api.requests_per_sec_per_source, turn.secrets (and secret_files), turn.users, the turn.tls files and
         // fleet (the alternates).
         for (key, differs) in sections {
             if differs {
@@ -47,6 +47,7 @@ impl Config {
 fn turn_restart(turn: &Option<super::TurnConfig>) -> Option<super::TurnConfig> {
     turn.clone().map(|mut t| {
         t.secrets.clear();
+        t.secret_files.clear();
         t.users.clear();
         if let Some(tls) = &mut t.tls {
             tls.cert = Default::default();

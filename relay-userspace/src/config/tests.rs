@@ -201,18 +201,63 @@ fn missing_required_section_is_reported() {
 fn fleet_alternates_name_their_bad_key() {
     let base = "interfaces: [eth0]\napi:\n  tokens:\n    - name: a\n      token: a-token-of-16-chars-or-more\nfleet:\n  alternates:\n";
     for (alternate, key, says) in [
-        ("    - api: ftp://x\n", "fleet.alternates[0].api", "not an http(s) URL"),
+        (
+            "    - api: ftp://x\n",
+            "fleet.alternates[0].api",
+            "not an http(s) URL",
+        ),
         (
             "    - turn: [0.0.0.0:3478]\n",
             "fleet.alternates[0].turn",
             "not an address clients can reach",
         ),
         ("    - {}\n", "fleet.alternates[0]", "give its api URL"),
-        ("    - colour: red\n", "fleet.alternates[0].colour", "unknown field"),
+        (
+            "    - colour: red\n",
+            "fleet.alternates[0].colour",
+            "unknown field",
+        ),
     ] {
         let e = Config::parse(&format!("{base}{alternate}"), "test").unwrap_err();
-        assert!(e.key.starts_with(key) || e.message.contains(key), "{alternate}: {e:?}");
+        assert!(
+            e.key.starts_with(key) || e.message.contains(key),
+            "{alternate}: {e:?}"
+        );
         assert!(e.message.contains(says), "{alternate}: {e:?}");
         assert!(e.line.is_some(), "{e:?}");
     }
+}
+
+#[test]
+fn turn_secret_files_are_read_checked_and_named_by_key() {
+    let dir = std::env::temp_dir().join(format!("relay-secret-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("turn-secret");
+    std::fs::write(&good, "a-secret-from-a-mounted-file\n").unwrap();
+    let short = dir.join("short");
+    std::fs::write(&short, "tiny\n").unwrap();
+    let config = |file: &std::path::Path| {
+        format!(
+            "interfaces: [eth0]\napi:\n  tokens:\n    - name: a\n      token: a-token-of-16-chars-or-more\n\
+             turn:\n  realm: r.test\n  secret_files:\n    - {}\n",
+            file.display()
+        )
+    };
+    let c = Config::parse(&config(&good), "test").unwrap();
+    // The file's secret, without the newline `kubectl create secret --from-file` keeps.
+    assert_eq!(
+        c.turn.as_ref().unwrap().all_secrets(),
+        ["a-secret-from-a-mounted-file"]
+    );
+    for (file, says) in [
+        (short.clone(), "at least 16"),
+        (dir.join("missing"), "cannot read"),
+        (std::path::PathBuf::from("relative"), "absolute"),
+    ] {
+        let e = Config::parse(&config(&file), "test").unwrap_err();
+        assert_eq!(e.key, "turn.secret_files[0]", "{e:?}");
+        assert!(e.message.contains(says), "{e:?}");
+        assert!(e.line.is_some(), "{e:?}");
+    }
+    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -410,6 +410,10 @@ pub struct TurnConfig {
     /// Shared secrets of the TURN REST API convention (several at once for rotation; reloaded
     /// on SIGHUP).
     pub secrets: Vec<String>,
+    /// Files holding one shared secret each (a Kubernetes Secret's keys, mounted), besides
+    /// `secrets`; read at start and on SIGHUP.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<PathBuf>,
     /// Static users (reloaded on SIGHUP).
     pub users: Vec<TurnUserConfig>,
     /// Longest a REST credential may still be valid for when it is used.
@@ -477,6 +481,7 @@ impl Default for TurnConfig {
             },
             advertise: TurnAdvertise::default(),
             secrets: Vec::new(),
+            secret_files: Vec::new(),
             users: Vec::new(),
             max_credential_ttl: Duration::from_secs(7 * 24 * 3600),
             default_lifetime: Duration::from_secs(600),
@@ -776,6 +781,30 @@ impl Config {
     }
 }
 
+/// A secret file's content, without the trailing newline editors and `kubectl create secret
+/// --from-file` leave.
+pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
+    Ok(std::fs::read_to_string(path)?.trim_end().to_string())
+}
+
+impl TurnConfig {
+    /// `secrets` and the contents of `secret_files` (validated at load: a file that went away
+    /// since is skipped with a warning).
+    pub fn all_secrets(&self) -> Vec<String> {
+        let mut all = self.secrets.clone();
+        for path in &self.secret_files {
+            match read_secret_file(path) {
+                Ok(secret) if !secret.is_empty() => all.push(secret),
+                Ok(_) => tracing::warn!(file = %path.display(), "turn.secret_files: empty now"),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), error = %e, "turn.secret_files: unreadable now")
+                }
+            }
+        }
+        all
+    }
+}
+
 fn validate_fleet(f: &FleetConfig) -> Result<(), (String, String)> {
     for (i, a) in f.alternates.iter().enumerate() {
         let err = |key: &str, msg: String| Err((format!("fleet.alternates[{i}].{key}"), msg));
@@ -869,7 +898,27 @@ impl Config {
                 return err("relay_ports", format!("must not include {name} {port}"));
             }
         }
-        if t.secrets.is_empty() && t.users.is_empty() {
+        for (i, path) in t.secret_files.iter().enumerate() {
+            let key = format!("secret_files[{i}]");
+            if !path.is_absolute() {
+                return err(&key, "must be an absolute path".into());
+            }
+            match read_secret_file(path) {
+                Ok(secret) if secret.len() < MIN_TURN_SECRET_LEN => {
+                    return err(
+                        &key,
+                        format!(
+                            "{} holds {} characters; a secret needs at least {MIN_TURN_SECRET_LEN}",
+                            path.display(),
+                            secret.len()
+                        ),
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => return err(&key, format!("cannot read {}: {e}", path.display())),
+            }
+        }
+        if t.secrets.is_empty() && t.users.is_empty() && t.secret_files.is_empty() {
             return err(
                 "secrets",
                 "give shared secrets, static users, or both: nobody could authenticate".into(),

@@ -218,7 +218,7 @@ impl Daemon {
             None => None,
         };
         let api = ApiServer::start(config, &api_state, &fronts, stopped.clone())?;
-        let ticker = ticker::start(plane.clone(), stopped);
+        let ticker = ticker::start(plane.clone(), api_state.fleet.clone(), stopped);
         let started = Started {
             relay: fronts.iter().flat_map(|f| f.local_addrs()).collect(),
             api: api.addr,

@@ -1,5 +1,6 @@
 //! The daemon's clock: once a second the session plane expires what is due and copies the
-//! userspace counters into the pinned maps; under systemd each tick also pings the watchdog.
+//! userspace counters into the pinned maps, and the drain state follows its pinned copy (which
+//! `relay drain --local` writes); under systemd each tick also pings the watchdog.
 
 use std::time::{Duration, Instant};
 
@@ -11,7 +12,11 @@ use crate::control::plane::SharedPlane;
 const TICK: Duration = Duration::from_secs(1);
 
 /// Ticks until `stopped` turns true.
-pub fn start(plane: SharedPlane, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
+pub fn start(
+    plane: SharedPlane,
+    fleet: std::sync::Arc<crate::fleet::Fleet>,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
     // Under systemd with WatchdogSec=, a ping per tick proves the control plane still turns
     // over (a stuck lock stops the pings and systemd restarts the daemon).
     let mut watchdog_usec = 0;
@@ -29,6 +34,7 @@ pub fn start(plane: SharedPlane, mut stopped: watch::Receiver<bool>) -> JoinHand
                 plane.expire(now);
                 plane.flush_counters(now);
             }
+            fleet.follow_pinned();
             if watchdog {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }

@@ -95,7 +95,7 @@ pub fn settings(
 pub fn credentials(turn: &TurnConfig) -> Credentials {
     Credentials::new(
         &turn.realm,
-        &turn.secrets,
+        &turn.all_secrets(),
         &turn
             .users
             .iter()
@@ -372,7 +372,7 @@ impl Front for TurnFront {
             .set_credentials(credentials(turn));
         info!(
             target: "audit",
-            secrets = turn.secrets.len(),
+            secrets = turn.secrets.len() + turn.secret_files.len(),
             users = turn.users.len(),
             "TURN credentials reloaded"
         );
