@@ -83,6 +83,8 @@ pub struct ScenarioOptions {
     /// default. This is that pin directory as this process sees it. [`Scenario::start`] returns
     /// once the lab is up; [`Scenario::open_session`] allocates when the relay runs.
     pub external_relay: Option<PathBuf>,
+    /// More arguments for `relay serve` (e.g. `--clear-drain`).
+    pub serve_args: Vec<String>,
 }
 
 /// How the README writes a ticket in its commands; replaced by the leg's real ticket.
@@ -133,6 +135,7 @@ impl ScenarioOptions {
             api_bulk: false,
             join_command: None,
             external_relay: None,
+            serve_args: Vec::new(),
         }
     }
 }
@@ -222,7 +225,8 @@ fn relay_config(options: &ScenarioOptions, pin_dir: &Path, dir: &Path) -> String
 fn relay_command(options: &ScenarioOptions, config: &Path) -> Result<(PathBuf, Vec<String>)> {
     let bin = options.relay_bin.to_str().context("path")?.to_string();
     let config = config.to_str().context("path")?.to_string();
-    let serve = vec!["serve".to_string(), "--config".to_string(), config];
+    let mut serve = vec!["serve".to_string(), "--config".to_string(), config];
+    serve.extend(options.serve_args.iter().cloned());
     Ok(match options.open_files_soft {
         None => (options.relay_bin.clone(), serve),
         Some(soft) => {

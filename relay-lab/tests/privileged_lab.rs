@@ -823,4 +823,16 @@ fn a_drain_keeps_what_runs_survives_a_restart_and_ends_with_undrain() {
     assert!(NatLab::wait_until(Duration::from_secs(3), || s
         .relay_cli(&["client", "create", "--json"])
         .is_ok()));
+
+    // Drained with the daemon down (what a pod's preStop hook leaves behind), then a daemon
+    // started with --clear-drain (the next pod) takes new work at once.
+    assert!(s.lab.stop("relay").unwrap().success());
+    s.relay_cli(&["drain", "--local", "--pin-dir", &pin_dir])
+        .unwrap();
+    s.options.serve_args = vec!["--clear-drain".into()];
+    s.start_relay().unwrap();
+    let status = s.relay_cli(&["drain", "--status"]).unwrap();
+    assert!(status.contains("not draining"), "{status}");
+    s.relay_cli(&["client", "create", "--json"]).unwrap();
+    exchange(&s, 1);
 }

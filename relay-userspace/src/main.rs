@@ -43,6 +43,10 @@ enum Command {
         /// restart or upgrade loses nothing.
         #[arg(long)]
         detach_on_exit: bool,
+        /// Take new work at start even if a previous daemon left this relay draining (in
+        /// Kubernetes the preStop hook of the pod this one replaces drained it).
+        #[arg(long)]
+        clear_drain: bool,
     },
     /// Preflight: can this host run the relay, natively and fast? (non-zero exit on a failure)
     Check(CheckArgs),
@@ -101,11 +105,16 @@ fn main() -> Result<std::process::ExitCode> {
         Command::Serve {
             config,
             detach_on_exit,
+            clear_drain,
         } => {
             let path = config;
             let config = Config::load(&path)?;
             logging::init(&config.log.level, config.log.format);
-            runtime.block_on(daemon::serve::run(&path, config, detach_on_exit))?;
+            let options = daemon::serve::Options {
+                detach_on_exit,
+                clear_drain,
+            };
+            runtime.block_on(daemon::serve::run(&path, config, options))?;
             Ok(ok)
         }
         Command::Down(args) => down::run(args).map(|()| ok),

@@ -70,7 +70,12 @@ const PACKAGES: &[(&str, &str)] = &[
 pub const LAB_VENV: &str = "target/lab-venv";
 
 /// PyPI packages of the lab's environment, pinned.
-const PYTHON_PACKAGES: &[(&str, &str)] = &[("aioice", "0.10.1"), ("websockets", "15.0.1")];
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("aioice", "0.10.1"),
+    ("websockets", "15.0.1"),
+    // Validates deploy/kubernetes offline against its bundled Kubernetes schemas.
+    ("kubernetes-validate", "1.31.0"),
+];
 
 /// Runs every setup step.
 pub fn run() -> Result<()> {
@@ -83,6 +88,7 @@ pub fn run() -> Result<()> {
     cargo_deb()?;
     debian_packages()?;
     python_venv()?;
+    kubectl();
     bpffs()?;
     kernel_btf();
     println!("== setup done");
@@ -208,6 +214,18 @@ fn cargo_deb() -> Result<()> {
         CARGO_DEB_VERSION,
         Command::new("cargo").args(["deb", "--version"]),
     )
+}
+
+/// kubectl renders deploy/kubernetes in its test (`kubectl kustomize`, offline). Debian does not
+/// package it; these machines have it. Missing, the test fails and says so.
+fn kubectl() {
+    match output(Command::new("kubectl").args(["version", "--client"])) {
+        Some(v) => println!("kubectl: found ({})", v.lines().next().unwrap_or("").trim()),
+        None => println!(
+            "kubectl: MISSING — the Kubernetes manifests' test will fail; install kubectl \
+             (https://kubernetes.io/docs/tasks/tools/)"
+        ),
+    }
 }
 
 fn is_installed(package: &str) -> bool {

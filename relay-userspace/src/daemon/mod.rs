@@ -84,6 +84,7 @@ pub struct Daemon {
     pin_dir: Option<std::path::PathBuf>,
     /// The configuration in force (the last one reloaded, for reload's comparison).
     config: Config,
+    fleet: Arc<crate::fleet::Fleet>,
 }
 
 /// The session plane over `kernel` (when loaded), with the sessions a previous daemon pinned.
@@ -243,6 +244,7 @@ impl Daemon {
             shutdown,
             pin_dir,
             config: config.clone(),
+            fleet: api_state.fleet.clone(),
         })
     }
 
@@ -318,6 +320,11 @@ impl Daemon {
         }
         self.config = running;
         Ok(reloaded)
+    }
+
+    /// Draining, and the fleet's alternates.
+    pub fn fleet(&self) -> &crate::fleet::Fleet {
+        &self.fleet
     }
 
     /// Stops accepting API requests and datagrams, writes the final counters, and leaves the

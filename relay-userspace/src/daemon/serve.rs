@@ -8,15 +8,27 @@ use tracing::{error, info, warn};
 use super::Daemon;
 use crate::config::Config;
 
-/// Runs the daemon until SIGTERM or SIGINT; `detach_on_exit` see [`Daemon::stop`]. SIGHUP
-/// re-reads the configuration at `path` and applies what can be applied in place.
-pub async fn run(path: &std::path::Path, config: Config, detach_on_exit: bool) -> Result<()> {
+/// How `relay serve` was asked to start and stop.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Detach XDP on exit (see [`Daemon::stop`]).
+    pub detach_on_exit: bool,
+    /// End a drain a previous daemon left pinned.
+    pub clear_drain: bool,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT. SIGHUP re-reads the configuration at `path` and
+/// applies what can be applied in place.
+pub async fn run(path: &std::path::Path, config: Config, options: Options) -> Result<()> {
     // Handlers first: a stop request that arrives the moment we report ready must still stop
     // us gracefully (leaving the fast path running), not kill us.
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let mut daemon = Daemon::start(&config).await?;
+    if options.clear_drain && daemon.fleet().set_draining(false)? {
+        info!("--clear-drain: the drain a previous daemon left pinned is over");
+    }
     let status = format!(
         "relaying on {:?}, {} sessions adopted",
         daemon.started.relay, daemon.started.adopted
@@ -36,7 +48,7 @@ pub async fn run(path: &std::path::Path, config: Config, detach_on_exit: bool) -
         }
     }
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
-    daemon.stop(detach_on_exit).await;
+    daemon.stop(options.detach_on_exit).await;
     Ok(())
 }
 
