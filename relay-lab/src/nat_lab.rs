@@ -51,6 +51,10 @@ pub enum Host {
     ClientB,
     /// The relay.
     Relay,
+    /// A second relay of the fleet (idle unless a test starts one there).
+    Relay2,
+    /// A third relay of the fleet.
+    Relay3,
     /// A host that spoofs.
     Attacker,
     /// A public host (a TURN client's peer).
@@ -59,13 +63,15 @@ pub enum Host {
 
 impl Host {
     /// Every host.
-    pub const ALL: [Host; 8] = [
+    pub const ALL: [Host; 10] = [
         Host::Inet,
         Host::NatA,
         Host::NatB,
         Host::ClientA,
         Host::ClientB,
         Host::Relay,
+        Host::Relay2,
+        Host::Relay3,
         Host::Attacker,
         Host::Peer,
     ];
@@ -78,6 +84,8 @@ impl Host {
             Host::ClientA => "cla",
             Host::ClientB => "clb",
             Host::Relay => "relay",
+            Host::Relay2 => "relay2",
+            Host::Relay3 => "relay3",
             Host::Attacker => "atk",
             Host::Peer => "peer",
         }
@@ -102,6 +110,14 @@ pub mod addr {
     pub const CLIENT_A_V6: &str = "2001:db8:a:1::2";
     /// Client B's (global) IPv6 address.
     pub const CLIENT_B_V6: &str = "2001:db8:b:1::2";
+    /// The second relay's IPv4 address.
+    pub const RELAY2_V4: &str = "192.0.2.194";
+    /// The second relay's IPv6 address.
+    pub const RELAY2_V6: &str = "2001:db8:3::10";
+    /// The third relay's IPv4 address.
+    pub const RELAY3_V4: &str = "192.0.2.210";
+    /// The third relay's IPv6 address.
+    pub const RELAY3_V6: &str = "2001:db8:4::10";
     /// The attacker's address.
     pub const ATTACKER_V4: &str = "192.0.2.66";
     /// The public peer's IPv4 address.
@@ -133,6 +149,12 @@ pub fn ensure_lab_bpffs() -> Result<()> {
 pub const RELAY_IF: &str = "eth0";
 /// The inet router's side of the relay's link (needs an XDP program for native XDP_TX).
 pub const INET_RELAY_IF: &str = "to-relay";
+/// Each relay host of the fleet and the inet router's side of its link.
+pub const INET_RELAY_IFS: [(Host, &str); 3] = [
+    (Host::Relay, INET_RELAY_IF),
+    (Host::Relay2, "to-relay2"),
+    (Host::Relay3, "to-relay3"),
+];
 
 /// One veth link: (host, interface, addresses) on both ends.
 struct Link {
@@ -167,6 +189,30 @@ const LINKS: &[Link] = &[
             Host::Relay,
             RELAY_IF,
             &["192.0.2.10/26", "2001:db8:1::10/64"],
+        ),
+    },
+    Link {
+        a: (
+            Host::Inet,
+            INET_RELAY_IFS[1].1,
+            &["192.0.2.193/28", "2001:db8:3::1/64"],
+        ),
+        b: (
+            Host::Relay2,
+            RELAY_IF,
+            &["192.0.2.194/28", "2001:db8:3::10/64"],
+        ),
+    },
+    Link {
+        a: (
+            Host::Inet,
+            INET_RELAY_IFS[2].1,
+            &["192.0.2.209/28", "2001:db8:4::1/64"],
+        ),
+        b: (
+            Host::Relay3,
+            RELAY_IF,
+            &["192.0.2.210/28", "2001:db8:4::10/64"],
         ),
     },
     Link {
@@ -208,6 +254,8 @@ const ROUTES: &[(Host, &str, Option<&str>)] = &[
     (Host::NatA, "198.51.100.1", Some("2001:db8:a::1")),
     (Host::NatB, "203.0.113.1", Some("2001:db8:b::1")),
     (Host::Relay, "192.0.2.1", Some("2001:db8:1::1")),
+    (Host::Relay2, "192.0.2.193", Some("2001:db8:3::1")),
+    (Host::Relay3, "192.0.2.209", Some("2001:db8:4::1")),
     (Host::Attacker, "192.0.2.65", None),
     (Host::Peer, "192.0.2.129", Some("2001:db8:2::1")),
     (Host::ClientA, "10.0.1.1", Some("2001:db8:a:1::1")),
@@ -217,7 +265,7 @@ const ROUTES: &[(Host, &str, Option<&str>)] = &[
 /// The NATs' rules. Both masquerade IPv4 and pass IPv6 statefully (replies and outbound only,
 /// like a home router). nat-a is an ordinary "easy" NAT. nat-b is hard: it picks random ports
 /// (symmetric NAT) and, like a strict corporate firewall, lets its clients send only to the relay
-/// — so no hole punching can connect A and B directly in either family.
+/// (any relay of the fleet) — so no hole punching can connect A and B directly in either family.
 fn nat_rules(strict: bool) -> String {
     let masquerade = if strict {
         "masquerade random"
@@ -226,9 +274,14 @@ fn nat_rules(strict: bool) -> String {
     };
     let outbound = if strict {
         format!(
-            "iifname \"lan\" ip daddr {} accept\n    iifname \"lan\" ip6 daddr {} accept",
+            "iifname \"lan\" ip daddr {{ {}, {}, {} }} accept\n    \
+             iifname \"lan\" ip6 daddr {{ {}, {}, {} }} accept",
             addr::RELAY_V4,
-            addr::RELAY_V6
+            addr::RELAY2_V4,
+            addr::RELAY3_V4,
+            addr::RELAY_V6,
+            addr::RELAY2_V6,
+            addr::RELAY3_V6
         )
     } else {
         "iifname \"lan\" accept".to_string()

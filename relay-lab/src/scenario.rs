@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::programs::XdpMode as AyaMode;
 
-use crate::nat_lab::{Host, INET_RELAY_IF, LAB_BPFFS, NatLab};
+use crate::nat_lab::{Host, INET_RELAY_IFS, LAB_BPFFS, NatLab};
 use relay_userspace::{
     api::types::SessionDetails,
     config::XdpMode,
@@ -85,6 +85,8 @@ pub struct ScenarioOptions {
     pub external_relay: Option<PathBuf>,
     /// More arguments for `relay serve` (e.g. `--clear-drain`).
     pub serve_args: Vec<String>,
+    /// Appended to the relay's configuration (a `fleet:` section, say).
+    pub extra_config: String,
 }
 
 /// How the README writes a ticket in its commands; replaced by the leg's real ticket.
@@ -136,6 +138,7 @@ impl ScenarioOptions {
             join_command: None,
             external_relay: None,
             serve_args: Vec::new(),
+            extra_config: String::new(),
         }
     }
 }
@@ -153,6 +156,8 @@ pub struct Scenario {
     /// The pass-everything program on the router side of the relay's link (native XDP_TX on
     /// a veth only delivers to a peer that runs XDP itself).
     pass: Option<(Dataplane, PathBuf)>,
+    /// Other relays of the fleet: process name, host, pin directory.
+    fleet: Vec<(String, Host, PathBuf)>,
 }
 
 fn relay_config(options: &ScenarioOptions, pin_dir: &Path, dir: &Path) -> String {
@@ -278,8 +283,11 @@ impl Scenario {
                 shared_from: None,
             })?;
             let _inside = lab.ns(Host::Inet).enter()?;
-            // Pinned, so a kept lab (`relay-lab demo --keep`) keeps working after we exit.
-            dp.attach_pinned(PROGRAM_PASS, INET_RELAY_IF, AyaMode::Driver)?;
+            // Pinned, so a kept lab (`relay-lab demo --keep`) keeps working after we exit. On
+            // every relay host's link: a test may start more relays of the fleet.
+            for (_, interface) in INET_RELAY_IFS {
+                dp.attach_pinned(PROGRAM_PASS, interface, AyaMode::Driver)?;
+            }
             pass = Some((dp, pins));
         }
         if options.turn {
@@ -288,7 +296,7 @@ impl Scenario {
         let config_path = lab.dir.join("relay.yaml");
         std::fs::write(
             &config_path,
-            relay_config(&options, &config_pin_dir, &lab.dir),
+            relay_config(&options, &config_pin_dir, &lab.dir) + &options.extra_config,
         )?;
         if options.external_relay.is_none() {
             let (program, args) = relay_command(&options, &config_path)?;
@@ -310,6 +318,7 @@ impl Scenario {
             },
             options,
             pass,
+            fleet: Vec::new(),
         };
         if scenario.options.external_relay.is_some() {
             return Ok(scenario);
@@ -362,13 +371,65 @@ impl Scenario {
         self.wait_for_api()
     }
 
-    /// Runs the `relay` CLI on the relay host with the lab's token.
-    pub fn relay_cli(&self, args: &[&str]) -> Result<String> {
+    /// Starts another relay of the fleet on `host` (Relay2, Relay3) as process `name`, with
+    /// this scenario's configuration and `extra_config` (its own `fleet:` section) instead of
+    /// the first relay's; returns once its API answers. Stopped and unpinned with the scenario.
+    pub fn start_fleet_relay(&mut self, host: Host, name: &str, extra_config: &str) -> Result<()> {
+        let pin_dir = Path::new(LAB_BPFFS).join(self.lab.ns(host).name());
+        let config = self.lab.dir.join(format!("{name}.yaml"));
+        std::fs::write(
+            &config,
+            relay_config(&self.options, &pin_dir, &self.lab.dir) + extra_config,
+        )?;
+        let (program, args) = relay_command(&self.options, &config)?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.lab.spawn(host, name, &program, &args)?;
+        self.fleet.push((name.to_string(), host, pin_dir));
+        let ok = NatLab::wait_until(Duration::from_secs(10), || {
+            self.relay_cli_on(host, &["drain", "--status"]).is_ok()
+        });
+        if !ok {
+            bail!("relay {name} did not come up:\n{}", self.lab.log(name));
+        }
+        Ok(())
+    }
+
+    /// Stops and starts again the fleet relay `name` (its pinned state stays: it adopts).
+    pub fn restart_fleet_relay(&mut self, name: &str) -> Result<()> {
+        let (_, host, _) = self
+            .fleet
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .cloned()
+            .context("no such fleet relay")?;
+        let status = self.lab.stop(name)?;
+        if !status.success() {
+            bail!("{name} exited with {status}:\n{}", self.lab.log(name));
+        }
+        let config = self.lab.dir.join(format!("{name}.yaml"));
+        let (program, args) = relay_command(&self.options, &config)?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.lab.spawn(host, name, &program, &args)?;
+        if !NatLab::wait_until(Duration::from_secs(10), || {
+            self.relay_cli_on(host, &["drain", "--status"]).is_ok()
+        }) {
+            bail!("{name} did not come back:\n{}", self.lab.log(name));
+        }
+        Ok(())
+    }
+
+    /// Runs the `relay` CLI on `host` (a relay of the fleet) with the lab's token.
+    pub fn relay_cli_on(&self, host: Host, args: &[&str]) -> Result<String> {
         let token = format!("RELAY_TOKEN={LAB_TOKEN}");
         let bin = self.options.relay_bin.to_str().context("path")?;
         let mut argv = vec![token.as_str(), bin];
         argv.extend_from_slice(args);
-        self.lab.exec(Host::Relay, "env", &argv)
+        self.lab.exec(host, "env", &argv)
+    }
+
+    /// Runs the `relay` CLI on the relay host with the lab's token.
+    pub fn relay_cli(&self, args: &[&str]) -> Result<String> {
+        self.relay_cli_on(Host::Relay, args)
     }
 
     pub fn wait_for_api(&mut self) -> Result<()> {
@@ -492,9 +553,14 @@ impl Scenario {
 
     /// GET `path` from `addr` on the relay host (the metrics endpoint); the body of a 200.
     pub fn http_get(&self, addr: &str, path: &str) -> Result<String> {
+        self.http_get_on(Host::Relay, addr, path)
+    }
+
+    /// [`Scenario::http_get`] on another host (a relay of the fleet).
+    pub fn http_get_on(&self, host: Host, addr: &str, path: &str) -> Result<String> {
         use std::io::{Read, Write};
         let (addr, path) = (addr.to_string(), path.to_string());
-        self.lab.in_host(Host::Relay, move || -> Result<String> {
+        self.lab.in_host(host, move || -> Result<String> {
             let mut c = std::net::TcpStream::connect(&addr)?;
             write!(c, "GET {path} HTTP/1.0\r\nHost: relay\r\n\r\n")?;
             let mut text = String::new();
@@ -530,6 +596,10 @@ impl Drop for Scenario {
             let _ = self.lab.stop(name);
         }
         let _ = remove_pins(&self.pin_dir);
+        for (name, _, pins) in std::mem::take(&mut self.fleet) {
+            let _ = self.lab.stop(&name);
+            let _ = remove_pins(&pins);
+        }
         if let Some((dp, pins)) = self.pass.take() {
             drop(dp);
             let _ = remove_pins(&pins);

@@ -835,4 +835,22 @@ fn a_drain_keeps_what_runs_survives_a_restart_and_ends_with_undrain() {
     assert!(status.contains("not draining"), "{status}");
     s.relay_cli(&["client", "create", "--json"]).unwrap();
     exchange(&s, 1);
+
+    // With nothing left, `drain --wait` returns at once.
+    for sidecar in ["sidecar-a", "sidecar-b"] {
+        let _ = s.lab.stop(sidecar);
+    }
+    let sessions: serde_json::Value = serde_json::from_str(
+        &s.relay_cli(&["sessions", "--json", "--pin-dir", &pin_dir])
+            .unwrap(),
+    )
+    .unwrap();
+    for session in sessions.as_array().unwrap() {
+        let vni = session["vni"].as_u64().unwrap().to_string();
+        s.relay_cli(&["client", "delete", &vni]).unwrap();
+    }
+    let out = s
+        .relay_cli(&["drain", "--wait", "--timeout", "10s"])
+        .unwrap();
+    assert!(out.contains("drained: nothing is left"), "{out}");
 }

@@ -609,9 +609,9 @@ impl TurnServer {
             && self.fleet.draining()
             && !self.allocations.contains_key(&five_tuple)
         {
-            // Before authentication, as coturn does: the first (unauthenticated) Allocate is
-            // redirected at once, and RFC 8489 §10 lets a 300 go unsigned. What is allocated
-            // here already keeps working.
+            // Before authentication: the first (unauthenticated) Allocate is redirected at once
+            // — where libwebrtc and coturn's uclient look for a 300 — and RFC 8489 §10 lets a
+            // 300 go unsigned. What is allocated here already keeps working.
             let tls = five_tuple.transport == Transport::Tls;
             return match self.fleet.alternates().turn_for(five_tuple.client, tls) {
                 Some(alternate) => {
