@@ -3,7 +3,7 @@ their only ICE server and relayed candidates only (iceTransportPolicy 'relay'), 
 messages, and report the selected candidate pair from getStats(). Driven over the Chrome
 DevTools Protocol; prints one JSON line.
 
-Usage: webrtc_pair.py TURN_URL USERNAME PASSWORD MESSAGES
+Usage: webrtc_pair.py TURN_URL USERNAME PASSWORD MESSAGES [PACE_MS]
 """
 
 import asyncio
@@ -75,7 +75,13 @@ async () => {
 """
 
 SEND = """
-(args) => { for (let i = 0; i < args.n; i++) window.dc.send(args.tag + ' ' + i); return true; }
+async (args) => {
+  for (let i = 0; i < args.n; i++) {
+    window.dc.send(args.tag + ' ' + i);
+    if (args.pace) await new Promise((r) => setTimeout(r, args.pace));
+  }
+  return true;
+}
 """
 
 RECEIVED = """
@@ -184,8 +190,10 @@ def debugger_url():
 
 
 async def main():
-    url, username, password, messages = sys.argv[1:]
+    url, username, password, messages = sys.argv[1:5]
     messages = int(messages)
+    # Milliseconds between messages: a call that lasts (a relay drains meanwhile, say).
+    pace = int(sys.argv[5]) if len(sys.argv) > 5 else 0
     profile = tempfile.mkdtemp(prefix="relay-lab-chromium-")
     chromium = start_chromium(profile)
     try:
@@ -202,8 +210,11 @@ async def main():
             opened = await browser.run(a, OPEN) and await browser.run(b, OPEN)
             result = {"open": opened}
             if opened:
-                await browser.run(a, SEND, {"n": messages, "tag": "a->b"})
-                await browser.run(b, SEND, {"n": messages, "tag": "b->a"})
+                print("OPEN", flush=True)
+                await asyncio.gather(
+                    browser.run(a, SEND, {"n": messages, "tag": "a->b", "pace": pace}),
+                    browser.run(b, SEND, {"n": messages, "tag": "b->a", "pace": pace}),
+                )
                 result["b_got"] = await browser.run(b, RECEIVED, messages)
                 result["a_got"] = await browser.run(a, RECEIVED, messages)
                 result["pair_a"] = await browser.run(a, SELECTED_PAIR)

@@ -226,6 +226,47 @@ pub struct WebRtcReport {
 /// through `url` (`turn:…` or `turns:…`) with a REST credential, and exchanges `messages` each
 /// way.
 pub fn webrtc_pair(lab: &NatLab, host: Host, url: &str, messages: u32) -> Result<WebRtcReport> {
+    let (python, args) = webrtc_args(url, messages, 0)?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = lab.exec_output(
+        host,
+        python.to_str().context("path")?,
+        &args,
+        Duration::from_secs(90),
+    )?;
+    webrtc_report(&out)
+}
+
+/// [`webrtc_pair`] in the background as process `name`, one message every `pace_ms` each way:
+/// a call that lasts. It prints `OPEN` once the DataChannel is open; [`finish_webrtc_pair`]
+/// waits for its report.
+pub fn spawn_webrtc_pair(
+    lab: &mut NatLab,
+    host: Host,
+    name: &str,
+    url: &str,
+    messages: u32,
+    pace_ms: u32,
+) -> Result<()> {
+    let (python, args) = webrtc_args(url, messages, pace_ms)?;
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    lab.spawn(host, name, &python, &args)
+}
+
+/// Waits (at most `limit`) for the background pair `name` to end and reads its report.
+pub fn finish_webrtc_pair(lab: &mut NatLab, name: &str, limit: Duration) -> Result<WebRtcReport> {
+    if !NatLab::wait_until(limit, || !lab.running(name)) {
+        bail!("{name} still running after {limit:?}:\n{}", lab.log(name));
+    }
+    webrtc_report(&lab.log(name))
+}
+
+/// The lab's Python and the script's arguments, with a fresh REST credential.
+fn webrtc_args(
+    url: &str,
+    messages: u32,
+    pace_ms: u32,
+) -> Result<(std::path::PathBuf, Vec<String>)> {
     require_tool("chromium")?;
     let python = lab_python()?;
     let script = crate::workspace_root().join("relay-lab/scripts/webrtc_pair.py");
@@ -236,18 +277,18 @@ pub fn webrtc_pair(lab: &NatLab, host: Host, url: &str, messages: u32) -> Result
     let username = relay_userspace::fronts::turn::auth::rest_username("chromium", expiry);
     let password =
         relay_userspace::fronts::turn::auth::rest_password(TURN_SECRET.as_bytes(), &username);
-    let out = lab.exec_output(
-        host,
-        python.to_str().context("path")?,
-        &[
-            script.to_str().context("path")?,
-            url,
-            &username,
-            &password,
-            &messages.to_string(),
-        ],
-        Duration::from_secs(90),
-    )?;
+    let args = vec![
+        script.to_str().context("path")?.to_string(),
+        url.to_string(),
+        username,
+        password,
+        messages.to_string(),
+        pace_ms.to_string(),
+    ];
+    Ok((python, args))
+}
+
+fn webrtc_report(out: &str) -> Result<WebRtcReport> {
     let line = out
         .lines()
         .rev()

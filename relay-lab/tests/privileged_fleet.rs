@@ -74,8 +74,19 @@ fn draining_relay_one_keeps_its_traffic_and_sends_new_work_to_the_alternates() {
     require_root!();
     let mut s = fleet_lab();
     let allocated_on_2 = turn_results(&s, Host::Relay2, "allocate");
-    // A TURN client relaying through relay 1 before the drain and during it.
+    // A TURN client relaying through relay 1 before the drain and during it, and a call between
+    // two Chromium pages.
     turn_clients::spawn_uclient(&mut s.lab, Host::ClientB, "before", &["-n", "300", "-c"]).unwrap();
+    let url = format!("turn:{}:3478?transport=udp", addr::RELAY_V4);
+    turn_clients::spawn_webrtc_pair(&mut s.lab, Host::ClientB, "call", &url, 20, 250).unwrap();
+    assert!(
+        relay_lab::nat_lab::NatLab::wait_until(Duration::from_secs(60), || s
+            .lab
+            .log("call")
+            .contains("OPEN")),
+        "the call did not open:\n{}",
+        s.lab.log("call")
+    );
     assert!(relay_lab::nat_lab::NatLab::wait_until(
         Duration::from_secs(5),
         || { turn_results(&s, Host::Relay, "allocate") >= 1 }
@@ -119,8 +130,18 @@ fn draining_relay_one_keeps_its_traffic_and_sends_new_work_to_the_alternates() {
         "the allocation made before the drain: {}",
         before.output
     );
+    // The call that began before the drain carried on through relay 1.
+    let call =
+        turn_clients::finish_webrtc_pair(&mut s.lab, "call", Duration::from_secs(90)).unwrap();
+    assert!(
+        call.open && call.b_got.len() == 20 && call.a_got.len() == 20,
+        "{call:?}"
+    );
+    for pair in [&call.pair_a, &call.pair_b] {
+        let pair = pair.as_ref().expect("a selected pair");
+        assert!(pair.local_address.starts_with(addr::RELAY_V4), "{pair:?}");
+    }
     // Chromium (libwebrtc) asks relay 1 and relays through relay 2.
-    let url = format!("turn:{}:3478?transport=udp", addr::RELAY_V4);
     let web = turn_clients::webrtc_pair(&s.lab, Host::ClientA, &url, 5).unwrap();
     assert!(
         web.open && web.b_got.len() == 5 && web.a_got.len() == 5,
