@@ -176,7 +176,35 @@ fn draining_relay_one_keeps_its_traffic_and_sends_new_work_to_the_alternates() {
     // them): the wait gives up at its timeout, exit 1.
     let waited = s.relay_cli(&["drain", "--wait", "--timeout", "2s"]);
     assert!(waited.is_err(), "{waited:?}");
+    // The upgrade: as far as the new daemon can tell, the links run another build, so it swaps
+    // its program in under them (privileged_lab's upgrade test has the details).
+    let program = |s: &Scenario| -> u64 {
+        let out = s
+            .lab
+            .exec(Host::Relay, "ip", &["-j", "-d", "link", "show", "eth0"])
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["xdp"]["prog"]["id"]
+            .as_u64()
+            .unwrap()
+    };
+    let before_upgrade = program(&s);
+    s.maps()
+        .unwrap()
+        .build_info
+        .set(
+            0,
+            relay_common::maps::BuildInfo {
+                object_sha256: [0xaa; 32],
+            },
+            0,
+        )
+        .unwrap();
     s.restart_relay().unwrap();
+    assert_ne!(
+        program(&s),
+        before_upgrade,
+        "the upgrade kept the old program"
+    );
     assert!(
         s.relay_cli(&["drain", "--status"])
             .unwrap()
