@@ -414,3 +414,101 @@ async fn join(args: JoinArgs) -> Result<()> {
     );
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        net::SocketAddr,
+        sync::{Arc, Mutex},
+    };
+
+    use super::ApiArgs;
+    use crate::{
+        api::{self, ApiState, auth::TokenStore, fleet::ReadinessSource},
+        config::TokenConfig,
+        control::plane::Plane,
+        fleet::{Alternates, Fleet},
+    };
+
+    const TOKEN: &str = "fleet-token-0123456789";
+
+    /// An API on a loopback port: ready, or draining.
+    async fn relay(draining: bool) -> String {
+        let tokens = vec![TokenConfig {
+            name: "app".into(),
+            token: Some(TOKEN.into()),
+            token_sha256: None,
+            max_sessions: 10,
+            admin: false,
+        }];
+        let plane = Plane::in_memory(10, [("app".to_string(), 10)].into());
+        let fleet = Fleet::unpinned(Alternates::default());
+        fleet.set_draining(draining).unwrap();
+        let state = ApiState::new(Arc::new(Mutex::new(plane)), TokenStore::new(&tokens), 0)
+            .with_fleet(fleet);
+        let _ = state.readiness.set(ReadinessSource {
+            xdp_off: true,
+            interfaces: vec![],
+            pin_dir: None,
+            max_sessions: 10,
+            fronts: vec![],
+        });
+        let app = api::router(&state, [], 4096);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await;
+        });
+        format!("http://{addr}")
+    }
+
+    fn args(api: Vec<String>) -> ApiArgs {
+        ApiArgs {
+            api,
+            token: Some(TOKEN.into()),
+            ca_cert: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fleet_is_tried_ready_relays_first_in_order_and_unreachable_ones_last() {
+        let draining = relay(true).await;
+        let ready = relay(false).await;
+        let also_ready = relay(false).await;
+        let gone = "http://127.0.0.1:9".to_string();
+        let order: Vec<String> = args(vec![
+            draining.clone(),
+            gone.clone(),
+            ready.clone(),
+            also_ready.clone(),
+        ])
+        .candidates()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(base, _)| base)
+        .collect();
+        assert_eq!(order, [ready, also_ready, gone]);
+        // Only draining relays: nothing to try.
+        let refused = args(vec![draining.clone(), relay(true).await])
+            .candidates()
+            .await;
+        let e = refused.err().expect("no relay to try");
+        assert!(e.to_string().contains("no relay"), "{e}");
+        // One relay is asked without a readiness check (its own answer says why).
+        assert_eq!(
+            args(vec![draining.clone()])
+                .candidates()
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // Commands on one relay refuse several.
+        assert!(args(vec![draining, "http://x".into()]).client().is_err());
+    }
+}
