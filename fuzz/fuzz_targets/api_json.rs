@@ -61,6 +61,8 @@ fn router() -> Router {
         token: Some(TOKEN.into()),
         token_sha256: None,
         max_sessions: MAX_SESSIONS,
+        // Not an operator's: draining is refused (403), so sessions stay reachable.
+        admin: false,
     }];
     let plane = Plane::in_memory(MAX_SESSIONS, [("fuzz".to_string(), MAX_SESSIONS)].into());
     let endpoints = Endpoints {
