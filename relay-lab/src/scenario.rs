@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use aya::programs::XdpMode as AyaMode;
 
-use crate::nat_lab::{Host, INET_RELAY_IFS, LAB_BPFFS, NatLab};
+use crate::nat_lab::{Host, INET_RELAY_IFS, LAB_BPFFS, NatLab, RELAY_IF};
 use relay_userspace::{
     api::types::SessionDetails,
     config::XdpMode,
@@ -570,6 +570,16 @@ impl Scenario {
             }
             Ok(text.split_once("\r\n\r\n").map_or("", |x| x.1).to_string())
         })?
+    }
+
+    /// The id of the XDP program the kernel runs on the relay's interface (None: nothing
+    /// attached) — what an upgrade swaps and a removal detaches.
+    pub fn xdp_program(&self) -> Result<Option<u64>> {
+        let out = self
+            .lab
+            .exec(Host::Relay, "ip", &["-j", "-d", "link", "show", RELAY_IF])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v[0]["xdp"]["prog"]["id"].as_u64())
     }
 
     /// The relay's pinned maps.

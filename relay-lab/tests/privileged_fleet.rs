@@ -178,15 +178,7 @@ fn draining_relay_one_keeps_its_traffic_and_sends_new_work_to_the_alternates() {
     assert!(waited.is_err(), "{waited:?}");
     // The upgrade: as far as the new daemon can tell, the links run another build, so it swaps
     // its program in under them (privileged_lab's upgrade test has the details).
-    let program = |s: &Scenario| -> u64 {
-        let out = s
-            .lab
-            .exec(Host::Relay, "ip", &["-j", "-d", "link", "show", "eth0"])
-            .unwrap();
-        serde_json::from_str::<serde_json::Value>(&out).unwrap()[0]["xdp"]["prog"]["id"]
-            .as_u64()
-            .unwrap()
-    };
+    let program = |s: &Scenario| s.xdp_program().unwrap().expect("an XDP program");
     let before_upgrade = program(&s);
     s.maps()
         .unwrap()

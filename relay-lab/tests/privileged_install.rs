@@ -112,16 +112,6 @@ fn relays_in_the_kernel(s: &Scenario, n: usize) {
     );
 }
 
-/// What the kernel runs on the relay's eth0 (None: nothing attached).
-fn program_on_eth0(s: &Scenario) -> Option<u64> {
-    let out = s
-        .lab
-        .exec(Host::Relay, "ip", &["-j", "-d", "link", "show", "eth0"])
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v[0]["xdp"]["prog"]["id"].as_u64()
-}
-
 fn active(c: &Container) -> String {
     let out = c
         .exec(&["systemctl", "is-active", "relay.service"])
@@ -141,7 +131,7 @@ fn start_and_relay(s: &mut Scenario, c: &Container) {
     s.open_session()
         .unwrap_or_else(|e| panic!("{e:#}\n--- journal ---\n{}", c.journal("relay.service")));
     relays_in_the_kernel(s, 3);
-    assert!(program_on_eth0(s).is_some());
+    assert!(s.xdp_program().unwrap().is_some());
     // Native, on the veth.
     let out = s
         .lab
@@ -273,7 +263,7 @@ fn the_debian_package_installs_relays_upgrades_without_loss_and_purges() {
 
     // Remove: stopped, disabled, XDP detached; configuration and sessions kept.
     c.sh("dpkg -r relay").unwrap();
-    assert!(program_on_eth0(&s).is_none(), "XDP still attached");
+    assert!(s.xdp_program().unwrap().is_none(), "XDP still attached");
     assert!(!c.exists("/usr/lib/systemd/system/relay.service"));
     assert!(!c.exists("/etc/systemd/system/multi-user.target.wants/relay.service"));
     assert!(c.exists("/etc/relay/relay.yaml"));
@@ -288,7 +278,7 @@ fn the_debian_package_installs_relays_upgrades_without_loss_and_purges() {
         "pinned state left in {}",
         s.pin_dir.display()
     );
-    assert!(program_on_eth0(&s).is_none());
+    assert!(s.xdp_program().unwrap().is_none());
     assert!(
         c.sh("dpkg-query -W relay 2>&1 || true")
             .unwrap()
@@ -372,7 +362,7 @@ fn the_tarball_installs_relays_upgrades_without_loss_and_purges() {
         installer("second", &second.version)
     ))
     .unwrap();
-    assert!(program_on_eth0(&s).is_none(), "XDP still attached");
+    assert!(s.xdp_program().unwrap().is_none(), "XDP still attached");
     assert!(!c.exists("/usr/local/bin/relay"));
     assert!(!c.exists("/usr/local/lib/systemd/system/relay.service"));
     assert!(c.exists("/etc/relay/relay.yaml"));

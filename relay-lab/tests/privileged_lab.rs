@@ -671,14 +671,7 @@ fn the_cli_reads_sessions_while_the_daemon_is_stopped() {
 }
 
 fn program_on_relay_eth0(s: &Scenario) -> u64 {
-    let out = s
-        .lab
-        .exec(Host::Relay, "ip", &["-j", "-d", "link", "show", "eth0"])
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v[0]["xdp"]["prog"]["id"]
-        .as_u64()
-        .expect("an XDP program on eth0")
+    s.xdp_program().unwrap().expect("an XDP program on eth0")
 }
 
 #[test]

@@ -234,12 +234,24 @@ fn set(state: &ApiState, headers: &HeaderMap, on: bool) -> Result<Json<DrainStat
     Ok(Json(drain_document(state)))
 }
 
-/// 503 for a new session or pair while draining, naming where to go instead.
+static DRAINING: crate::logging::Throttle =
+    crate::logging::Throttle::new(crate::logging::THROTTLE_EVERY);
+
+/// 503 for a new session or pair while draining, naming where to go instead (counted by the
+/// API's metrics under its status, logged once per throttle period).
 pub fn refuse_while_draining(state: &ApiState, what: &str) -> Result<(), ApiError> {
     if !state.fleet.draining() {
         return Ok(());
     }
     let alternates = state.fleet.alternates().api.clone();
+    if let Some(held) = DRAINING.allow(std::time::Instant::now()) {
+        tracing::info!(
+            what,
+            held,
+            "draining: a new allocation was refused with 503 naming fleet.alternates; \
+             `relay undrain` takes new work again"
+        );
+    }
     let mut e = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "draining",

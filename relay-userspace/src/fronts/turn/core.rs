@@ -85,6 +85,7 @@ pub struct TurnCore {
 /// Throttles of the front's recurring warnings.
 static REQUEST_RATE: Throttle = Throttle::new(THROTTLE_EVERY);
 static OUT_OF_DESCRIPTORS: Throttle = Throttle::new(THROTTLE_EVERY);
+static DRAINING: Throttle = Throttle::new(THROTTLE_EVERY);
 
 impl fmt::Debug for TurnCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -129,6 +130,16 @@ impl TurnCore {
                     limit = %descriptors::Limit::current(),
                     "TURN Allocate answered 508: the relay is out of file descriptors; raise \
                      LimitNOFILE in the unit (`relay check` computes what the configuration needs)"
+                );
+            }
+        } else if matches!(outcome.result, "error_300" | "error_508_draining") {
+            if let Some(held) = DRAINING.allow(clock.now) {
+                info!(
+                    client = %five_tuple.client,
+                    result = outcome.result,
+                    held,
+                    "draining: a new TURN Allocate was sent to fleet.alternates (508 when none \
+                     has the client's family); `relay undrain` takes allocations again"
                 );
             }
         } else if let Some(reason) = &outcome.reason {
