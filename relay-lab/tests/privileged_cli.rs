@@ -378,12 +378,23 @@ fn clear_errors_without_pinned_maps_or_root() {
     );
 }
 
-/// A tmux session, killed when dropped.
+/// A tmux session on a server of its own (`-L`), killed with its server when dropped.
+///
+/// One server per session: with a shared default server, killing the last session makes the
+/// server exit while the next `new-session` may already be connecting to it, and tmux then
+/// fails with "server exited unexpectedly" (seen once in CI).
 struct Tmux(String);
 
 impl Tmux {
+    fn command(&self) -> Command {
+        let mut command = Command::new("tmux");
+        command.args(["-L", &self.0]);
+        command
+    }
+
     fn capture(&self) -> String {
-        let out = Command::new("tmux")
+        let out = self
+            .command()
             .args(["capture-pane", "-p", "-t", &self.0])
             .output()
             .unwrap();
@@ -408,9 +419,7 @@ impl Tmux {
 
 impl Drop for Tmux {
     fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.0])
-            .output();
+        let _ = self.command().arg("kill-server").output();
     }
 }
 
@@ -426,12 +435,14 @@ fn top_draws_live_and_quits_on_q_and_ctrl_c() {
             &relay_path(),
             fx.sandbox.pin_dir().display()
         );
-        let status = Command::new("tmux")
+        let tmux = Tmux(name);
+        let status = tmux
+            .command()
             .args([
                 "new-session",
                 "-d",
                 "-s",
-                &name,
+                &tmux.0,
                 "-x",
                 "150",
                 "-y",
@@ -441,14 +452,13 @@ fn top_draws_live_and_quits_on_q_and_ctrl_c() {
             .status()
             .unwrap();
         assert!(status.success());
-        let tmux = Tmux(name);
         let screen = tmux.wait_for("busiest sessions");
         assert!(screen.contains("relay top"), "{screen}");
         assert!(
             screen.contains("alice-laptop") && screen.contains("4242"),
             "{screen}"
         );
-        Command::new("tmux")
+        tmux.command()
             .args(["send-keys", "-t", &tmux.0, key])
             .status()
             .unwrap();
