@@ -93,7 +93,7 @@ fuzz_target!(|input: Input| {
             packets_per_sec: input.limits.0,
             kbytes_per_sec: input.limits.1,
         },
-        reserved: 0,
+        vni: 1,
     };
     let src = match input.source {
         Source::Any(addr) => addr,

@@ -13,7 +13,16 @@ use crate::wire::{IPV4_HLEN, IPV6_HLEN};
 /// Default bpffs directory holding the pinned maps and the XDP link.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/relay";
 
-/// `HASH` VNI (`u32`) → [`Session`]. Written only by userspace.
+/// `ARRAY` session slot → [`Session`]: every session whose VNI names its slot
+/// ([`vni_slot`]; all that this build allocates). The program finds a session by indexing with
+/// the VNI's low bits and checking the record's [`Session::vni`] — one bounds check and one
+/// cache line where a hash lookup cost more than the rest of the forwarding path (see
+/// docs/benchmarks.md). Written only by userspace.
+pub const SESSION_SLOTS: &str = "session_slots";
+/// `HASH` VNI (`u32`) → [`Session`]: sessions whose VNI does not name their slot — those a
+/// daemon of an earlier build allocated (random VNIs) and this one adopted. The program looks
+/// here only when [`SESSION_SLOTS`] has no match, so they keep relaying across the upgrade.
+/// Written only by userspace.
 pub const SESSIONS: &str = "sessions";
 /// `PERCPU_ARRAY` session slot → [`SessionStats`], updated by the XDP program.
 pub const SESSION_STATS: &str = "session_stats";
@@ -213,8 +222,26 @@ pub struct Session {
     pub slot: u32,
     /// Rate limits.
     pub limits: SessionLimits,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// The VNI this record serves; 0 in a free slot of [`SESSION_SLOTS`] (VNI 0 is never
+    /// allocated). The program checks it against the packet's VNI: the VNI's bits above the
+    /// slot tell this session from earlier and later ones in the same slot.
+    pub vni: u32,
+}
+
+/// Bits of a VNI that name its slot in [`SESSION_SLOTS`] for a table of `max_sessions`:
+/// enough for every slot, the rest of the 24 random (so VNIs stay unpredictable).
+pub const fn session_slot_bits(max_sessions: u32) -> u8 {
+    if max_sessions <= 1 {
+        0
+    } else {
+        (32 - (max_sessions - 1).leading_zeros()) as u8
+    }
+}
+
+/// The slot of [`SESSION_SLOTS`] a VNI names when `bits` of it do ([`RelayConfig::session_slot_bits`]).
+#[inline(always)]
+pub const fn vni_slot(vni: u32, bits: u8) -> u32 {
+    vni & 1u32.wrapping_shl(bits as u32).wrapping_sub(1)
 }
 
 /// Packet and byte counters of one session, per direction, plus when it last forwarded.
@@ -286,8 +313,12 @@ pub struct RelayConfig {
     pub ttl: u8,
     /// Hop limit of forwarded IPv6 packets.
     pub hop_limit: u8,
+    /// [`session_slot_bits`] of [`SESSION_SLOTS`]'s capacity: how many low bits of a VNI
+    /// index it. (0 in a configuration written by an earlier build: every VNI then names slot 0,
+    /// whose record does not match, and the program falls back to [`SESSIONS`].)
+    pub session_slot_bits: u8,
     /// Reserved, zero.
-    pub reserved: [u8; 2],
+    pub reserved: u8,
     /// Lifetime of a [`NEXTHOP_CACHE`] entry in jiffies; 0 disables the cache.
     pub nexthop_ttl_jiffies: u32,
     /// [`NEXTHOP_CACHE`] entries − 1 (the map size is a power of two).
@@ -526,6 +557,7 @@ mod tests {
     #[test]
     fn map_names_fit_the_kernel_limit() {
         for name in [
+            SESSION_SLOTS,
             SESSIONS,
             SESSION_STATS,
             USERSPACE_STATS,
@@ -605,6 +637,21 @@ mod tests {
         assert!(!entry.is_for(&to, 4));
         assert!(!entry.is_for(&Leg::bound_v4([192, 0, 2, 2], 5), 3));
         assert!(!NextHopEntry::default().is_for(&to, 3));
+    }
+
+    #[test]
+    fn slot_bits_cover_every_slot_and_vnis_name_them() {
+        assert_eq!(session_slot_bits(1), 0);
+        assert_eq!(session_slot_bits(2), 1);
+        assert_eq!(session_slot_bits(DEFAULT_MAX_SESSIONS), 16);
+        assert_eq!(session_slot_bits(DEFAULT_MAX_SESSIONS + 1), 17);
+        assert_eq!(session_slot_bits(1000), 10);
+        for max in [1u32, 2, 3, 1000, 65_536, 2_097_152] {
+            let bits = session_slot_bits(max);
+            assert_eq!(vni_slot(max - 1, bits), max - 1, "{max}");
+            assert_eq!(vni_slot((0xab << bits) | (max - 1), bits), max - 1);
+        }
+        assert_eq!(vni_slot(0x00ff_ffff, 0), 0);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use aya_ebpf::programs::XdpContext;
 use relay_common::{
     forward::{decide_v4, decide_v6},
     geneve::{GENEVE_HLEN, GeneveHdr},
-    maps::{RelayConfig, Session},
+    maps::{RelayConfig, Session, vni_slot},
     verdict::Reason,
     wire::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, UDP_HLEN, UdpHdr},
 };
@@ -14,7 +14,7 @@ use relay_common::{
 use crate::{
     Verdict,
     forward::{self, Crossing},
-    maps::SESSIONS,
+    maps::{SESSION_SLOTS, SESSIONS},
     packet::ptr_at,
     parse::{Packet, udp_payload_len},
 };
@@ -29,7 +29,7 @@ pub fn relay(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdict {
                 return Err(Reason::DroppedMalformed);
             }
             let vni = vni_of(ctx, IPV4_HLEN, ip_len - IPV4_HLEN, udp)?;
-            let session = session_of(vni)?;
+            let session = session_of(cfg, vni)?;
             let dir = decide_v4(session, ip.saddr, udp.source)?;
             forward::from_v4(
                 ctx,
@@ -48,7 +48,7 @@ pub fn relay(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdict {
             if udp.check == 0 {
                 return Err(Reason::PassedChecksumUnsupported);
             }
-            let session = session_of(vni)?;
+            let session = session_of(cfg, vni)?;
             let dir = decide_v6(session, &ip.saddr, udp.source)?;
             forward::from_v6(
                 ctx,
@@ -85,11 +85,21 @@ fn vni_of(
     Ok(geneve.vni())
 }
 
-/// The session a VNI names.
+/// The session a VNI names: the record in the slot its low bits index, if it serves this VNI,
+/// else (a session adopted from an earlier build, whose VNI names no slot) the hash map's.
 #[inline(always)]
-fn session_of(vni: u32) -> Result<&'static Session, Reason> {
+fn session_of(cfg: &RelayConfig, vni: u32) -> Result<&'static Session, Reason> {
+    if let Some(session) = SESSION_SLOTS.get_ptr(vni_slot(vni, cfg.session_slot_bits)) {
+        // SAFETY: map values stay valid for the whole program run (RCU). Userspace may rewrite
+        // the slot meanwhile; a torn read is a mix of two records of this VNI (legs move, the
+        // VNI and slot do not) or fails the VNI check, as a hash entry replaced mid-read would.
+        let session = unsafe { &*session };
+        // A free slot's record has VNI 0, which is never allocated: it must not match.
+        if session.vni == vni && vni != 0 {
+            return Ok(session);
+        }
+    }
     let session = SESSIONS.get_ptr(vni).ok_or(Reason::DroppedUnknownVni)?;
-    // SAFETY: map values stay valid for the whole program run (RCU), even if userspace replaces
-    // or deletes the entry meanwhile.
+    // SAFETY: as above.
     Ok(unsafe { &*session })
 }

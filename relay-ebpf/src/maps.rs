@@ -20,9 +20,18 @@ use relay_common::{
     wireguard::WireGuardPair,
 };
 
-/// VNI → session. Written only by userspace.
+/// Session slot → the session whose VNI names it. Written only by userspace.
+#[map(name = "session_slots")]
+pub static SESSION_SLOTS: Array<Session> = Array::pinned(DEFAULT_MAX_SESSIONS, 0);
+
+/// VNI → session, for sessions whose VNI does not name their slot (adopted from an earlier
+/// build). Written only by userspace.
+///
+/// Not preallocated: after an upgrade it holds only the sessions adopted from the earlier build
+/// (and empties as they end), so it should not cost the memory of a full table.
 #[map(name = "sessions")]
-pub static SESSIONS: HashMap<u32, Session> = HashMap::pinned(DEFAULT_MAX_SESSIONS, 0);
+pub static SESSIONS: HashMap<u32, Session> =
+    HashMap::pinned(DEFAULT_MAX_SESSIONS, aya_ebpf::bindings::BPF_F_NO_PREALLOC);
 
 /// Session slot → per-CPU counters of the fast path.
 #[map(name = "session_stats")]

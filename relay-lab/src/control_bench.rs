@@ -261,6 +261,7 @@ pub fn run(options: ControlBenchOptions) -> Result<ControlBenchResult> {
     let mut fast_path = 0.0;
     let mut control = 0.0;
     for name in [
+        names::SESSION_SLOTS,
         names::SESSIONS,
         names::SESSION_STATS,
         names::USERSPACE_STATS,
@@ -268,7 +269,7 @@ pub fn run(options: ControlBenchOptions) -> Result<ControlBenchResult> {
     ] {
         let (bytes, entries) = map_memory(&instance.pin_dir.join(name))?;
         let per = bytes as f64 / entries as f64;
-        if name == names::SESSIONS || name == names::SESSION_STATS {
+        if [names::SESSION_SLOTS, names::SESSIONS, names::SESSION_STATS].contains(&name) {
             fast_path += per;
         } else {
             control += per;

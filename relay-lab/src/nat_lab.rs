@@ -346,6 +346,23 @@ pub fn remove_stale_labs() -> Vec<String> {
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("relay-lab-{name}")));
         removed.push(name.to_string());
     }
+    // Pins whose namespace is already gone (its process was killed after the namespace's drop
+    // ran, or the namespace was deleted by hand): each holds a full set of relay maps and a link.
+    if let Ok(entries) = std::fs::read_dir(LAB_BPFFS) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let mut parts = name.split('-');
+            if parts.next() != Some("rl") {
+                continue;
+            }
+            let Some(pid) = parts.nth(1).and_then(|p| p.parse::<u32>().ok()) else {
+                continue;
+            };
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = relay_userspace::dataplane::loader::remove_pins(&entry.path());
+            }
+        }
+    }
     removed
 }
 

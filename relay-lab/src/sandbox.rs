@@ -159,7 +159,7 @@ impl Sandbox {
             slot,
             ..Default::default()
         };
-        Ok(self.dataplane.maps.sessions.insert(vni, session, 0)?)
+        Ok(self.dataplane.maps.put_session_record(vni, &session)?)
     }
 
     /// Installs a session with rate limits.
@@ -176,7 +176,7 @@ impl Sandbox {
             limits,
             ..Default::default()
         };
-        Ok(self.dataplane.maps.sessions.insert(vni, session, 0)?)
+        Ok(self.dataplane.maps.put_session_record(vni, &session)?)
     }
 
     /// Runs `frame` through program `program` as if it arrived on `eth0`.

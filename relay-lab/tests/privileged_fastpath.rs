@@ -8,7 +8,9 @@ use common::*;
 use relay_common::{maps::SessionStats, verdict::Reason};
 use relay_userspace::dataplane::simulate::XdpAction;
 
-const VNI: u32 = 0x00a1_b2c3;
+/// Names slot 7 in the fixture's 1024-slot table (its low 10 bits), as every VNI this build
+/// allocates names its slot.
+const VNI: u32 = 0x00a1_b007;
 const SLOT: u32 = 7;
 
 /// Runs `frame` and asserts it was forwarded to `to` with exactly the expected bytes.
@@ -185,6 +187,59 @@ fn unknown_vni_is_dropped() {
     require_root!();
     let mut fx = Fixture::new();
     fx.add_session(VNI + 1, SLOT, leg(sa(LEG_A4)), leg(sa(LEG_B4)));
+    let frame = data_frame(LEG_A4, FrameOpts::default());
+    assert_not_forwarded(&mut fx, &frame, XdpAction::Drop, Reason::DroppedUnknownVni);
+}
+
+#[test]
+fn a_slot_answers_only_its_own_vni_and_adopted_sessions_use_the_hash_map() {
+    require_root!();
+    let mut fx = Fixture::new();
+    fx.add_session(VNI, SLOT, leg(sa(LEG_A4)), leg(sa(LEG_B4)));
+    assert_eq!(
+        fx.maps().session_slots.get(&SLOT, 0).unwrap().vni,
+        VNI,
+        "a VNI that names its slot lives in the slot"
+    );
+    // The same slot under other bits above it (a guessed VNI, or a session that ended): unknown.
+    for other in [VNI ^ (1 << 10), VNI ^ 0x0080_0000, SLOT] {
+        let frame = udp_frame(
+            sa(LEG_A4),
+            relay4(),
+            &geneve_data(other, &payload(32)),
+            FrameOpts::default(),
+        );
+        assert_not_forwarded(&mut fx, &frame, XdpAction::Drop, Reason::DroppedUnknownVni);
+    }
+    // VNI 0 must not match a free slot's empty record.
+    let frame = udp_frame(
+        sa(LEG_A4),
+        relay4(),
+        &geneve_data(0, &payload(32)),
+        FrameOpts::default(),
+    );
+    assert_not_forwarded(&mut fx, &frame, XdpAction::Drop, Reason::DroppedUnknownVni);
+    // A session adopted from an earlier build, whose random VNI names another slot: found in the
+    // hash map, forwarded in the kernel all the same.
+    let adopted = 0x0012_3456;
+    assert_ne!(relay_common::maps::vni_slot(adopted, 10), 9);
+    fx.add_session(adopted, 9, leg(sa(LEG_A6)), leg(sa(LEG_B6)));
+    assert!(fx.maps().sessions.get(&adopted, 0).is_ok());
+    let frame = udp_frame(
+        sa(LEG_A6),
+        relay6(),
+        &geneve_data(adopted, &payload(32)),
+        FrameOpts::default(),
+    );
+    let (out, deltas) = fx.run(&frame, 9);
+    assert_eq!(out.action, XdpAction::Tx);
+    deltas.assert_only(Reason::ForwardedV6, frame.len());
+    // Its removal leaves the slot's session alone, and the slot's removal leaves the hash map's.
+    fx.maps().delete_session(adopted).unwrap();
+    assert!(fx.maps().session(adopted).unwrap().is_none());
+    assert!(fx.maps().session(VNI).unwrap().is_some());
+    fx.maps().delete_session(VNI).unwrap();
+    assert!(fx.maps().session(VNI).unwrap().is_none());
     let frame = data_frame(LEG_A4, FrameOpts::default());
     assert_not_forwarded(&mut fx, &frame, XdpAction::Drop, Reason::DroppedUnknownVni);
 }

@@ -334,7 +334,7 @@ fn wireguard_runs_through_the_relay_and_the_counters_match() {
     std::thread::sleep(Duration::from_millis(1500)); // let the daemon flush its counters
     // Everything WireGuard sent crossed the relay, in the kernel.
     let maps = s.maps().unwrap();
-    let slot = maps.sessions.get(&s.session.vni, 0).unwrap().slot;
+    let slot = maps.session(s.session.vni).unwrap().unwrap().slot;
     let kernel = maps.kernel_session_stats(slot).unwrap();
     let user = maps.userspace_session_stats(slot).unwrap();
     let (a_tx, a_rx) = wireguard::transfer(&s.lab, Host::ClientA, &names[0]).unwrap();

@@ -20,6 +20,7 @@ const PROGRAMS: &[&str] = &["relay_xdp", "relay_turn", "xdp_pass", "clock_probe"
 /// Maps the object must contain (names from relay-common's `maps`, `turn` and `wireguard`
 /// modules).
 const MAPS: &[&str] = &[
+    "session_slots",
     "sessions",
     "session_stats",
     "user_stats",

@@ -109,7 +109,7 @@ pub fn pair_from_records(pair: &WireGuardPair, meta: &SessionMeta, now: Instant)
         legs: pair.legs,
         slot: pair.slot,
         limits: pair.limits,
-        reserved: 0,
+        vni: pair.id,
     };
     let mut session = from_records(pair.id, &fast, meta, now);
     session.kind = SessionKind::WireGuard(WireGuardSession {

@@ -215,7 +215,7 @@ impl Session {
             legs: [self.legs[0].fast_path(), self.legs[1].fast_path()],
             slot: self.slot,
             limits: self.limits,
-            reserved: 0,
+            vni: self.vni,
         }
     }
 }

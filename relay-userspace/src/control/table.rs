@@ -1,4 +1,4 @@
-//! The authoritative session table: allocation (random VNIs, counter slots, quotas,
+//! The authoritative session table: allocation (random slots and VNIs naming them, quotas,
 //! idempotence), lookup, binding and removal. Pure logic: time and randomness are passed in.
 
 use std::{
@@ -10,7 +10,7 @@ use std::{
 use rand::{Rng, RngCore};
 use relay_common::{
     geneve::{VNI_MAX, control::KEY_LEN},
-    maps::SessionLimits,
+    maps::{SessionLimits, session_slot_bits, vni_slot},
 };
 
 use relay_common::wireguard::WireGuardPair;
@@ -202,12 +202,18 @@ impl SessionTable {
                 quota,
             });
         }
-        let Some(slot) = self.free_slots.pop() else {
+        if self.free_slots.is_empty() {
             return Err(AllocError::RelayFull {
                 max: self.settings.max_sessions,
             });
-        };
-        let vni = self.random_free_vni(rng);
+        }
+        // A random free slot, and a VNI that names it with random bits above: unpredictable as
+        // a VNI drawn from all 2^24 (a guess hits a live session as often either way), yet the
+        // fast path finds the session by indexing, not hashing.
+        let slot = self
+            .free_slots
+            .swap_remove(rng.random_range(0..self.free_slots.len()));
+        let vni = self.random_free_vni(slot, rng);
         let key = |rng: &mut dyn RngCore| {
             let mut k = [0u8; KEY_LEN];
             rng.fill_bytes(&mut k);
@@ -253,12 +259,18 @@ impl SessionTable {
         Ok((self.sessions.entry(vni).or_insert(session), true))
     }
 
-    /// A random VNI not in use. VNIs are unpredictable: knowing one session's id tells nothing
-    /// about another's (the table is kept at most 1/8 full, so this ends quickly).
-    fn random_free_vni(&self, rng: &mut impl RngCore) -> u32 {
+    /// A random VNI that names `slot` ([`vni_slot`]) and is not in use. VNIs are unpredictable:
+    /// the slot is drawn at random and so are the bits above it, so knowing one session's id
+    /// tells nothing about another's. (The slot is free, so only a session adopted from an
+    /// earlier build, whose VNI names no slot of its own, can hold one; and the table holds at
+    /// most 1/8 of all VNIs, leaving at least 3 random bits: this ends quickly.)
+    fn random_free_vni(&self, slot: u32, rng: &mut impl RngCore) -> u32 {
+        let bits = session_slot_bits(self.settings.max_sessions);
+        let tags = (VNI_MAX >> bits) + 1;
         loop {
-            let vni = rng.random_range(1..=VNI_MAX);
-            if !self.sessions.contains_key(&vni) {
+            let vni = (rng.random_range(0..tags) << bits) | slot;
+            if vni != 0 && !self.sessions.contains_key(&vni) {
+                debug_assert_eq!(vni_slot(vni, bits), slot);
                 return vni;
             }
         }
@@ -437,10 +449,17 @@ mod tests {
                 .unwrap();
             assert!(created);
             assert!(s.vni >= 1 && s.vni <= VNI_MAX);
+            // The VNI names the slot (the fast path indexes by it); the bits above are random.
+            assert_eq!(vni_slot(s.vni, session_slot_bits(100)), s.slot);
             assert_ne!(s.legs[0].key, s.legs[1].key);
             vnis.push(s.vni);
             slots.push(s.slot);
         }
+        // Slots are drawn at random too: not the first 50 in order.
+        assert_ne!(slots, (0..50).collect::<Vec<_>>());
+        assert_ne!(slots, (50..100).rev().collect::<Vec<_>>());
+        let tags: std::collections::BTreeSet<u32> = vnis.iter().map(|v| v >> 7).collect();
+        assert!(tags.len() > 40, "the bits above the slot repeat: {tags:?}");
         slots.sort();
         slots.dedup();
         assert_eq!(slots.len(), 50);

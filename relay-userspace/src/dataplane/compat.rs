@@ -45,6 +45,12 @@ fn expected(max_sessions: u32, max_allocations: u32) -> Vec<Expected> {
     let per_session = Some(max_sessions);
     vec![
         map(
+            names::SESSION_SLOTS,
+            Some(size_of::<Session>()),
+            per_session,
+            Kind::State,
+        ),
+        map(
             names::SESSIONS,
             Some(size_of::<Session>()),
             per_session,

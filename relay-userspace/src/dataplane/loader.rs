@@ -31,7 +31,8 @@ pub struct LoadOptions {
 
 /// The maps a copy of the program shares with the relay it inspects: what decides a verdict.
 /// Counters stay private, so inspecting never changes the live numbers.
-pub const SHARED_MAPS: [&str; 11] = [
+pub const SHARED_MAPS: [&str; 12] = [
+    names::SESSION_SLOTS,
     names::SESSIONS,
     names::CONFIG,
     names::REDIRECT,
@@ -79,6 +80,7 @@ impl Dataplane {
         let bindings = super::turn_maps::binding_capacity(options.max_allocations);
         let mut ebpf = loader
             .default_map_pin_directory(&options.pin_dir)
+            .map_max_entries(names::SESSION_SLOTS, options.max_sessions)
             .map_max_entries(names::SESSIONS, options.max_sessions)
             .map_max_entries(names::SESSION_STATS, options.max_sessions)
             .map_max_entries(names::USERSPACE_STATS, options.max_sessions)

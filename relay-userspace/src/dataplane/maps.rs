@@ -8,7 +8,7 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use relay_common::{
-    maps::{self as names, BuildInfo, RelayConfig, Session, SessionMeta, SessionStats},
+    maps::{self as names, BuildInfo, RelayConfig, Session, SessionMeta, SessionStats, vni_slot},
     verdict::{Reason, VerdictCounter},
 };
 
@@ -74,7 +74,12 @@ pub fn pinned_map(dir: &Path, name: &'static str) -> Result<Map, MapsError> {
 
 /// Every map of the relay, typed.
 pub struct RelayMaps {
-    /// VNI → session.
+    /// Slot → the session whose VNI names it (write through [`RelayMaps::put_session`]: records
+    /// are changed in steps a concurrent reader cannot misread, `slot_writes`).
+    pub session_slots: Array<MapData, Session>,
+    /// How many low bits of a VNI name a slot of `session_slots`.
+    slot_bits: u8,
+    /// VNI → session, for sessions whose VNI names no slot (adopted from an earlier build).
     pub sessions: HashMap<MapData, u32, Session>,
     /// Slot → per-CPU fast-path counters.
     pub session_stats: PerCpuArray<MapData, SessionStats>,
@@ -123,7 +128,12 @@ impl RelayMaps {
     fn assemble(
         mut get: impl FnMut(&'static str) -> Result<Map, MapsError>,
     ) -> Result<RelayMaps, MapsError> {
+        let session_slots: Array<MapData, Session> =
+            typed(names::SESSION_SLOTS, get(names::SESSION_SLOTS)?)?;
+        let slot_bits = names::session_slot_bits(session_slots.len());
         Ok(RelayMaps {
+            session_slots,
+            slot_bits,
             sessions: typed(names::SESSIONS, get(names::SESSIONS)?)?,
             session_stats: typed(names::SESSION_STATS, get(names::SESSION_STATS)?)?,
             user_stats: typed(names::USERSPACE_STATS, get(names::USERSPACE_STATS)?)?,
@@ -137,9 +147,23 @@ impl RelayMaps {
         })
     }
 
-    /// Writes the program's configuration.
+    /// Writes the program's configuration (with the session slot bits of these maps).
     pub fn set_config(&mut self, config: &RelayConfig) -> Result<(), MapsError> {
+        let config = RelayConfig {
+            session_slot_bits: self.slot_bits,
+            ..*config
+        };
         self.config.set(0, config, 0).map_err(err(names::CONFIG))
+    }
+
+    /// How many low bits of a VNI name its slot (what the session table allocates by).
+    pub fn session_slot_bits(&self) -> u8 {
+        self.slot_bits
+    }
+
+    /// Whether session `vni` in `slot` lives in `session_slots` (else in the hash map).
+    fn names_slot(&self, vni: u32, slot: u32) -> bool {
+        vni != 0 && vni_slot(vni, self.slot_bits) == slot && slot < self.session_slots.len()
     }
 
     /// The program's configuration.
@@ -204,9 +228,51 @@ impl RelayMaps {
         self.session_meta
             .insert(vni, meta, 0)
             .map_err(err(names::SESSION_META))?;
-        self.sessions
-            .insert(vni, session, 0)
-            .map_err(err(names::SESSIONS))
+        self.put_session_record(vni, session)
+    }
+
+    /// Writes a session's fast-path record: into its slot when its VNI names it (in steps, see
+    /// `slot_writes`), else into the hash map.
+    pub fn put_session_record(&mut self, vni: u32, session: &Session) -> Result<(), MapsError> {
+        let target = Session { vni, ..*session };
+        if !self.names_slot(vni, session.slot) {
+            return self
+                .sessions
+                .insert(vni, target, 0)
+                .map_err(err(names::SESSIONS));
+        }
+        let current = self
+            .session_slots
+            .get(&session.slot, 0)
+            .map_err(err(names::SESSION_SLOTS))?;
+        for step in super::slot_writes::slot_writes(&current, &target) {
+            self.session_slots
+                .set(session.slot, step, 0)
+                .map_err(err(names::SESSION_SLOTS))?;
+        }
+        Ok(())
+    }
+
+    /// Session `vni`'s fast-path record, from its slot or the hash map.
+    pub fn session(&self, vni: u32) -> Result<Option<Session>, MapsError> {
+        let slot = vni_slot(vni, self.slot_bits);
+        if vni != 0 && slot < self.session_slots.len() {
+            let record = self
+                .session_slots
+                .get(&slot, 0)
+                .map_err(err(names::SESSION_SLOTS))?;
+            if record.vni == vni {
+                return Ok(Some(record));
+            }
+        }
+        match self.sessions.get(&vni, 0) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if key_absent(&e) => Ok(None),
+            Err(source) => Err(MapsError::Map {
+                map: names::SESSIONS,
+                source,
+            }),
+        }
     }
 
     /// Writes the control plane's record of a session that has no entry in the session map (a
@@ -236,16 +302,48 @@ impl RelayMaps {
             Err(e) if key_absent(&e) => Ok(()),
             Err(source) => Err(MapsError::Map { map, source }),
         };
-        gone(self.sessions.remove(&vni), names::SESSIONS)?;
+        let slot = vni_slot(vni, self.slot_bits);
+        let mut in_slot = false;
+        if vni != 0 && slot < self.session_slots.len() {
+            let record = self
+                .session_slots
+                .get(&slot, 0)
+                .map_err(err(names::SESSION_SLOTS))?;
+            if record.vni == vni {
+                // Retired by its VNI alone (one field: no reader can mix it up); the legs stay
+                // until the slot's next session overwrites them, matching nothing meanwhile.
+                let retired = Session { vni: 0, ..record };
+                self.session_slots
+                    .set(slot, retired, 0)
+                    .map_err(err(names::SESSION_SLOTS))?;
+                in_slot = true;
+            }
+        }
+        if !in_slot {
+            gone(self.sessions.remove(&vni), names::SESSIONS)?;
+        }
         gone(self.session_meta.remove(&vni), names::SESSION_META)
     }
 
-    /// Every session in the fast-path map with its metadata (if any), sorted by VNI.
+    /// Every session with a fast-path record, with its metadata (if any), sorted by VNI.
+    ///
+    /// Found through the metadata (one entry per session, pairs included) rather than by
+    /// reading every slot, which would cost one system call per slot of capacity; plus any
+    /// hash-map record without metadata.
     pub fn all_sessions(&self) -> Result<Vec<(u32, Session, Option<SessionMeta>)>, MapsError> {
         let mut out = Vec::new();
+        for entry in self.session_meta.iter() {
+            let (vni, meta) = entry.map_err(err(names::SESSION_META))?;
+            if let Some(session) = self.session(vni)? {
+                out.push((vni, session, Some(meta)));
+            }
+        }
+        let seen: std::collections::HashSet<u32> = out.iter().map(|(vni, ..)| *vni).collect();
         for entry in self.sessions.iter() {
             let (vni, session) = entry.map_err(err(names::SESSIONS))?;
-            out.push((vni, session, self.meta(vni)?));
+            if !seen.contains(&vni) {
+                out.push((vni, session, self.meta(vni)?));
+            }
         }
         out.sort_by_key(|(vni, ..)| *vni);
         Ok(out)
@@ -274,8 +372,7 @@ impl RelayMaps {
 
     /// Capacity of the session map.
     pub fn session_capacity(&self) -> u32 {
-        use aya::maps::IterableMap;
-        self.sessions.map().info().map_or(0, |i| i.max_entries())
+        self.session_slots.len()
     }
 
     /// Zeroes both counter slots of `slot`, before a new session uses it.

@@ -10,6 +10,7 @@ pub mod maps;
 pub mod object;
 pub mod settings;
 pub mod simulate;
+pub mod slot_writes;
 pub mod turn_maps;
 pub mod wireguard_maps;
 
