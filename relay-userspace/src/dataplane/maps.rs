@@ -253,17 +253,23 @@ impl RelayMaps {
         Ok(())
     }
 
+    /// The slot `vni` names and its record, if that record serves `vni`.
+    fn slot_record(&self, vni: u32) -> Result<Option<(u32, Session)>, MapsError> {
+        let slot = vni_slot(vni, self.slot_bits);
+        if vni == 0 || slot >= self.session_slots.len() {
+            return Ok(None);
+        }
+        let record = self
+            .session_slots
+            .get(&slot, 0)
+            .map_err(err(names::SESSION_SLOTS))?;
+        Ok((record.vni == vni).then_some((slot, record)))
+    }
+
     /// Session `vni`'s fast-path record, from its slot or the hash map.
     pub fn session(&self, vni: u32) -> Result<Option<Session>, MapsError> {
-        let slot = vni_slot(vni, self.slot_bits);
-        if vni != 0 && slot < self.session_slots.len() {
-            let record = self
-                .session_slots
-                .get(&slot, 0)
-                .map_err(err(names::SESSION_SLOTS))?;
-            if record.vni == vni {
-                return Ok(Some(record));
-            }
+        if let Some((_, record)) = self.slot_record(vni)? {
+            return Ok(Some(record));
         }
         match self.sessions.get(&vni, 0) {
             Ok(s) => Ok(Some(s)),
@@ -302,24 +308,16 @@ impl RelayMaps {
             Err(e) if key_absent(&e) => Ok(()),
             Err(source) => Err(MapsError::Map { map, source }),
         };
-        let slot = vni_slot(vni, self.slot_bits);
-        let mut in_slot = false;
-        if vni != 0 && slot < self.session_slots.len() {
-            let record = self
-                .session_slots
-                .get(&slot, 0)
+        let in_slot = self.slot_record(vni)?;
+        if let Some((slot, record)) = in_slot {
+            // Retired by its VNI alone (one field: no reader can mix it up); the legs stay until
+            // the slot's next session overwrites them, matching nothing meanwhile.
+            let retired = Session { vni: 0, ..record };
+            self.session_slots
+                .set(slot, retired, 0)
                 .map_err(err(names::SESSION_SLOTS))?;
-            if record.vni == vni {
-                // Retired by its VNI alone (one field: no reader can mix it up); the legs stay
-                // until the slot's next session overwrites them, matching nothing meanwhile.
-                let retired = Session { vni: 0, ..record };
-                self.session_slots
-                    .set(slot, retired, 0)
-                    .map_err(err(names::SESSION_SLOTS))?;
-                in_slot = true;
-            }
         }
-        if !in_slot {
+        if in_slot.is_none() {
             gone(self.sessions.remove(&vni), names::SESSIONS)?;
         }
         gone(self.session_meta.remove(&vni), names::SESSION_META)
