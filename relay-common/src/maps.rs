@@ -474,9 +474,26 @@ pub const fn rewritten_ip_len(ip_len: usize, from_v6: bool, to_v6: bool) -> usiz
     ip_len + if to_v6 { IPV6_HLEN } else { IPV4_HLEN } - if from_v6 { IPV6_HLEN } else { IPV4_HLEN }
 }
 
-/// `HASH` [`RelayPortKey`] → [`RelayPort`]: which front owns a relay port (a TURN allocation's
-/// relayed port, the TURN port itself, a WireGuard pair's port) and which of its records the
-/// port belongs to. Ports not in it (and not the session port) are never touched by the relay.
+/// `ARRAY` of 65 536 [`RelayPort`]s indexed by the UDP port's raw (network-order) value: which
+/// front owns a relay port (a TURN allocation's relayed port, the TURN port itself, a WireGuard
+/// pair's port) and which of its records the port belongs to; `front` 0 means none. Ports
+/// without an owner (other than the session port) are never touched by the relay. An array:
+/// the program finds the owner by indexing, where a hash lookup cost it a tenth of a TURN or
+/// WireGuard packet's time (docs/benchmarks.md). Written only by userspace, in steps
+/// (`front` last when a port is taken, first when it is released) so no torn read mixes owners.
+pub const PORT_OWNERS: &str = "port_owners";
+
+/// Entries of [`PORT_OWNERS`]: one per UDP port.
+pub const PORT_OWNER_ENTRIES: u32 = 65_536;
+
+/// The [`PORT_OWNERS`] index of a port given raw (network order), as packets carry it.
+#[inline(always)]
+pub const fn port_owner_index(raw_port: u16) -> u32 {
+    raw_port as u32
+}
+
+/// `HASH` [`RelayPortKey`] → [`RelayPort`]: what [`PORT_OWNERS`] holds, as builds before it kept
+/// it. A daemon that finds it pinned copies it into [`PORT_OWNERS`] and removes it.
 pub const RELAY_PORTS: &str = "relay_ports";
 
 /// Key of [`RELAY_PORTS`].
@@ -489,7 +506,7 @@ pub struct RelayPortKey {
     pub reserved: u16,
 }
 
-/// Value of [`RELAY_PORTS`].
+/// Value of [`PORT_OWNERS`] (and of [`RELAY_PORTS`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RelayPort {

@@ -18,7 +18,9 @@
 //! clients such as coturn's do with `-D`): `Length` bytes are relayed and the rest ignored.
 //! Over TCP the padding is mandatory, since it frames the next message.
 
-pub use crate::maps::{RELAY_PORTS, RelayPort, RelayPortKey};
+pub use crate::maps::{
+    PORT_OWNER_ENTRIES, PORT_OWNERS, RELAY_PORTS, RelayPort, RelayPortKey, port_owner_index,
+};
 use crate::{
     maps::{Leg, SessionLimits},
     verdict::Reason,
@@ -181,8 +183,14 @@ pub const fn trailer_sum(window: [u8; 4], trailer: usize, window_offset: usize) 
     crate::checksum::fold(acc)
 }
 
-/// `HASH` allocation slot (`u32`) → [`TurnAllocation`]: what the fast path needs.
-pub const TURN_ALLOCATIONS: &str = "turn_allocs";
+/// `ARRAY` allocation slot → [`TurnAllocation`]: what the fast path needs; a free slot's record
+/// has [`TurnAllocation::live`] 0. An array (the program indexes it by the slot its port or
+/// channel names, where a hash lookup cost it as much as a rewrite), written only by userspace
+/// in steps (`live` cleared first, set last) so no torn read mixes two allocations.
+pub const TURN_ALLOCATIONS: &str = "turn_slots";
+/// `HASH` allocation slot → [`TurnAllocation`]: what [`TURN_ALLOCATIONS`] holds, as builds
+/// before it kept it. A daemon that finds it pinned copies it over and removes it.
+pub const LEGACY_TURN_ALLOCATIONS: &str = "turn_allocs";
 /// `HASH` allocation slot → [`TurnAllocationMeta`]: the rest of the daemon's record (userspace
 /// only; kept in bpffs so a restarted daemon adopts allocations).
 pub const TURN_ALLOCATION_META: &str = "turn_alloc_meta";
@@ -253,8 +261,10 @@ pub struct TurnAllocation {
     /// the client's family is the other half), raw network order: where ChannelData to the
     /// client comes from.
     pub server_port: u16,
-    /// Reserved, zero.
-    pub reserved: u16,
+    /// 1 while this is an allocation's record, 0 in a free slot of [`TURN_ALLOCATIONS`] (the
+    /// program ignores the rest of the record then). Was reserved (0) in the hash map of
+    /// earlier builds.
+    pub live: u16,
 }
 
 /// Longest username an allocation's record keeps (longer ones are refused at Allocate).
@@ -411,8 +421,10 @@ mod tests {
     #[test]
     fn map_names_fit_the_kernel_limit() {
         for name in [
+            PORT_OWNERS,
             RELAY_PORTS,
             TURN_ALLOCATIONS,
+            LEGACY_TURN_ALLOCATIONS,
             TURN_ALLOCATION_META,
             TURN_CHANNELS,
             TURN_PEERS,

@@ -63,10 +63,10 @@ pub fn from_v4(
     ip: &mut Ipv4Hdr,
     udp: &mut UdpHdr,
 ) -> Verdict {
-    let to = session.legs[dir.to & 1];
+    let to = &session.legs[dir.to & 1];
     let udp_len = udp.len;
     let now = jiffies();
-    let hop = route(ctx, cfg, &to, u16::from_be(udp_len), udp.check, now)?;
+    let hop = route(ctx, cfg, to, u16::from_be(udp_len), udp.check, now)?;
     within_limits(cfg, session, dir, udp_len, now)?;
     if to.is_v6() {
         let old = Original {
@@ -78,11 +78,11 @@ pub fn from_v4(
             udp_len,
             traffic_class: ip.tos,
         };
-        rewrite::v4_to_v6(ctx, &old, cfg, &to, &hop, session.from_port)?;
+        rewrite::v4_to_v6(ctx, &old, cfg, to, &hop, session.from_port)?;
     } else {
-        rewrite::v4_to_v4(eth, ip, udp, cfg, &to, &hop, session.from_port);
+        rewrite::v4_to_v4(eth, ip, udp, cfg, to, &hop, session.from_port);
     }
-    forwarded(ctx, session, dir, &to, &hop, udp_len, false, now)
+    forwarded(ctx, session, dir, to, &hop, udp_len, false, now)
 }
 
 /// Forwards an IPv6 packet of `session` in direction `dir`.
@@ -96,13 +96,13 @@ pub fn from_v6(
     ip: &mut Ipv6Hdr,
     udp: &mut UdpHdr,
 ) -> Verdict {
-    let to = session.legs[dir.to & 1];
+    let to = &session.legs[dir.to & 1];
     let udp_len = udp.len;
     let now = jiffies();
-    let hop = route(ctx, cfg, &to, u16::from_be(udp_len), udp.check, now)?;
+    let hop = route(ctx, cfg, to, u16::from_be(udp_len), udp.check, now)?;
     within_limits(cfg, session, dir, udp_len, now)?;
     if to.is_v6() {
-        rewrite::v6_to_v6(eth, ip, udp, cfg, &to, &hop, session.from_port);
+        rewrite::v6_to_v6(eth, ip, udp, cfg, to, &hop, session.from_port);
     } else {
         let tc_bytes = ip.vtc_flow[0].to_ne_bytes();
         let old = Original {
@@ -114,9 +114,9 @@ pub fn from_v6(
             udp_len,
             traffic_class: (tc_bytes[0] << 4) | (tc_bytes[1] >> 4),
         };
-        rewrite::v6_to_v4(ctx, &old, cfg, &to, &hop, session.from_port)?;
+        rewrite::v6_to_v4(ctx, &old, cfg, to, &hop, session.from_port)?;
     }
-    forwarded(ctx, session, dir, &to, &hop, udp_len, true, now)
+    forwarded(ctx, session, dir, to, &hop, udp_len, true, now)
 }
 
 /// Checks the destination leg is reachable by the fast path (its family configured, a

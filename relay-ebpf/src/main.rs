@@ -33,14 +33,14 @@ use aya_ebpf::{
 };
 use relay_common::{
     maps::FRONT_PROGRAM_TURN,
-    turn::{FRONT_TURN, FRONT_TURN_SERVER, RelayPortKey},
+    turn::{FRONT_TURN, FRONT_TURN_SERVER, RelayPort, port_owner_index},
     verdict::{Outcome, Reason},
     wireguard::FRONT_WIREGUARD,
 };
 
 use crate::{
     counters::{count_verdict, jiffies},
-    maps::{CONFIG, FRONT_PROGRAMS, RELAY_PORTS},
+    maps::{CONFIG, FRONT_PROGRAMS, PORT_OWNERS},
     packet::{frame_len, ptr_at},
 };
 
@@ -71,11 +71,7 @@ fn relay(ctx: &XdpContext) -> Verdict {
     // WireGuard pair's port crosses like a session (inline, the same forwarding path); TURN's
     // program runs as a tail call: it gets a 512-byte stack of its own (its rewrite needs most
     // of one), and the session path above stays as lean as it was.
-    let owner = RELAY_PORTS
-        .get_ptr(&RelayPortKey { port, reserved: 0 })
-        .ok_or(Reason::PassedNotOurPort)?;
-    // SAFETY: map values stay valid for the whole program run (RCU).
-    let owner = unsafe { &*owner };
+    let owner = port_owner(port)?;
     if owner.front == FRONT_WIREGUARD {
         return wireguard::relay(ctx, cfg, packet, owner);
     }
@@ -83,6 +79,21 @@ fn relay(ctx: &XdpContext) -> Verdict {
     unsafe { FRONT_PROGRAMS.tail_call(ctx, FRONT_PROGRAM_TURN) };
     // The loader did not install the TURN program (a half-done start): the stack decides.
     Err(Reason::PassedNotConfigured)
+}
+
+/// The owner of relay port `port` (raw), if it has one.
+#[inline(always)]
+fn port_owner(port: u16) -> Result<&'static RelayPort, Reason> {
+    let owner = PORT_OWNERS
+        .get_ptr(port_owner_index(port))
+        .ok_or(Reason::PassedNotOurPort)?;
+    // SAFETY: array values live as long as the map. Userspace changes an owner only while its
+    // `front` is 0, and `front` alone (one byte) otherwise: a read sees one owner, or none.
+    let owner = unsafe { &*owner };
+    if owner.front == 0 {
+        return Err(Reason::PassedNotOurPort);
+    }
+    Ok(owner)
 }
 
 /// TURN's ports (tail-called by [`relay_xdp`]): counts like it.
@@ -98,14 +109,7 @@ pub fn relay_turn(ctx: XdpContext) -> u32 {
 fn turn_port(ctx: &XdpContext) -> Verdict {
     let cfg = CONFIG.get(0).ok_or(Reason::PassedNotConfigured)?;
     let packet = parse::udp_to_relay(ctx, cfg)?;
-    let owner = RELAY_PORTS
-        .get_ptr(&RelayPortKey {
-            port: packet.dest_port(),
-            reserved: 0,
-        })
-        .ok_or(Reason::PassedNotOurPort)?;
-    // SAFETY: map values stay valid for the whole program run (RCU).
-    let owner = unsafe { &*owner };
+    let owner = port_owner(packet.dest_port())?;
     match owner.front {
         FRONT_TURN_SERVER => turn::from_client(ctx, cfg, packet),
         FRONT_TURN => turn::from_peer(ctx, cfg, packet, owner.slot),

@@ -13,7 +13,7 @@ use relay_common::{
     },
     turn::{
         ChannelBinding, ChannelKey, DEFAULT_MAX_ALLOCATIONS, DEFAULT_MAX_TURN_BINDINGS,
-        PeerChannel, PeerKey, Permission, PermissionKey, RelayPort, RelayPortKey, TurnAllocation,
+        PORT_OWNER_ENTRIES, PeerChannel, PeerKey, Permission, PermissionKey, RelayPort, TurnAllocation,
         TurnAllocationMeta, TurnKeys,
     },
     verdict::{Reason, VerdictCounter},
@@ -80,14 +80,13 @@ pub static FLEET_STATE: Array<FleetState> = Array::pinned(1, 0);
 // Declared here so one loader creates and pins every map; the program reads them from issue 17
 // on (ChannelData in the kernel).
 
-/// Relay port → the front and record that own it.
-#[map(name = "relay_ports")]
-pub static RELAY_PORTS: HashMap<RelayPortKey, RelayPort> = HashMap::pinned(65_536, 0);
+/// Relay port (raw value) → the front and record that own it.
+#[map(name = "port_owners")]
+pub static PORT_OWNERS: Array<RelayPort> = Array::pinned(PORT_OWNER_ENTRIES, 0);
 
 /// Allocation slot → the allocation as the fast path sees it.
-#[map(name = "turn_allocs")]
-pub static TURN_ALLOCATIONS: HashMap<u32, TurnAllocation> =
-    HashMap::pinned(DEFAULT_MAX_ALLOCATIONS, 0);
+#[map(name = "turn_slots")]
+pub static TURN_ALLOCATIONS: Array<TurnAllocation> = Array::pinned(DEFAULT_MAX_ALLOCATIONS, 0);
 
 /// Allocation slot → the daemon's record of it (userspace only).
 #[map(name = "turn_alloc_meta")]

@@ -23,7 +23,7 @@ use relay_common::{
     maps::{Leg, RelayConfig},
     turn::{
         CHANNEL_DATA_HLEN, CLIENT_UDP, ChannelDataHdr, ChannelKey, FRONT_TURN,
-        MAX_FAST_PATH_TRAILER, PeerKey, PermissionKey, RelayPortKey, TO_CLIENT, TO_PEER, ToClient,
+        MAX_FAST_PATH_TRAILER, PeerKey, PermissionKey, TO_CLIENT, TO_PEER, ToClient, port_owner_index,
         TurnAllocation, TurnDatagram, to_client, trailer_sum,
     },
     verdict::Reason,
@@ -35,7 +35,7 @@ use crate::{
     counters::{admit, count_forwarded, jiffies},
     forward::{route, transmit},
     maps::{
-        RELAY_PORTS, TURN_ALLOCATIONS, TURN_CHANNELS, TURN_PEERS, TURN_PERMISSIONS, TURN_SCRATCH,
+        PORT_OWNERS, TURN_ALLOCATIONS, TURN_CHANNELS, TURN_PEERS, TURN_PERMISSIONS, TURN_SCRATCH,
         TURN_STATS,
     },
     packet::ptr_at,
@@ -304,13 +304,10 @@ fn between_clients(
     len: usize,
     key: &mut PeerKey,
 ) -> Result<(&'static TurnAllocation, ChannelDataHdr), Reason> {
-    let owner = RELAY_PORTS
-        .get_ptr(&RelayPortKey {
-            port: peer.port,
-            reserved: 0,
-        })
+    let owner = PORT_OWNERS
+        .get_ptr(port_owner_index(peer.port))
         .ok_or(Reason::PassedHairpin)?;
-    // SAFETY: map values stay valid for the whole program run (RCU).
+    // SAFETY: array values live as long as the map; see `port_owner` for torn reads.
     let owner = unsafe { &*owner };
     if owner.front != FRONT_TURN {
         return Err(Reason::PassedHairpin);
@@ -397,8 +394,13 @@ pub fn from_peer(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet, slot: u32)
 #[inline(always)]
 fn allocation(slot: u32) -> Result<&'static TurnAllocation, Reason> {
     let allocation = TURN_ALLOCATIONS
-        .get_ptr(&slot)
+        .get_ptr(slot)
         .ok_or(Reason::DroppedTurnNoAllocation)?;
-    // SAFETY: map values stay valid for the whole program run (RCU).
-    Ok(unsafe { &*allocation })
+    // SAFETY: array values live as long as the map. Userspace changes a record only while its
+    // `live` is 0, and `live` alone otherwise: a read sees one allocation, or none.
+    let allocation = unsafe { &*allocation };
+    if allocation.live == 0 {
+        return Err(Reason::DroppedTurnNoAllocation);
+    }
+    Ok(allocation)
 }

@@ -65,6 +65,16 @@ enum Command {
         /// Seconds per pass (default 1; 0.25 with --quick).
         #[arg(long)]
         seconds: Option<f64>,
+        /// Only these modes (native, generic, off, reflector), comma-separated: a profiling
+        /// run; the ratios need all four.
+        #[arg(long, value_delimiter = ',')]
+        modes: Option<Vec<String>>,
+        /// UDP payload sizes, comma-separated (default 64,512,1420).
+        #[arg(long, value_delimiter = ',')]
+        payloads: Option<Vec<usize>>,
+        /// Session counts, comma-separated (default 1,1000).
+        #[arg(long, value_delimiter = ',')]
+        sessions: Option<Vec<usize>>,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -205,6 +215,9 @@ fn main() -> Result<()> {
             quick,
             rounds,
             seconds,
+            modes,
+            payloads,
+            sessions,
             json,
         } => {
             let mut options = if quick {
@@ -214,6 +227,21 @@ fn main() -> Result<()> {
             };
             options.rounds = rounds.unwrap_or(options.rounds);
             options.seconds = seconds.unwrap_or(options.seconds);
+            options.payloads = payloads.unwrap_or(options.payloads);
+            options.sessions = sessions.unwrap_or(options.sessions);
+            if let Some(modes) = modes {
+                options.modes = modes
+                    .iter()
+                    .map(|name| {
+                        report::Mode::ALL
+                            .into_iter()
+                            .find(|m| m.name() == name)
+                            .with_context(|| {
+                                format!("no mode `{name}`: native, generic, off or reflector")
+                            })
+                    })
+                    .collect::<Result<_>>()?;
+            }
             let r = throughput::run(options)?;
             print!("{}", report::table(&r.summaries));
             for x in &r.ratios {

@@ -10,13 +10,18 @@
 //! interleaved round by round and the median round is reported, so drift on a shared machine
 //! hits all of them alike.
 
-use std::net::{IpAddr, SocketAddr};
+use std::{
+    net::{IpAddr, SocketAddr},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
 
 use anyhow::{Result, ensure};
 use etherparse::PacketBuilder;
 use relay_common::{
     geneve::{GENEVE_PROTOCOL_DATA, GeneveHdr},
-    maps::Leg,
+    maps::{Leg, SessionLimits},
+    turn::ChannelDataHdr,
+    wireguard::WireGuardPair,
 };
 use serde::Serialize;
 
@@ -24,14 +29,37 @@ use crate::{
     lab_xdp::LabXdp,
     sandbox::{GATEWAY_MAC, RELAY_MAC, RELAY_PORT, RELAY_V4, RELAY_V6, Sandbox},
 };
-use relay_userspace::dataplane::{
-    object::{PROGRAM_PASS, PROGRAM_RELAY},
-    simulate::{XdpAction, run_frame_timed},
+use relay_userspace::{
+    dataplane::{
+        object::{PROGRAM_PASS, PROGRAM_RELAY},
+        simulate::{XdpAction, run_frame_timed},
+        turn_maps::{TurnMaps, TurnRecord},
+        wireguard_maps::WireGuardMaps,
+    },
+    fronts::turn::{
+        persist,
+        server::{Allocation, Channel, Clock, Families, FiveTuple, Transport},
+    },
 };
 
-/// One forwarding case: a session between two legs, a packet from the first.
+/// Which front's forwarding path a case takes.
+#[derive(Clone, Copy)]
+enum Front {
+    /// A session of the session protocol: a Geneve data packet from one leg to the other.
+    Session,
+    /// A stock WireGuard pair: a transport data message from side A's leg to its port.
+    WireGuard,
+    /// TURN, client → peer: ChannelData to the TURN port leaves the relayed port as a datagram.
+    TurnToPeer,
+    /// TURN, peer → client: a datagram to the relayed port leaves the TURN port as ChannelData.
+    TurnToClient,
+}
+
+/// One forwarding case: two endpoints (legs; for TURN the client and the peer), a packet from
+/// the first (from the peer for [`Front::TurnToClient`]).
 struct Case {
     name: &'static str,
+    front: Front,
     from: &'static str,
     to: &'static str,
 }
@@ -39,25 +67,56 @@ struct Case {
 const CASES: &[Case] = &[
     Case {
         name: "v4 → v4",
+        front: Front::Session,
         from: "198.51.100.10:40000",
         to: "198.51.100.20:40001",
     },
     Case {
         name: "v6 → v6",
+        front: Front::Session,
         from: "[2001:db8:2::10]:40002",
         to: "[2001:db8:2::20]:40003",
     },
     Case {
         name: "v4 → v6",
+        front: Front::Session,
         from: "198.51.100.11:40004",
         to: "[2001:db8:2::21]:40005",
     },
     Case {
         name: "v6 → v4",
+        front: Front::Session,
         from: "[2001:db8:2::22]:40006",
         to: "198.51.100.12:40007",
     },
+    Case {
+        name: "WireGuard v4 → v4",
+        front: Front::WireGuard,
+        from: "198.51.100.13:40008",
+        to: "198.51.100.14:40009",
+    },
+    Case {
+        name: "TURN client → peer, v4",
+        front: Front::TurnToPeer,
+        from: "198.51.100.15:40010",
+        to: "198.51.100.16:40011",
+    },
+    Case {
+        name: "TURN peer → client, v4",
+        front: Front::TurnToClient,
+        from: "198.51.100.17:40012",
+        to: "198.51.100.18:40013",
+    },
 ];
+
+/// The WireGuard pair's relay ports (side A's, side B's) and slot.
+const WIREGUARD_PORTS: [u16; 2] = [51_820, 51_821];
+const WIREGUARD_SLOT: u32 = 100;
+/// The TURN server's port, the allocation's relayed port, channel and slot.
+const TURN_PORT: u16 = 3478;
+const TURN_RELAYED: u16 = 50_002;
+const TURN_CHANNEL: u16 = 0x4001;
+const TURN_SLOT: u32 = 5;
 
 /// UDP payload bytes of the benchmark packets (Geneve header included): a WireGuard keepalive-
 /// to-small-data size. Header-only rewriting makes the cost independent of it.
@@ -140,23 +199,102 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// The relay's address in `addr`'s family, at `port`.
+fn relay_at(addr: SocketAddr, port: u16) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(_) => SocketAddr::new(RELAY_V4.into(), port),
+        IpAddr::V6(_) => SocketAddr::new(RELAY_V6.into(), port),
+    }
+}
+
+/// Installs what `case` forwards through (as the daemon's map code writes it) and returns the
+/// frame to time. `i` keeps sessions apart.
+fn install(sandbox: &mut Sandbox, i: u32, case: &Case) -> Result<Vec<u8>> {
+    let (from, to): (SocketAddr, SocketAddr) = (case.from.parse()?, case.to.parse()?);
+    let mut data = vec![0xab; PAYLOAD];
+    Ok(match case.front {
+        Front::Session => {
+            // Slot i, and a VNI that names it (as every VNI this build allocates does).
+            let vni = 0x10_0000 + i;
+            sandbox.add_session(vni, i, leg(from), leg(to))?;
+            data[..8].copy_from_slice(&GeneveHdr::new(vni, false, GENEVE_PROTOCOL_DATA).to_bytes());
+            frame(from, relay_at(from, RELAY_PORT), &data)
+        }
+        Front::WireGuard => {
+            let mut maps = WireGuardMaps::open_pinned(sandbox.pin_dir())?;
+            maps.put(&WireGuardPair {
+                legs: [leg(from), leg(to)],
+                ports: WIREGUARD_PORTS.map(u16::to_be),
+                slot: WIREGUARD_SLOT,
+                ..Default::default()
+            })?;
+            // A transport data message: type 4, then the receiver's index.
+            data[..4].copy_from_slice(&[4, 0, 0, 0]);
+            frame(from, relay_at(from, WIREGUARD_PORTS[0]), &data)
+        }
+        Front::TurnToPeer | Front::TurnToClient => {
+            let mut maps = TurnMaps::open_pinned(sandbox.pin_dir())?;
+            maps.serve_port(TURN_PORT)?;
+            maps.put(&turn_record(from, to)?)?;
+            if let Front::TurnToPeer = case.front {
+                data[..4].copy_from_slice(
+                    &ChannelDataHdr::new(TURN_CHANNEL, (PAYLOAD - 4) as u16).to_bytes(),
+                );
+                frame(from, relay_at(from, TURN_PORT), &data)
+            } else {
+                frame(to, relay_at(to, TURN_RELAYED), &data)
+            }
+        }
+    })
+}
+
+/// The fast-path records of a UDP allocation of `client` with a channel bound to `peer`, as
+/// the TURN server writes them.
+fn turn_record(client: SocketAddr, peer: SocketAddr) -> Result<TurnRecord> {
+    let now = Instant::now();
+    let later = now + Duration::from_secs(600);
+    let clock = Clock {
+        now,
+        unix_ms: SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64,
+    };
+    let allocation = Allocation {
+        slot: TURN_SLOT,
+        five_tuple: FiveTuple {
+            client,
+            server: relay_at(client, TURN_PORT),
+            transport: Transport::Udp,
+        },
+        username: "bench".into(),
+        sha256: false,
+        port: TURN_RELAYED,
+        families: Families { v4: true, v6: true },
+        created_unix_ms: clock.unix_ms,
+        expires: later,
+        transaction: 1,
+        permissions: [(peer.ip(), later)].into_iter().collect(),
+        channels: [(
+            TURN_CHANNEL,
+            Channel {
+                peer,
+                expires: later,
+            },
+        )]
+        .into_iter()
+        .collect(),
+    };
+    Ok(persist::to_record(
+        &allocation,
+        SessionLimits::default(),
+        &clock,
+    ))
+}
+
 /// Runs the benchmark in a fresh sandbox (needs root).
 pub fn run(options: BenchOptions) -> Result<Vec<CaseResult>> {
     let mut sandbox = Sandbox::create("rb-xdp")?;
     let mut frames = Vec::new();
     for (i, case) in CASES.iter().enumerate() {
-        let vni = 0x10_0000 + i as u32;
-        let (from, to): (SocketAddr, SocketAddr) = (case.from.parse()?, case.to.parse()?);
-        sandbox.add_session(vni, i as u32, leg(from), leg(to))?;
-        let relay = match from.ip() {
-            IpAddr::V4(_) => SocketAddr::new(RELAY_V4.into(), RELAY_PORT),
-            IpAddr::V6(_) => SocketAddr::new(RELAY_V6.into(), RELAY_PORT),
-        };
-        let mut data = GeneveHdr::new(vni, false, GENEVE_PROTOCOL_DATA)
-            .to_bytes()
-            .to_vec();
-        data.resize(PAYLOAD, 0xab);
-        let f = frame(from, relay, &data);
+        let f = install(&mut sandbox, i as u32, case)?;
         // Only the forwarding path is timed: check it is the one taken.
         let out = sandbox.run(PROGRAM_RELAY, &f)?;
         ensure!(

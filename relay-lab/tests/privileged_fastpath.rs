@@ -245,6 +245,129 @@ fn a_slot_answers_only_its_own_vni_and_adopted_sessions_use_the_hash_map() {
 }
 
 #[test]
+fn port_owners_and_turn_allocations_an_earlier_build_pinned_in_hash_maps_move_into_arrays() {
+    require_root!();
+    let fx = Fixture::new();
+    let dir = fx.sandbox.pin_dir().to_path_buf();
+    // What an earlier build left: `relay_ports`, a hash map keyed by the raw port.
+    let legacy = dir.join(relay_common::turn::RELAY_PORTS);
+    let bpftool = |args: &[&str]| {
+        let out = std::process::Command::new("bpftool")
+            .args(args)
+            .output()
+            .expect("bpftool (installed by cargo xtask setup)");
+        assert!(
+            out.status.success(),
+            "bpftool {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let path = legacy.to_str().unwrap();
+    bpftool(&[
+        "map",
+        "create",
+        path,
+        "type",
+        "hash",
+        "key",
+        "4",
+        "value",
+        "8",
+        "entries",
+        "65536",
+        "name",
+        "relay_ports",
+    ]);
+    // Port 51820 (raw: 0x6c 0xca) → WireGuard (3), side 1, slot 9.
+    bpftool(&[
+        "map", "update", "pinned", path, "key", "0xca", "0x6c", "0", "0", "value", "3", "1", "0",
+        "0", "9", "0", "0", "0",
+    ]);
+    // And `turn_allocs`, a hash map of allocations by slot (no `live` marker: it was reserved).
+    let allocation = relay_common::turn::TurnAllocation {
+        client: leg(sa(LEG_A4)),
+        relay_port: 50_000u16.to_be(),
+        families: relay_common::turn::RELAYED_V4,
+        transport: relay_common::turn::CLIENT_UDP,
+        slot: 3,
+        server_port: 3478u16.to_be(),
+        ..Default::default()
+    };
+    // SAFETY: a repr(C) struct of plain fields without padding (checked in relay-common).
+    let value = unsafe {
+        std::slice::from_raw_parts(
+            &allocation as *const _ as *const u8,
+            std::mem::size_of_val(&allocation),
+        )
+    };
+    let legacy_allocations = dir.join(relay_common::turn::LEGACY_TURN_ALLOCATIONS);
+    let path2 = legacy_allocations.to_str().unwrap();
+    bpftool(&[
+        "map",
+        "create",
+        path2,
+        "type",
+        "hash",
+        "key",
+        "4",
+        "value",
+        "40",
+        "entries",
+        "64",
+        "name",
+        "turn_allocs",
+    ]);
+    let mut update = vec![
+        "map", "update", "pinned", path2, "key", "3", "0", "0", "0", "value",
+    ];
+    let bytes: Vec<String> = value.iter().map(|b| b.to_string()).collect();
+    update.extend(bytes.iter().map(String::as_str));
+    bpftool(&update);
+    // A daemon of this build starting on those pins moves the owner and unpins the old map.
+    let dataplane =
+        relay_userspace::dataplane::Dataplane::load(&relay_userspace::dataplane::LoadOptions {
+            pin_dir: dir.clone(),
+            max_sessions: 1024,
+            max_allocations: 64,
+            nexthop_cache_entries: 4096,
+            shared_from: None,
+        })
+        .unwrap();
+    assert!(!legacy.exists(), "the old map stays pinned");
+    let owner = dataplane
+        .maps
+        .turn
+        .port_owners
+        .get(51_820u16.to_be())
+        .unwrap();
+    assert_eq!(
+        owner.map(|o| (o.front, o.side, o.slot)),
+        Some((relay_common::wireguard::FRONT_WIREGUARD, 1, 9))
+    );
+    assert_eq!(
+        dataplane
+            .maps
+            .turn
+            .port_owners
+            .get(51_821u16.to_be())
+            .unwrap(),
+        None
+    );
+    assert!(
+        !legacy_allocations.exists(),
+        "the old allocation map stays pinned"
+    );
+    assert_eq!(
+        dataplane.maps.turn.allocation(3).unwrap(),
+        Some(relay_common::turn::TurnAllocation {
+            live: 1,
+            ..allocation
+        })
+    );
+    assert_eq!(dataplane.maps.turn.allocation(4).unwrap(), None);
+}
+
+#[test]
 fn control_packets_go_to_userspace() {
     require_root!();
     let mut fx = Fixture::new();

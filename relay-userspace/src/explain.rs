@@ -135,9 +135,13 @@ impl Ports {
             geneve: maps.config().ok().map(|c| u16::from_be(c.port)),
             ..Default::default()
         };
-        for entry in maps.turn.relay_ports.iter() {
-            let (key, owner) = entry.context("reading the relay port map")?;
-            let port = u16::from_be(key.port);
+        for (raw, owner) in maps
+            .turn
+            .port_owners
+            .all()
+            .context("reading the port owner map")?
+        {
+            let port = u16::from_be(raw);
             match owner.front {
                 FRONT_TURN_SERVER => ports.turn.push(port),
                 FRONT_TURN => ports.relayed.push((port, owner.slot)),

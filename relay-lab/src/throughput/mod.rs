@@ -66,6 +66,9 @@ pub struct ThroughputOptions {
     pub sessions: Vec<usize>,
     /// Seconds per pass.
     pub seconds: f64,
+    /// Modes to measure, interleaved in this order (all four unless narrowed down for a
+    /// profile: the report's ratios need native, generic, off and the reflector).
+    pub modes: Vec<Mode>,
 }
 
 impl ThroughputOptions {
@@ -77,6 +80,7 @@ impl ThroughputOptions {
             payloads: vec![64, 512, 1420],
             sessions: vec![1, 1000],
             seconds: 1.0,
+            modes: Mode::ALL.to_vec(),
         }
     }
 
@@ -88,6 +92,7 @@ impl ThroughputOptions {
             payloads: vec![64],
             sessions: vec![4],
             seconds: 0.25,
+            modes: Mode::ALL.to_vec(),
         }
     }
 }
@@ -130,7 +135,7 @@ pub fn run(options: ThroughputOptions) -> Result<ThroughputResult> {
 
     let mut measurements = Vec::new();
     for round in 0..options.rounds {
-        for mode in Mode::ALL {
+        for &mode in &options.modes {
             bench.switch(mode)?;
             for &payload in &options.payloads {
                 for &sessions in &options.sessions {

@@ -129,10 +129,10 @@ fn port_fronts_expected(max_sessions: u32, max_allocations: u32) -> Vec<Expected
     };
     vec![
         state(
-            t::RELAY_PORTS,
-            size_of::<RelayPortKey>(),
+            t::PORT_OWNERS,
+            4,
             size_of::<RelayPort>(),
-            Some(65_536),
+            Some(t::PORT_OWNER_ENTRIES),
         ),
         state(
             t::TURN_ALLOCATIONS,

@@ -37,7 +37,7 @@ pub const SHARED_MAPS: [&str; 12] = [
     names::CONFIG,
     names::REDIRECT,
     names::SESSION_META,
-    turn::RELAY_PORTS,
+    turn::PORT_OWNERS,
     turn::TURN_ALLOCATIONS,
     turn::TURN_ALLOCATION_META,
     turn::TURN_CHANNELS,
@@ -99,7 +99,17 @@ impl Dataplane {
             .map_max_entries(turn::TURN_PERMISSIONS, bindings)
             .load(object::bytes())
             .context("loading the XDP object")?;
-        let maps = RelayMaps::take_from(&mut ebpf)?;
+        let mut maps = RelayMaps::take_from(&mut ebpf)?;
+        if options.shared_from.is_none() {
+            let moved = super::legacy::migrate(&options.pin_dir, &mut maps)?;
+            if moved != super::legacy::Migrated::default() {
+                tracing::info!(
+                    ports = moved.ports,
+                    allocations = moved.allocations,
+                    "moved the state an earlier build pinned into this build's maps"
+                );
+            }
+        }
         let mut dataplane = Dataplane {
             ebpf,
             maps,

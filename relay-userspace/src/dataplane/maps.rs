@@ -38,6 +38,14 @@ pub enum MapsError {
     /// The number of possible CPUs could not be read.
     #[error("reading the number of CPUs: {0}")]
     Cpus(std::io::Error),
+    /// A pinned map of an earlier build could not be unpinned after its contents moved.
+    #[error("unpinning {path}: {source}")]
+    Unpin {
+        /// The pinned file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// Any other map error.
     #[error("map `{map}`: {source}")]
     Map {

@@ -8,12 +8,15 @@ use relay_common::{
     maps::SessionStats,
     turn::{
         self as names, ChannelBinding, ChannelKey, FRONT_TURN, FRONT_TURN_SERVER, PeerChannel,
-        PeerKey, Permission, PermissionKey, RelayPort, RelayPortKey, TurnAllocation,
-        TurnAllocationMeta, TurnKeys,
+        PeerKey, Permission, PermissionKey, RelayPort, TurnAllocation, TurnAllocationMeta,
+        TurnKeys,
     },
 };
 
-use super::maps::MapsError;
+use super::{
+    maps::MapsError,
+    port_owners::{PortOwners, marked_writes},
+};
 
 /// Capacity of the binding maps (channels, peers, permissions) for `max_allocations`: four per
 /// allocation on average, at least 1024.
@@ -37,9 +40,9 @@ pub struct TurnRecord {
 /// The TURN maps, typed.
 pub struct TurnMaps {
     /// Relay port → owner.
-    pub relay_ports: HashMap<MapData, RelayPortKey, RelayPort>,
-    /// Slot → allocation.
-    pub allocations: HashMap<MapData, u32, TurnAllocation>,
+    pub port_owners: PortOwners,
+    /// Slot → allocation (`live` 0: none; write through [`TurnMaps::put`]).
+    pub allocations: Array<MapData, TurnAllocation>,
     /// Slot → the daemon's record.
     pub meta: HashMap<MapData, u32, TurnAllocationMeta>,
     /// (client, channel) → binding.
@@ -93,7 +96,7 @@ fn gone(r: Result<(), MapError>, map: &'static str) -> Result<(), MapsError> {
 impl TurnMaps {
     /// Every TURN map name.
     pub const NAMES: [&'static str; 9] = [
-        names::RELAY_PORTS,
+        names::PORT_OWNERS,
         names::TURN_ALLOCATIONS,
         names::TURN_ALLOCATION_META,
         names::TURN_CHANNELS,
@@ -114,7 +117,7 @@ impl TurnMaps {
         mut get: impl FnMut(&'static str) -> Result<Map, MapsError>,
     ) -> Result<TurnMaps, MapsError> {
         Ok(TurnMaps {
-            relay_ports: typed(names::RELAY_PORTS, get(names::RELAY_PORTS)?)?,
+            port_owners: PortOwners::new(typed(names::PORT_OWNERS, get(names::PORT_OWNERS)?)?),
             allocations: typed(names::TURN_ALLOCATIONS, get(names::TURN_ALLOCATIONS)?)?,
             meta: typed(
                 names::TURN_ALLOCATION_META,
@@ -152,25 +155,28 @@ impl TurnMaps {
         self.meta
             .insert(slot, record.meta, 0)
             .map_err(err(names::TURN_ALLOCATION_META))?;
-        self.allocations
-            .insert(slot, record.allocation, 0)
+        let current = self
+            .allocations
+            .get(&slot, 0)
             .map_err(err(names::TURN_ALLOCATIONS))?;
-        let port_key = RelayPortKey {
-            port: record.allocation.relay_port,
-            reserved: 0,
+        let target = TurnAllocation {
+            live: 1,
+            ..record.allocation
         };
-        self.relay_ports
-            .insert(
-                port_key,
-                RelayPort {
-                    front: FRONT_TURN,
-                    side: 0,
-                    reserved: [0; 2],
-                    slot,
-                },
-                0,
-            )
-            .map_err(err(names::RELAY_PORTS))?;
+        for step in marked_writes(&current, &target, |a| TurnAllocation { live: 0, ..a }) {
+            self.allocations
+                .set(slot, step, 0)
+                .map_err(err(names::TURN_ALLOCATIONS))?;
+        }
+        self.port_owners.set(
+            record.allocation.relay_port,
+            RelayPort {
+                front: FRONT_TURN,
+                side: 0,
+                reserved: [0; 2],
+                slot,
+            },
+        )?;
         let want_channels: HashSet<ChannelKey> = record.channels.iter().map(|(k, _)| *k).collect();
         let want_permissions: HashSet<PermissionKey> =
             record.permissions.iter().map(|(k, _)| *k).collect();
@@ -278,23 +284,50 @@ impl TurnMaps {
 
     /// Removes an allocation and everything of it.
     pub fn delete(&mut self, slot: u32) -> Result<(), MapsError> {
-        if let Ok(allocation) = self.allocations.get(&slot, 0) {
-            let port_key = RelayPortKey {
-                port: allocation.relay_port,
-                reserved: 0,
-            };
-            if self
-                .relay_ports
-                .get(&port_key, 0)
-                .is_ok_and(|p| p.front == FRONT_TURN && p.slot == slot)
-            {
-                gone(self.relay_ports.remove(&port_key), names::RELAY_PORTS)?;
-            }
+        let allocation = self.allocation(slot)?;
+        if let Some(allocation) = allocation {
+            self.port_owners.release_if(allocation.relay_port, |p| {
+                p.front == FRONT_TURN && p.slot == slot
+            })?;
         }
         self.remove_bindings(slot, |_| true, |_| true)?;
         self.index()?.remove(&slot);
-        gone(self.allocations.remove(&slot), names::TURN_ALLOCATIONS)?;
+        if let Some(allocation) = allocation {
+            // Retired by its marker alone; the rest stays until the slot's next allocation.
+            let retired = TurnAllocation {
+                live: 0,
+                ..allocation
+            };
+            self.allocations
+                .set(slot, retired, 0)
+                .map_err(err(names::TURN_ALLOCATIONS))?;
+        }
         gone(self.meta.remove(&slot), names::TURN_ALLOCATION_META)
+    }
+
+    /// The allocation in `slot`, if one is live there.
+    pub fn allocation(&self, slot: u32) -> Result<Option<TurnAllocation>, MapsError> {
+        if slot >= self.allocations.len() {
+            return Ok(None);
+        }
+        let allocation = self
+            .allocations
+            .get(&slot, 0)
+            .map_err(err(names::TURN_ALLOCATIONS))?;
+        Ok((allocation.live != 0).then_some(allocation))
+    }
+
+    /// The slots of every allocation, through the daemon's records (one per allocation)
+    /// rather than a scan of every slot of the array.
+    fn live_slots(&self) -> Result<Vec<u32>, MapsError> {
+        let mut slots = Vec::new();
+        for slot in self.meta.keys() {
+            let slot = slot.map_err(err(names::TURN_ALLOCATION_META))?;
+            if self.allocation(slot)?.is_some() {
+                slots.push(slot);
+            }
+        }
+        Ok(slots)
     }
 
     /// Every allocation with its records, sorted by slot (one pass over each map).
@@ -316,8 +349,10 @@ impl TurnMaps {
                 .push((key, permission));
         }
         let mut out = Vec::new();
-        for entry in self.allocations.iter() {
-            let (slot, allocation) = entry.map_err(err(names::TURN_ALLOCATIONS))?;
+        for slot in self.live_slots()? {
+            let Some(allocation) = self.allocation(slot)? else {
+                continue;
+            };
             let meta = match self.meta.get(&slot, 0) {
                 Ok(m) => m,
                 Err(MapError::KeyNotFound) => TurnAllocationMeta::default(),
@@ -379,60 +414,51 @@ impl TurnMaps {
     /// Makes `port` the TURN server's port in the fast path (ChannelData from clients arrives
     /// there), and no other port: one a previous configuration used is released.
     pub fn serve_port(&mut self, port: u16) -> Result<(), MapsError> {
-        let key = RelayPortKey {
-            port: port.to_be(),
-            reserved: 0,
-        };
+        let raw = port.to_be();
         for old in self.server_ports()? {
-            if old != key {
-                gone(self.relay_ports.remove(&old), names::RELAY_PORTS)?;
+            if old != raw {
+                self.port_owners
+                    .release_if(old, |p| p.front == FRONT_TURN_SERVER)?;
             }
         }
-        self.relay_ports
-            .insert(
-                key,
-                RelayPort {
-                    front: FRONT_TURN_SERVER,
-                    side: 0,
-                    reserved: [0; 2],
-                    slot: 0,
-                },
-                0,
-            )
-            .map_err(err(names::RELAY_PORTS))
+        self.port_owners.set(
+            raw,
+            RelayPort {
+                front: FRONT_TURN_SERVER,
+                side: 0,
+                reserved: [0; 2],
+                slot: 0,
+            },
+        )
     }
 
-    fn server_ports(&self) -> Result<Vec<RelayPortKey>, MapsError> {
-        let mut out = Vec::new();
-        for entry in self.relay_ports.iter() {
-            let (key, owner) = entry.map_err(err(names::RELAY_PORTS))?;
-            if owner.front == FRONT_TURN_SERVER {
-                out.push(key);
-            }
-        }
-        Ok(out)
+    /// The TURN server's ports (raw).
+    fn server_ports(&self) -> Result<Vec<u16>, MapsError> {
+        Ok(self
+            .port_owners
+            .all()?
+            .into_iter()
+            .filter(|(_, owner)| owner.front == FRONT_TURN_SERVER)
+            .map(|(port, _)| port)
+            .collect())
     }
 
     /// Removes every allocation and the server's port: TURN is no longer configured, and the
     /// fast path must not go on relaying what no daemon manages. The nonce key stays.
     pub fn clear(&mut self) -> Result<usize, MapsError> {
-        let slots: Vec<u32> = self
-            .allocations
-            .keys()
-            .collect::<Result<_, _>>()
-            .map_err(err(names::TURN_ALLOCATIONS))?;
+        let slots = self.live_slots()?;
         for slot in &slots {
             self.delete(*slot)?;
         }
-        for key in self.server_ports()? {
-            gone(self.relay_ports.remove(&key), names::RELAY_PORTS)?;
+        for port in self.server_ports()? {
+            self.port_owners
+                .release_if(port, |p| p.front == FRONT_TURN_SERVER)?;
         }
         Ok(slots.len())
     }
 
     /// Capacity of the allocation map.
     pub fn capacity(&self) -> u32 {
-        use aya::maps::IterableMap;
-        self.allocations.map().info().map_or(0, |i| i.max_entries())
+        self.allocations.len()
     }
 }

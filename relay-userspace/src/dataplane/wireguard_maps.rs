@@ -5,16 +5,16 @@
 
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
 use relay_common::{
-    maps::{RELAY_PORTS, RelayPort, RelayPortKey, SESSION_STATS, SessionStats},
+    maps::{PORT_OWNERS, RelayPort, SESSION_STATS, SessionStats},
     wireguard::{FRONT_WIREGUARD, WIREGUARD_PAIRS, WireGuardPair},
 };
 
-use super::maps::MapsError;
+use super::{maps::MapsError, port_owners::PortOwners};
 
 /// The WireGuard maps, typed.
 pub struct WireGuardMaps {
     /// Relay port → owner (shared with TURN).
-    pub relay_ports: HashMap<MapData, RelayPortKey, RelayPort>,
+    pub port_owners: PortOwners,
     /// Slot → pair.
     pub pairs: HashMap<MapData, u32, WireGuardPair>,
     /// Slot → per-CPU fast-path counters (the sessions' map).
@@ -37,7 +37,7 @@ impl WireGuardMaps {
     pub fn open_pinned(dir: &std::path::Path) -> Result<WireGuardMaps, MapsError> {
         let get = |name| super::maps::pinned_map(dir, name);
         Ok(WireGuardMaps {
-            relay_ports: typed(RELAY_PORTS, get(RELAY_PORTS)?)?,
+            port_owners: PortOwners::new(typed(PORT_OWNERS, get(PORT_OWNERS)?)?),
             pairs: typed(WIREGUARD_PAIRS, get(WIREGUARD_PAIRS)?)?,
             stats: typed(SESSION_STATS, get(SESSION_STATS)?)?,
         })
@@ -56,16 +56,7 @@ impl WireGuardMaps {
                 reserved: [0; 2],
                 slot: pair.slot,
             };
-            self.relay_ports
-                .insert(
-                    RelayPortKey {
-                        port: *port,
-                        reserved: 0,
-                    },
-                    owner,
-                    0,
-                )
-                .map_err(err(RELAY_PORTS))?;
+            self.port_owners.set(*port, owner)?;
         }
         Ok(())
     }
@@ -76,16 +67,8 @@ impl WireGuardMaps {
             return Ok(());
         };
         for port in pair.ports {
-            match self.relay_ports.remove(&RelayPortKey { port, reserved: 0 }) {
-                Ok(()) => {}
-                Err(e) if super::maps::key_absent(&e) => {}
-                Err(source) => {
-                    return Err(MapsError::Map {
-                        map: RELAY_PORTS,
-                        source,
-                    });
-                }
-            }
+            self.port_owners
+                .release_if(port, |p| p.front == FRONT_WIREGUARD && p.slot == slot)?;
         }
         match self.pairs.remove(&slot) {
             Ok(()) => Ok(()),

@@ -66,7 +66,7 @@ pub fn to_record(allocation: &Allocation, limits: SessionLimits, clock: &Clock) 
             slot,
             limits,
             server_port: allocation.five_tuple.server.port().to_be(),
-            reserved: 0,
+            live: 1,
         },
         meta: TurnAllocationMeta {
             created_unix_ms: allocation.created_unix_ms,
