@@ -49,6 +49,10 @@ enum Command {
         /// Runs per program, case and round.
         #[arg(long, default_value_t = 20_000)]
         calls: usize,
+        /// Live sessions to time the session path with, comma-separated (one table grown to
+        /// each size in turn); empty: skip.
+        #[arg(long, value_delimiter = ',', default_value = "1,1000,100000,1000000")]
+        table_sizes: Vec<u32>,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -192,23 +196,39 @@ fn main() -> Result<()> {
         Command::BenchXdp {
             rounds,
             calls,
+            table_sizes,
             json,
         } => {
             let options = BenchOptions { rounds, calls };
             let results = xdp_bench::run(options)?;
+            let tables = if table_sizes.is_empty() {
+                Vec::new()
+            } else {
+                xdp_bench::run_table_sizes(options, &table_sizes)?
+            };
             println!(
-                "{:<10} {:>10} {:>12} {:>10} {:>8}",
+                "{:<24} {:>10} {:>12} {:>10} {:>8}",
                 "case", "relay ns", "reflector ns", "pass ns", "ratio"
             );
             for r in &results {
                 println!(
-                    "{:<10} {:>10.1} {:>12.1} {:>10.1} {:>7.2}x",
+                    "{:<24} {:>10.1} {:>12.1} {:>10.1} {:>7.2}x",
                     r.case, r.relay_ns, r.reflector_ns, r.pass_ns, r.ratio
+                );
+            }
+            println!(
+                "\n{:>10} {:>10} {:>12} {:>10}",
+                "sessions", "relay ns", "reflector ns", "pass ns"
+            );
+            for t in &tables {
+                println!(
+                    "{:>10} {:>10.1} {:>12.1} {:>10.1}",
+                    t.sessions, t.relay_ns, t.reflector_ns, t.pass_ns
                 );
             }
             write_json(
                 json,
-                serde_json::json!({ "options": options, "results": results }),
+                serde_json::json!({ "options": options, "results": results, "table_sizes": tables }),
             )
         }
         Command::BenchThroughput {

@@ -89,6 +89,11 @@ impl Sandbox {
     /// Builds the namespace, loads the program with maps pinned in a private directory, and
     /// writes the default config.
     pub fn create(prefix: &str) -> Result<Sandbox> {
+        Self::with_capacity(prefix, 1024)
+    }
+
+    /// [`Sandbox::create`] with room for `max_sessions` sessions.
+    pub fn with_capacity(prefix: &str, max_sessions: u32) -> Result<Sandbox> {
         let ns = Netns::create(prefix)?;
         for args in SETUP {
             ns.ip(&args.split(' ').collect::<Vec<_>>())?;
@@ -104,7 +109,7 @@ impl Sandbox {
         let settings = FastPathSettings::new(Some(RELAY_V4), Some(RELAY_V6), RELAY_PORT);
         let mut dataplane = Dataplane::load(&LoadOptions {
             pin_dir: pin_dir.clone(),
-            max_sessions: 1024,
+            max_sessions,
             max_allocations: 64,
             nexthop_cache_entries: settings.cache_entries(),
             shared_from: None,

@@ -181,6 +181,23 @@ fn mean_ns(
     frame: &[u8],
     calls: usize,
 ) -> Result<f64> {
+    mean_ns_over(
+        sandbox,
+        lab,
+        subject,
+        std::slice::from_ref(&frame.to_vec()),
+        calls,
+    )
+}
+
+/// Mean ns per run of `subject` over `calls` runs, cycling through `frames`.
+fn mean_ns_over(
+    sandbox: &mut Sandbox,
+    lab: &mut LabXdp,
+    subject: Subject,
+    frames: &[Vec<u8>],
+    calls: usize,
+) -> Result<f64> {
     let ingress = Some(sandbox.eth0);
     let program = match subject {
         Subject::Relay => sandbox.dataplane.program(PROGRAM_RELAY)?,
@@ -188,8 +205,10 @@ fn mean_ns(
         Subject::Reflector => lab.program(relay_common::bench::PROGRAM_REFLECTOR)?,
     };
     let mut total = 0u128;
-    for _ in 0..calls {
-        total += run_frame_timed(program, frame, ingress)?.1.as_nanos();
+    for call in 0..calls {
+        total += run_frame_timed(program, &frames[call % frames.len()], ingress)?
+            .1
+            .as_nanos();
     }
     Ok(total as f64 / calls as f64)
 }
@@ -332,4 +351,102 @@ pub fn run(options: BenchOptions) -> Result<Vec<CaseResult>> {
             }
         })
         .collect())
+}
+
+/// The session path's cost with `sessions` live sessions in the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct TableSizeResult {
+    /// Live sessions.
+    pub sessions: u32,
+    /// Median over rounds of the relay's mean ns per packet, each run a packet of another
+    /// session drawn at random.
+    pub relay_ns: f64,
+    /// The reflector on the same frames.
+    pub reflector_ns: f64,
+    /// `xdp_pass` on the same frames: the harness floor.
+    pub pass_ns: f64,
+}
+
+/// Distinct frames each round cycles through (each of a random session of the table).
+const TABLE_FRAMES: usize = 4096;
+
+/// Leg A and leg B of session `i` of the table benchmark: distinct addresses and ports in the
+/// sandbox's routed documentation range.
+fn table_legs(i: u32) -> (SocketAddr, SocketAddr) {
+    let host = |n: u32| IpAddr::from([198, 51, 100, 1 + (n % 250) as u8]);
+    let port = |n: u32| 1024 + (n % 60_000) as u16;
+    (
+        SocketAddr::new(host(i), port(i / 250)),
+        SocketAddr::new(host(i + 125), port(i / 250 + 30_000)),
+    )
+}
+
+/// Times the v4 → v4 session path with each of `sizes` live sessions in one table (sizes
+/// ascending; sessions are added as the sizes grow), every run a packet of another session, so
+/// what a full table costs in cache misses shows, not only its lookups.
+pub fn run_table_sizes(options: BenchOptions, sizes: &[u32]) -> Result<Vec<TableSizeResult>> {
+    let capacity = sizes.iter().copied().max().unwrap_or(1).max(2);
+    let mut sandbox = Sandbox::with_capacity("rb-xdpt", capacity)?;
+    let bits = relay_common::maps::session_slot_bits(capacity);
+    let vni_of = |slot: u32| (1 << bits) | slot;
+    let mut lab = LabXdp::load()?;
+    let mut installed = 0u32;
+    let mut out = Vec::new();
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut random = move |n: u32| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as u32
+    };
+    for &size in sizes {
+        while installed < size {
+            let (a, b) = table_legs(installed);
+            sandbox.add_session(vni_of(installed), installed, leg(a), leg(b))?;
+            installed += 1;
+        }
+        let frames: Vec<Vec<u8>> = (0..TABLE_FRAMES.min(size as usize * 8))
+            .map(|_| {
+                let i = random(size);
+                let mut data = vec![0xab; PAYLOAD];
+                data[..8].copy_from_slice(
+                    &GeneveHdr::new(vni_of(i), false, GENEVE_PROTOCOL_DATA).to_bytes(),
+                );
+                frame(
+                    table_legs(i).0,
+                    relay_at(table_legs(i).0, RELAY_PORT),
+                    &data,
+                )
+            })
+            .collect();
+        let check = sandbox.run(PROGRAM_RELAY, &frames[0])?;
+        ensure!(
+            check.action == XdpAction::Tx,
+            "{size} sessions: not forwarded ({})",
+            check.action
+        );
+        let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..options.rounds {
+            for (p, subject) in [Subject::Relay, Subject::Reflector, Subject::Pass]
+                .into_iter()
+                .enumerate()
+            {
+                samples[p].push(mean_ns_over(
+                    &mut sandbox,
+                    &mut lab,
+                    subject,
+                    &frames,
+                    options.calls,
+                )?);
+            }
+        }
+        let [relay, reflector, pass] = samples;
+        out.push(TableSizeResult {
+            sessions: size,
+            relay_ns: median(relay),
+            reflector_ns: median(reflector),
+            pass_ns: median(pass),
+        });
+    }
+    Ok(out)
 }

@@ -860,13 +860,24 @@ fn micro_benchmark_harness_runs() {
         calls: 20,
     })
     .unwrap();
-    assert_eq!(results.len(), 4);
+    // Sessions in four family pairs, a WireGuard pair, TURN both ways.
+    assert_eq!(results.len(), 7);
     for r in results {
         assert!(
             r.relay_ns > 0.0 && r.reflector_ns > 0.0 && r.pass_ns > 0.0,
             "{r:?}"
         );
     }
+    let options = relay_lab::xdp_bench::BenchOptions {
+        rounds: 1,
+        calls: 20,
+    };
+    let tables = relay_lab::xdp_bench::run_table_sizes(options, &[1, 300]).unwrap();
+    assert_eq!(
+        tables.iter().map(|t| t.sessions).collect::<Vec<_>>(),
+        [1, 300]
+    );
+    assert!(tables.iter().all(|t| t.relay_ns > 0.0), "{tables:?}");
 }
 
 /// Collects log records in memory.
