@@ -31,13 +31,19 @@ use crate::{
 /// A's, which A sends to; 1: peer B's) and its `slot` names the pair.
 pub const FRONT_WIREGUARD: u8 = 3;
 
-/// `HASH` pair slot (`u32`) → [`WireGuardPair`]: what the fast path needs (written by the
-/// daemon when a pair is allocated and when its legs are learnt or move). A pair is a kind of
-/// session: its slot is a session slot, so its counters are the sessions' (`session_stats`,
-/// `user_stats`: index 0 from peer A, 1 from peer B, whose last-seen times idle expiry reads)
-/// and the map holds as many entries as the session map
-/// ([`crate::maps::DEFAULT_MAX_SESSIONS`] unless configured).
-pub const WIREGUARD_PAIRS: &str = "wg_pairs";
+/// `ARRAY` pair slot → [`WireGuardPair`]: what the fast path needs (written by the daemon when
+/// a pair is allocated and when its legs are learnt or move); a free slot's record has `id` 0.
+/// A pair is a kind of session: its slot is a session slot, so its counters are the sessions'
+/// (`session_stats`, `user_stats`: index 0 from peer A, 1 from peer B, whose last-seen times
+/// idle expiry reads) and the array has as many entries as the session table
+/// ([`crate::maps::DEFAULT_MAX_SESSIONS`] unless configured). An array: the program indexes it
+/// by the slot the port owner names. Userspace rewrites a record only while its `id` is 0 (the
+/// program passes the pair's packets up meanwhile, to the same rules in userspace), so no torn
+/// read mixes two versions of a pair.
+pub const WIREGUARD_PAIRS: &str = "wg_slots";
+/// `HASH` pair slot → [`WireGuardPair`]: what [`WIREGUARD_PAIRS`] holds, as builds before it
+/// kept it. A daemon that finds it pinned copies it over and removes it.
+pub const LEGACY_WIREGUARD_PAIRS: &str = "wg_pairs";
 
 /// A pair of stock WireGuard peers as the fast path sees it.
 #[repr(C)]
@@ -64,8 +70,10 @@ pub struct WireGuardPair {
     pub shared_address: u8,
     /// Reserved, zero.
     pub reserved: [u8; 2],
-    /// The pair's id in the API (a session id), whose `session_meta` record holds the peers'
-    /// public keys and its owner: how a restarted daemon finds them (the kernel ignores it).
+    /// The pair's id in the API (a session id, never 0), whose `session_meta` record holds the
+    /// peers' public keys and its owner: how a restarted daemon finds them. 0 while userspace
+    /// rewrites the record or after the pair ended: the program then leaves the pair's packets
+    /// to userspace.
     pub id: u32,
 }
 

@@ -13,8 +13,8 @@ use relay_common::{
     },
     turn::{
         ChannelBinding, ChannelKey, DEFAULT_MAX_ALLOCATIONS, DEFAULT_MAX_TURN_BINDINGS,
-        PORT_OWNER_ENTRIES, PeerChannel, PeerKey, Permission, PermissionKey, RelayPort, TurnAllocation,
-        TurnAllocationMeta, TurnKeys,
+        PORT_OWNER_ENTRIES, PeerChannel, PeerKey, Permission, PermissionKey, RelayPort,
+        TurnAllocation, TurnAllocationMeta, TurnKeys,
     },
     verdict::{Reason, VerdictCounter},
     wireguard::WireGuardPair,
@@ -124,8 +124,8 @@ pub static TURN_KEYS: Array<TurnKeys> = Array::pinned(1, 0);
 
 /// Pair slot → the pair as the fast path sees it (a pair's slot is a session slot: its counters
 /// are in `SESSION_STATS`).
-#[map(name = "wg_pairs")]
-pub static WIREGUARD_PAIRS: HashMap<u32, WireGuardPair> = HashMap::pinned(DEFAULT_MAX_SESSIONS, 0);
+#[map(name = "wg_slots")]
+pub static WIREGUARD_PAIRS: Array<WireGuardPair> = Array::pinned(DEFAULT_MAX_SESSIONS, 0);
 
 /// Per-CPU room for a route lookup's 64-byte request (not pinned: scratch space).
 #[map(name = "fib_request")]

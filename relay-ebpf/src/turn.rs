@@ -23,8 +23,8 @@ use relay_common::{
     maps::{Leg, RelayConfig},
     turn::{
         CHANNEL_DATA_HLEN, CLIENT_UDP, ChannelDataHdr, ChannelKey, FRONT_TURN,
-        MAX_FAST_PATH_TRAILER, PeerKey, PermissionKey, TO_CLIENT, TO_PEER, ToClient, port_owner_index,
-        TurnAllocation, TurnDatagram, to_client, trailer_sum,
+        MAX_FAST_PATH_TRAILER, PeerKey, PermissionKey, TO_CLIENT, TO_PEER, ToClient,
+        TurnAllocation, TurnDatagram, port_owner_index, to_client, trailer_sum,
     },
     verdict::Reason,
     wire::{ETH_HLEN, IPV4_HLEN, IPV6_HLEN, Ipv4Hdr, UDP_HLEN},

@@ -28,8 +28,13 @@ pub fn relay(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet, owner: &RelayP
     let pair = WIREGUARD_PAIRS
         .get_ptr(owner.slot)
         .ok_or(Reason::PassedNotOurPort)?;
-    // SAFETY: map values stay valid for the whole program run (RCU).
+    // SAFETY: array values live as long as the map. Userspace rewrites a pair only while its
+    // `id` is 0 and changes `id` alone otherwise: a read with a nonzero id sees one version.
     let pair = unsafe { &*pair };
+    if pair.id == 0 {
+        // Being rewritten (for microseconds) or gone: userspace applies the same rule.
+        return Err(Reason::PassedWireGuardUnbound);
+    }
     match packet {
         Packet::V4 { eth, ip, udp } => {
             let ip_len = u16::from_be(ip.tot_len) as usize;

@@ -245,6 +245,7 @@ fn install(sandbox: &mut Sandbox, i: u32, case: &Case) -> Result<Vec<u8>> {
                 legs: [leg(from), leg(to)],
                 ports: WIREGUARD_PORTS.map(u16::to_be),
                 slot: WIREGUARD_SLOT,
+                id: 0x10_0000 + i,
                 ..Default::default()
             })?;
             // A transport data message: type 4, then the receiver's index.

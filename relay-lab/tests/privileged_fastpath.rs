@@ -245,7 +245,7 @@ fn a_slot_answers_only_its_own_vni_and_adopted_sessions_use_the_hash_map() {
 }
 
 #[test]
-fn port_owners_and_turn_allocations_an_earlier_build_pinned_in_hash_maps_move_into_arrays() {
+fn what_an_earlier_build_pinned_in_hash_maps_moves_into_arrays() {
     require_root!();
     let fx = Fixture::new();
     let dir = fx.sandbox.pin_dir().to_path_buf();
@@ -323,6 +323,31 @@ fn port_owners_and_turn_allocations_an_earlier_build_pinned_in_hash_maps_move_in
     let bytes: Vec<String> = value.iter().map(|b| b.to_string()).collect();
     update.extend(bytes.iter().map(String::as_str));
     bpftool(&update);
+    // And `wg_pairs`, a hash map of WireGuard pairs by slot.
+    let pair = relay_common::wireguard::WireGuardPair {
+        legs: [leg(sa(LEG_A4)), leg(sa(LEG_B4))],
+        ports: [51_820u16.to_be(), 51_821u16.to_be()],
+        slot: 9,
+        id: 0x0001_0009,
+        ..Default::default()
+    };
+    // SAFETY: as above.
+    let value = unsafe {
+        std::slice::from_raw_parts(&pair as *const _ as *const u8, std::mem::size_of_val(&pair))
+    };
+    let legacy_pairs = dir.join(relay_common::wireguard::LEGACY_WIREGUARD_PAIRS);
+    let path3 = legacy_pairs.to_str().unwrap();
+    let size = value.len().to_string();
+    bpftool(&[
+        "map", "create", path3, "type", "hash", "key", "4", "value", &size, "entries", "1024",
+        "name", "wg_pairs",
+    ]);
+    let mut update = vec![
+        "map", "update", "pinned", path3, "key", "9", "0", "0", "0", "value",
+    ];
+    let bytes: Vec<String> = value.iter().map(|b| b.to_string()).collect();
+    update.extend(bytes.iter().map(String::as_str));
+    bpftool(&update);
     // A daemon of this build starting on those pins moves the owner and unpins the old map.
     let dataplane =
         relay_userspace::dataplane::Dataplane::load(&relay_userspace::dataplane::LoadOptions {
@@ -365,6 +390,11 @@ fn port_owners_and_turn_allocations_an_earlier_build_pinned_in_hash_maps_move_in
         })
     );
     assert_eq!(dataplane.maps.turn.allocation(4).unwrap(), None);
+    assert!(!legacy_pairs.exists(), "the old pair map stays pinned");
+    let pairs =
+        relay_userspace::dataplane::wireguard_maps::WireGuardMaps::open_pinned(&dir).unwrap();
+    assert_eq!(pairs.get(9).unwrap(), Some(pair));
+    assert_eq!(pairs.all().unwrap(), [pair]);
 }
 
 #[test]

@@ -41,6 +41,8 @@ fn with_pair(a: Option<&str>, b: Option<&str>) -> (Fixture, WireGuardMaps) {
         legs: [leg_of(a), leg_of(b)],
         ports: PORTS.map(u16::to_be),
         slot: SLOT,
+        // The pair's session id: never 0 (a record with id 0 is no pair to the program).
+        id: 0x0012_3403,
         ..Default::default()
     })
     .unwrap();

@@ -330,8 +330,7 @@ pub fn snapshot(pin_dir: &Path) -> Result<Snapshot> {
     }
     // WireGuard pairs (absent when the pinned maps predate them).
     if let Ok(pairs) = WireGuardMaps::open_pinned(pin_dir) {
-        for entry in pairs.pairs.iter() {
-            let (_, pair) = entry?;
+        for pair in pairs.all()? {
             let mut pair_view = view(pair.id, &pair.legs, pair.slot, maps.meta(pair.id)?)?;
             pair_view.kind = "wireguard";
             pair_view.ports = Some(pair.ports.map(u16::from_be));

@@ -45,7 +45,7 @@ const MAPS: &[&str] = &[
     "front_programs",
     "fib_request",
     "turn_scratch",
-    "wg_pairs",
+    "wg_slots",
 ];
 /// Programs and maps of the benchmark lab's object (names from relay-common's `bench` module).
 const LAB_PROGRAMS: &[&str] = &["bench_gen", "bench_sink", "reflector"];

@@ -1,6 +1,6 @@
 //! State that earlier builds kept in maps this build replaced, moved into this build's maps
 //! when a daemon starts on their pins (an upgrade): hash maps the program now finds by
-//! indexing arrays (port owners, TURN allocations). Sessions are not moved: a session's VNI is
+//! indexing arrays (port owners, TURN allocations, WireGuard pairs). Sessions are not moved: a session's VNI is
 //! its clients' and names no slot, so adopted sessions stay in the hash map the program still
 //! falls back to (`relay_common::maps::SESSIONS`).
 //!
@@ -11,8 +11,9 @@
 use std::path::Path;
 
 use aya::maps::{HashMap, MapData};
-use relay_common::turn::{
-    LEGACY_TURN_ALLOCATIONS, RELAY_PORTS, RelayPort, RelayPortKey, TurnAllocation,
+use relay_common::{
+    turn::{LEGACY_TURN_ALLOCATIONS, RELAY_PORTS, RelayPort, RelayPortKey, TurnAllocation},
+    wireguard::{LEGACY_WIREGUARD_PAIRS, WIREGUARD_PAIRS, WireGuardPair},
 };
 
 use super::{
@@ -27,10 +28,17 @@ pub struct Migrated {
     pub ports: usize,
     /// TURN allocations from `turn_allocs`.
     pub allocations: usize,
+    /// WireGuard pairs from `wg_pairs`.
+    pub pairs: usize,
 }
 
-/// Moves what an earlier build left pinned in `dir` into `maps` and unpins the old maps.
-pub fn migrate(dir: &Path, maps: &mut RelayMaps) -> Result<Migrated, MapsError> {
+/// Moves what an earlier build left pinned in `dir` into `maps` (and the WireGuard pairs into
+/// `pairs`, this build's pair array) and unpins the old maps.
+pub fn migrate<T: std::borrow::BorrowMut<MapData>>(
+    dir: &Path,
+    maps: &mut RelayMaps,
+    pairs: &mut aya::maps::Array<T, WireGuardPair>,
+) -> Result<Migrated, MapsError> {
     let mut moved = Migrated::default();
     if let Some(legacy) = open::<RelayPortKey, RelayPort>(dir, RELAY_PORTS)? {
         for entry in legacy.iter() {
@@ -61,6 +69,17 @@ pub fn migrate(dir: &Path, maps: &mut RelayMaps) -> Result<Migrated, MapsError> 
             moved.allocations += 1;
         }
         unpin(dir, LEGACY_TURN_ALLOCATIONS)?;
+    }
+    if let Some(legacy) = open::<u32, WireGuardPair>(dir, LEGACY_WIREGUARD_PAIRS)? {
+        for entry in legacy.iter() {
+            let (slot, pair) = entry.map_err(map_err(LEGACY_WIREGUARD_PAIRS))?;
+            let current = pairs.get(&slot, 0).map_err(map_err(WIREGUARD_PAIRS))?;
+            for step in marked_writes(&current, &pair, |p| WireGuardPair { id: 0, ..p }) {
+                pairs.set(slot, step, 0).map_err(map_err(WIREGUARD_PAIRS))?;
+            }
+            moved.pairs += 1;
+        }
+        unpin(dir, LEGACY_WIREGUARD_PAIRS)?;
     }
     Ok(moved)
 }

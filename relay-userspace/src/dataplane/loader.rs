@@ -101,11 +101,16 @@ impl Dataplane {
             .context("loading the XDP object")?;
         let mut maps = RelayMaps::take_from(&mut ebpf)?;
         if options.shared_from.is_none() {
-            let moved = super::legacy::migrate(&options.pin_dir, &mut maps)?;
+            let mut pairs: aya::maps::Array<_, relay_common::wireguard::WireGuardPair> = ebpf
+                .map_mut(relay_common::wireguard::WIREGUARD_PAIRS)
+                .context("the XDP object has no WireGuard pair map")?
+                .try_into()?;
+            let moved = super::legacy::migrate(&options.pin_dir, &mut maps, &mut pairs)?;
             if moved != super::legacy::Migrated::default() {
                 tracing::info!(
                     ports = moved.ports,
                     allocations = moved.allocations,
+                    pairs = moved.pairs,
                     "moved the state an earlier build pinned into this build's maps"
                 );
             }

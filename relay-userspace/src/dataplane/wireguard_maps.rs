@@ -3,20 +3,23 @@
 //! counters are the sessions' (its slot is a session slot), read here for tests and tools that
 //! open only these maps.
 
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray};
+use aya::maps::{Array, Map, MapData, MapError, PerCpuArray};
 use relay_common::{
     maps::{PORT_OWNERS, RelayPort, SESSION_STATS, SessionStats},
     wireguard::{FRONT_WIREGUARD, WIREGUARD_PAIRS, WireGuardPair},
 };
 
-use super::{maps::MapsError, port_owners::PortOwners};
+use super::{
+    maps::MapsError,
+    port_owners::{PortOwners, marked_writes},
+};
 
 /// The WireGuard maps, typed.
 pub struct WireGuardMaps {
     /// Relay port → owner (shared with TURN).
     pub port_owners: PortOwners,
-    /// Slot → pair.
-    pub pairs: HashMap<MapData, u32, WireGuardPair>,
+    /// Slot → pair (`id` 0: none; write through [`WireGuardMaps::put`]).
+    pub pairs: Array<MapData, WireGuardPair>,
     /// Slot → per-CPU fast-path counters (the sessions' map).
     pub stats: PerCpuArray<MapData, SessionStats>,
 }
@@ -46,9 +49,15 @@ impl WireGuardMaps {
     /// Writes `pair` (its legs bound or not) and claims its two ports for it. The pair is
     /// written first, so a port never names a missing pair.
     pub fn put(&mut self, pair: &WireGuardPair) -> Result<(), MapsError> {
-        self.pairs
-            .insert(pair.slot, *pair, 0)
+        let current = self
+            .pairs
+            .get(&pair.slot, 0)
             .map_err(err(WIREGUARD_PAIRS))?;
+        for step in marked_writes(&current, pair, |p| WireGuardPair { id: 0, ..p }) {
+            self.pairs
+                .set(pair.slot, step, 0)
+                .map_err(err(WIREGUARD_PAIRS))?;
+        }
         for (side, port) in pair.ports.iter().enumerate() {
             let owner = RelayPort {
                 front: FRONT_WIREGUARD,
@@ -63,21 +72,38 @@ impl WireGuardMaps {
 
     /// Removes the pair in `slot` and its ports (the ports first, so none names a missing pair).
     pub fn delete(&mut self, slot: u32) -> Result<(), MapsError> {
-        let Ok(pair) = self.pairs.get(&slot, 0) else {
+        let Some(pair) = self.get(slot)? else {
             return Ok(());
         };
         for port in pair.ports {
             self.port_owners
                 .release_if(port, |p| p.front == FRONT_WIREGUARD && p.slot == slot)?;
         }
-        match self.pairs.remove(&slot) {
-            Ok(()) => Ok(()),
-            Err(e) if super::maps::key_absent(&e) => Ok(()),
-            Err(source) => Err(MapsError::Map {
-                map: WIREGUARD_PAIRS,
-                source,
-            }),
+        // Retired by its id alone; the rest stays until the slot's next pair.
+        self.pairs
+            .set(slot, WireGuardPair { id: 0, ..pair }, 0)
+            .map_err(err(WIREGUARD_PAIRS))
+    }
+
+    /// The pair in `slot`, if one is there.
+    pub fn get(&self, slot: u32) -> Result<Option<WireGuardPair>, MapsError> {
+        if slot >= self.pairs.len() {
+            return Ok(None);
         }
+        let pair = self.pairs.get(&slot, 0).map_err(err(WIREGUARD_PAIRS))?;
+        Ok((pair.id != 0).then_some(pair))
+    }
+
+    /// Every pair: a scan of every slot (one system call each: a daemon's start, leaving a
+    /// configuration without WireGuard, `relay sessions`; never per packet or per request).
+    pub fn all(&self) -> Result<Vec<WireGuardPair>, MapsError> {
+        let mut out = Vec::new();
+        for slot in 0..self.pairs.len() {
+            if let Some(pair) = self.get(slot)? {
+                out.push(pair);
+            }
+        }
+        Ok(out)
     }
 
     /// Fast-path counters of `slot`, summed over CPUs.

@@ -183,12 +183,7 @@ impl Plane {
             return Ok(0);
         };
         let now = Instant::now();
-        let records: Vec<WireGuardPair> = maps
-            .pairs
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(_, pair)| pair)
-            .collect();
+        let records: Vec<WireGuardPair> = maps.all()?;
         let mut adopted = 0;
         for record in records {
             let session = match kernel.maps().meta(record.id)? {

@@ -470,12 +470,7 @@ impl WireGuardFront {
 pub fn forget_pinned(pin_dir: &std::path::Path) -> Result<()> {
     let mut maps = WireGuardMaps::open_pinned(pin_dir)?;
     let mut relay = crate::dataplane::RelayMaps::open_pinned(pin_dir)?;
-    let records: Vec<_> = maps
-        .pairs
-        .iter()
-        .filter_map(Result::ok)
-        .map(|(_, p)| p)
-        .collect();
+    let records = maps.all()?;
     for record in &records {
         maps.delete(record.slot)?;
         relay.delete_session(record.id)?;
