@@ -90,16 +90,16 @@ fn vni_of(
 #[inline(always)]
 fn session_of(cfg: &RelayConfig, vni: u32) -> Result<&'static Session, Reason> {
     if let Some(session) = SESSION_SLOTS.get_ptr(vni_slot(vni, cfg.session_slot_bits)) {
-        // SAFETY: map values stay valid for the whole program run (RCU). Userspace may rewrite
-        // the slot meanwhile; a torn read is a mix of two records of this VNI (legs move, the
-        // VNI and slot do not) or fails the VNI check, as a hash entry replaced mid-read would.
-        let session = unsafe { &*session };
+        // SAFETY: array values live as long as the map. Userspace may rewrite the slot while
+        // this runs; it does so in steps (`dataplane::slot_writes`) such that whatever mix of
+        // two consecutive steps is read forwards only where one of them would, or nowhere.
+        let session = unsafe { &(*session).session };
         // A free slot's record has VNI 0, which is never allocated: it must not match.
         if session.vni == vni && vni != 0 {
             return Ok(session);
         }
     }
     let session = SESSIONS.get_ptr(vni).ok_or(Reason::DroppedUnknownVni)?;
-    // SAFETY: as above.
+    // SAFETY: hash map values stay valid for the whole program run (RCU).
     Ok(unsafe { &*session })
 }

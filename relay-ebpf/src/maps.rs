@@ -10,6 +10,7 @@ use relay_common::{
     maps::{
         BuildInfo, DEFAULT_MAX_SESSIONS, DEFAULT_NEXTHOP_CACHE_ENTRIES, FleetState,
         MAX_REDIRECT_INTERFACES, NextHopEntry, RelayConfig, Session, SessionMeta, SessionStats,
+        SlotSession,
     },
     turn::{
         ChannelBinding, ChannelKey, DEFAULT_MAX_ALLOCATIONS, DEFAULT_MAX_TURN_BINDINGS,
@@ -20,9 +21,11 @@ use relay_common::{
     wireguard::WireGuardPair,
 };
 
-/// Session slot → the session whose VNI names it. Written only by userspace.
+/// Session slot → the session whose VNI names it. Written only by userspace. Mmapable: its
+/// values then start on a page boundary, so each 64-byte entry is one cache line.
 #[map(name = "session_slots")]
-pub static SESSION_SLOTS: Array<Session> = Array::pinned(DEFAULT_MAX_SESSIONS, 0);
+pub static SESSION_SLOTS: Array<SlotSession> =
+    Array::pinned(DEFAULT_MAX_SESSIONS, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 /// VNI → session, for sessions whose VNI does not name their slot (adopted from an earlier
 /// build). Written only by userspace.

@@ -197,7 +197,7 @@ fn a_slot_answers_only_its_own_vni_and_adopted_sessions_use_the_hash_map() {
     let mut fx = Fixture::new();
     fx.add_session(VNI, SLOT, leg(sa(LEG_A4)), leg(sa(LEG_B4)));
     assert_eq!(
-        fx.maps().session_slots.get(&SLOT, 0).unwrap().vni,
+        fx.maps().session_slots.get(&SLOT, 0).unwrap().session.vni,
         VNI,
         "a VNI that names its slot lives in the slot"
     );

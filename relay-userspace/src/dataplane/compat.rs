@@ -46,7 +46,7 @@ fn expected(max_sessions: u32, max_allocations: u32) -> Vec<Expected> {
     vec![
         map(
             names::SESSION_SLOTS,
-            Some(size_of::<Session>()),
+            Some(size_of::<relay_common::maps::SlotSession>()),
             per_session,
             Kind::State,
         ),

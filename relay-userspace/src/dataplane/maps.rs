@@ -8,7 +8,10 @@ use aya::{
     maps::{Array, DevMapHash, HashMap, Map, MapData, MapError, PerCpuArray, PerCpuValues},
 };
 use relay_common::{
-    maps::{self as names, BuildInfo, RelayConfig, Session, SessionMeta, SessionStats, vni_slot},
+    maps::{
+        self as names, BuildInfo, RelayConfig, Session, SessionMeta, SessionStats, SlotSession,
+        vni_slot,
+    },
     verdict::{Reason, VerdictCounter},
 };
 
@@ -84,7 +87,7 @@ pub fn pinned_map(dir: &Path, name: &'static str) -> Result<Map, MapsError> {
 pub struct RelayMaps {
     /// Slot → the session whose VNI names it (write through [`RelayMaps::put_session`]: records
     /// are changed in steps a concurrent reader cannot misread, `slot_writes`).
-    pub session_slots: Array<MapData, Session>,
+    pub session_slots: Array<MapData, SlotSession>,
     /// How many low bits of a VNI name a slot of `session_slots`.
     slot_bits: u8,
     /// VNI → session, for sessions whose VNI names no slot (adopted from an earlier build).
@@ -136,7 +139,7 @@ impl RelayMaps {
     fn assemble(
         mut get: impl FnMut(&'static str) -> Result<Map, MapsError>,
     ) -> Result<RelayMaps, MapsError> {
-        let session_slots: Array<MapData, Session> =
+        let session_slots: Array<MapData, SlotSession> =
             typed(names::SESSION_SLOTS, get(names::SESSION_SLOTS)?)?;
         let slot_bits = names::session_slot_bits(session_slots.len());
         Ok(RelayMaps {
@@ -252,10 +255,15 @@ impl RelayMaps {
         let current = self
             .session_slots
             .get(&session.slot, 0)
-            .map_err(err(names::SESSION_SLOTS))?;
+            .map_err(err(names::SESSION_SLOTS))?
+            .session;
         for step in super::slot_writes::slot_writes(&current, &target) {
+            let entry = SlotSession {
+                session: step,
+                reserved: [0; 8],
+            };
             self.session_slots
-                .set(session.slot, step, 0)
+                .set(session.slot, entry, 0)
                 .map_err(err(names::SESSION_SLOTS))?;
         }
         Ok(())
@@ -270,7 +278,8 @@ impl RelayMaps {
         let record = self
             .session_slots
             .get(&slot, 0)
-            .map_err(err(names::SESSION_SLOTS))?;
+            .map_err(err(names::SESSION_SLOTS))?
+            .session;
         Ok((record.vni == vni).then_some((slot, record)))
     }
 
@@ -290,7 +299,7 @@ impl RelayMaps {
     }
 
     /// Writes the control plane's record of a session that has no entry in the session map (a
-    /// WireGuard pair's: its fast-path record is in `wg_pairs`).
+    /// WireGuard pair's: its fast-path record is in `wg_slots`).
     pub fn put_meta(&mut self, vni: u32, meta: &SessionMeta) -> Result<(), MapsError> {
         self.session_meta
             .insert(vni, meta, 0)
@@ -316,18 +325,21 @@ impl RelayMaps {
             Err(e) if key_absent(&e) => Ok(()),
             Err(source) => Err(MapsError::Map { map, source }),
         };
-        let in_slot = self.slot_record(vni)?;
-        if let Some((slot, record)) = in_slot {
+        if let Some((slot, record)) = self.slot_record(vni)? {
             // Retired by its VNI alone (one field: no reader can mix it up); the legs stay until
             // the slot's next session overwrites them, matching nothing meanwhile.
-            let retired = Session { vni: 0, ..record };
+            let retired = SlotSession {
+                session: Session { vni: 0, ..record },
+                reserved: [0; 8],
+            };
             self.session_slots
                 .set(slot, retired, 0)
                 .map_err(err(names::SESSION_SLOTS))?;
         }
-        if in_slot.is_none() {
-            gone(self.sessions.remove(&vni), names::SESSIONS)?;
-        }
+        // From the hash map too, even when the slot held it: a session adopted from an earlier
+        // build whose random VNI happens to name its own slot was written there by then, and a
+        // hash entry left behind would answer for it once the slot no longer does.
+        gone(self.sessions.remove(&vni), names::SESSIONS)?;
         gone(self.session_meta.remove(&vni), names::SESSION_META)
     }
 

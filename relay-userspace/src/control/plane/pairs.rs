@@ -1,7 +1,7 @@
 //! Stock WireGuard pairs in the plane. A pair is a session of kind
 //! [`SessionKind::WireGuard`]: the table gives it an id, a counter slot, the token's quota, its
 //! labels and idempotency; this part adds what only pairs have — their two relay ports from the
-//! configured range, their fast-path record in `wg_pairs` (written whenever leg learning moves a
+//! configured range, their fast-path record in `wg_slots` (written whenever leg learning moves a
 //! leg), their adoption after a restart, and idle release: a pair lives until deleted, but a
 //! leg that went silent is forgotten, to be learnt again from the next handshake.
 
