@@ -13,13 +13,10 @@ use std::path::Path;
 use aya::maps::{HashMap, MapData};
 use relay_common::{
     turn::{LEGACY_TURN_ALLOCATIONS, RELAY_PORTS, RelayPort, RelayPortKey, TurnAllocation},
-    wireguard::{LEGACY_WIREGUARD_PAIRS, WIREGUARD_PAIRS, WireGuardPair},
+    wireguard::{LEGACY_WIREGUARD_PAIRS, WireGuardPair},
 };
 
-use super::{
-    maps::{MapsError, RelayMaps, pinned_map},
-    port_owners::marked_writes,
-};
+use super::maps::{MapsError, RelayMaps, pinned_map};
 
 /// What [`migrate`] moved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,32 +48,17 @@ pub fn migrate<T: std::borrow::BorrowMut<MapData>>(
         unpin(dir, RELAY_PORTS)?;
     }
     if let Some(legacy) = open::<u32, TurnAllocation>(dir, LEGACY_TURN_ALLOCATIONS)? {
-        let allocations = &mut maps.turn.allocations;
         for entry in legacy.iter() {
-            let (slot, allocation) = entry.map_err(map_err(LEGACY_TURN_ALLOCATIONS))?;
-            let current = allocations
-                .get(&slot, 0)
-                .map_err(map_err(relay_common::turn::TURN_ALLOCATIONS))?;
-            let target = TurnAllocation {
-                live: 1,
-                ..allocation
-            };
-            for step in marked_writes(&current, &target, |a| TurnAllocation { live: 0, ..a }) {
-                allocations
-                    .set(slot, step, 0)
-                    .map_err(map_err(relay_common::turn::TURN_ALLOCATIONS))?;
-            }
+            let (_, allocation) = entry.map_err(map_err(LEGACY_TURN_ALLOCATIONS))?;
+            maps.turn.write_allocation(&allocation)?;
             moved.allocations += 1;
         }
         unpin(dir, LEGACY_TURN_ALLOCATIONS)?;
     }
     if let Some(legacy) = open::<u32, WireGuardPair>(dir, LEGACY_WIREGUARD_PAIRS)? {
         for entry in legacy.iter() {
-            let (slot, pair) = entry.map_err(map_err(LEGACY_WIREGUARD_PAIRS))?;
-            let current = pairs.get(&slot, 0).map_err(map_err(WIREGUARD_PAIRS))?;
-            for step in marked_writes(&current, &pair, |p| WireGuardPair { id: 0, ..p }) {
-                pairs.set(slot, step, 0).map_err(map_err(WIREGUARD_PAIRS))?;
-            }
+            let (_, pair) = entry.map_err(map_err(LEGACY_WIREGUARD_PAIRS))?;
+            super::wireguard_maps::write_pair(pairs, &pair)?;
             moved.pairs += 1;
         }
         unpin(dir, LEGACY_WIREGUARD_PAIRS)?;

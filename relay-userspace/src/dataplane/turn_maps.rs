@@ -155,19 +155,7 @@ impl TurnMaps {
         self.meta
             .insert(slot, record.meta, 0)
             .map_err(err(names::TURN_ALLOCATION_META))?;
-        let current = self
-            .allocations
-            .get(&slot, 0)
-            .map_err(err(names::TURN_ALLOCATIONS))?;
-        let target = TurnAllocation {
-            live: 1,
-            ..record.allocation
-        };
-        for step in marked_writes(&current, &target, |a| TurnAllocation { live: 0, ..a }) {
-            self.allocations
-                .set(slot, step, 0)
-                .map_err(err(names::TURN_ALLOCATIONS))?;
-        }
+        self.write_allocation(&record.allocation)?;
         self.port_owners.set(
             record.allocation.relay_port,
             RelayPort {
@@ -303,6 +291,25 @@ impl TurnMaps {
                 .map_err(err(names::TURN_ALLOCATIONS))?;
         }
         gone(self.meta.remove(&slot), names::TURN_ALLOCATION_META)
+    }
+
+    /// Writes `allocation` (marked live) into its slot, in marked steps.
+    pub fn write_allocation(&mut self, allocation: &TurnAllocation) -> Result<(), MapsError> {
+        let slot = allocation.slot;
+        let current = self
+            .allocations
+            .get(&slot, 0)
+            .map_err(err(names::TURN_ALLOCATIONS))?;
+        let target = TurnAllocation {
+            live: 1,
+            ..*allocation
+        };
+        for step in marked_writes(&current, &target, |a| TurnAllocation { live: 0, ..a }) {
+            self.allocations
+                .set(slot, step, 0)
+                .map_err(err(names::TURN_ALLOCATIONS))?;
+        }
+        Ok(())
     }
 
     /// The allocation in `slot`, if one is live there.

@@ -35,6 +35,21 @@ where
     T::try_from(map).map_err(err(name))
 }
 
+/// Writes `pair` into its slot of `pairs`, in marked steps (only while its `id` is 0 does
+/// anything but the id change).
+pub fn write_pair<T: std::borrow::BorrowMut<MapData>>(
+    pairs: &mut Array<T, WireGuardPair>,
+    pair: &WireGuardPair,
+) -> Result<(), MapsError> {
+    let current = pairs.get(&pair.slot, 0).map_err(err(WIREGUARD_PAIRS))?;
+    for step in marked_writes(&current, pair, |p| WireGuardPair { id: 0, ..p }) {
+        pairs
+            .set(pair.slot, step, 0)
+            .map_err(err(WIREGUARD_PAIRS))?;
+    }
+    Ok(())
+}
+
 impl WireGuardMaps {
     /// Reopens the maps pinned in `dir`.
     pub fn open_pinned(dir: &std::path::Path) -> Result<WireGuardMaps, MapsError> {
@@ -49,15 +64,7 @@ impl WireGuardMaps {
     /// Writes `pair` (its legs bound or not) and claims its two ports for it. The pair is
     /// written first, so a port never names a missing pair.
     pub fn put(&mut self, pair: &WireGuardPair) -> Result<(), MapsError> {
-        let current = self
-            .pairs
-            .get(&pair.slot, 0)
-            .map_err(err(WIREGUARD_PAIRS))?;
-        for step in marked_writes(&current, pair, |p| WireGuardPair { id: 0, ..p }) {
-            self.pairs
-                .set(pair.slot, step, 0)
-                .map_err(err(WIREGUARD_PAIRS))?;
-        }
+        write_pair(&mut self.pairs, pair)?;
         for (side, port) in pair.ports.iter().enumerate() {
             let owner = RelayPort {
                 front: FRONT_WIREGUARD,
