@@ -20,6 +20,7 @@ pub mod throughput;
 pub mod turn_bench;
 pub mod turn_clients;
 pub mod turn_probe;
+pub mod turn_records;
 pub mod wireguard;
 pub mod wireguard_bench;
 pub mod xdp_bench;

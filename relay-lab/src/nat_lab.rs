@@ -318,14 +318,7 @@ pub fn remove_stale_labs() -> Vec<String> {
     };
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
-        let mut parts = name.split('-');
-        if parts.next() != Some("rl") {
-            continue;
-        }
-        let Some(pid) = parts.nth(1).and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        if !of_a_dead_lab(name) {
             continue;
         }
         if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
@@ -339,31 +332,33 @@ pub fn remove_stale_labs() -> Vec<String> {
             }
         }
         let _ = Command::new("ip").args(["netns", "del", name]).output();
-        for pins in [name.to_string(), format!("{name}-pass")] {
-            let _ =
-                relay_userspace::dataplane::loader::remove_pins(&Path::new(LAB_BPFFS).join(pins));
-        }
         let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("relay-lab-{name}")));
         removed.push(name.to_string());
     }
-    // Pins whose namespace is already gone (its process was killed after the namespace's drop
-    // ran, or the namespace was deleted by hand): each holds a full set of relay maps and a link.
+    // Their pins (`<namespace>` and `<namespace>-pass`), and pins whose namespace is already
+    // gone (its process was killed after the namespace's drop ran, or the namespace was deleted
+    // by hand): each holds a full set of relay maps and a link.
     if let Ok(entries) = std::fs::read_dir(LAB_BPFFS) {
         for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let mut parts = name.split('-');
-            if parts.next() != Some("rl") {
-                continue;
-            }
-            let Some(pid) = parts.nth(1).and_then(|p| p.parse::<u32>().ok()) else {
-                continue;
-            };
-            if !Path::new(&format!("/proc/{pid}")).exists() {
+            if of_a_dead_lab(&entry.file_name().to_string_lossy()) {
                 let _ = relay_userspace::dataplane::loader::remove_pins(&entry.path());
             }
         }
     }
     removed
+}
+
+/// Whether `name` (`rl-<host>-<pid>-…`, a lab namespace or its pin directory) belongs to a lab
+/// whose process no longer exists.
+fn of_a_dead_lab(name: &str) -> bool {
+    let mut parts = name.split('-');
+    if parts.next() != Some("rl") {
+        return false;
+    }
+    parts
+        .nth(1)
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
 }
 
 impl NatLab {

@@ -85,6 +85,14 @@ pub struct Sandbox {
     ns: Netns,
 }
 
+/// The relay's address in `family_of`'s family, at `port`.
+pub fn relay_at(family_of: std::net::SocketAddr, port: u16) -> std::net::SocketAddr {
+    match family_of {
+        std::net::SocketAddr::V4(_) => std::net::SocketAddr::new(RELAY_V4.into(), port),
+        std::net::SocketAddr::V6(_) => std::net::SocketAddr::new(RELAY_V6.into(), port),
+    }
+}
+
 impl Sandbox {
     /// Builds the namespace, loads the program with maps pinned in a private directory, and
     /// writes the default config.

@@ -10,10 +10,9 @@
 //! interleaved round by round and the median round is reported, so drift on a shared machine
 //! hits all of them alike.
 
-use std::{
-    net::{IpAddr, SocketAddr},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
-};
+use std::net::{IpAddr, SocketAddr};
+
+use rand::{Rng, SeedableRng, rngs::StdRng};
 
 use anyhow::{Result, ensure};
 use etherparse::PacketBuilder;
@@ -27,7 +26,8 @@ use serde::Serialize;
 
 use crate::{
     lab_xdp::LabXdp,
-    sandbox::{GATEWAY_MAC, RELAY_MAC, RELAY_PORT, RELAY_V4, RELAY_V6, Sandbox},
+    sandbox::{GATEWAY_MAC, RELAY_MAC, RELAY_PORT, Sandbox, relay_at},
+    turn_records::{self, TURN_PORT},
 };
 use relay_userspace::{
     dataplane::{
@@ -36,10 +36,7 @@ use relay_userspace::{
         turn_maps::{TurnMaps, TurnRecord},
         wireguard_maps::WireGuardMaps,
     },
-    fronts::turn::{
-        persist,
-        server::{Allocation, Channel, Clock, Families, FiveTuple, Transport},
-    },
+    fronts::turn::{persist, server::Transport},
 };
 
 /// Which front's forwarding path a case takes.
@@ -112,8 +109,7 @@ const CASES: &[Case] = &[
 /// The WireGuard pair's relay ports (side A's, side B's) and slot.
 const WIREGUARD_PORTS: [u16; 2] = [51_820, 51_821];
 const WIREGUARD_SLOT: u32 = 100;
-/// The TURN server's port, the allocation's relayed port, channel and slot.
-const TURN_PORT: u16 = 3478;
+/// The allocation's relayed port, channel and slot.
 const TURN_RELAYED: u16 = 50_002;
 const TURN_CHANNEL: u16 = 0x4001;
 const TURN_SLOT: u32 = 5;
@@ -218,14 +214,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// The relay's address in `addr`'s family, at `port`.
-fn relay_at(addr: SocketAddr, port: u16) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V4(_) => SocketAddr::new(RELAY_V4.into(), port),
-        IpAddr::V6(_) => SocketAddr::new(RELAY_V6.into(), port),
-    }
-}
-
 /// Installs what `case` forwards through (as the daemon's map code writes it) and returns the
 /// frame to time. `i` keeps sessions apart.
 fn install(sandbox: &mut Sandbox, i: u32, case: &Case) -> Result<Vec<u8>> {
@@ -255,7 +243,7 @@ fn install(sandbox: &mut Sandbox, i: u32, case: &Case) -> Result<Vec<u8>> {
         Front::TurnToPeer | Front::TurnToClient => {
             let mut maps = TurnMaps::open_pinned(sandbox.pin_dir())?;
             maps.serve_port(TURN_PORT)?;
-            maps.put(&turn_record(from, to)?)?;
+            maps.put(&turn_record(from, to))?;
             if let Front::TurnToPeer = case.front {
                 data[..4].copy_from_slice(
                     &ChannelDataHdr::new(TURN_CHANNEL, (PAYLOAD - 4) as u16).to_bytes(),
@@ -270,43 +258,20 @@ fn install(sandbox: &mut Sandbox, i: u32, case: &Case) -> Result<Vec<u8>> {
 
 /// The fast-path records of a UDP allocation of `client` with a channel bound to `peer`, as
 /// the TURN server writes them.
-fn turn_record(client: SocketAddr, peer: SocketAddr) -> Result<TurnRecord> {
-    let now = Instant::now();
-    let later = now + Duration::from_secs(600);
-    let clock = Clock {
-        now,
-        unix_ms: SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as u64,
-    };
-    let allocation = Allocation {
-        slot: TURN_SLOT,
-        five_tuple: FiveTuple {
-            client,
-            server: relay_at(client, TURN_PORT),
-            transport: Transport::Udp,
-        },
-        username: "bench".into(),
-        sha256: false,
-        port: TURN_RELAYED,
-        families: Families { v4: true, v6: true },
-        created_unix_ms: clock.unix_ms,
-        expires: later,
-        transaction: 1,
-        permissions: [(peer.ip(), later)].into_iter().collect(),
-        channels: [(
-            TURN_CHANNEL,
-            Channel {
-                peer,
-                expires: later,
-            },
-        )]
-        .into_iter()
-        .collect(),
-    };
-    Ok(persist::to_record(
+fn turn_record(client: SocketAddr, peer: SocketAddr) -> TurnRecord {
+    let allocation = turn_records::allocation(
+        TURN_SLOT,
+        client,
+        Transport::Udp,
+        TURN_RELAYED,
+        &[(TURN_CHANNEL, peer)],
+        &[],
+    );
+    persist::to_record(
         &allocation,
         SessionLimits::default(),
-        &clock,
-    ))
+        &turn_records::clock(),
+    )
 }
 
 /// Runs the benchmark in a fresh sandbox (needs root).
@@ -366,6 +331,8 @@ pub struct TableSizeResult {
     pub reflector_ns: f64,
     /// `xdp_pass` on the same frames: the harness floor.
     pub pass_ns: f64,
+    /// Distinct frames cycled through (each of a random session of the table).
+    pub frames: usize,
 }
 
 /// Distinct frames each round cycles through (each of a random session of the table).
@@ -393,13 +360,7 @@ pub fn run_table_sizes(options: BenchOptions, sizes: &[u32]) -> Result<Vec<Table
     let mut lab = LabXdp::load()?;
     let mut installed = 0u32;
     let mut out = Vec::new();
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut random = move |n: u32| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        (seed % n as u64) as u32
-    };
+    let mut rng = StdRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
     for &size in sizes {
         while installed < size {
             let (a, b) = table_legs(installed);
@@ -408,7 +369,7 @@ pub fn run_table_sizes(options: BenchOptions, sizes: &[u32]) -> Result<Vec<Table
         }
         let frames: Vec<Vec<u8>> = (0..TABLE_FRAMES.min(size as usize * 8))
             .map(|_| {
-                let i = random(size);
+                let i = rng.random_range(0..size);
                 let mut data = vec![0xab; PAYLOAD];
                 data[..8].copy_from_slice(
                     &GeneveHdr::new(vni_of(i), false, GENEVE_PROTOCOL_DATA).to_bytes(),
@@ -447,6 +408,7 @@ pub fn run_table_sizes(options: BenchOptions, sizes: &[u32]) -> Result<Vec<Table
             relay_ns: median(relay),
             reflector_ns: median(reflector),
             pass_ns: median(pass),
+            frames: frames.len(),
         });
     }
     Ok(out)

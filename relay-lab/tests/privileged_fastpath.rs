@@ -201,8 +201,9 @@ fn a_slot_answers_only_its_own_vni_and_adopted_sessions_use_the_hash_map() {
         VNI,
         "a VNI that names its slot lives in the slot"
     );
-    // The same slot under other bits above it (a guessed VNI, or a session that ended): unknown.
-    for other in [VNI ^ (1 << 10), VNI ^ 0x0080_0000, SLOT] {
+    // The same slot under other bits above it (a guessed VNI, or a session that ended), and VNI
+    // 0, which a free slot's empty record must not match: unknown.
+    for other in [VNI ^ (1 << 10), VNI ^ 0x0080_0000, SLOT, 0] {
         let frame = udp_frame(
             sa(LEG_A4),
             relay4(),
@@ -211,14 +212,6 @@ fn a_slot_answers_only_its_own_vni_and_adopted_sessions_use_the_hash_map() {
         );
         assert_not_forwarded(&mut fx, &frame, XdpAction::Drop, Reason::DroppedUnknownVni);
     }
-    // VNI 0 must not match a free slot's empty record.
-    let frame = udp_frame(
-        sa(LEG_A4),
-        relay4(),
-        &geneve_data(0, &payload(32)),
-        FrameOpts::default(),
-    );
-    assert_not_forwarded(&mut fx, &frame, XdpAction::Drop, Reason::DroppedUnknownVni);
     // A session adopted from an earlier build, whose random VNI names another slot: found in the
     // hash map, forwarded in the kernel all the same.
     let adopted = 0x0012_3456;
@@ -244,13 +237,9 @@ fn a_slot_answers_only_its_own_vni_and_adopted_sessions_use_the_hash_map() {
     assert_not_forwarded(&mut fx, &frame, XdpAction::Drop, Reason::DroppedUnknownVni);
 }
 
-#[test]
-fn what_an_earlier_build_pinned_in_hash_maps_moves_into_arrays() {
-    require_root!();
-    let fx = Fixture::new();
-    let dir = fx.sandbox.pin_dir().to_path_buf();
-    // What an earlier build left: `relay_ports`, a hash map keyed by the raw port.
-    let legacy = dir.join(relay_common::turn::RELAY_PORTS);
+/// Pins in `dir` a hash map `name` as an earlier build created it (4-byte keys, values of
+/// `T`), holding `value` under `key`, with bpftool (installed by `cargo xtask setup`).
+fn pin_legacy_hash<T: Copy>(dir: &std::path::Path, name: &str, key: [u8; 4], value: &T) {
     let bpftool = |args: &[&str]| {
         let out = std::process::Command::new("bpftool")
             .args(args)
@@ -262,28 +251,48 @@ fn what_an_earlier_build_pinned_in_hash_maps_moves_into_arrays() {
             String::from_utf8_lossy(&out.stderr)
         );
     };
-    let path = legacy.to_str().unwrap();
+    let path = dir.join(name);
+    let path = path.to_str().unwrap();
+    let size = std::mem::size_of::<T>().to_string();
     bpftool(&[
-        "map",
-        "create",
-        path,
-        "type",
-        "hash",
-        "key",
-        "4",
-        "value",
-        "8",
-        "entries",
-        "65536",
-        "name",
-        "relay_ports",
+        "map", "create", path, "type", "hash", "key", "4", "value", &size, "entries", "1024",
+        "name", name,
     ]);
-    // Port 51820 (raw: 0x6c 0xca) → WireGuard (3), side 1, slot 9.
-    bpftool(&[
-        "map", "update", "pinned", path, "key", "0xca", "0x6c", "0", "0", "value", "3", "1", "0",
-        "0", "9", "0", "0", "0",
-    ]);
-    // And `turn_allocs`, a hash map of allocations by slot (no `live` marker: it was reserved).
+    // SAFETY: the map layouts are repr(C) plain fields without padding (checked in
+    // relay-common), so their bytes are the value.
+    let value = unsafe {
+        std::slice::from_raw_parts(value as *const T as *const u8, std::mem::size_of::<T>())
+    };
+    let words: Vec<String> = key.iter().chain(value).map(u8::to_string).collect();
+    let mut update = vec!["map", "update", "pinned", path, "key"];
+    update.extend(words[..4].iter().map(String::as_str));
+    update.push("value");
+    update.extend(words[4..].iter().map(String::as_str));
+    bpftool(&update);
+}
+
+#[test]
+fn what_an_earlier_build_pinned_in_hash_maps_moves_into_arrays() {
+    require_root!();
+    let fx = Fixture::new();
+    let dir = fx.sandbox.pin_dir().to_path_buf();
+    // What an earlier build left: `relay_ports`, keyed by the raw port: 51820 → WireGuard,
+    // side 1, slot 9…
+    let legacy = dir.join(relay_common::turn::RELAY_PORTS);
+    let owner = relay_common::turn::RelayPort {
+        front: relay_common::wireguard::FRONT_WIREGUARD,
+        side: 1,
+        reserved: [0; 2],
+        slot: 9,
+    };
+    let port = 51_820u16.to_be().to_ne_bytes();
+    pin_legacy_hash(
+        &dir,
+        relay_common::turn::RELAY_PORTS,
+        [port[0], port[1], 0, 0],
+        &owner,
+    );
+    // …`turn_allocs`, allocations by slot (no `live` marker: it was reserved)…
     let allocation = relay_common::turn::TurnAllocation {
         client: leg(sa(LEG_A4)),
         relay_port: 50_000u16.to_be(),
@@ -293,37 +302,14 @@ fn what_an_earlier_build_pinned_in_hash_maps_moves_into_arrays() {
         server_port: 3478u16.to_be(),
         ..Default::default()
     };
-    // SAFETY: a repr(C) struct of plain fields without padding (checked in relay-common).
-    let value = unsafe {
-        std::slice::from_raw_parts(
-            &allocation as *const _ as *const u8,
-            std::mem::size_of_val(&allocation),
-        )
-    };
     let legacy_allocations = dir.join(relay_common::turn::LEGACY_TURN_ALLOCATIONS);
-    let path2 = legacy_allocations.to_str().unwrap();
-    bpftool(&[
-        "map",
-        "create",
-        path2,
-        "type",
-        "hash",
-        "key",
-        "4",
-        "value",
-        "40",
-        "entries",
-        "64",
-        "name",
-        "turn_allocs",
-    ]);
-    let mut update = vec![
-        "map", "update", "pinned", path2, "key", "3", "0", "0", "0", "value",
-    ];
-    let bytes: Vec<String> = value.iter().map(|b| b.to_string()).collect();
-    update.extend(bytes.iter().map(String::as_str));
-    bpftool(&update);
-    // And `wg_pairs`, a hash map of WireGuard pairs by slot.
+    pin_legacy_hash(
+        &dir,
+        relay_common::turn::LEGACY_TURN_ALLOCATIONS,
+        3u32.to_ne_bytes(),
+        &allocation,
+    );
+    // …and `wg_pairs`, WireGuard pairs by slot.
     let pair = relay_common::wireguard::WireGuardPair {
         legs: [leg(sa(LEG_A4)), leg(sa(LEG_B4))],
         ports: [51_820u16.to_be(), 51_821u16.to_be()],
@@ -331,24 +317,14 @@ fn what_an_earlier_build_pinned_in_hash_maps_moves_into_arrays() {
         id: 0x0001_0009,
         ..Default::default()
     };
-    // SAFETY: as above.
-    let value = unsafe {
-        std::slice::from_raw_parts(&pair as *const _ as *const u8, std::mem::size_of_val(&pair))
-    };
     let legacy_pairs = dir.join(relay_common::wireguard::LEGACY_WIREGUARD_PAIRS);
-    let path3 = legacy_pairs.to_str().unwrap();
-    let size = value.len().to_string();
-    bpftool(&[
-        "map", "create", path3, "type", "hash", "key", "4", "value", &size, "entries", "1024",
-        "name", "wg_pairs",
-    ]);
-    let mut update = vec![
-        "map", "update", "pinned", path3, "key", "9", "0", "0", "0", "value",
-    ];
-    let bytes: Vec<String> = value.iter().map(|b| b.to_string()).collect();
-    update.extend(bytes.iter().map(String::as_str));
-    bpftool(&update);
-    // A daemon of this build starting on those pins moves the owner and unpins the old map.
+    pin_legacy_hash(
+        &dir,
+        relay_common::wireguard::LEGACY_WIREGUARD_PAIRS,
+        9u32.to_ne_bytes(),
+        &pair,
+    );
+    // A daemon of this build starting on those pins moves their contents and unpins them.
     let dataplane =
         relay_userspace::dataplane::Dataplane::load(&relay_userspace::dataplane::LoadOptions {
             pin_dir: dir.clone(),

@@ -15,10 +15,17 @@ use relay_lab::{
 };
 use relay_userspace::config::XdpMode;
 
-/// A `fleet:` section naming these relays (by their lab addresses) as the alternates.
-fn fleet(others: &[(&str, &str)]) -> String {
+/// The fleet's relays and their lab addresses.
+const RELAYS: [(Host, &str, &str); 3] = [
+    (Host::Relay, addr::RELAY_V4, addr::RELAY_V6),
+    (Host::Relay2, addr::RELAY2_V4, addr::RELAY2_V6),
+    (Host::Relay3, addr::RELAY3_V4, addr::RELAY3_V6),
+];
+
+/// A `fleet:` section naming the relays on `alternates` (by their lab addresses).
+fn fleet(alternates: &[Host]) -> String {
     let mut text = String::from("fleet:\n  alternates:\n");
-    for (v4, v6) in others {
+    for (_, v4, v6) in RELAYS.iter().filter(|(h, ..)| alternates.contains(h)) {
         text.push_str(&format!(
             "    - api: http://{v4}:8080\n      turn: [\"{v4}:3478\", \"[{v6}]:3478\"]\n"
         ));
@@ -26,34 +33,26 @@ fn fleet(others: &[(&str, &str)]) -> String {
     text
 }
 
+/// Every relay of the fleet but `host`'s.
+fn others(host: Host) -> Vec<Host> {
+    RELAYS
+        .iter()
+        .map(|(h, ..)| *h)
+        .filter(|h| *h != host)
+        .collect()
+}
+
 /// Relay 1 with a bound session and TURN, the echo peer, and relays 2 and 3.
 fn fleet_lab() -> Scenario {
     let mut options = ScenarioOptions::new(PathBuf::from(common::relay_path()), XdpMode::Native);
     options.turn = true;
-    options.extra_config = fleet(&[
-        (addr::RELAY2_V4, addr::RELAY2_V6),
-        (addr::RELAY3_V4, addr::RELAY3_V6),
-    ]);
+    options.extra_config = fleet(&others(Host::Relay));
     let mut s = Scenario::start(options).unwrap();
     turn_clients::start_peer(&mut s.lab).unwrap();
-    s.start_fleet_relay(
-        Host::Relay2,
-        "relay2",
-        &fleet(&[
-            (addr::RELAY_V4, addr::RELAY_V6),
-            (addr::RELAY3_V4, addr::RELAY3_V6),
-        ]),
-    )
-    .unwrap();
-    s.start_fleet_relay(
-        Host::Relay3,
-        "relay3",
-        &fleet(&[
-            (addr::RELAY_V4, addr::RELAY_V6),
-            (addr::RELAY2_V4, addr::RELAY2_V6),
-        ]),
-    )
-    .unwrap();
+    for (host, name) in [(Host::Relay2, "relay2"), (Host::Relay3, "relay3")] {
+        s.start_fleet_relay(host, name, &fleet(&others(host)))
+            .unwrap();
+    }
     s
 }
 
@@ -243,7 +242,7 @@ fn a_wireguard_pair_keeps_its_tunnel_through_a_drain_and_new_pairs_go_elsewhere(
     let mut options = ScenarioOptions::new(PathBuf::from(common::relay_path()), XdpMode::Native);
     options.sessions = false;
     options.wireguard = true;
-    options.extra_config = fleet(&[(addr::RELAY2_V4, addr::RELAY2_V6)]);
+    options.extra_config = fleet(&[Host::Relay2]);
     let mut s = Scenario::start(options).unwrap();
     let (_names, pair) = wireguard::start_through_front(&mut s).unwrap();
     assert!(relay_lab::nat_lab::NatLab::wait_until(

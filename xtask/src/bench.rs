@@ -14,9 +14,6 @@ use crate::{
     setup,
 };
 
-/// Frames the table-size micro-benchmark cycles through (relay-lab's `TABLE_FRAMES`).
-const TABLE_FRAMES: usize = 4096;
-
 /// Benchmark names, as `--only` takes them and as their docs sections are marked.
 const NAMES: [&str; 7] = [
     "xdp-micro",
@@ -379,7 +376,8 @@ fn xdp_micro_section(doc: &Value, machine: &str) -> Result<String> {
     if let Some(tables) = tables {
         writeln!(
             s,
-            "\n**Table size** (v4 → v4 sessions; every run a packet of another session drawn at random from the table, {TABLE_FRAMES} frames in turn):\n"
+            "\n**Table size** (v4 → v4 sessions; every run a packet of another session drawn at random from the table, {} frames in turn):\n",
+            num(&tables[tables.len() - 1], "frames")?
         )?;
         writeln!(
             s,

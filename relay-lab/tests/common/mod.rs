@@ -39,6 +39,7 @@ macro_rules! require_root {
 
 pub use relay_lab::sandbox::{
     DIRECT_NEIGHBOUR_MAC, GATEWAY_MAC, RELAY_MAC, RELAY_PORT, RELAY_V4, RELAY_V6, SECOND_IF_MAC,
+    relay_at,
 };
 /// Some client's MAC as seen on the wire towards the relay.
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x77];
@@ -439,14 +440,6 @@ impl Fixture {
                 stamped,
             },
         )
-    }
-}
-
-/// The relay's address of `family_of`'s family, at `port`.
-pub fn relay_at(family_of: SocketAddr, port: u16) -> SocketAddr {
-    match family_of {
-        SocketAddr::V4(_) => SocketAddr::new(RELAY_V4.into(), port),
-        SocketAddr::V6(_) => SocketAddr::new(RELAY_V6.into(), port),
     }
 }
 

@@ -199,6 +199,16 @@ pub struct JoinArgs {
     pub silence: Duration,
 }
 
+/// Prints `value` as JSON when asked to, else as `print` lays it out for people.
+fn show<T: serde::Serialize>(value: &T, json: bool, print: impl Fn(&T)) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print(value);
+    }
+    Ok(())
+}
+
 fn print_session(s: &SessionDetails) {
     println!(
         "session {} ({}) token {} created {}",
@@ -285,16 +295,7 @@ pub async fn run(command: ClientCommand) -> Result<()> {
                             idempotency_key: idempotency_key.clone(),
                         })
                         .await
-                        .map(|p| {
-                            if json {
-                                println!(
-                                    "{}",
-                                    serde_json::to_string_pretty(&p).unwrap_or_default()
-                                );
-                            } else {
-                                print_pair(&p);
-                            }
-                        })
+                        .map(|p| show(&p, json, print_pair))
                 } else {
                     client
                         .create(&CreateSession {
@@ -302,19 +303,10 @@ pub async fn run(command: ClientCommand) -> Result<()> {
                             idempotency_key: idempotency_key.clone(),
                         })
                         .await
-                        .map(|s| {
-                            if json {
-                                println!(
-                                    "{}",
-                                    serde_json::to_string_pretty(&s).unwrap_or_default()
-                                );
-                            } else {
-                                print_session(&s);
-                            }
-                        })
+                        .map(|s| show(&s, json, print_session))
                 };
                 match made {
-                    Ok(()) => return Ok(()),
+                    Ok(shown) => return shown,
                     // Draining or full since its /readyz: the next relay.
                     Err(e) if api.api.len() > 1 => {
                         eprintln!("{base}: {e:#}");
@@ -331,20 +323,10 @@ pub async fn run(command: ClientCommand) -> Result<()> {
             vni,
             json,
         } => {
-            let p = api.client()?.get_pair(vni).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&p)?);
-            } else {
-                print_pair(&p);
-            }
+            show(&api.client()?.get_pair(vni).await?, json, print_pair)?;
         }
         ClientCommand::Get { api, vni, json, .. } => {
-            let s = api.client()?.get(vni).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-            } else {
-                print_session(&s);
-            }
+            show(&api.client()?.get(vni).await?, json, print_session)?;
         }
         ClientCommand::Delete {
             api,

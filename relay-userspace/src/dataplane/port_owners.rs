@@ -8,29 +8,7 @@
 use aya::maps::{Array, MapData};
 use relay_common::turn::{PORT_OWNER_ENTRIES, PORT_OWNERS, RelayPort, port_owner_index};
 
-use super::maps::MapsError;
-
-/// The records to write, in order, to turn array record `current` into `target`, for records
-/// the program ignores while their marker field is 0 (`cleared` returns a record with it 0):
-/// the marker is cleared first (one field), the rest written while it is 0, the marker set last.
-pub fn marked_writes<T: Copy + PartialEq>(
-    current: &T,
-    target: &T,
-    cleared: impl Fn(T) -> T,
-) -> Vec<T> {
-    let mut steps = Vec::new();
-    let mut at = *current;
-    if at == *target {
-        return steps;
-    }
-    for next in [cleared(at), cleared(*target), *target] {
-        if next != at {
-            steps.push(next);
-            at = next;
-        }
-    }
-    steps
-}
+use super::{maps::MapsError, slot_writes::marked_writes};
 
 /// The records to write, in order, to turn port owner `current` into `target`.
 pub fn owner_writes(current: &RelayPort, target: &RelayPort) -> Vec<RelayPort> {

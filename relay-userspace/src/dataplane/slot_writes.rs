@@ -24,32 +24,46 @@
 
 use relay_common::maps::Session;
 
+/// The writes that take a record from `current` through `stages` (the last being the target),
+/// skipping stages equal to where it already is.
+fn through<T: Copy + PartialEq>(current: &T, stages: [T; 3]) -> Vec<T> {
+    let mut at = *current;
+    let mut steps = Vec::new();
+    for next in stages {
+        if next != at {
+            steps.push(next);
+            at = next;
+        }
+    }
+    steps
+}
+
+/// The records to write, in order, to turn array record `current` into `target`, for records
+/// the program ignores while their marker field is 0 (`cleared` returns a record with it 0):
+/// the marker is cleared first (one field), the rest written while it is 0, the marker set last.
+/// Port owners (`front`), TURN allocations (`live`) and WireGuard pairs (`id`) are written so.
+pub fn marked_writes<T: Copy + PartialEq>(
+    current: &T,
+    target: &T,
+    cleared: impl Fn(T) -> T,
+) -> Vec<T> {
+    if current == target {
+        return Vec::new();
+    }
+    through(current, [cleared(*current), cleared(*target), *target])
+}
+
 /// The records to write, in order, to turn slot record `current` into `target` (the last one is
 /// `target`; empty when they are equal).
 pub fn slot_writes(current: &Session, target: &Session) -> Vec<Session> {
-    let mut steps = Vec::new();
-    if current == target {
-        return steps;
-    }
-    let mut at = *current;
-    fn push(steps: &mut Vec<Session>, at: &mut Session, next: Session) {
-        if next != *at {
-            steps.push(next);
-            *at = next;
-        }
-    }
-    if at.vni != target.vni {
+    if current.vni != target.vni {
         // Another session's record (or a free slot's): retire it, fill it while it matches
         // nothing, then name it.
-        let retired = Session { vni: 0, ..at };
-        push(&mut steps, &mut at, retired);
-        push(&mut steps, &mut at, Session { vni: 0, ..*target });
-        push(&mut steps, &mut at, *target);
-        return steps;
+        return marked_writes(current, target, |s| Session { vni: 0, ..s });
     }
     // The same session: unbind the bound legs that change (flags only: a mix has each leg's
     // old flag or 0, and a session forwards only with both legs bound)…
-    let mut unbound = at;
+    let mut unbound = *current;
     for (leg, new) in unbound.legs.iter_mut().zip(&target.legs) {
         if leg.bound != 0
             && (leg.addr != new.addr || leg.port != new.port || leg.family != new.family)
@@ -57,19 +71,16 @@ pub fn slot_writes(current: &Session, target: &Session) -> Vec<Session> {
             leg.bound = 0;
         }
     }
-    push(&mut steps, &mut at, unbound);
     // …write the rest while those legs stay unbound (no mix forwards with them unbound; a leg
     // still bound keeps its address, so only its flag or the limits differ)…
     let mut filled = *target;
-    for (leg, now) in filled.legs.iter_mut().zip(&at.legs) {
+    for (leg, now) in filled.legs.iter_mut().zip(&unbound.legs) {
         if now.bound == 0 {
             leg.bound = 0;
         }
     }
-    push(&mut steps, &mut at, filled);
     // …then bind them (flags only again).
-    push(&mut steps, &mut at, *target);
-    steps
+    through(current, [unbound, filled, *target])
 }
 
 #[cfg(test)]

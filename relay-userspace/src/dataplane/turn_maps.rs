@@ -13,10 +13,7 @@ use relay_common::{
     },
 };
 
-use super::{
-    maps::MapsError,
-    port_owners::{PortOwners, marked_writes},
-};
+use super::{maps::MapsError, port_owners::PortOwners, slot_writes::marked_writes};
 
 /// Capacity of the binding maps (channels, peers, permissions) for `max_allocations`: four per
 /// allocation on average, at least 1024.

@@ -9,10 +9,7 @@ use relay_common::{
     wireguard::{FRONT_WIREGUARD, WIREGUARD_PAIRS, WireGuardPair},
 };
 
-use super::{
-    maps::MapsError,
-    port_owners::{PortOwners, marked_writes},
-};
+use super::{maps::MapsError, port_owners::PortOwners, slot_writes::marked_writes};
 
 /// The WireGuard maps, typed.
 pub struct WireGuardMaps {
