@@ -53,6 +53,10 @@ enum Command {
         /// each size in turn); empty: skip.
         #[arg(long, value_delimiter = ',', default_value = "1,1000,100000,1000000")]
         table_sizes: Vec<u32>,
+        /// Live TURN allocations to time ChannelData (client → peer) with, comma-separated (one
+        /// table grown to each size in turn); empty: skip.
+        #[arg(long, value_delimiter = ',', default_value = "1,1000,16384")]
+        turn_table_sizes: Vec<u32>,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -69,8 +73,8 @@ enum Command {
         /// Seconds per pass (default 1; 0.25 with --quick).
         #[arg(long)]
         seconds: Option<f64>,
-        /// Only these modes (native, generic, off, reflector), comma-separated: a profiling
-        /// run; the ratios need all four.
+        /// Only these modes (native, wireguard, generic, off, reflector), comma-separated: a profiling
+        /// run; the ratios need native, generic, off and reflector.
         #[arg(long, value_delimiter = ',')]
         modes: Option<Vec<String>>,
         /// UDP payload sizes, comma-separated (default 64,512,1420).
@@ -197,15 +201,12 @@ fn main() -> Result<()> {
             rounds,
             calls,
             table_sizes,
+            turn_table_sizes,
             json,
         } => {
             let options = BenchOptions { rounds, calls };
             let results = xdp_bench::run(options)?;
-            let tables = if table_sizes.is_empty() {
-                Vec::new()
-            } else {
-                xdp_bench::run_table_sizes(options, &table_sizes)?
-            };
+            let tables = xdp_bench::run_table_sizes(options, &table_sizes, &turn_table_sizes)?;
             println!(
                 "{:<24} {:>10} {:>12} {:>10} {:>8}",
                 "case", "relay ns", "reflector ns", "pass ns", "ratio"
@@ -217,13 +218,13 @@ fn main() -> Result<()> {
                 );
             }
             println!(
-                "\n{:>10} {:>10} {:>12} {:>10}",
-                "sessions", "relay ns", "reflector ns", "pass ns"
+                "\n{:<8} {:>10} {:>10} {:>12} {:>10}",
+                "front", "records", "relay ns", "reflector ns", "pass ns"
             );
             for t in &tables {
                 println!(
-                    "{:>10} {:>10.1} {:>12.1} {:>10.1}",
-                    t.sessions, t.relay_ns, t.reflector_ns, t.pass_ns
+                    "{:<8} {:>10} {:>10.1} {:>12.1} {:>10.1}",
+                    t.front, t.records, t.relay_ns, t.reflector_ns, t.pass_ns
                 );
             }
             write_json(
@@ -257,7 +258,9 @@ fn main() -> Result<()> {
                             .into_iter()
                             .find(|m| m.name() == name)
                             .with_context(|| {
-                                format!("no mode `{name}`: native, generic, off or reflector")
+                                format!(
+                                    "no mode `{name}`: native, wireguard, generic, off or reflector"
+                                )
                             })
                     })
                     .collect::<Result<_>>()?;

@@ -97,11 +97,12 @@ impl Sandbox {
     /// Builds the namespace, loads the program with maps pinned in a private directory, and
     /// writes the default config.
     pub fn create(prefix: &str) -> Result<Sandbox> {
-        Self::with_capacity(prefix, 1024)
+        Self::with_capacity(prefix, 1024, 64)
     }
 
-    /// [`Sandbox::create`] with room for `max_sessions` sessions.
-    pub fn with_capacity(prefix: &str, max_sessions: u32) -> Result<Sandbox> {
+    /// [`Sandbox::create`] with room for `max_sessions` sessions and `max_allocations` TURN
+    /// allocations.
+    pub fn with_capacity(prefix: &str, max_sessions: u32, max_allocations: u32) -> Result<Sandbox> {
         let ns = Netns::create(prefix)?;
         for args in SETUP {
             ns.ip(&args.split(' ').collect::<Vec<_>>())?;
@@ -118,7 +119,7 @@ impl Sandbox {
         let mut dataplane = Dataplane::load(&LoadOptions {
             pin_dir: pin_dir.clone(),
             max_sessions,
-            max_allocations: 64,
+            max_allocations,
             nexthop_cache_entries: settings.cache_entries(),
             shared_from: None,
         })?;

@@ -319,27 +319,30 @@ pub fn run(options: BenchOptions) -> Result<Vec<CaseResult>> {
         .collect())
 }
 
-/// The session path's cost with `sessions` live sessions in the table.
+/// A front's forwarding cost with `records` live sessions or allocations in its table.
 #[derive(Clone, Debug, Serialize)]
 pub struct TableSizeResult {
-    /// Live sessions.
-    pub sessions: u32,
+    /// Which path: "session" (v4 → v4) or "turn" (ChannelData client → peer, v4).
+    pub front: &'static str,
+    /// Live sessions or allocations.
+    pub records: u32,
     /// Median over rounds of the relay's mean ns per packet, each run a packet of another
-    /// session drawn at random.
+    /// record drawn at random.
     pub relay_ns: f64,
     /// The reflector on the same frames.
     pub reflector_ns: f64,
     /// `xdp_pass` on the same frames: the harness floor.
     pub pass_ns: f64,
-    /// Distinct frames cycled through (each of a random session of the table).
+    /// Distinct frames cycled through (each of a random record of the table).
     pub frames: usize,
 }
 
-/// Distinct frames each round cycles through (each of a random session of the table).
+/// Distinct frames each round cycles through (each of a random record of the table).
 const TABLE_FRAMES: usize = 4096;
 
-/// Leg A and leg B of session `i` of the table benchmark: distinct addresses and ports in the
-/// sandbox's routed documentation range.
+/// Leg A and leg B of session `i` of the table benchmark (for TURN: allocation `i`'s client
+/// and its channel's peer): distinct addresses and ports in the sandbox's routed
+/// documentation range.
 fn table_legs(i: u32) -> (SocketAddr, SocketAddr) {
     let host = |n: u32| IpAddr::from([198, 51, 100, 1 + (n % 250) as u8]);
     let port = |n: u32| 1024 + (n % 60_000) as u16;
@@ -349,67 +352,141 @@ fn table_legs(i: u32) -> (SocketAddr, SocketAddr) {
     )
 }
 
-/// Times the v4 → v4 session path with each of `sizes` live sessions in one table (sizes
-/// ascending; sessions are added as the sizes grow), every run a packet of another session, so
+/// Times `frames` (each checked to be forwarded first) on the relay, the reflector and `xdp_pass`.
+fn time_table(
+    sandbox: &mut Sandbox,
+    lab: &mut LabXdp,
+    options: BenchOptions,
+    front: &'static str,
+    records: u32,
+    frames: Vec<Vec<u8>>,
+) -> Result<TableSizeResult> {
+    for f in &frames {
+        let check = sandbox.run(PROGRAM_RELAY, f)?;
+        ensure!(
+            check.action == XdpAction::Tx,
+            "{front}, {records} records: not forwarded ({})",
+            check.action
+        );
+    }
+    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+    for _ in 0..options.rounds {
+        for (p, subject) in [Subject::Relay, Subject::Reflector, Subject::Pass]
+            .into_iter()
+            .enumerate()
+        {
+            samples[p].push(mean_ns_over(sandbox, lab, subject, &frames, options.calls)?);
+        }
+    }
+    let [relay, reflector, pass] = samples;
+    Ok(TableSizeResult {
+        front,
+        records,
+        relay_ns: median(relay),
+        reflector_ns: median(reflector),
+        pass_ns: median(pass),
+        frames: frames.len(),
+    })
+}
+
+/// `count` frames of records drawn at random from `0..size`, each made by `frame_of`.
+fn random_frames(rng: &mut StdRng, size: u32, frame_of: impl Fn(u32) -> Vec<u8>) -> Vec<Vec<u8>> {
+    (0..TABLE_FRAMES.min(size as usize * 8))
+        .map(|_| frame_of(rng.random_range(0..size)))
+        .collect()
+}
+
+/// Times the v4 → v4 session path with each of `sessions` live sessions in one table, then
+/// ChannelData client → peer with each of `allocations` live TURN allocations (sizes
+/// ascending; records are added as the sizes grow), every run a packet of another record, so
 /// what a full table costs in cache misses shows, not only its lookups.
-pub fn run_table_sizes(options: BenchOptions, sizes: &[u32]) -> Result<Vec<TableSizeResult>> {
-    let capacity = sizes.iter().copied().max().unwrap_or(1).max(2);
-    let mut sandbox = Sandbox::with_capacity("rb-xdpt", capacity)?;
+pub fn run_table_sizes(
+    options: BenchOptions,
+    sessions: &[u32],
+    allocations: &[u32],
+) -> Result<Vec<TableSizeResult>> {
+    if sessions.is_empty() && allocations.is_empty() {
+        return Ok(Vec::new());
+    }
+    let capacity = sessions.iter().copied().max().unwrap_or(1).max(2);
+    let max_allocations = allocations.iter().copied().max().unwrap_or(1).max(64);
+    let mut sandbox = Sandbox::with_capacity("rb-xdpt", capacity, max_allocations)?;
     let bits = relay_common::maps::session_slot_bits(capacity);
     let vni_of = |slot: u32| (1 << bits) | slot;
     let mut lab = LabXdp::load()?;
-    let mut installed = 0u32;
     let mut out = Vec::new();
     let mut rng = StdRng::seed_from_u64(0x2545_f491_4f6c_dd1d);
-    for &size in sizes {
+    let mut installed = 0u32;
+    for &size in sessions {
         while installed < size {
             let (a, b) = table_legs(installed);
             sandbox.add_session(vni_of(installed), installed, leg(a), leg(b))?;
             installed += 1;
         }
-        let frames: Vec<Vec<u8>> = (0..TABLE_FRAMES.min(size as usize * 8))
-            .map(|_| {
-                let i = rng.random_range(0..size);
-                let mut data = vec![0xab; PAYLOAD];
-                data[..8].copy_from_slice(
-                    &GeneveHdr::new(vni_of(i), false, GENEVE_PROTOCOL_DATA).to_bytes(),
-                );
-                frame(
-                    table_legs(i).0,
-                    relay_at(table_legs(i).0, RELAY_PORT),
-                    &data,
-                )
-            })
-            .collect();
-        let check = sandbox.run(PROGRAM_RELAY, &frames[0])?;
-        ensure!(
-            check.action == XdpAction::Tx,
-            "{size} sessions: not forwarded ({})",
-            check.action
-        );
-        let mut samples = [Vec::new(), Vec::new(), Vec::new()];
-        for _ in 0..options.rounds {
-            for (p, subject) in [Subject::Relay, Subject::Reflector, Subject::Pass]
-                .into_iter()
-                .enumerate()
-            {
-                samples[p].push(mean_ns_over(
-                    &mut sandbox,
-                    &mut lab,
-                    subject,
-                    &frames,
-                    options.calls,
-                )?);
-            }
-        }
-        let [relay, reflector, pass] = samples;
-        out.push(TableSizeResult {
-            sessions: size,
-            relay_ns: median(relay),
-            reflector_ns: median(reflector),
-            pass_ns: median(pass),
-            frames: frames.len(),
+        let frames = random_frames(&mut rng, size, |i| {
+            let mut data = vec![0xab; PAYLOAD];
+            data[..8].copy_from_slice(
+                &GeneveHdr::new(vni_of(i), false, GENEVE_PROTOCOL_DATA).to_bytes(),
+            );
+            frame(
+                table_legs(i).0,
+                relay_at(table_legs(i).0, RELAY_PORT),
+                &data,
+            )
         });
+        out.push(time_table(
+            &mut sandbox,
+            &mut lab,
+            options,
+            "session",
+            size,
+            frames,
+        )?);
+    }
+    let mut installed = 0u32;
+    if !allocations.is_empty() {
+        TurnMaps::open_pinned(sandbox.pin_dir())?.serve_port(TURN_PORT)?;
+    }
+    for &size in allocations {
+        let mut maps = TurnMaps::open_pinned(sandbox.pin_dir())?;
+        while installed < size {
+            let (client, peer) = table_legs(installed);
+            let allocation = turn_records::allocation(
+                installed,
+                client,
+                Transport::Udp,
+                table_relayed_port(installed),
+                &[(TURN_CHANNEL, peer)],
+                &[],
+            );
+            maps.put(&persist::to_record(
+                &allocation,
+                SessionLimits::default(),
+                &turn_records::clock(),
+            ))?;
+            installed += 1;
+        }
+        let frames = random_frames(&mut rng, size, |i| {
+            let mut data = vec![0xab; PAYLOAD];
+            data[..4].copy_from_slice(
+                &ChannelDataHdr::new(TURN_CHANNEL, (PAYLOAD - 4) as u16).to_bytes(),
+            );
+            frame(table_legs(i).0, relay_at(table_legs(i).0, TURN_PORT), &data)
+        });
+        out.push(time_table(
+            &mut sandbox,
+            &mut lab,
+            options,
+            "turn",
+            size,
+            frames,
+        )?);
     }
     Ok(out)
+}
+
+/// The relayed port of allocation `i` of the table benchmark: clear of the sandbox's session
+/// and TURN ports.
+fn table_relayed_port(i: u32) -> u16 {
+    10_000 + i as u16
 }

@@ -14,7 +14,7 @@ fn throughput_harness_relays_through_every_mode_and_accounts_for_it() {
     require_root!();
     let options = ThroughputOptions::quick(PathBuf::from(common::relay_path()));
     let r = throughput::run(options).unwrap();
-    assert_eq!(r.measurements.len(), 4);
+    assert_eq!(r.measurements.len(), 5);
     for m in &r.measurements {
         check_pass(m.mode, &m.saturation);
         if let Some(p) = &m.paced {
@@ -30,7 +30,8 @@ fn throughput_harness_relays_through_every_mode_and_accounts_for_it() {
                 assert_eq!(m.program_ns, None);
                 assert!(m.cpu_pass().daemon_cpu_ns > 0, "{m:?}");
             }
-            // Kernel modes: the program ran, and the daemon saw (almost) none of the traffic.
+            // Kernel modes (WireGuard pairs' data included, once their legs are learnt): the
+            // program ran, and the daemon saw (almost) none of the traffic.
             _ => {
                 let ns = m.program_ns.expect("bpf_stats run time");
                 assert!(ns > 0.0 && ns < 100_000.0, "{m:?}");
@@ -44,8 +45,9 @@ fn throughput_harness_relays_through_every_mode_and_accounts_for_it() {
     // How much of the offered load comes back is a speed, which a shared CI machine cannot
     // promise (a busy neighbour once left native 22 % of it): `check_pass` asserts that each
     // mode relayed something and never more than was offered, which is what the harness owes.
-    assert_eq!(r.summaries.len(), 4);
+    assert_eq!(r.summaries.len(), 5);
     assert_eq!(r.ratios.len(), 1);
+    assert!(r.ratios[0].wireguard_vs_reflector_per_cpu.is_some());
     assert_eq!(r.extrapolation.len(), 2);
     let json = serde_json::to_value(&r).unwrap();
     for key in [

@@ -878,10 +878,14 @@ fn micro_benchmark_harness_runs() {
         rounds: 1,
         calls: 20,
     };
-    let tables = relay_lab::xdp_bench::run_table_sizes(options, &[1, 300]).unwrap();
+    // Each table's frames are checked to be forwarded before they are timed.
+    let tables = relay_lab::xdp_bench::run_table_sizes(options, &[1, 300], &[1, 200]).unwrap();
     assert_eq!(
-        tables.iter().map(|t| t.sessions).collect::<Vec<_>>(),
-        [1, 300]
+        tables
+            .iter()
+            .map(|t| (t.front, t.records))
+            .collect::<Vec<_>>(),
+        [("session", 1), ("session", 300), ("turn", 1), ("turn", 200)]
     );
     assert!(tables.iter().all(|t| t.relay_ns > 0.0), "{tables:?}");
 }

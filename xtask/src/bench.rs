@@ -61,14 +61,17 @@ pub fn run(quick: bool, render: bool, only: &[String]) -> Result<()> {
         let mut cmd = Command::new(&lab);
         cmd.arg("bench-xdp").arg("--json").arg(&xdp_json);
         if quick {
-            cmd.args(["--rounds", "2", "--calls", "500", "--table-sizes", "1,1000"]);
+            cmd.args(["--rounds", "2", "--calls", "500"]);
+            cmd.args(["--table-sizes", "1,1000", "--turn-table-sizes", "1,1000"]);
         }
         status(&mut cmd)?;
     }
 
     let throughput_json = out_dir.join("throughput.json");
     if wanted("throughput") {
-        println!("== relayed packets per second: XDP native, generic, off, reflector (NAT lab)");
+        println!(
+            "== relayed packets per second: XDP native (sessions, WireGuard pairs), generic, off, reflector (NAT lab)"
+        );
         let mut cmd = Command::new(&lab);
         cmd.arg("bench-throughput")
             .arg("--json")
@@ -376,14 +379,14 @@ fn xdp_micro_section(doc: &Value, machine: &str) -> Result<String> {
     if let Some(tables) = tables {
         writeln!(
             s,
-            "\n**Table size** (v4 → v4 sessions; every run a packet of another session drawn at random from the table, {} frames in turn):\n",
+            "\n**Table size** (v4 → v4 sessions; TURN: ChannelData client → peer, one channel per allocation; every run a packet of another session or allocation drawn at random from the table, {} frames in turn):\n",
             num(&tables[tables.len() - 1], "frames")?
         )?;
         writeln!(
             s,
-            "| live sessions | relay ns/packet | reflector ns/packet | xdp_pass ns/packet | relay above the floor | relay / reflector |"
+            "| path | live sessions or allocations | relay ns/packet | reflector ns/packet | xdp_pass ns/packet | relay above the floor | relay / reflector |"
         )?;
-        writeln!(s, "|---:|---:|---:|---:|---:|---:|")?;
+        writeln!(s, "|---|---:|---:|---:|---:|---:|---:|")?;
         for t in tables {
             let (relay, reflector, pass) = (
                 num(t, "relay_ns")?,
@@ -392,8 +395,12 @@ fn xdp_micro_section(doc: &Value, machine: &str) -> Result<String> {
             );
             writeln!(
                 s,
-                "| {} | {relay:.1} | {reflector:.1} | {pass:.1} | {:.1} | {:.2}× |",
-                num(t, "sessions")?,
+                "| {} | {} | {relay:.1} | {reflector:.1} | {pass:.1} | {:.1} | {:.2}× |",
+                match text(t, "front")? {
+                    "turn" => "TURN allocations",
+                    _ => "sessions",
+                },
+                num(t, "records")?,
                 relay - pass,
                 relay / reflector
             )?;
@@ -466,22 +473,27 @@ fn throughput_section(doc: &Value, machine: &str) -> Result<String> {
     let targets = doc.get("targets").context("benchmark JSON: no `targets`")?;
     let vs_reflector_target = num(targets, "native_vs_reflector")?;
     let vs_userspace_target = num(targets, "native_vs_userspace")?;
+    let per_cpu_target = num(targets, "per_cpu_vs_reflector")?;
     writeln!(
         s,
-        "| UDP payload | sessions | native / reflector, relayed/s (target ≥ {vs_reflector_target}) | native / reflector, per relay CPU-second | native / userspace, per relay CPU-second (target ≥ {vs_userspace_target}) | generic / userspace, per CPU-second |"
+        "| UDP payload | sessions (pairs) | native / reflector, relayed/s (target ≥ {vs_reflector_target}) | native / reflector, per relay CPU-second (target ≥ {per_cpu_target}) | WireGuard pairs / reflector, per relay CPU-second (target ≥ {per_cpu_target}) | native / userspace, per relay CPU-second (target ≥ {vs_userspace_target}) | generic / userspace, per CPU-second |"
     )?;
-    writeln!(s, "|---:|---:|---:|---:|---:|---:|")?;
+    writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|")?;
+    let per_cpu = |v: f64| format!("{v:.2} ({})", verdict(v, per_cpu_target));
     for r in array(doc, "ratios")? {
         let vs_refl = num(r, "native_vs_reflector_pps")?;
         let vs_off = num(r, "native_vs_off_per_cpu")?;
         writeln!(
             s,
-            "| {} B | {} | {:.2} ({}) | {:.2} | {:.1}× ({}) | {:.1}× |",
+            "| {} B | {} | {:.2} ({}) | {} | {} | {:.1}× ({}) | {:.1}× |",
             num(r, "payload")?,
             num(r, "sessions")?,
             vs_refl,
             verdict(vs_refl, vs_reflector_target),
-            num(r, "native_vs_reflector_per_cpu")?,
+            per_cpu(num(r, "native_vs_reflector_per_cpu")?),
+            r.get("wireguard_vs_reflector_per_cpu")
+                .and_then(Value::as_f64)
+                .map_or("–".to_string(), per_cpu),
             vs_off,
             verdict(vs_off, vs_userspace_target),
             num(r, "generic_vs_off_per_cpu")?,
@@ -513,7 +525,7 @@ fn throughput_section(doc: &Value, machine: &str) -> Result<String> {
 fn throughput_plot(doc: &Value, path: &Path) -> Result<()> {
     mode_bars(
         doc,
-        &["native", "generic", "off", "reflector"],
+        &["native", "wireguard", "generic", "off", "reflector"],
         ("relayed_pps", 1e6, "Mpps"),
         |most| format!("Relayed packets per second, {most} sessions, one relay core"),
         path,

@@ -5,6 +5,9 @@
 //!
 //! The lab's internet router is both ends of every session: each leg is an address of its
 //! loopback (bound with the real handshake), so the relay's output comes straight back to it.
+//! Likewise both peers of every WireGuard pair (bound with the handshake messages stock peers
+//! send, their legs learnt by the relay's rules): the `wireguard` mode sends the pairs'
+//! transport data through the same native relay.
 //! On the router's side of the relay link run, in the kernel:
 //!
 //! - the **generator** (`bench_gen`, BPF_PROG_TEST_RUN in live-frame mode): frames built here
@@ -48,7 +51,10 @@ use crate::{
     scenario::{LAB_PORT, LAB_TOKEN},
 };
 use relay_userspace::{
-    api::types::CreateSession, client::api::ApiClient, config::XdpMode, dataplane::attachment,
+    api::types::{CreatePair, CreateSession, PairKeys},
+    client::api::ApiClient,
+    config::XdpMode,
+    dataplane::attachment,
     fronts::geneve::ticket::Ticket,
 };
 
@@ -66,7 +72,7 @@ pub struct ThroughputOptions {
     pub sessions: Vec<usize>,
     /// Seconds per pass.
     pub seconds: f64,
-    /// Modes to measure, interleaved in this order (all four unless narrowed down for a
+    /// Modes to measure, interleaved in this order (all of them unless narrowed down for a
     /// profile: the report's ratios need native, generic, off and the reflector).
     pub modes: Vec<Mode>,
 }
@@ -131,6 +137,9 @@ pub fn run(options: ThroughputOptions) -> Result<ThroughputResult> {
     let mut bench = Bench::new(&options)?;
     bench.start_relay(Mode::Native)?;
     bench.allocate(max_sessions)?;
+    if options.modes.contains(&Mode::WireGuard) {
+        bench.allocate_pairs(max_sessions)?;
+    }
     bench.load.attach_sink(&bench.lab)?;
 
     let mut measurements = Vec::new();
@@ -173,10 +182,17 @@ struct Bench {
     pin_dir: PathBuf,
     path: FramePath,
     vnis: Vec<u32>,
+    pairs: Vec<workload::BoundPair>,
     /// The reflector's link while it is attached.
     reflector: Option<aya::programs::xdp::XdpLinkId>,
     mode: Option<Mode>,
 }
+
+/// The WireGuard pairs' relay ports: two per pair, for the most sessions measured.
+const PAIR_PORTS: (u16, u16) = (
+    45_000,
+    45_000 + relay_common::bench::MAX_TEMPLATES as u16 - 1,
+);
 
 fn relay_config(mode: XdpMode, pin_dir: &Path) -> String {
     format!(
@@ -184,7 +200,11 @@ fn relay_config(mode: XdpMode, pin_dir: &Path) -> String {
          api:\n  listen: 127.0.0.1:8080\n  requests_per_sec_per_source: 0\n  tokens:\n    - name: bench\n      token: {LAB_TOKEN}\n\
          \x20     max_sessions: 8192\nsessions:\n  max_sessions: 8192\n  bind_lifetime: 1h\n  \
          idle_lifetime: 1h\n  \
-         packets_per_sec: 0\n  kbytes_per_sec: 0\n  binds_per_sec_per_source: 0\npin_dir: {}\nlog:\n  level: warn\n",
+         packets_per_sec: 0\n  kbytes_per_sec: 0\n  binds_per_sec_per_source: 0\n\
+         wireguard:\n  relay_ports: {}-{}\n  keepalive: 25\n  idle_lifetime: 1h\n\
+         pin_dir: {}\nlog:\n  level: warn\n",
+        PAIR_PORTS.0,
+        PAIR_PORTS.1,
         pin_dir.display()
     )
 }
@@ -250,6 +270,7 @@ impl Bench {
             pin_dir,
             path,
             vnis: Vec::new(),
+            pairs: Vec::new(),
             reflector: None,
             mode: None,
             lab,
@@ -267,7 +288,7 @@ impl Bench {
             );
         }
         let xdp = match mode {
-            Mode::Native => XdpMode::Native,
+            Mode::Native | Mode::WireGuard => XdpMode::Native,
             Mode::Generic => XdpMode::Generic,
             Mode::Off | Mode::Reflector => XdpMode::Off,
             Mode::TurnNative | Mode::TurnOff | Mode::Coturn => {
@@ -363,6 +384,77 @@ impl Bench {
         Ok(())
     }
 
+    /// Allocates `n` WireGuard pairs through the API (random public keys) and binds both
+    /// peers of each from the router; checks the relay reports every pair bound.
+    fn allocate_pairs(&mut self, n: usize) -> Result<()> {
+        use base64::{Engine, engine::general_purpose::STANDARD};
+        use rand::Rng;
+        let api = ApiClient::new("http://127.0.0.1:8080", LAB_TOKEN, None)?;
+        let mut rng = rand::rng();
+        let keys: Vec<[[u8; 32]; 2]> = (0..n).map(|_| [rng.random(), rng.random()]).collect();
+        let pairs = self.lab.in_host(Host::Relay, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut out = Vec::with_capacity(n);
+                for k in &keys {
+                    let request = CreatePair {
+                        public_keys: Some(PairKeys {
+                            a: STANDARD.encode(k[0]),
+                            b: STANDARD.encode(k[1]),
+                        }),
+                        ..CreatePair::default()
+                    };
+                    out.push(api.create_pair(&request).await?);
+                }
+                anyhow::Ok(out)
+            })
+        })??;
+        let mut ports = Vec::with_capacity(n);
+        for p in &pairs {
+            let of = |i: usize| -> Result<u16> {
+                Ok(p.peers
+                    .get(i)
+                    .and_then(|peer| peer.relay.v4)
+                    .context("a pair without an IPv4 relay port")?
+                    .port())
+            };
+            ports.push([of(0)?, of(1)?]);
+        }
+        let relay = *self.path.relay.ip();
+        self.pairs = self.lab.in_host(Host::Inet, || {
+            (0..n)
+                .map(|i| {
+                    let sender = [0x1000_0000 + i as u32, 0x2000_0000 + i as u32];
+                    workload::bind_pair(
+                        relay,
+                        [workload::pair_leg_addr(i, 0), workload::pair_leg_addr(i, 1)],
+                        ports[i],
+                        keys[i],
+                        sender,
+                    )
+                })
+                .collect::<Result<Vec<_>>>()
+        })??;
+        let states = self.lab.in_host(Host::Relay, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let mut out = Vec::with_capacity(n);
+                for p in &pairs {
+                    out.push(api.get_pair(p.id).await?.state);
+                }
+                anyhow::Ok(out)
+            })
+        })??;
+        if let Some(state) = states.iter().find(|s| *s != "bound") {
+            bail!("a WireGuard pair is {state} after its handshake, not bound");
+        }
+        Ok(())
+    }
+
     /// Makes the relay host carry packets the way `mode` does.
     fn switch(&mut self, mode: Mode) -> Result<()> {
         if self.mode == Some(mode) {
@@ -400,7 +492,12 @@ impl Bench {
         round: usize,
         seconds: f64,
     ) -> Result<Measurement> {
-        let (frame, templates) = workload::workload(&self.path, &self.vnis[..sessions], payload)?;
+        let flows = if mode == Mode::WireGuard {
+            workload::pair_flows(&self.pairs[..sessions])
+        } else {
+            workload::session_flows(&self.path, &self.vnis[..sessions])
+        };
+        let (frame, templates) = workload::workload(&self.path, &flows, payload)?;
         let program = match mode {
             Mode::Off | Mode::TurnOff | Mode::Coturn => None,
             Mode::Reflector => Some(
@@ -409,7 +506,7 @@ impl Bench {
                     .info(relay_common::bench::PROGRAM_REFLECTOR)?
                     .id(),
             ),
-            Mode::Native | Mode::Generic | Mode::TurnNative => {
+            Mode::Native | Mode::WireGuard | Mode::Generic | Mode::TurnNative => {
                 Some(load::attached_program(&self.lab)?)
             }
         };

@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub enum Mode {
     /// The relay program in the driver.
     Native,
+    /// The relay program in the driver, carrying stock WireGuard pairs' transport data.
+    #[serde(rename = "wireguard")]
+    WireGuard,
     /// The relay program in the network stack.
     Generic,
     /// No XDP: the daemon's batched userspace forwarder.
@@ -28,8 +31,14 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// Every session mode, in the order the benchmark interleaves them.
-    pub const ALL: [Mode; 4] = [Mode::Native, Mode::Generic, Mode::Off, Mode::Reflector];
+    /// Every mode of the throughput benchmark, in the order it interleaves them.
+    pub const ALL: [Mode; 5] = [
+        Mode::Native,
+        Mode::WireGuard,
+        Mode::Generic,
+        Mode::Off,
+        Mode::Reflector,
+    ];
 
     /// Every TURN mode, in the order the TURN benchmark interleaves them.
     pub const TURN: [Mode; 3] = [Mode::TurnNative, Mode::TurnOff, Mode::Coturn];
@@ -38,6 +47,7 @@ impl Mode {
     pub fn name(self) -> &'static str {
         match self {
             Mode::Native => "native",
+            Mode::WireGuard => "wireguard",
             Mode::Generic => "generic",
             Mode::Off => "off",
             Mode::Reflector => "reflector",
@@ -219,6 +229,9 @@ pub struct Ratios {
     pub native_vs_reflector_pps: f64,
     /// Native relay / reflector, packets per relay CPU-second (target ≥ 0.9).
     pub native_vs_reflector_per_cpu: f64,
+    /// WireGuard pairs in the kernel / reflector, packets per relay CPU-second (target ≥ 0.9),
+    /// when measured.
+    pub wireguard_vs_reflector_per_cpu: Option<f64>,
     /// Native relay / userspace forwarder, packets per relay CPU-second (target ≥ 10).
     pub native_vs_off_per_cpu: f64,
     /// Generic / userspace forwarder, packets per relay CPU-second.
@@ -233,15 +246,20 @@ pub struct Targets {
     pub native_vs_reflector: f64,
     /// Native relay / userspace forwarder, packets per relay CPU-second.
     pub native_vs_userspace: f64,
+    /// Native relay (sessions, WireGuard pairs) / reflector, packets per relay CPU-second.
+    pub per_cpu_vs_reflector: f64,
 }
 
-/// Native relay ≥ 90 % of the reflector; ≥ 10× the userspace forwarder per CPU-second.
+/// Native relay ≥ 90 % of the reflector, in relayed packets per second and per relay
+/// CPU-second; ≥ 10× the userspace forwarder per CPU-second.
 pub const TARGETS: Targets = Targets {
     native_vs_reflector: 0.9,
     native_vs_userspace: 10.0,
+    per_cpu_vs_reflector: 0.9,
 };
 
-/// Ratios for every (payload, sessions) that has all four modes.
+/// Ratios for every (payload, sessions) that has the four session modes (and WireGuard's where
+/// measured).
 pub fn ratios(summaries: &[Summary]) -> Vec<Ratios> {
     let find = |mode, payload, sessions| {
         summaries
@@ -262,6 +280,8 @@ pub fn ratios(summaries: &[Summary]) -> Vec<Ratios> {
             sessions: s.sessions,
             native_vs_reflector_pps: s.relayed_pps / refl.relayed_pps,
             native_vs_reflector_per_cpu: s.packets_per_cpu_second / refl.packets_per_cpu_second,
+            wireguard_vs_reflector_per_cpu: find(Mode::WireGuard, s.payload, s.sessions)
+                .map(|wg| wg.packets_per_cpu_second / refl.packets_per_cpu_second),
             native_vs_off_per_cpu: s.packets_per_cpu_second / off.packets_per_cpu_second,
             generic_vs_off_per_cpu: generic.packets_per_cpu_second / off.packets_per_cpu_second,
         });
@@ -432,12 +452,18 @@ mod tests {
         ];
         let r = ratios(&summarise(&ms));
         assert_eq!(r.len(), 1);
+        assert_eq!(r[0].wireguard_vs_reflector_per_cpu, None);
         assert!((r[0].native_vs_reflector_pps - 1000.0 / 1100.0).abs() < 1e-9);
         // 200 ns vs 180 ns per packet.
         assert!((r[0].native_vs_reflector_per_cpu - 0.9).abs() < 1e-9);
         assert!((r[0].native_vs_off_per_cpu - 10.0).abs() < 1e-9);
         assert!((r[0].generic_vs_off_per_cpu - 4.0).abs() < 1e-9);
         assert!(ratios(&summarise(&ms[..3])).is_empty());
+        let mut with_pairs = ms.clone();
+        with_pairs.push(m(Mode::WireGuard, 0, 1000, 225_000));
+        let r = ratios(&summarise(&with_pairs));
+        // 225 ns vs 180 ns per packet.
+        assert!((r[0].wireguard_vs_reflector_per_cpu.unwrap() - 0.8).abs() < 1e-9);
     }
 
     #[test]
