@@ -135,9 +135,10 @@ pub static WIREGUARD_PAIRS: Array<WireGuardPair> = Array::pinned(DEFAULT_MAX_SES
 pub static FIB_REQUEST: PerCpuArray<aya_ebpf::bindings::bpf_fib_lookup> =
     PerCpuArray::with_max_entries(1, 0);
 
-/// The fronts' programs that `relay_xdp` tail-calls. Pinned: the kernel empties a program
-/// array when its last file descriptor and pin go, and the fast path must keep relaying TURN
-/// while the daemon restarts. Each load installs its own programs.
+/// The fronts' programs that earlier builds' `relay_xdp` tail-calls (this build's runs TURN
+/// inline). Pinned: the kernel empties a program array when its last file descriptor and pin
+/// go, and an earlier build's fast path must keep relaying TURN while an upgrade replaces it.
+/// Each load installs its own programs.
 #[map(name = "front_programs")]
 pub static FRONT_PROGRAMS: ProgramArray =
     ProgramArray::pinned(relay_common::maps::FRONT_PROGRAM_COUNT, 0);

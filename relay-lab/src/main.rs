@@ -50,12 +50,12 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         calls: usize,
         /// Live sessions to time the session path with, comma-separated (one table grown to
-        /// each size in turn); empty: skip.
-        #[arg(long, value_delimiter = ',', default_value = "1,1000,100000,1000000")]
+        /// each size in turn); the flag without a value skips it.
+        #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,1000,100000,1000000")]
         table_sizes: Vec<u32>,
         /// Live TURN allocations to time ChannelData (client → peer) with, comma-separated (one
-        /// table grown to each size in turn); empty: skip.
-        #[arg(long, value_delimiter = ',', default_value = "1,1000,16384")]
+        /// table grown to each size in turn); the flag without a value skips it.
+        #[arg(long, value_delimiter = ',', num_args = 0.., default_value = "1,1000,16384")]
         turn_table_sizes: Vec<u32>,
         /// Also write the results as JSON here.
         #[arg(long)]

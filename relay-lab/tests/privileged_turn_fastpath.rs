@@ -15,7 +15,11 @@ use relay_common::{
     verdict::Reason,
 };
 use relay_userspace::{
-    dataplane::{simulate::XdpAction, turn_maps::TurnMaps},
+    dataplane::{
+        object::{PROGRAM_RELAY, PROGRAM_TURN},
+        simulate::XdpAction,
+        turn_maps::TurnMaps,
+    },
     fronts::turn::server::Transport,
 };
 
@@ -584,5 +588,28 @@ fn between_two_clients_of_this_relay_channel_data_goes_straight_across() {
             XdpAction::Pass,
             Reason::PassedHairpin,
         );
+    }
+}
+
+/// `relay_turn`, TURN as a program of its own, is what an earlier build's `relay_xdp`
+/// tail-calls while an upgrade replaces it (this build runs TURN inline): it relays exactly
+/// what `relay_xdp` relays, byte for byte, both ways.
+#[test]
+fn the_turn_program_an_earlier_build_tail_calls_relays_as_the_inline_path_does() {
+    require_root!();
+    let (mut fx, _maps) = with_allocation(LEG_A4, LEG_B6);
+    let data = payload(100);
+    for frame in [
+        from_client(
+            LEG_A4,
+            &channel_data(CHANNEL, &data, &[]),
+            FrameOpts::default(),
+        ),
+        from_peer(LEG_B6, &data, FrameOpts::default()),
+    ] {
+        let inline = fx.sandbox.run(PROGRAM_RELAY, &frame).unwrap();
+        let own = fx.sandbox.run(PROGRAM_TURN, &frame).unwrap();
+        assert_eq!(inline.action, XdpAction::Tx);
+        assert_eq!((own.action, own.frame), (inline.action, inline.frame));
     }
 }

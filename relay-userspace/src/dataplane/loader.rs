@@ -125,7 +125,8 @@ impl Dataplane {
         Ok(dataplane)
     }
 
-    /// Loads the fronts' programs and puts them where the relay program tail-calls them.
+    /// Loads the fronts' programs and puts them where an earlier build's relay program, still
+    /// attached while an upgrade replaces it, tail-calls them (this build's runs TURN inline).
     fn install_fronts(&mut self) -> Result<()> {
         let fd = self
             .program(object::PROGRAM_TURN)?

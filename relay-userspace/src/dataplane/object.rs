@@ -7,7 +7,8 @@ pub fn bytes() -> &'static [u8] {
 
 /// The relay's forwarding program.
 pub const PROGRAM_RELAY: &str = "relay_xdp";
-/// TURN's part of the fast path, tail-called by the relay program.
+/// TURN's part of the fast path as a program of its own, tail-called by earlier builds' relay
+/// program (this build's runs TURN inline): installed for the window of an upgrade.
 pub const PROGRAM_TURN: &str = relay_common::maps::TURN_PROGRAM;
 /// Pass-everything program for veth peers in labs.
 pub const PROGRAM_PASS: &str = "xdp_pass";
