@@ -28,7 +28,7 @@ fn side(u: &mut Unstructured) -> arbitrary::Result<Side> {
 
 /// One step of the world, straight from the fuzzer's bytes.
 fn step(u: &mut Unstructured) -> arbitrary::Result<Step> {
-    Ok(match u.int_in_range(0..=6u8)? {
+    Ok(match u.int_in_range(0..=8u8)? {
         0 => Step::Initiate(side(u)?),
         1 => Step::Talk(side(u)?),
         2 => Step::Rebind(side(u)?),
@@ -42,6 +42,17 @@ fn step(u: &mut Unstructured) -> arbitrary::Result<Step> {
             second: u.arbitrary()?,
             mac1: u.arbitrary()?,
             reuse: u.arbitrary()?,
+        },
+        6 => Step::ForgeData {
+            port: u.arbitrary()?,
+            to: side(u)?,
+            of: side(u)?,
+        },
+        7 => Step::ForgeAnswer {
+            port: u.arbitrary()?,
+            to: side(u)?,
+            of: side(u)?,
+            which: u.arbitrary()?,
         },
         _ => Step::Replay {
             port: u.arbitrary()?,

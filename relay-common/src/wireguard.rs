@@ -58,10 +58,12 @@ pub struct WireGuardPair {
     pub slot: u32,
     /// Rate limits per direction.
     pub limits: SessionLimits,
-    /// While a leg is moving: the receiver index of the data that completes the move, sent by
-    /// the other (bound) leg — the responder's first data on the new session
-    /// (`fronts::wireguard::legs`, rule 4). The kernel hands that one message up instead of
-    /// forwarding it to the leg's old address. Meaningful when `confirm_side` is set.
+    /// While a leg is moving: the receiver index of the data the move needs from a bound leg
+    /// (`fronts::wireguard::legs`) — the bound responder's first data on the new session,
+    /// which completes a move of the initiator (rule 5), or the bound initiator's data on a
+    /// session made with a roaming peer, which goes to that peer only (rule 9). The kernel
+    /// hands that data up instead of forwarding it to the moving leg's old address.
+    /// Meaningful when `confirm_side` is set.
     pub confirm_index: u32,
     /// 0: no move pending; 1 + the side whose port that data arrives on.
     pub confirm_side: u8,
@@ -81,7 +83,7 @@ pub struct WireGuardPair {
 unsafe impl aya::Pod for WireGuardPair {}
 
 impl WireGuardPair {
-    /// Whether `receiver` on `side`'s port is the data that completes a pending move.
+    /// Whether `receiver` on `side`'s port is data a pending move needs from a bound leg.
     #[inline(always)]
     pub fn confirms_move(&self, side: usize, receiver: u32) -> bool {
         self.confirm_side != 0
@@ -246,6 +248,15 @@ pub fn classify_header(head: &[u8; DATA_HLEN], len: usize) -> Message {
         },
         _ => Message::Invalid,
     }
+}
+
+/// A transport data message's counter (its nonce, little-endian after the receiver index: 0 for
+/// the first message of a session); 0 for anything shorter.
+pub fn data_counter(payload: &[u8]) -> u64 {
+    payload
+        .get(8..16)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 /// The bytes `mac1` covers and `mac1` itself, for a handshake initiation or response

@@ -457,3 +457,227 @@ fn an_initiation_flood_reaches_the_peer_only_at_the_handshake_rate() {
         "the pair keeps working"
     );
 }
+
+/// The port B's application listens on in the one-way stream test (inside the tunnel).
+const STREAM_PORT: u16 = 9_100;
+
+/// A peer that only receives (A streams to B through the tunnel, B's application never
+/// answers) and whose NAT mapping changes (B's NAT is the lab's hard one: a new random port)
+/// gets its tunnel back once A, having heard nothing for 15 s, retries its handshake after B's
+/// next keepalive from the new mapping — within max(PersistentKeepalive, 15 s) + 5 s
+/// (docs/wireguard.md), asserted with 10 s of slack — and it is B's new mapping that answered
+/// A (the rule for receivers, not B's own handshake, which would take until its keys
+/// expired). Meanwhile an attacker that knows the pair's
+/// indices (from the peers' real handshake messages, captured at the relay) and guesses
+/// others forges keepalives from its own address to both ports: it receives at most
+/// handshake messages, never data, and no leg becomes its.
+#[test]
+fn a_peer_that_only_receives_recovers_from_rebinding_and_forged_keepalives_win_nothing() {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    };
+    require_root!();
+    let mut s = start(XdpMode::Native);
+    let up = bring_up(&mut s);
+    let pair = &up.pair;
+    let ports: Vec<SocketAddr> = pair.peers.iter().map(|p| p.relay.v4.unwrap()).collect();
+    let sink = s
+        .lab
+        .in_host(Host::ClientB, || UdpSocket::bind((TUNNEL_B, STREAM_PORT)))
+        .unwrap()
+        .unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    // The sequence number of the next datagram A sends.
+    let next = Arc::new(AtomicU32::new(0));
+    let streaming = {
+        let socket = s
+            .lab
+            .in_host(Host::ClientA, || UdpSocket::bind((TUNNEL_A, 0)))
+            .unwrap()
+            .unwrap();
+        let (stop, next) = (stop.clone(), next.clone());
+        std::thread::spawn(move || {
+            // 20 datagrams a second, bounded in count (two minutes) and stopped at the end.
+            for i in 0u32..2400 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                next.store(i + 1, Ordering::Relaxed);
+                let _ = socket.send_to(&i.to_be_bytes(), (TUNNEL_B, STREAM_PORT));
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let mut buf = [0u8; 64];
+    // A datagram sent at or after sequence number `from` arrived.
+    let mut arrived_since = |from: u32| {
+        while let Ok(n) = sink.recv(&mut buf) {
+            if n == 4 && u32::from_be_bytes(buf[..4].try_into().unwrap()) >= from {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(
+        NatLab::wait_until(Duration::from_secs(10), || arrived_since(20)),
+        "the stream does not reach B"
+    );
+
+    // B's NAT maps it anew, to a port in another range (the same NAT would pick the same port
+    // again: its random ports are a hash of the flow), as after a NAT restart or a phone's
+    // move to another network; the attacker starts forging.
+    let old_port = pair.peers[1].bound.unwrap().port();
+    let range = if old_port < 30_000 {
+        ":40000-40999"
+    } else {
+        ":20000-20999"
+    };
+    s.lab
+        .exec(
+            Host::NatB,
+            "nft",
+            &[
+                "insert",
+                "rule",
+                "inet",
+                "lab",
+                "postrouting",
+                "oifname",
+                "wan",
+                "ip",
+                "version",
+                "4",
+                "meta",
+                "l4proto",
+                "udp",
+                "masquerade",
+                "to",
+                range,
+            ],
+        )
+        .unwrap();
+    let observed: Vec<u32> = up
+        .handshakes
+        .iter()
+        .flat_map(|c| {
+            let at = |i: usize| u32::from_le_bytes(c.payload[i..i + 4].try_into().unwrap());
+            if c.payload[0] == 2 {
+                vec![at(4), at(8)]
+            } else {
+                vec![at(4)]
+            }
+        })
+        .collect();
+    let tap = Tap::open(&s.lab, Host::Relay).unwrap();
+    s.lab.exec(Host::NatB, "conntrack", &["-F"]).unwrap();
+    let flushed = Instant::now();
+    let sent_before = next.load(Ordering::Relaxed);
+    let attacker = {
+        let lab_attacker = s
+            .lab
+            .in_host(Host::Attacker, || {
+                (0..2u16)
+                    .map(|p| UdpSocket::bind(("0.0.0.0", 42_000 + p)).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap();
+        let stop = stop.clone();
+        let ports = ports.clone();
+        std::thread::spawn(move || {
+            let mut received = Vec::new();
+            let mut buf = [0u8; 2048];
+            // Once a second for at most a minute: forged keepalives with every observed index
+            // and a few guessed ones, to both ports.
+            for round in 0u32..60 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let guessed = [0x1234_5678 ^ round, 0x9abc_def0 ^ round];
+                for (socket, to) in lab_attacker.iter().zip(&ports) {
+                    for index in observed.iter().chain(&guessed) {
+                        let mut keepalive = vec![0u8; 32];
+                        keepalive[0] = 4;
+                        keepalive[4..8].copy_from_slice(&index.to_le_bytes());
+                        let _ = socket.send_to(&keepalive, to);
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                for socket in &lab_attacker {
+                    socket.set_nonblocking(true).unwrap();
+                    while let Ok((n, _)) = socket.recv_from(&mut buf) {
+                        received.push(buf[..n].to_vec());
+                    }
+                }
+            }
+            received
+        })
+    };
+    let mut captured = Vec::new();
+    let recovered = NatLab::wait_until(Duration::from_secs(60), || {
+        captured.extend(tap.udp(|to| ports.contains(&to)).unwrap());
+        arrived_since(sent_before)
+    });
+    let took = flushed.elapsed();
+    assert!(recovered, "B never heard A again\n{}", s.lab.log("relay"));
+    // A's data on the new session reaches B through the daemon until B answers on it (its
+    // next keepalive, within 10 s); then the leg moves and the kernel carries the stream.
+    let old_b = pair.peers[1].bound;
+    assert!(
+        NatLab::wait_until(Duration::from_secs(15), || pair_state(&s, pair.id).peers[1]
+            .bound
+            != old_b),
+        "leg b did not move\n{}",
+        s.lab.log("relay")
+    );
+    // The daemon flushes its counters each second: what it relayed before the move first.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = forwarded(&s);
+    std::thread::sleep(Duration::from_secs(3));
+    let after = forwarded(&s);
+    stop.store(true, Ordering::Relaxed);
+    streaming.join().unwrap();
+    let attacker_received = attacker.join().unwrap();
+    captured.extend(tap.udp(|to| ports.contains(&to)).unwrap());
+    assert!(
+        after.0 - before.0 >= 20 && after.1 - before.1 <= 2,
+        "after the move the kernel carries the stream: {before:?} → {after:?}"
+    );
+    eprintln!("a receiving peer recovered from the NAT rebinding in {took:?}");
+    let keepalive = Duration::from_secs(u64::from(relay_lab::scenario::WIREGUARD_KEEPALIVE));
+    assert!(
+        took <= keepalive.max(Duration::from_secs(15)) + Duration::from_secs(5 + 10),
+        "recovery took {took:?}"
+    );
+
+    let moved = pair_state(&s, pair.id);
+    let new_b = moved.peers[1].bound.unwrap();
+    assert_eq!(moved.peers[0].bound, pair.peers[0].bound, "leg a stays");
+    assert_eq!(new_b.ip(), pair.peers[1].bound.unwrap().ip(), "B's NAT");
+    assert_ne!(new_b, pair.peers[1].bound.unwrap(), "leg b moved");
+    assert!(
+        captured
+            .iter()
+            .any(|c| c.from == new_b && c.to == ports[1] && c.payload[0] == 2),
+        "B's new mapping answered A's handshake (rule 9): {:?}",
+        captured
+            .iter()
+            .map(|c| (c.from, c.to, c.payload[0]))
+            .collect::<Vec<_>>()
+    );
+    eprintln!(
+        "the attacker received {} handshake messages",
+        attacker_received.len()
+    );
+    for got in &attacker_received {
+        assert!(
+            matches!(got.first(), Some(1 | 2)),
+            "the attacker received a message of type {:?} ({} bytes)",
+            got.first(),
+            got.len()
+        );
+    }
+    assert_ne!(new_b.ip().to_string(), addr::ATTACKER_V4);
+}

@@ -312,3 +312,37 @@ fn kernel_and_userspace_agree_frame_by_frame() {
         }
     }
 }
+
+/// While a move waits for a bound leg's data on a new session (`confirm_side`,
+/// `confirm_index`: the bound responder's answer, rule 5, or the bound initiator's data for a
+/// roaming peer, rule 9), the kernel hands exactly that data up and forwards the rest of that
+/// leg's data as before.
+#[test]
+fn data_a_move_waits_for_goes_up_and_the_rest_crosses() {
+    require_root!();
+    let (mut fx, mut maps) = with_pair(Some(LEG_A4), Some(LEG_B4));
+    let mut pair = maps.get(SLOT).unwrap().unwrap();
+    // B's data with receiver index 7 (what `data` carries) is awaited.
+    pair.confirm_side = 2;
+    pair.confirm_index = 7;
+    maps.put(&pair).unwrap();
+    let awaited = to_port(LEG_B4, 1, &data(64), FrameOpts::default());
+    assert_not_relayed(
+        &mut fx,
+        &maps,
+        &awaited,
+        XdpAction::Pass,
+        Reason::PassedWireGuardHandshake,
+    );
+    let mut other_session = data(64);
+    other_session[4..8].copy_from_slice(&8u32.to_le_bytes());
+    for frame in [
+        to_port(LEG_B4, 1, &other_session, FrameOpts::default()),
+        // A's data with the same index crosses: only B's side is awaited.
+        to_port(LEG_A4, 0, &data(64), FrameOpts::default()),
+    ] {
+        let (action, _, deltas, _) = run(&mut fx, &maps, &frame);
+        assert_eq!(action, XdpAction::Tx, "{:?}", deltas.counted());
+        deltas.assert_only(Reason::ForwardedWireGuard, frame.len());
+    }
+}

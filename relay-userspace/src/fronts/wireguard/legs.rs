@@ -20,13 +20,18 @@
 //!    to that candidate; when the pair is bound, only from the responder's bound leg. Cookie
 //!    replies likewise (WireGuard's own DoS protection keeps working through the relay).
 //! 4. **Binding** needs both peers to use the new session: first the initiator's data, from the
-//!    candidate's address, with the responder's sender index (relayed to the responder), then
+//!    candidate's address, with the responder's sender index, starting with the session's first
+//!    message (counter 0; relayed to the responder), then
 //!    the responder's data, from the response's address, with the initiator's sender index. A
 //!    real responder sends that only after the initiator's data decrypted under the keys of
 //!    *this* handshake, which only the holder of the initiation's ephemeral key can derive.
 //!    So a replayed initiation (its response relayed to the replayer) never binds: the replayer
 //!    can send data with the right index, but not data the responder accepts, and the
-//!    responder's own data then never comes. Both legs bind at once.
+//!    responder's own data then never comes. Both legs bind at once. The counter matters
+//!    because a response may name any index, also one of a session the initiator already
+//!    uses (made before the pair bound — the peers talked directly — or before a release):
+//!    that session's data has long passed counter 0, so it is never relayed to the response's
+//!    address (the property test found this).
 //! 5. **Moving.** When the pair is bound, a leg moves only through rule 4 with the *other*
 //!    leg, as bound, as the responder: one leg at a time (NAT rebinding, roaming), never both.
 //!    That responder's confirming data comes from a bound leg, which the fast path forwards
@@ -53,6 +58,26 @@
 //!    3), so those bound them, and an honest peer's answer dropped for rate would leave the
 //!    pair unbound in a state the other rules do not expect (the fuzz target found one where
 //!    an attacker's replay then received the initiator's first data).
+//! 9. **A receiving peer roams.** A peer that only receives (keepalives, no data of its own)
+//!    never initiates after its NAT mapping changes — its keys are fresh, it has nothing to
+//!    send — so rule 5 would leave it cut off until its keys expire (three minutes). When the
+//!    pair is bound, data on a side's port from another address whose receiver index is one
+//!    the side's sessions use (learnt from the handshakes the relay saw) makes that address a
+//!    *roaming candidate* of the side for [`ROAMING_LIFETIME`] (one per IP address, at most
+//!    [`MAX_CANDIDATES`]; such data is evaluated at most at the handshake rate per address, so
+//!    an index cannot be guessed by flooding). It is not relayed: the address proves nothing
+//!    yet. The other peer's initiations from its bound leg — WireGuard retries them every 5 s
+//!    once it has heard nothing for 15 s — then go to the bound leg *and* the roaming
+//!    candidates; a candidate's response to one is relayed (rule 3), and the move completes
+//!    by rule 4 with the bound leg as the initiator: its first data on the new session goes to
+//!    the candidate only (the pair's record has the kernel hand that session's data up until
+//!    then, [`Legs::awaiting`]), and the candidate's data on it moves the leg. The old address
+//!    keeps receiving the other peer's data on the old session until the move. A response
+//!    whose sender index is one the initiator's data already carries is refused: a genuine
+//!    responder picks a fresh index, and a forged one naming a live session would have that
+//!    session's data handed to the forger. After a restart the relay does not know the
+//!    sessions the peers made before, so this rule waits until they have expired
+//!    ([`REJECT_AFTER_TIME`]).
 
 use std::{
     net::SocketAddr,
@@ -73,6 +98,16 @@ pub const PENDING_LIFETIME: Duration = Duration::from_secs(10);
 pub const MAX_CANDIDATES: usize = 4;
 /// Responses awaiting confirmation.
 pub const MAX_PENDING: usize = 4;
+/// How long data with a known index keeps an address a roaming candidate (rule 9): the other
+/// peer initiates 15 s after it last heard from this one and retries every 5 s, so a candidate
+/// made by the first keepalive from the new address meets one of its initiations.
+pub const ROAMING_LIFETIME: Duration = Duration::from_secs(20);
+/// Receiver indices remembered per side (rule 9): a WireGuard peer keeps its previous, current
+/// and next session; the rest covers handshakes the relay saw that the peers abandoned.
+pub const KNOWN_INDICES: usize = 8;
+/// WireGuard's RejectAfterTime: no session is used longer. After a restart, rule 9 waits this
+/// long, until every session made before it (whose indices it never saw) has expired.
+pub const REJECT_AFTER_TIME: Duration = Duration::from_secs(180);
 
 /// The interval between initiations a budget allows in the long run (one per second: five
 /// times what WireGuard's retries send).
@@ -188,6 +223,9 @@ pub struct Arrival {
     pub message: Message,
     /// Whether `mac1` verifies for the other side's public key.
     pub mac1_valid: bool,
+    /// Transport data's counter (its nonce: 0 for the first message of a session); 0 for
+    /// other messages.
+    pub counter: u64,
 }
 
 /// Why a datagram is not relayed.
@@ -246,6 +284,7 @@ pub enum Decision {
 #[derive(Clone, Copy, Debug)]
 struct Candidate {
     from: SocketAddr,
+    /// Its initiation's sender index (rule 1), or its data's receiver index (rule 9).
     sender: u32,
     at: Instant,
 }
@@ -265,6 +304,18 @@ struct Pending {
     at: Instant,
 }
 
+/// Since when the relay has seen every session the peers may use (rule 9).
+#[derive(Clone, Copy, Debug, Default)]
+enum Watched {
+    /// Since the pair was made: every session of its peers was made through this process.
+    #[default]
+    Always,
+    /// Adopted after a restart, no datagram seen yet.
+    Adopted,
+    /// Adopted after a restart: from then on (every earlier session has expired).
+    From(Instant),
+}
+
 /// One WireGuard pair's leg state.
 #[derive(Clone, Debug, Default)]
 pub struct Legs {
@@ -274,6 +325,15 @@ pub struct Legs {
     pending: Vec<Pending>,
     /// Per side: its initiations relayed (rule 8).
     handshakes: [HandshakeRate; 2],
+    /// Per side: addresses that sent data with one of the side's indices (rule 9).
+    roaming: [Vec<Candidate>; 2],
+    /// Per side: the receiver indices its data carries on the sessions the relay saw made,
+    /// newest last (rule 9).
+    indices: [Vec<u32>; 2],
+    /// Per side: data from other addresses checked against the indices (rule 9's budget
+    /// against guessing them).
+    roam_checks: [HandshakeRate; 2],
+    watched: Watched,
 }
 
 impl Legs {
@@ -290,6 +350,7 @@ impl Legs {
         Legs {
             policy,
             bound: Some(legs),
+            watched: Watched::Adopted,
             ..Legs::default()
         }
     }
@@ -299,35 +360,48 @@ impl Legs {
         self.bound
     }
 
-    /// While a bound leg is moving, the data that completes the move: the side it arrives on
-    /// (the responder's, a bound leg) and its receiver index. The fast path forwards data from
-    /// bound legs itself, so it must hand this one message up instead (the caller writes it
-    /// into the pair's record).
+    /// While a bound leg is moving, the data a bound leg sends that the move needs: the side
+    /// it arrives on and its receiver index. The fast path forwards data from bound legs
+    /// itself, so it must hand these up instead (the caller writes them into the pair's
+    /// record): the bound responder's data that completes a move of the initiator (rule 5), or
+    /// the bound initiator's data on a session made with a roaming candidate, which goes to
+    /// the candidate only (rule 9).
     pub fn awaiting(&self) -> Option<(Side, u32)> {
         let legs = self.bound?;
-        self.pending
-            .iter()
-            .rev()
-            .find(|p| p.initiator_sent && legs[p.initiator.other().index()] == p.responder_addr)
-            .map(|p| (p.initiator.other(), p.initiator_index))
+        self.pending.iter().rev().find_map(|p| {
+            let responder = p.initiator.other();
+            let responder_bound = legs[responder.index()] == p.responder_addr;
+            if p.initiator_sent && responder_bound {
+                Some((responder, p.initiator_index))
+            } else if legs[p.initiator.index()] == p.initiator_addr && !responder_bound {
+                Some((p.initiator, p.responder_index))
+            } else {
+                None
+            }
+        })
     }
 
     /// Forgets the legs (both silent for the idle time): the pair learns them again from the
-    /// next handshakes.
+    /// next handshakes. The indices stay: they are still the peers'.
     pub fn release(&mut self) {
         self.bound = None;
         self.candidates = Default::default();
+        self.roaming = Default::default();
         self.pending.clear();
     }
 
     /// Decides where `arrival` goes at `now`, updating what the pair has learnt.
     pub fn on_arrival(&mut self, arrival: Arrival, now: Instant) -> Decision {
+        if let Watched::Adopted = self.watched {
+            self.watched = Watched::From(now + REJECT_AFTER_TIME);
+        }
         self.forget_stale(now);
         let Arrival {
             side,
             from,
             message,
             mac1_valid,
+            counter,
         } = arrival;
         match message {
             Message::Invalid => Decision::Refuse(Refusal::Invalid),
@@ -348,13 +422,16 @@ impl Legs {
                 self.response(side, from, sender, receiver, now)
             }
             Message::CookieReply { receiver } => self.cookie_reply(side, from, receiver),
-            Message::Data { receiver } => self.data(side, from, receiver),
+            Message::Data { receiver } => self.data(side, from, receiver, counter, now),
         }
     }
 
     fn forget_stale(&mut self, now: Instant) {
         for side in &mut self.candidates {
             side.retain(|c| now.saturating_duration_since(c.at) < CANDIDATE_LIFETIME);
+        }
+        for side in &mut self.roaming {
+            side.retain(|c| now.saturating_duration_since(c.at) < ROAMING_LIFETIME);
         }
         self.pending
             .retain(|p| now.saturating_duration_since(p.at) < PENDING_LIFETIME);
@@ -366,31 +443,23 @@ impl Legs {
     }
 
     fn initiation(&mut self, side: Side, from: SocketAddr, sender: u32, now: Instant) -> Decision {
-        // One candidate per IP address (per address and port when legs may share one): a
-        // host that floods forged initiations from many ports holds one slot, not all.
-        let shared = self.policy.shared_address;
-        let mine = &mut self.candidates[side.index()];
-        mine.retain(|c| {
-            if shared {
-                c.from != from
-            } else {
-                c.from.ip() != from.ip()
-            }
-        });
-        if mine.len() == MAX_CANDIDATES {
-            mine.remove(0);
-        }
-        mine.push(Candidate {
-            from,
-            sender,
-            at: now,
-        });
+        remember(
+            &mut self.candidates[side.index()],
+            self.policy.shared_address,
+            Candidate {
+                from,
+                sender,
+                at: now,
+            },
+        );
+        let other = side.other().index();
         let to: Vec<SocketAddr> = match self.bound {
-            Some(legs) => vec![legs[side.other().index()]],
-            None => self.candidates[side.other().index()]
-                .iter()
-                .map(|c| c.from)
+            // A bound leg's initiations also reach the other side's roaming candidates (rule 9).
+            Some(legs) if legs[side.index()] == from => std::iter::once(legs[other])
+                .chain(self.roaming[other].iter().map(|c| c.from))
                 .collect(),
+            Some(legs) => vec![legs[other]],
+            None => self.candidates[other].iter().map(|c| c.from).collect(),
         };
         let to: Vec<SocketAddr> = to.into_iter().filter(|&a| self.may_pair(from, a)).collect();
         if to.is_empty() {
@@ -401,9 +470,12 @@ impl Legs {
     }
 
     /// Whether a handshake reply from `from` on `side` may be relayed at all: when the pair is
-    /// bound, only the side's bound leg answers (a leg moves by initiating, rule 5).
+    /// bound, only the side's bound leg answers (a leg moves by initiating, rule 5), or one of
+    /// its roaming candidates (rule 9).
     fn may_answer(&self, side: Side, from: SocketAddr) -> bool {
-        self.bound.is_none_or(|legs| legs[side.index()] == from)
+        self.bound.is_none_or(|legs| {
+            legs[side.index()] == from || self.roaming[side.index()].iter().any(|c| c.from == from)
+        })
     }
 
     /// The live initiation on `side` whose sender index is `index`, from an address that may
@@ -435,6 +507,21 @@ impl Legs {
         let Some(initiation) = self.initiation_by_index(side.other(), receiver, from) else {
             return Decision::Refuse(Refusal::Unanswered);
         };
+        if let Some(legs) = self.bound {
+            let initiator_bound = legs[side.other().index()] == initiation.from;
+            if legs[side.index()] == from {
+                if initiator_bound {
+                    // A rekey between the legs: the sessions' indices, for rule 9.
+                    self.learn(side.other(), sender);
+                    self.learn(side, initiation.sender);
+                }
+            } else if !initiator_bound || self.indices[side.other().index()].contains(&sender) {
+                // A roaming candidate answers only the bound leg's initiations, with an index
+                // of its own: one the initiator's data already carries would have that
+                // session's data handed to whoever sent this (rule 9).
+                return Decision::Refuse(Refusal::NotLeg);
+            }
+        }
         self.pending
             .retain(|p| !(p.initiator_addr == initiation.from && p.responder_addr == from));
         if self.pending.len() == MAX_PENDING {
@@ -469,7 +556,14 @@ impl Legs {
         }
     }
 
-    fn data(&mut self, side: Side, from: SocketAddr, receiver: u32) -> Decision {
+    fn data(
+        &mut self,
+        side: Side,
+        from: SocketAddr,
+        receiver: u32,
+        counter: u64,
+        now: Instant,
+    ) -> Decision {
         // The responder's first data on a confirmed handshake completes it (rule 4); this
         // comes first because the responder may be the bound leg (a roaming initiator).
         if let Some(done) = self.pending.iter().copied().find(|p| {
@@ -482,26 +576,113 @@ impl Legs {
             legs[done.initiator.index()] = done.initiator_addr;
             self.bound = Some(legs);
             self.candidates = Default::default();
+            self.roaming = Default::default();
             self.pending.clear();
+            self.learn(done.initiator, done.responder_index);
+            self.learn(side, done.initiator_index);
             return Decision::Bind {
                 legs,
                 to: done.initiator_addr,
             };
         }
-        if let Some(legs) = self.bound
+        // The initiator's data on a relayed response goes to the responder only — before the
+        // bound legs' rule, because a bound initiator's data on a session made with a roaming
+        // candidate goes to the candidate (rule 9). A rekey between the bound legs needs
+        // nothing of this: the next rule carries it. The session must start here: its first
+        // message (counter 0) comes first. A response can name any index, also one of a
+        // session the initiator already uses (made before the pair bound, or before a
+        // release); that session's data has long passed counter 0, so it never follows.
+        let legs = self.bound;
+        let between_legs = |p: &Pending| {
+            legs.is_some_and(|l| {
+                l[side.index()] == from && l[side.other().index()] == p.responder_addr
+            })
+        };
+        if let Some(p) = self.pending.iter_mut().find(|p| {
+            p.initiator == side
+                && p.initiator_addr == from
+                && p.responder_index == receiver
+                && (p.initiator_sent || counter == 0)
+                && !between_legs(p)
+        }) {
+            p.initiator_sent = true;
+            // A silent responder confirms with its next keepalive (up to 10 s): the session
+            // stays pending while the initiator uses it.
+            p.at = now;
+            return Decision::Relay(vec![p.responder_addr]);
+        }
+        if let Some(legs) = legs
             && legs[side.index()] == from
         {
             return Decision::Relay(vec![legs[side.other().index()]]);
         }
-        // The initiator's first data on a relayed response goes to the responder only.
-        if let Some(p) = self.pending.iter_mut().find(|p| {
-            p.initiator == side && p.initiator_addr == from && p.responder_index == receiver
-        }) {
-            p.initiator_sent = true;
-            return Decision::Relay(vec![p.responder_addr]);
+        if let Some(legs) = legs {
+            self.note_roaming(side, from, receiver, legs, now);
         }
         Decision::Refuse(Refusal::Unbound)
     }
+
+    /// Rule 9: data from `from`, not a leg, on `side`'s port of the bound pair: with one of the
+    /// side's indices, `from` becomes a roaming candidate.
+    fn note_roaming(
+        &mut self,
+        side: Side,
+        from: SocketAddr,
+        receiver: u32,
+        legs: [SocketAddr; 2],
+        now: Instant,
+    ) {
+        let watched = match self.watched {
+            Watched::Always => true,
+            Watched::From(t) => now >= t,
+            Watched::Adopted => false,
+        };
+        if !watched || !self.may_pair(from, legs[side.other().index()]) {
+            return;
+        }
+        // Each check costs the address its budget, so indices cannot be guessed by flooding.
+        if !self.roam_checks[side.index()].allow(from, false, now)
+            || !self.indices[side.index()].contains(&receiver)
+        {
+            return;
+        }
+        remember(
+            &mut self.roaming[side.index()],
+            self.policy.shared_address,
+            Candidate {
+                from,
+                sender: receiver,
+                at: now,
+            },
+        );
+    }
+
+    /// Notes that `side`'s data carries `receiver` on a session the relay saw made.
+    fn learn(&mut self, side: Side, receiver: u32) {
+        let known = &mut self.indices[side.index()];
+        known.retain(|&i| i != receiver);
+        if known.len() == KNOWN_INDICES {
+            known.remove(0);
+        }
+        known.push(receiver);
+    }
+}
+
+/// Adds `candidate` to `list`, replacing any earlier one of its IP address (of its address and
+/// port when legs may share one: a host that floods from many ports holds one slot, not all),
+/// and the oldest when the list is full.
+fn remember(list: &mut Vec<Candidate>, shared_address: bool, candidate: Candidate) {
+    list.retain(|c| {
+        if shared_address {
+            c.from != candidate.from
+        } else {
+            c.from.ip() != candidate.from.ip()
+        }
+    });
+    if list.len() == MAX_CANDIDATES {
+        list.remove(0);
+    }
+    list.push(candidate);
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use crate::control::session::{address_of_leg, canonical, leg_at};
 pub enum Outcome {
     /// Send it unchanged from `from_port` to each of `to` — after writing `update`, the pair's
     /// new fast-path record, when there is one (a leg's move begins: the kernel must hand up
-    /// the message that completes it).
+    /// the bound leg's data the move needs).
     Relay {
         /// The relay port to send from (host order): the other side's.
         from_port: u16,
@@ -125,6 +125,7 @@ impl Pair {
             from,
             message,
             mac1_valid,
+            counter: wireguard::data_counter(payload),
         };
         let from_port = self.port(side.other());
         match self.legs.on_arrival(arrival, now) {

@@ -35,8 +35,8 @@ const KEYS: [PublicKey; 2] = [[0xA1; 32], [0xB2; 32]];
 
 /// The bytes of `message` as the relay receives it on `side`'s port: addressed to the other
 /// peer, whose key makes `mac1` when `mac1_valid`.
-fn encode(message: Message, side: Side, mac1_valid: bool) -> Vec<u8> {
-    let (kind, len, first, second) = match message {
+fn encode(packet: &Packet, side: Side) -> Vec<u8> {
+    let (kind, len, first, second) = match packet.message {
         Message::Initiation { sender } => (1, INITIATION_LEN, sender, 0),
         Message::Response { sender, receiver } => (2, RESPONSE_LEN, sender, receiver),
         Message::CookieReply { receiver } => (3, COOKIE_REPLY_LEN, receiver, 0),
@@ -49,7 +49,10 @@ fn encode(message: Message, side: Side, mac1_valid: bool) -> Vec<u8> {
     if kind == 2 {
         m[8..12].copy_from_slice(&second.to_le_bytes());
     }
-    if mac1_valid {
+    if kind == 4 {
+        m[8..16].copy_from_slice(&packet.counter.to_le_bytes());
+    }
+    if packet.mac1_valid {
         Mac1Key::for_receiver(&KEYS[side.other().index()]).seal(&mut m);
     }
     m
@@ -75,6 +78,8 @@ pub struct Packet {
     pub author: Author,
     /// An initiation's timestamp (a responder answers only a newer one than it last did).
     pub stamp: u64,
+    /// Transport data's counter (0: the first message of its session).
+    pub counter: u64,
 }
 
 /// One thing that happens.
@@ -108,6 +113,31 @@ pub enum Step {
         /// Take the indices from the `reuse`-th packet it has seen.
         reuse: Option<u8>,
     },
+    /// The attacker sends a data message carrying the receiver index peer `of`'s data carries
+    /// on its current session — as an attacker that observed the peers' traffic would know it —
+    /// from one of its ports to a side's port (rule 9's forged keepalive).
+    ForgeData {
+        /// Which of its ports.
+        port: u8,
+        /// Which relay port.
+        to: Side,
+        /// Whose index.
+        of: Side,
+    },
+    /// The attacker answers the `which`-th packet it has seen (an initiation, it hopes) with a
+    /// response whose sender index is the one peer `of`'s data carries on its current session
+    /// (a live session's index, as an attacker that observed it would pick), valid `mac1`,
+    /// from one of its ports to a side's port.
+    ForgeAnswer {
+        /// Which of its ports.
+        port: u8,
+        /// Which relay port.
+        to: Side,
+        /// Whose index.
+        of: Side,
+        /// Which packet it answers.
+        which: u8,
+    },
     /// The attacker sends a copy of the `which`-th packet it has seen, from one of its ports,
     /// to a side's port.
     Replay {
@@ -133,6 +163,8 @@ struct Peer {
     responding: Vec<(u32, u32)>,
     /// The session in use: (our receiving index, theirs).
     session: Option<(u32, u32)>,
+    /// Data messages sent on it (the next one's counter).
+    sent: u64,
     /// Data messages of the other peer received.
     received: u64,
 }
@@ -173,6 +205,7 @@ impl World {
             answered: 0,
             responding: Vec::new(),
             session: None,
+            sent: 0,
             received: 0,
         };
         World {
@@ -234,18 +267,21 @@ impl World {
                     mac1_valid: true,
                     author: Author::Peer(side),
                     stamp: peer.stamp,
+                    counter: 0,
                 };
                 self.queue.push_back((side, peer.addr, packet));
             }
             Step::Talk(side) => {
-                let peer = &self.peers[side.index()];
+                let peer = &mut self.peers[side.index()];
                 if let Some((_, theirs)) = peer.session {
                     let packet = Packet {
                         message: Message::Data { receiver: theirs },
                         mac1_valid: false,
                         author: Author::Peer(side),
                         stamp: 0,
+                        counter: peer.sent,
                     };
+                    peer.sent += 1;
                     self.queue.push_back((side, peer.addr, packet));
                 }
             }
@@ -294,14 +330,33 @@ impl World {
                     4 => Message::Data { receiver: first },
                     _ => Message::Invalid,
                 };
-                let packet = Packet {
-                    message,
-                    mac1_valid: mac1 && matches!(kind % 5, 1 | 2),
-                    author: Author::Attacker,
-                    stamp: u64::from(first),
-                };
-                let from = self.attacker(port);
-                self.queue.push_back((to, from, packet));
+                let mac1 = mac1 && matches!(kind % 5, 1 | 2);
+                self.forge(port, to, message, mac1, u64::from(first));
+            }
+            Step::ForgeData { port, to, of } => {
+                if let Some((_, theirs)) = self.peers[of.index()].session {
+                    self.forge(port, to, Message::Data { receiver: theirs }, false, 0);
+                }
+            }
+            Step::ForgeAnswer {
+                port,
+                to,
+                of,
+                which,
+            } => {
+                if let Some((_, theirs)) = self.peers[of.index()].session
+                    && !self.seen.is_empty()
+                {
+                    let answered = match self.seen[usize::from(which) % self.seen.len()].message {
+                        Message::Initiation { sender } => sender,
+                        _ => 0,
+                    };
+                    let response = Message::Response {
+                        sender: theirs,
+                        receiver: answered,
+                    };
+                    self.forge(port, to, response, true, 0);
+                }
             }
             Step::Replay { port, to, which } => {
                 if !self.seen.is_empty() {
@@ -315,6 +370,19 @@ impl World {
         self.check();
     }
 
+    /// Queues `message`, made up by the attacker, from one of its ports to `to`'s port.
+    fn forge(&mut self, port: u8, to: Side, message: Message, mac1_valid: bool, stamp: u64) {
+        let packet = Packet {
+            message,
+            mac1_valid,
+            author: Author::Attacker,
+            stamp,
+            counter: 0,
+        };
+        let from = self.attacker(port);
+        self.queue.push_back((to, from, packet));
+    }
+
     fn attacker(&self, port: u8) -> SocketAddr {
         SocketAddr::new(self.attacker_ip, 60_000 + u16::from(port) % ATTACKER_PORTS)
     }
@@ -326,7 +394,7 @@ impl World {
         while let Some((side, from, packet)) = self.queue.pop_front() {
             budget -= 1;
             assert!(budget > 0, "the world does not settle");
-            let bytes = encode(packet.message, side, packet.mac1_valid);
+            let bytes = encode(&packet, side);
             let to = match self.pair.on_datagram(side, from, &bytes, self.now) {
                 Outcome::Relay { to, .. } => to,
                 Outcome::Bound { to, .. } => vec![to],
@@ -371,6 +439,7 @@ impl World {
             mac1_valid: matches!(message, Message::Response { .. }),
             author: Author::Peer(side),
             stamp: 0,
+            counter: 0,
         };
         match packet.message {
             Message::Initiation { sender } => {
@@ -391,6 +460,8 @@ impl World {
                 let at = p.outstanding.iter().position(|&i| i == receiver)?;
                 p.outstanding.remove(at);
                 p.session = Some((receiver, sender));
+                // The session's first message (counter 0) confirms it.
+                p.sent = 1;
                 Some(reply(Message::Data { receiver: sender }))
             }
             Message::Data { receiver } => {
@@ -398,6 +469,7 @@ impl World {
                 if let Some(at) = p.responding.iter().position(|&(ours, _)| ours == receiver) {
                     let (ours, theirs) = p.responding.remove(at);
                     p.session = Some((ours, theirs));
+                    p.sent = 1;
                     p.received += 1;
                     return Some(reply(Message::Data { receiver: theirs }));
                 }

@@ -13,6 +13,7 @@ fn arrival(side: Side, from: SocketAddr, message: Message) -> Arrival {
         from,
         message,
         mac1_valid: true,
+        counter: 0,
     }
 }
 
@@ -58,6 +59,188 @@ fn a_rebinding_peer_moves_its_leg_within_one_handshake() {
         w.received(Side::B),
         before + 2,
         "the keepalive and the data"
+    );
+}
+
+/// Rule 9: a peer that only receives moves; its keepalive from the new address changes nothing
+/// until the other peer's next initiation, which the new address answers.
+#[test]
+fn a_receiving_peer_that_rebinds_moves_at_the_other_peers_next_handshake() {
+    let mut w = bootstrapped();
+    let old = w.legs();
+    w.step(Step::Rebind(Side::A));
+    w.step(Step::Talk(Side::A)); // a keepalive from the new address
+    assert_eq!(w.legs(), old, "a keepalive proves nothing");
+    let before = w.received(Side::A);
+    w.step(Step::Talk(Side::B));
+    assert_eq!(
+        w.received(Side::A),
+        before,
+        "B's data still goes to A's old address"
+    );
+    // B has heard nothing for 15 s and initiates from its bound leg: the old address and the
+    // roaming candidate receive it, A answers from the new one, and B's first data on the new
+    // session (handed up by the kernel's rule, relayed to A only) and A's answer move A's leg.
+    w.step(Step::Wait(30));
+    w.step(Step::Initiate(Side::B));
+    assert_eq!(w.legs(), Some([w.address(Side::A), w.address(Side::B)]));
+    assert_eq!(w.received(Side::A), before + 1, "B's first data reached A");
+    w.step(Step::Talk(Side::B));
+    assert_eq!(w.received(Side::A), before + 2);
+}
+
+/// The legs `a` and `b` bound by A's handshake (A's data carries 9, B's carries 7).
+fn bound_by_handshake(a: SocketAddr, b: SocketAddr, now: Instant) -> Legs {
+    let mut legs = Legs::new(Policy::default());
+    let steps = [
+        (Side::A, a, Message::Initiation { sender: 7 }),
+        (
+            Side::B,
+            b,
+            Message::Response {
+                sender: 9,
+                receiver: 7,
+            },
+        ),
+        (Side::A, a, Message::Data { receiver: 9 }),
+        (Side::B, b, Message::Data { receiver: 7 }),
+    ];
+    for (side, from, message) in steps {
+        legs.on_arrival(arrival(side, from, message), now);
+    }
+    assert_eq!(legs.legs(), Some([a, b]));
+    legs
+}
+
+/// Rule 9 against an attacker that knows the live indices: it becomes a roaming candidate and
+/// receives the other peer's initiations, but its responses either name a live session (and
+/// are refused) or a session the initiator never uses, so no data reaches it and no leg moves.
+/// A guessed index makes it nothing.
+#[test]
+fn an_attacker_with_observed_indices_receives_handshakes_but_never_data_or_a_leg() {
+    let now = Instant::now();
+    let (a, b, x, y) = (addr(1, 1000), addr(2, 2000), addr(66, 6000), addr(77, 7000));
+    let mut legs = bound_by_handshake(a, b, now);
+    let guessed = arrival(Side::A, y, Message::Data { receiver: 12_345 });
+    assert_eq!(
+        legs.on_arrival(guessed, now),
+        Decision::Refuse(Refusal::Unbound)
+    );
+    let forged = arrival(Side::A, x, Message::Data { receiver: 9 });
+    assert_eq!(
+        legs.on_arrival(forged, now),
+        Decision::Refuse(Refusal::Unbound)
+    );
+    assert_eq!(
+        legs.on_arrival(arrival(Side::B, b, Message::Initiation { sender: 11 }), now),
+        Decision::Relay(vec![a, x]),
+        "the bound leg's initiation reaches the roaming candidate, not the guesser"
+    );
+    // A forged initiation from elsewhere reaches only the bound leg.
+    assert_eq!(
+        legs.on_arrival(arrival(Side::B, y, Message::Initiation { sender: 12 }), now),
+        Decision::Relay(vec![a])
+    );
+    let stale = Message::Response {
+        sender: 7,
+        receiver: 11,
+    };
+    assert_eq!(
+        legs.on_arrival(arrival(Side::A, x, stale), now),
+        Decision::Refuse(Refusal::NotLeg),
+        "an index B's data already carries"
+    );
+    let fresh = Message::Response {
+        sender: 13,
+        receiver: 11,
+    };
+    assert_eq!(
+        legs.on_arrival(arrival(Side::A, x, fresh), now),
+        Decision::Relay(vec![b])
+    );
+    assert_eq!(
+        legs.awaiting(),
+        Some((Side::B, 13)),
+        "B's data on that session comes up"
+    );
+    // B rejects the forged response: its data stays on its session, to A.
+    assert_eq!(
+        legs.on_arrival(arrival(Side::B, b, Message::Data { receiver: 7 }), now),
+        Decision::Relay(vec![a])
+    );
+    assert_eq!(
+        legs.on_arrival(arrival(Side::A, x, Message::Data { receiver: 11 }), now),
+        Decision::Refuse(Refusal::Unbound)
+    );
+    assert_eq!(legs.legs(), Some([a, b]));
+    // A roaming candidate answers only the bound leg's initiations.
+    let to_forged = Message::Response {
+        sender: 14,
+        receiver: 12,
+    };
+    assert_eq!(
+        legs.on_arrival(arrival(Side::A, x, to_forged), now),
+        Decision::Refuse(Refusal::NotLeg)
+    );
+    // Candidates lapse.
+    let later = now + ROAMING_LIFETIME;
+    assert_eq!(
+        legs.on_arrival(
+            arrival(Side::B, b, Message::Initiation { sender: 15 }),
+            later
+        ),
+        Decision::Relay(vec![a])
+    );
+}
+
+/// Rule 9's budget: an address that tries many indices is checked a few times a second, so
+/// the right one, sent after a flood of wrong ones, does not make it a candidate.
+#[test]
+fn guessing_an_index_is_held_to_the_handshake_rate() {
+    let now = Instant::now();
+    let (a, b, x) = (addr(1, 1000), addr(2, 2000), addr(66, 6000));
+    let mut legs = bound_by_handshake(a, b, now);
+    for receiver in 1000..2000 {
+        let guess = arrival(Side::A, x, Message::Data { receiver });
+        legs.on_arrival(guess, now);
+    }
+    legs.on_arrival(arrival(Side::A, x, Message::Data { receiver: 9 }), now);
+    assert_eq!(
+        legs.on_arrival(arrival(Side::B, b, Message::Initiation { sender: 11 }), now),
+        Decision::Relay(vec![a])
+    );
+}
+
+/// After a restart the relay knows no earlier session: rule 9 waits until they have expired,
+/// and learns indices from the rekeys it sees meanwhile.
+#[test]
+fn after_a_restart_rule_9_waits_until_earlier_sessions_expired() {
+    let t0 = Instant::now();
+    let (a, b, a2) = (addr(1, 1000), addr(2, 2000), addr(3, 3000));
+    let mut legs = Legs::bound(Policy::default(), [a, b]);
+    // A rekey between the legs: A's data will carry 20, B's 21.
+    legs.on_arrival(arrival(Side::B, b, Message::Initiation { sender: 20 }), t0);
+    let answer = Message::Response {
+        sender: 21,
+        receiver: 20,
+    };
+    assert_eq!(
+        legs.on_arrival(arrival(Side::A, a, answer), t0),
+        Decision::Relay(vec![b])
+    );
+    let keepalive = arrival(Side::A, a2, Message::Data { receiver: 20 });
+    let t1 = t0 + Duration::from_secs(60);
+    legs.on_arrival(keepalive, t1);
+    assert_eq!(
+        legs.on_arrival(arrival(Side::B, b, Message::Initiation { sender: 22 }), t1),
+        Decision::Relay(vec![a]),
+        "too early: sessions from before the restart may be in use"
+    );
+    let t2 = t0 + REJECT_AFTER_TIME;
+    legs.on_arrival(keepalive, t2);
+    assert_eq!(
+        legs.on_arrival(arrival(Side::B, b, Message::Initiation { sender: 23 }), t2),
+        Decision::Relay(vec![a, a2])
     );
 }
 
@@ -326,6 +509,9 @@ fn step() -> impl Strategy<Value = Step> {
             }),
         3 => (0u8..3, side(), 0u8..6)
             .prop_map(|(port, to, which)| Step::Replay { port, to, which }),
+        2 => (0u8..3, side(), side()).prop_map(|(port, to, of)| Step::ForgeData { port, to, of }),
+        2 => (0u8..3, side(), side(), 0u8..6)
+            .prop_map(|(port, to, of, which)| Step::ForgeAnswer { port, to, of, which }),
     ]
 }
 
