@@ -109,10 +109,16 @@ const CASES: &[Case] = &[
 /// The WireGuard pair's relay ports (side A's, side B's) and slot.
 const WIREGUARD_PORTS: [u16; 2] = [51_820, 51_821];
 const WIREGUARD_SLOT: u32 = 100;
-/// The allocation's relayed port, channel and slot.
-const TURN_RELAYED: u16 = 50_002;
+/// The TURN cases' allocations: relayed port and slot of case `i`'s (each case has its own:
+/// one allocation written over another would leave the first case's packets matching no
+/// allocation, timing a path that forwards nothing), and the channel.
+const fn turn_relayed(i: u32) -> u16 {
+    50_000 + i as u16
+}
+const fn turn_slot(i: u32) -> u32 {
+    10 + i
+}
 const TURN_CHANNEL: u16 = 0x4001;
-const TURN_SLOT: u32 = 5;
 
 /// UDP payload bytes of the benchmark packets (Geneve header included): a WireGuard keepalive-
 /// to-small-data size. Header-only rewriting makes the cost independent of it.
@@ -243,27 +249,27 @@ fn install(sandbox: &mut Sandbox, i: u32, case: &Case) -> Result<Vec<u8>> {
         Front::TurnToPeer | Front::TurnToClient => {
             let mut maps = TurnMaps::open_pinned(sandbox.pin_dir())?;
             maps.serve_port(TURN_PORT)?;
-            maps.put(&turn_record(from, to))?;
+            maps.put(&turn_record(i, from, to))?;
             if let Front::TurnToPeer = case.front {
                 data[..4].copy_from_slice(
                     &ChannelDataHdr::new(TURN_CHANNEL, (PAYLOAD - 4) as u16).to_bytes(),
                 );
                 frame(from, relay_at(from, TURN_PORT), &data)
             } else {
-                frame(to, relay_at(to, TURN_RELAYED), &data)
+                frame(to, relay_at(to, turn_relayed(i)), &data)
             }
         }
     })
 }
 
-/// The fast-path records of a UDP allocation of `client` with a channel bound to `peer`, as
-/// the TURN server writes them.
-fn turn_record(client: SocketAddr, peer: SocketAddr) -> TurnRecord {
+/// The fast-path records of case `i`'s UDP allocation of `client` with a channel bound to
+/// `peer`, as the TURN server writes them.
+fn turn_record(i: u32, client: SocketAddr, peer: SocketAddr) -> TurnRecord {
     let allocation = turn_records::allocation(
-        TURN_SLOT,
+        turn_slot(i),
         client,
         Transport::Udp,
-        TURN_RELAYED,
+        turn_relayed(i),
         &[(TURN_CHANNEL, peer)],
         &[],
     );
@@ -279,16 +285,18 @@ pub fn run(options: BenchOptions) -> Result<Vec<CaseResult>> {
     let mut sandbox = Sandbox::create("rb-xdp")?;
     let mut frames = Vec::new();
     for (i, case) in CASES.iter().enumerate() {
-        let f = install(&mut sandbox, i as u32, case)?;
-        // Only the forwarding path is timed: check it is the one taken.
-        let out = sandbox.run(PROGRAM_RELAY, &f)?;
+        frames.push(install(&mut sandbox, i as u32, case)?);
+    }
+    // Only the forwarding path is timed: check it is the one taken, with every case installed
+    // (a later case's records must not have changed an earlier one's).
+    for (case, f) in CASES.iter().zip(&frames) {
+        let out = sandbox.run(PROGRAM_RELAY, f)?;
         ensure!(
             out.action == XdpAction::Tx && out.frame[..6] == GATEWAY_MAC,
             "{}: not forwarded ({})",
             case.name,
             out.action
         );
-        frames.push(f);
     }
     let mut lab = LabXdp::load()?;
     let programs = [Subject::Relay, Subject::Reflector, Subject::Pass];
