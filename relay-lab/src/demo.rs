@@ -210,6 +210,12 @@ fn run_stock(relay_bin: PathBuf, seconds: u32, interrupted: &AtomicBool) -> Resu
             peer.bound.map_or("-".into(), |a| a.to_string())
         );
     }
+    println!(
+        "  (these peers are wireguard-go, which shakes hands as soon as it is configured: the \
+         pair binds at once. boringtun sends its first handshake only at its first \
+         PersistentKeepalive, so a pair with a boringtun peer behind a NAT binds about 25 s \
+         later: docs/wireguard.md)"
+    );
 
     step(&format!(
         "{seconds} seconds of iperf3 directly (a port forward on B's NAT; the relay not involved)"

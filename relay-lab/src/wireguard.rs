@@ -1,5 +1,7 @@
-//! Real WireGuard (wireguard-go) on both lab clients, each peer's endpoint pointing at its own
-//! `relay client` sidecar: the tunnel crosses the NATs through the relay.
+//! Real WireGuard on both lab clients — wireguard-go, or boringtun (Cloudflare's, a second
+//! implementation with its own timers) for a peer where it matters — each peer's endpoint
+//! pointing at its own `relay client` sidecar or at the relay's WireGuard front: the tunnel
+//! crosses the NATs through the relay.
 
 use std::{path::Path, time::Duration};
 
@@ -11,6 +13,34 @@ use crate::{
     nat_lab::{Host, NatLab},
     scenario::{APP_PORT, SIDECAR_PORT, Scenario},
 };
+
+/// A userspace WireGuard implementation, both driven by `wg` through the same control socket
+/// (/var/run/wireguard/IFACE.sock).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Implementation {
+    /// wireguard-go (Debian's `wireguard-go`).
+    WireGuardGo,
+    /// boringtun (`boringtun-cli` from crates.io, installed by `cargo xtask setup`).
+    Boringtun,
+}
+
+impl Implementation {
+    /// The program and its arguments that run a device named `iface` in the foreground.
+    fn command(self, iface: &str) -> (&'static str, Vec<String>) {
+        match self {
+            Implementation::WireGuardGo => ("wireguard-go", vec!["-f".into(), iface.into()]),
+            Implementation::Boringtun => (
+                "boringtun-cli",
+                vec![
+                    "--foreground".into(),
+                    // It runs as root in the lab; dropping to nobody would lose the socket.
+                    "--disable-drop-privileges".into(),
+                    iface.into(),
+                ],
+            ),
+        }
+    }
+}
 
 /// Tunnel address of client A.
 pub const TUNNEL_A: &str = "10.99.0.1";
@@ -97,9 +127,18 @@ pub fn start_stock(
 /// `[Peer]` section the relay printed for it, plus the peer's tunnel address as `AllowedIPs` —
 /// nothing else. Returns the interface names and the pair as the API described it.
 pub fn start_through_front(scenario: &mut Scenario) -> Result<([String; 2], PairDetails)> {
+    start_through_front_with(scenario, [Implementation::WireGuardGo; 2])
+}
+
+/// [`start_through_front`] with client A's and client B's WireGuard `implementations`.
+pub fn start_through_front_with(
+    scenario: &mut Scenario,
+    implementations: [Implementation; 2],
+) -> Result<([String; 2], PairDetails)> {
     let pair: std::cell::RefCell<Option<PairDetails>> = Default::default();
     let names = start_keyed(
         scenario,
+        implementations,
         |i, (mine, _, peer_addr), publics, dir, scenario| {
             if pair.borrow().is_none() {
                 let out = scenario.relay_cli(&[
@@ -190,16 +229,23 @@ fn start_with(
     scenario: &mut Scenario,
     wg_args: impl Fn(PeerKeys, &Path) -> Result<Vec<String>>,
 ) -> Result<[String; 2]> {
-    start_keyed(scenario, |_, keys, _, dir, _| wg_args(keys, dir))
+    start_keyed(
+        scenario,
+        [Implementation::WireGuardGo; 2],
+        |_, keys, _, dir, _| wg_args(keys, dir),
+    )
 }
 
-/// [`start_with`], the configuring callback also given the client's index, both public keys
-/// and the scenario (to allocate with them).
+/// [`start_with`] with client A's and B's `implementations`, the configuring callback also
+/// given the client's index, both public keys and the scenario (to allocate with them).
 fn start_keyed(
     scenario: &mut Scenario,
+    implementations: [Implementation; 2],
     wg_args: impl Fn(usize, PeerKeys, &[String; 2], &Path, &Scenario) -> Result<Vec<String>>,
 ) -> Result<[String; 2]> {
-    crate::nat_lab::require_tool("wireguard-go")?;
+    for implementation in implementations {
+        crate::nat_lab::require_tool(implementation.command("").0)?;
+    }
     let names = interface_names(&scenario.lab);
     let mut keys = Vec::new();
     for (i, host) in [Host::ClientA, Host::ClientB].into_iter().enumerate() {
@@ -220,10 +266,11 @@ fn start_keyed(
             .trim()
             .to_string();
         keys.push((key_file, public));
-        let go = Path::new("/usr/bin/wireguard-go");
+        let (program, args) = implementations[i].command(&names[i]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         scenario
             .lab
-            .spawn(host, &format!("wireguard-{i}"), go, &["-f", &names[i]])?;
+            .spawn(host, &format!("wireguard-{i}"), Path::new(program), &args)?;
     }
     for (i, host) in [Host::ClientA, Host::ClientB].into_iter().enumerate() {
         let iface = &names[i];
@@ -234,7 +281,8 @@ fn start_keyed(
                 .is_ok()
         }) {
             bail!(
-                "wireguard-go did not create {iface}:\n{}",
+                "{:?} did not create {iface}:\n{}",
+                implementations[i],
                 scenario.lab.log(&format!("wireguard-{i}"))
             );
         }

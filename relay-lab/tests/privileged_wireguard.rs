@@ -23,7 +23,9 @@ use relay_lab::{
     nat_lab::{Host, NatLab, addr},
     scenario::{Scenario, ScenarioOptions},
     tap::{Captured, Tap},
-    wireguard::{TUNNEL_A, TUNNEL_B, start_through_front},
+    wireguard::{
+        Implementation, TUNNEL_A, TUNNEL_B, start_through_front, start_through_front_with,
+    },
 };
 use relay_userspace::{api::types::PairDetails, config::XdpMode, fronts::wireguard::mac::Mac1Key};
 
@@ -70,6 +72,7 @@ struct BroughtUp {
 /// pinging each other through the relay, legs learnt at the two NATs' public addresses.
 fn bring_up(s: &mut Scenario) -> BroughtUp {
     let tap = Tap::open(&s.lab, Host::Relay).unwrap();
+    let configured = Instant::now();
     let (names, pair) = start_through_front(s).unwrap();
     assert_eq!(pair.state, "allocated");
     for (i, peer) in pair.peers.iter().enumerate() {
@@ -95,6 +98,10 @@ fn bring_up(s: &mut Scenario) -> BroughtUp {
         s.lab
             .exec(Host::ClientB, "wg", &["show", &names[1]])
             .unwrap_or_default(),
+    );
+    eprintln!(
+        "wireguard-go peers: the tunnel is up {:?} after configuring",
+        configured.elapsed()
     );
     let shown = pair_state(s, pair.id);
     assert_eq!(shown.state, "bound", "{shown:?}");
@@ -458,6 +465,23 @@ fn an_initiation_flood_reaches_the_peer_only_at_the_handshake_rate() {
     );
 }
 
+/// B's NAT maps it anew, to a port away from `old_port` (the lab's hard NAT would pick the same
+/// port again: its random ports are a hash of the flow), as after a NAT restart or a move to
+/// another network.
+fn remap_nat_b(s: &Scenario, old_port: u16) {
+    let range = if old_port < 30_000 {
+        ":40000-40999"
+    } else {
+        ":20000-20999"
+    };
+    let rule =
+        "insert rule inet lab postrouting oifname wan ip version 4 meta l4proto udp masquerade to";
+    let mut args: Vec<&str> = rule.split(' ').collect();
+    args.push(range);
+    s.lab.exec(Host::NatB, "nft", &args).unwrap();
+    s.lab.exec(Host::NatB, "conntrack", &["-F"]).unwrap();
+}
+
 /// The port B's application listens on in the one-way stream test (inside the tunnel).
 const STREAM_PORT: u16 = 9_100;
 
@@ -526,39 +550,8 @@ fn a_peer_that_only_receives_recovers_from_rebinding_and_forged_keepalives_win_n
         "the stream does not reach B"
     );
 
-    // B's NAT maps it anew, to a port in another range (the same NAT would pick the same port
-    // again: its random ports are a hash of the flow), as after a NAT restart or a phone's
-    // move to another network; the attacker starts forging.
-    let old_port = pair.peers[1].bound.unwrap().port();
-    let range = if old_port < 30_000 {
-        ":40000-40999"
-    } else {
-        ":20000-20999"
-    };
-    s.lab
-        .exec(
-            Host::NatB,
-            "nft",
-            &[
-                "insert",
-                "rule",
-                "inet",
-                "lab",
-                "postrouting",
-                "oifname",
-                "wan",
-                "ip",
-                "version",
-                "4",
-                "meta",
-                "l4proto",
-                "udp",
-                "masquerade",
-                "to",
-                range,
-            ],
-        )
-        .unwrap();
+    // B's NAT maps it anew; the attacker starts forging.
+    remap_nat_b(&s, pair.peers[1].bound.unwrap().port());
     let observed: Vec<u32> = up
         .handshakes
         .iter()
@@ -572,7 +565,6 @@ fn a_peer_that_only_receives_recovers_from_rebinding_and_forged_keepalives_win_n
         })
         .collect();
     let tap = Tap::open(&s.lab, Host::Relay).unwrap();
-    s.lab.exec(Host::NatB, "conntrack", &["-F"]).unwrap();
     let flushed = Instant::now();
     let sent_before = next.load(Ordering::Relaxed);
     let attacker = {
@@ -680,4 +672,73 @@ fn a_peer_that_only_receives_recovers_from_rebinding_and_forged_keepalives_win_n
         );
     }
     assert_ne!(new_b.ip().to_string(), addr::ATTACKER_V4);
+}
+
+/// boringtun as peer B (behind the hard NAT) and wireguard-go as A, configured from the relay's
+/// snippets like any user would: the pair binds — later than with two wireguard-go peers,
+/// because boringtun sends its first handshake only at its first PersistentKeepalive and
+/// nothing reaches it through its NAT before (docs/wireguard.md) — the tunnel crosses in the
+/// kernel, and a new NAT mapping on boringtun's side while it pings recovers by itself.
+#[test]
+fn boringtun_as_a_peer_binds_crosses_in_the_kernel_and_recovers_from_rebinding() {
+    require_root!();
+    let mut s = start(XdpMode::Native);
+    let configured = Instant::now();
+    let (names, pair) = start_through_front_with(
+        &mut s,
+        [Implementation::WireGuardGo, Implementation::Boringtun],
+    )
+    .unwrap();
+    let up = NatLab::wait_until(Duration::from_secs(60), || {
+        ping(&s.lab, Host::ClientA, TUNNEL_B)
+    });
+    assert!(
+        up,
+        "no ping through the pair\n{}\nboringtun: {}\n{}",
+        s.lab.log("relay"),
+        s.lab.log("wireguard-1"),
+        s.lab
+            .exec(Host::ClientB, "wg", &["show", &names[1]])
+            .unwrap_or_default(),
+    );
+    eprintln!(
+        "wireguard-go and boringtun: the tunnel is up {:?} after configuring",
+        configured.elapsed()
+    );
+    let bound = pair_state(&s, pair.id);
+    assert_eq!(bound.state, "bound", "{bound:?}");
+
+    // The kernel carries the tunnel: 20 pings both ways, none through the daemon.
+    std::thread::sleep(Duration::from_millis(1500)); // the daemon flushes counters each second
+    let before = forwarded(&s);
+    for _ in 0..20 {
+        assert!(ping(&s.lab, Host::ClientA, TUNNEL_B));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = forwarded(&s);
+    assert!(
+        after.0 - before.0 >= 40 && after.1 - before.1 <= 2,
+        "{before:?} → {after:?}"
+    );
+
+    // boringtun's NAT maps it anew while it pings: it recovers by itself.
+    remap_nat_b(&s, bound.peers[1].bound.unwrap().port());
+    let started = Instant::now();
+    assert!(
+        NatLab::wait_until(Duration::from_secs(60), || ping(
+            &s.lab,
+            Host::ClientB,
+            TUNNEL_A
+        )),
+        "no recovery from the NAT rebinding\n{}",
+        s.lab.log("relay")
+    );
+    eprintln!(
+        "boringtun recovered from the NAT rebinding in {:?}",
+        started.elapsed()
+    );
+    assert!(NatLab::wait_until(Duration::from_secs(15), || {
+        pair_state(&s, pair.id).peers[1].bound != bound.peers[1].bound
+    }));
+    assert_eq!(pair_state(&s, pair.id).peers[0].bound, bound.peers[0].bound);
 }

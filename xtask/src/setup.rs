@@ -86,6 +86,7 @@ pub fn run() -> Result<()> {
     cargo_fuzz()?;
     musl_target()?;
     cargo_deb()?;
+    boringtun_cli()?;
     debian_packages()?;
     python_venv()?;
     kubectl();
@@ -196,6 +197,8 @@ pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";
 
 /// cargo-deb release that builds the .deb (`cargo xtask dist`).
 const CARGO_DEB_VERSION: &str = "3.6.2";
+/// boringtun-cli, pinned like the other tools (`--version` prints "boringtun 0.6.0").
+const BORINGTUN_CLI_VERSION: &str = "0.6.0";
 
 fn musl_target() -> Result<()> {
     let installed =
@@ -206,6 +209,16 @@ fn musl_target() -> Result<()> {
     }
     println!("rust target {MUSL_TARGET}: missing, installing");
     status(Command::new("rustup").args(["target", "add", MUSL_TARGET]))
+}
+
+/// boringtun, the second WireGuard implementation the lab tests the WireGuard front with (its
+/// timers differ from wireguard-go's; Debian does not package it).
+fn boringtun_cli() -> Result<()> {
+    pinned_cargo_tool(
+        "boringtun-cli",
+        BORINGTUN_CLI_VERSION,
+        Command::new("boringtun-cli").arg("--version"),
+    )
 }
 
 fn cargo_deb() -> Result<()> {
