@@ -181,6 +181,9 @@ reasons! {
     /// Userspace: a WireGuard handshake initiation beyond what a pair relays per direction
     /// (docs/wireguard.md): each one costs the receiving peer a Diffie-Hellman.
     DroppedWireGuardHandshakeRate = 53 => "dropped_wireguard_handshake_rate", Dropped;
+    /// Userspace: data for a TCP or TLS client that is not reading as fast as its peers send:
+    /// the bytes waiting for it reached their bound (`fronts::turn::outbox`).
+    DroppedTurnClientSlow = 54 => "dropped_turn_client_slow", Dropped;
 }
 
 impl Reason {

@@ -17,12 +17,13 @@ use relay_common::{
     turn::TO_PEER,
     verdict::Reason,
 };
-use tokio::{sync::mpsc, task::JoinHandle};
+use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 use super::{
     auth,
     connections::Connections,
+    outbox::{CLIENT_BUFFER_BYTES, Outbox, Push},
     persist,
     relayed_ports::{PortSockets, RelaySockets},
     relaying::{self, FromClient, RelayTables},
@@ -62,8 +63,8 @@ pub struct TurnCore {
     pub(super) listeners: std::sync::OnceLock<[Option<Arc<UdpSocket>>; 2]>,
     /// The TURN port's addresses per family (the server side of UDP 5-tuples).
     pub(super) listen: [Option<SocketAddr>; 2],
-    /// TCP and TLS clients' outgoing queues.
-    pub(super) streams: DashMap<FiveTuple, mpsc::Sender<Vec<u8>>>,
+    /// TCP and TLS clients' outgoing bytes.
+    pub(super) streams: DashMap<FiveTuple, Arc<Outbox>>,
     pub(super) maps: Option<Mutex<TurnMaps>>,
     pub(super) results: Mutex<HashMap<&'static str, u64>>,
     /// UDP requests per source address (`turn.requests_per_sec_per_source`).
@@ -86,6 +87,7 @@ pub struct TurnCore {
 static REQUEST_RATE: Throttle = Throttle::new(THROTTLE_EVERY);
 static OUT_OF_DESCRIPTORS: Throttle = Throttle::new(THROTTLE_EVERY);
 static DRAINING: Throttle = Throttle::new(THROTTLE_EVERY);
+static SLOW_CLIENT: Throttle = Throttle::new(THROTTLE_EVERY);
 
 impl fmt::Debug for TurnCore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -373,18 +375,37 @@ impl TurnCore {
         }
     }
 
-    /// Sends `frame` to the client of `five_tuple`.
-    pub(super) fn to_client(&self, five_tuple: &FiveTuple, frame: &[u8]) -> bool {
-        match five_tuple.transport {
+    /// Sends `frame` to the client of `five_tuple`, or says why not.
+    pub(super) fn to_client(&self, five_tuple: &FiveTuple, frame: &[u8]) -> Result<(), Reason> {
+        let sent = match five_tuple.transport {
             Transport::Udp => self
                 .listeners
                 .get()
                 .and_then(|l| l[crate::fronts::family_index(five_tuple.client.ip())].as_ref())
                 .is_some_and(|s| crate::fronts::send_nonblocking(s, frame, five_tuple.client)),
-            Transport::Tcp | Transport::Tls => self
-                .streams
-                .get(five_tuple)
-                .is_some_and(|q| q.try_send(frame.to_vec()).is_ok()),
+            Transport::Tcp | Transport::Tls => {
+                match self.streams.get(five_tuple).map(|o| o.push(frame)) {
+                    Some(Push::Queued) => true,
+                    Some(Push::Full) => {
+                        if let Some(held) = SLOW_CLIENT.allow(std::time::Instant::now()) {
+                            warn!(
+                                client = %five_tuple.client,
+                                held,
+                                "a TCP/TLS client reads slower than its peers send: dropping \
+                                 its data beyond {} KiB waiting",
+                                CLIENT_BUFFER_BYTES / 1024
+                            );
+                        }
+                        return Err(Reason::DroppedTurnClientSlow);
+                    }
+                    Some(Push::Closed) | None => false,
+                }
+            }
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(Reason::DroppedSendError)
         }
     }
 

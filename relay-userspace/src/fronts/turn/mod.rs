@@ -20,6 +20,7 @@ pub mod connections;
 mod core;
 mod listeners;
 mod metrics;
+pub mod outbox;
 pub mod persist;
 mod relayed_ports;
 pub mod relaying;

@@ -100,8 +100,8 @@ fn deliver(
     {
         return Reason::DroppedRateLimited;
     }
-    if !core.to_client(&route.five_tuple, framed) {
-        return Reason::DroppedSendError;
+    if let Err(reason) = core.to_client(&route.five_tuple, framed) {
+        return reason;
     }
     core.counters.forwarded(slot, TO_CLIENT, data.len(), now);
     Reason::ForwardedTurnToClient

@@ -13,12 +13,17 @@ use relay_common::{
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    sync::{mpsc, watch},
+    sync::watch,
     time::Instant,
 };
 use tracing::{debug, info};
 
-use super::{TurnCore, connections::Admitted, server::FiveTuple};
+use super::{
+    TurnCore,
+    connections::Admitted,
+    outbox::{CLIENT_BUFFER_BYTES, Outbox, Push},
+    server::FiveTuple,
+};
 use crate::{
     config::TURN_REQUEST_BURST,
     forwarder::counters::LocalVerdicts,
@@ -27,9 +32,6 @@ use crate::{
 
 /// Largest frame accepted (a STUN message or ChannelData: 16-bit lengths).
 const MAX_FRAME: usize = 4 + 65_535 + 3;
-/// Frames queued towards one client before more are dropped (a slow reader must not hold
-/// memory without bound).
-const CLIENT_QUEUE: usize = 256;
 /// Bytes asked of the socket per read; the buffer grows beyond only for a frame that needs it.
 const READ_CHUNK: usize = 4096;
 /// A buffer grown for a large frame is given back once it is empty again, so an idle
@@ -120,16 +122,22 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE);
-    core.streams.insert(five_tuple, tx.clone());
-    let writing = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if writer.write_all(&frame).await.is_err() {
-                break;
+    let outbox = Outbox::new(CLIENT_BUFFER_BYTES);
+    core.streams.insert(five_tuple, outbox.clone());
+    let writing = {
+        let outbox = outbox.clone();
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            while outbox.take(&mut out).await {
+                if writer.write_all(&out).await.is_err() {
+                    // Nothing more can be written: refuse further frames at once.
+                    outbox.close();
+                    break;
+                }
             }
-        }
-        let _ = writer.shutdown().await;
-    });
+            let _ = writer.shutdown().await;
+        })
+    };
     let mut pacer = RequestPacer::new(core.requests_per_connection);
     let mut verdicts = LocalVerdicts::default();
     let mut buf: Vec<u8> = Vec::new();
@@ -178,8 +186,9 @@ pub async fn serve<S>(
                 }
             }
             let frame = &buf[start..start + len];
+            // A reply that does not fit: the client sends requests but does not read.
             if let Some(reply) = core.on_stream_frame(frame, &five_tuple, &mut verdicts)
-                && tx.try_send(reply).is_err()
+                && outbox.push(&reply) != Push::Queued
             {
                 break 'connection;
             }
@@ -190,7 +199,7 @@ pub async fn serve<S>(
             buf = Vec::new();
         }
     }
-    drop(tx);
+    outbox.close();
     core.streams.remove(&five_tuple);
     core.client_gone(&five_tuple);
     drop(admitted);
