@@ -25,19 +25,20 @@ pub enum Implementation {
 }
 
 impl Implementation {
-    /// The program and its arguments that run a device named `iface` in the foreground.
-    fn command(self, iface: &str) -> (&'static str, Vec<String>) {
+    /// Its program (in `PATH`).
+    fn program(self) -> &'static str {
         match self {
-            Implementation::WireGuardGo => ("wireguard-go", vec!["-f".into(), iface.into()]),
-            Implementation::Boringtun => (
-                "boringtun-cli",
-                vec![
-                    "--foreground".into(),
-                    // It runs as root in the lab; dropping to nobody would lose the socket.
-                    "--disable-drop-privileges".into(),
-                    iface.into(),
-                ],
-            ),
+            Implementation::WireGuardGo => "wireguard-go",
+            Implementation::Boringtun => "boringtun-cli",
+        }
+    }
+
+    /// The arguments that run a device named `iface` in the foreground.
+    fn args(self, iface: &str) -> Vec<&str> {
+        match self {
+            Implementation::WireGuardGo => vec!["-f", iface],
+            // It runs as root in the lab; dropping to nobody would lose the control socket.
+            Implementation::Boringtun => vec!["--foreground", "--disable-drop-privileges", iface],
         }
     }
 }
@@ -244,7 +245,7 @@ fn start_keyed(
     wg_args: impl Fn(usize, PeerKeys, &[String; 2], &Path, &Scenario) -> Result<Vec<String>>,
 ) -> Result<[String; 2]> {
     for implementation in implementations {
-        crate::nat_lab::require_tool(implementation.command("").0)?;
+        crate::nat_lab::require_tool(implementation.program())?;
     }
     let names = interface_names(&scenario.lab);
     let mut keys = Vec::new();
@@ -266,11 +267,13 @@ fn start_keyed(
             .trim()
             .to_string();
         keys.push((key_file, public));
-        let (program, args) = implementations[i].command(&names[i]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        scenario
-            .lab
-            .spawn(host, &format!("wireguard-{i}"), Path::new(program), &args)?;
+        let implementation = implementations[i];
+        scenario.lab.spawn(
+            host,
+            &format!("wireguard-{i}"),
+            Path::new(implementation.program()),
+            &implementation.args(&names[i]),
+        )?;
     }
     for (i, host) in [Host::ClientA, Host::ClientB].into_iter().enumerate() {
         let iface = &names[i];

@@ -224,14 +224,12 @@ fn median(mut v: Vec<f64>) -> f64 {
 /// frame to time. `i` keeps sessions apart.
 fn install(sandbox: &mut Sandbox, i: u32, case: &Case) -> Result<Vec<u8>> {
     let (from, to): (SocketAddr, SocketAddr) = (case.from.parse()?, case.to.parse()?);
-    let mut data = vec![0xab; PAYLOAD];
     Ok(match case.front {
         Front::Session => {
             // Slot i, and a VNI that names it (as every VNI this build allocates does).
             let vni = 0x10_0000 + i;
             sandbox.add_session(vni, i, leg(from), leg(to))?;
-            data[..8].copy_from_slice(&GeneveHdr::new(vni, false, GENEVE_PROTOCOL_DATA).to_bytes());
-            frame(from, relay_at(from, RELAY_PORT), &data)
+            frame(from, relay_at(from, RELAY_PORT), &geneve_data(vni))
         }
         Front::WireGuard => {
             let mut maps = WireGuardMaps::open_pinned(sandbox.pin_dir())?;
@@ -243,33 +241,45 @@ fn install(sandbox: &mut Sandbox, i: u32, case: &Case) -> Result<Vec<u8>> {
                 ..Default::default()
             })?;
             // A transport data message: type 4, then the receiver's index.
+            let mut data = vec![0xab; PAYLOAD];
             data[..4].copy_from_slice(&[4, 0, 0, 0]);
             frame(from, relay_at(from, WIREGUARD_PORTS[0]), &data)
         }
         Front::TurnToPeer | Front::TurnToClient => {
             let mut maps = TurnMaps::open_pinned(sandbox.pin_dir())?;
             maps.serve_port(TURN_PORT)?;
-            maps.put(&turn_record(i, from, to))?;
+            maps.put(&turn_record(turn_slot(i), turn_relayed(i), from, to))?;
             if let Front::TurnToPeer = case.front {
-                data[..4].copy_from_slice(
-                    &ChannelDataHdr::new(TURN_CHANNEL, (PAYLOAD - 4) as u16).to_bytes(),
-                );
-                frame(from, relay_at(from, TURN_PORT), &data)
+                frame(from, relay_at(from, TURN_PORT), &channel_data())
             } else {
-                frame(to, relay_at(to, turn_relayed(i)), &data)
+                frame(to, relay_at(to, turn_relayed(i)), &[0xab; PAYLOAD])
             }
         }
     })
 }
 
-/// The fast-path records of case `i`'s UDP allocation of `client` with a channel bound to
-/// `peer`, as the TURN server writes them.
-fn turn_record(i: u32, client: SocketAddr, peer: SocketAddr) -> TurnRecord {
+/// A Geneve data packet's UDP payload for session `vni`.
+fn geneve_data(vni: u32) -> Vec<u8> {
+    let mut data = vec![0xab; PAYLOAD];
+    data[..8].copy_from_slice(&GeneveHdr::new(vni, false, GENEVE_PROTOCOL_DATA).to_bytes());
+    data
+}
+
+/// ChannelData on [`TURN_CHANNEL`], the whole payload.
+fn channel_data() -> Vec<u8> {
+    let mut data = vec![0xab; PAYLOAD];
+    data[..4].copy_from_slice(&ChannelDataHdr::new(TURN_CHANNEL, (PAYLOAD - 4) as u16).to_bytes());
+    data
+}
+
+/// The fast-path records of a UDP allocation in `slot` of `client`, relaying on `relayed`,
+/// with a channel bound to `peer`, as the TURN server writes them.
+fn turn_record(slot: u32, relayed: u16, client: SocketAddr, peer: SocketAddr) -> TurnRecord {
     let allocation = turn_records::allocation(
-        turn_slot(i),
+        slot,
         client,
         Transport::Udp,
-        turn_relayed(i),
+        relayed,
         &[(TURN_CHANNEL, peer)],
         &[],
     );
@@ -432,15 +442,8 @@ pub fn run_table_sizes(
             installed += 1;
         }
         let frames = random_frames(&mut rng, size, |i| {
-            let mut data = vec![0xab; PAYLOAD];
-            data[..8].copy_from_slice(
-                &GeneveHdr::new(vni_of(i), false, GENEVE_PROTOCOL_DATA).to_bytes(),
-            );
-            frame(
-                table_legs(i).0,
-                relay_at(table_legs(i).0, RELAY_PORT),
-                &data,
-            )
+            let from = table_legs(i).0;
+            frame(from, relay_at(from, RELAY_PORT), &geneve_data(vni_of(i)))
         });
         out.push(time_table(
             &mut sandbox,
@@ -452,34 +455,20 @@ pub fn run_table_sizes(
         )?);
     }
     let mut installed = 0u32;
+    let mut maps = TurnMaps::open_pinned(sandbox.pin_dir())?;
     if !allocations.is_empty() {
-        TurnMaps::open_pinned(sandbox.pin_dir())?.serve_port(TURN_PORT)?;
+        maps.serve_port(TURN_PORT)?;
     }
     for &size in allocations {
-        let mut maps = TurnMaps::open_pinned(sandbox.pin_dir())?;
         while installed < size {
             let (client, peer) = table_legs(installed);
-            let allocation = turn_records::allocation(
-                installed,
-                client,
-                Transport::Udp,
-                table_relayed_port(installed),
-                &[(TURN_CHANNEL, peer)],
-                &[],
-            );
-            maps.put(&persist::to_record(
-                &allocation,
-                SessionLimits::default(),
-                &turn_records::clock(),
-            ))?;
+            let relayed = table_relayed_port(installed);
+            maps.put(&turn_record(installed, relayed, client, peer))?;
             installed += 1;
         }
         let frames = random_frames(&mut rng, size, |i| {
-            let mut data = vec![0xab; PAYLOAD];
-            data[..4].copy_from_slice(
-                &ChannelDataHdr::new(TURN_CHANNEL, (PAYLOAD - 4) as u16).to_bytes(),
-            );
-            frame(table_legs(i).0, relay_at(table_legs(i).0, TURN_PORT), &data)
+            let client = table_legs(i).0;
+            frame(client, relay_at(client, TURN_PORT), &channel_data())
         });
         out.push(time_table(
             &mut sandbox,

@@ -305,20 +305,16 @@ impl Bench {
             Path::new("taskset"),
             &["-c", &core, &relay, "serve", "--config", &config],
         )?;
-        let api = ApiClient::new("http://127.0.0.1:8080", LAB_TOKEN, None)?;
-        let up = self.lab.in_host(Host::Relay, || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
+        let up = self.with_api(|api| async move {
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
-                if rt.block_on(api.list()).is_ok() {
+                if api.list().await.is_ok() {
                     return Ok(true);
                 }
-                std::thread::sleep(Duration::from_millis(50));
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            anyhow::Ok(false)
-        })??;
+            Ok(false)
+        })?;
         if !up {
             bail!(
                 "the relay's API did not come up:\n{}",
@@ -343,21 +339,30 @@ impl Bench {
         Ok(())
     }
 
+    /// Runs `work` with the lab's API client on a runtime in the relay's namespace (the API
+    /// listens on its loopback).
+    fn with_api<T: Send, F: Future<Output = Result<T>>>(
+        &self,
+        work: impl FnOnce(ApiClient) -> F + Send,
+    ) -> Result<T> {
+        let api = ApiClient::new("http://127.0.0.1:8080", LAB_TOKEN, None)?;
+        self.lab.in_host(Host::Relay, || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(work(api))
+        })?
+    }
+
     /// Allocates `n` sessions through the API and binds both legs of each from the router.
     fn allocate(&mut self, n: usize) -> Result<()> {
-        let api = ApiClient::new("http://127.0.0.1:8080", LAB_TOKEN, None)?;
-        let sessions = self.lab.in_host(Host::Relay, || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let mut out = Vec::with_capacity(n);
-                for _ in 0..n {
-                    out.push(api.create(&CreateSession::default()).await?);
-                }
-                anyhow::Ok(out)
-            })
-        })??;
+        let sessions = self.with_api(|api| async move {
+            let mut out = Vec::with_capacity(n);
+            for _ in 0..n {
+                out.push(api.create(&CreateSession::default()).await?);
+            }
+            Ok(out)
+        })?;
         let mut tickets = Vec::with_capacity(n);
         for s in &sessions {
             let mut legs = Vec::new();
@@ -389,28 +394,23 @@ impl Bench {
     fn allocate_pairs(&mut self, n: usize) -> Result<()> {
         use base64::{Engine, engine::general_purpose::STANDARD};
         use rand::Rng;
-        let api = ApiClient::new("http://127.0.0.1:8080", LAB_TOKEN, None)?;
         let mut rng = rand::rng();
         let keys: Vec<[[u8; 32]; 2]> = (0..n).map(|_| [rng.random(), rng.random()]).collect();
-        let pairs = self.lab.in_host(Host::Relay, || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let mut out = Vec::with_capacity(n);
-                for k in &keys {
-                    let request = CreatePair {
-                        public_keys: Some(PairKeys {
-                            a: STANDARD.encode(k[0]),
-                            b: STANDARD.encode(k[1]),
-                        }),
-                        ..CreatePair::default()
-                    };
-                    out.push(api.create_pair(&request).await?);
-                }
-                anyhow::Ok(out)
-            })
-        })??;
+        let wanted = &keys;
+        let pairs = self.with_api(|api| async move {
+            let mut out = Vec::with_capacity(n);
+            for k in wanted {
+                let request = CreatePair {
+                    public_keys: Some(PairKeys {
+                        a: STANDARD.encode(k[0]),
+                        b: STANDARD.encode(k[1]),
+                    }),
+                    ..CreatePair::default()
+                };
+                out.push(api.create_pair(&request).await?);
+            }
+            Ok(out)
+        })?;
         let mut ports = Vec::with_capacity(n);
         for p in &pairs {
             let of = |i: usize| -> Result<u16> {
@@ -437,18 +437,14 @@ impl Bench {
                 })
                 .collect::<Result<Vec<_>>>()
         })??;
-        let states = self.lab.in_host(Host::Relay, || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?;
-            rt.block_on(async {
-                let mut out = Vec::with_capacity(n);
-                for p in &pairs {
-                    out.push(api.get_pair(p.id).await?.state);
-                }
-                anyhow::Ok(out)
-            })
-        })??;
+        let made = &pairs;
+        let states = self.with_api(|api| async move {
+            let mut out = Vec::with_capacity(n);
+            for p in made {
+                out.push(api.get_pair(p.id).await?.state);
+            }
+            Ok(out)
+        })?;
         if let Some(state) = states.iter().find(|s| *s != "bound") {
             bail!("a WireGuard pair is {state} after its handshake, not bound");
         }

@@ -377,35 +377,37 @@ impl TurnCore {
 
     /// Sends `frame` to the client of `five_tuple`, or says why not.
     pub(super) fn to_client(&self, five_tuple: &FiveTuple, frame: &[u8]) -> Result<(), Reason> {
-        let sent = match five_tuple.transport {
-            Transport::Udp => self
-                .listeners
-                .get()
-                .and_then(|l| l[crate::fronts::family_index(five_tuple.client.ip())].as_ref())
-                .is_some_and(|s| crate::fronts::send_nonblocking(s, frame, five_tuple.client)),
-            Transport::Tcp | Transport::Tls => {
-                match self.streams.get(five_tuple).map(|o| o.push(frame)) {
-                    Some(Push::Queued) => true,
-                    Some(Push::Full) => {
-                        if let Some(held) = SLOW_CLIENT.allow(std::time::Instant::now()) {
-                            warn!(
-                                client = %five_tuple.client,
-                                held,
-                                "a TCP/TLS client reads slower than its peers send: dropping \
-                                 its data beyond {} KiB waiting",
-                                CLIENT_BUFFER_BYTES / 1024
-                            );
-                        }
-                        return Err(Reason::DroppedTurnClientSlow);
-                    }
-                    Some(Push::Closed) | None => false,
-                }
+        let pushed = match five_tuple.transport {
+            Transport::Udp => {
+                let sent = self
+                    .listeners
+                    .get()
+                    .and_then(|l| l[crate::fronts::family_index(five_tuple.client.ip())].as_ref())
+                    .is_some_and(|s| crate::fronts::send_nonblocking(s, frame, five_tuple.client));
+                return if sent {
+                    Ok(())
+                } else {
+                    Err(Reason::DroppedSendError)
+                };
             }
+            Transport::Tcp | Transport::Tls => self.streams.get(five_tuple).map(|o| o.push(frame)),
         };
-        if sent {
-            Ok(())
-        } else {
-            Err(Reason::DroppedSendError)
+        match pushed {
+            Some(Push::Queued) => Ok(()),
+            Some(Push::Full) => {
+                if let Some(held) = SLOW_CLIENT.allow(std::time::Instant::now()) {
+                    warn!(
+                        client = %five_tuple.client,
+                        held,
+                        "a TCP/TLS client reads slower than its peers send: dropping its data \
+                         beyond {} KiB waiting",
+                        CLIENT_BUFFER_BYTES / 1024
+                    );
+                }
+                Err(Reason::DroppedTurnClientSlow)
+            }
+            // The connection is closing or gone.
+            Some(Push::Closed) | None => Err(Reason::DroppedSendError),
         }
     }
 
