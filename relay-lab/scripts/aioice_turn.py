@@ -1,11 +1,17 @@
 """Relays datagrams to an echo peer through a TURN server with aioice (a TURN client nobody in
 this project wrote), and prints what happened as one JSON line.
 
-Usage: aioice_turn.py SERVER_IP SERVER_PORT USERNAME PASSWORD udp|tcp PEER_IP PEER_PORT COUNT
+Usage: aioice_turn.py SERVER_IP SERVER_PORT USERNAME PASSWORD udp|tcp|tls PEER_IP PEER_PORT COUNT
+       [SIZE GAP_MS CAFILE]
+
+SIZE pads each message to that many bytes (at least its text); GAP_MS is the pause between
+messages (20 by default; 0 sends them all at once, as a burst); CAFILE is the certificate TLS
+trusts (needed for tls).
 """
 
 import asyncio
 import json
+import ssl
 import sys
 
 from aioice.turn import create_turn_endpoint
@@ -22,24 +28,36 @@ class Echoes(asyncio.DatagramProtocol):
 
 
 async def main():
-    server_ip, server_port, username, password, transport, peer_ip, peer_port, count = sys.argv[1:]
+    server_ip, server_port, username, password, transport, peer_ip, peer_port, count = sys.argv[1:9]
+    size, gap_ms, cafile = (sys.argv[9:12] + ["0", "20", ""][len(sys.argv[9:12]):])[:3]
     server = (server_ip, int(server_port))
     peer = (peer_ip, int(peer_port))
-    count = int(count)
+    count, size, gap = int(count), int(size), int(gap_ms) / 1000
+    context = None
+    if transport == "tls":
+        context = ssl.create_default_context(cafile=cafile)
     turn, echoes = await asyncio.wait_for(
         create_turn_endpoint(
-            Echoes, server, username=username, password=password, transport=transport
+            Echoes,
+            server,
+            username=username,
+            password=password,
+            transport="udp" if transport == "udp" else "tcp",
+            ssl=context,
         ),
         timeout=10,
     )
     relayed = turn.get_extra_info("sockname")
     sent = []
     for i in range(count):
-        message = f"aioice {transport} {i}".encode()
+        message = f"aioice {transport} {i} ".encode()
+        message += b"." * max(0, size - len(message))
         sent.append(message)
         turn.sendto(message, peer)
-        await asyncio.sleep(0.02)
-    deadline = asyncio.get_event_loop().time() + 5
+        if gap:
+            await asyncio.sleep(gap)
+    # A burst leaves once the channel is bound; then wait for its echoes.
+    deadline = asyncio.get_event_loop().time() + 5 + count * size / 10_000_000
     while len(echoes.received) < count and asyncio.get_event_loop().time() < deadline:
         echoes.arrived.clear()
         try:

@@ -130,10 +130,15 @@ pub fn spawn_uclient(lab: &mut NatLab, host: Host, name: &str, args: &[&str]) ->
 
 /// Waits (at most `limit`) for the background client `name` to end and reads its report.
 pub fn finish_uclient(lab: &mut NatLab, name: &str, limit: Duration) -> Result<UclientReport> {
+    parse_uclient(&finished_log(lab, name, limit)?)
+}
+
+/// Waits (at most `limit`) for the background process `name` to end; its output.
+fn finished_log(lab: &mut NatLab, name: &str, limit: Duration) -> Result<String> {
     if !NatLab::wait_until(limit, || !lab.running(name)) {
         bail!("{name} still running after {limit:?}:\n{}", lab.log(name));
     }
-    parse_uclient(&lab.log(name))
+    Ok(lab.log(name))
 }
 
 /// What the aioice script reported.
@@ -158,36 +163,95 @@ pub fn lab_python() -> Result<std::path::PathBuf> {
     Ok(python)
 }
 
-/// Relays `count` datagrams from `host` to the echo peer through the relay with aioice over
-/// `transport` (`udp` or `tcp`), authenticated as the lab's static user.
-pub fn aioice(lab: &NatLab, host: Host, transport: &str, count: u32) -> Result<AioiceReport> {
-    let python = lab_python()?;
-    let script = crate::workspace_root().join("relay-lab/scripts/aioice_turn.py");
-    let port = crate::scenario::TURN_PORT.to_string();
-    let peer_port = PEER_PORT.to_string();
-    let count = count.to_string();
-    let out = lab.exec_output(
-        host,
-        python.to_str().context("path")?,
-        &[
+/// One aioice run: what it sends and how.
+#[derive(Clone, Copy, Debug)]
+pub struct AioiceRun<'a> {
+    /// `udp`, `tcp` or `tls` (to the TURNS port, trusting the lab's certificate).
+    pub transport: &'a str,
+    /// Datagrams sent to the echo peer.
+    pub count: u32,
+    /// Each message padded to this many bytes (0: only its text).
+    pub size: usize,
+    /// Milliseconds between messages; 0 sends them all at once once the channel is bound.
+    pub gap_ms: u32,
+    /// Username and password (the lab's static user, or a REST credential).
+    pub credentials: (&'a str, &'a str),
+}
+
+impl AioiceRun<'_> {
+    /// `count` short messages over `transport`, 20 ms apart.
+    pub fn paced(transport: &str, count: u32) -> AioiceRun<'_> {
+        AioiceRun {
+            transport,
+            count,
+            size: 0,
+            gap_ms: 20,
+            credentials: crate::scenario::TURN_USER,
+        }
+    }
+
+    /// The script's arguments against the lab's relay.
+    fn argv(&self, lab: &NatLab) -> Result<Vec<String>> {
+        let script = crate::workspace_root().join("relay-lab/scripts/aioice_turn.py");
+        let port = if self.transport == "tls" {
+            crate::scenario::TURNS_PORT
+        } else {
+            crate::scenario::TURN_PORT
+        };
+        Ok([
             script.to_str().context("path")?,
             addr::RELAY_V4,
-            &port,
-            crate::scenario::TURN_USER.0,
-            crate::scenario::TURN_USER.1,
-            transport,
+            &port.to_string(),
+            self.credentials.0,
+            self.credentials.1,
+            self.transport,
             addr::PEER_V4,
-            &peer_port,
-            &count,
-        ],
-        Duration::from_secs(30),
-    )?;
+            &PEER_PORT.to_string(),
+            &self.count.to_string(),
+            &self.size.to_string(),
+            &self.gap_ms.to_string(),
+            lab.dir.join("turn.crt").to_str().context("path")?,
+        ]
+        .map(String::from)
+        .to_vec())
+    }
+}
+
+fn parse_aioice(out: &str) -> Result<AioiceReport> {
     let line = out
         .lines()
         .rev()
         .find(|l| l.starts_with('{'))
         .with_context(|| format!("aioice printed no result:\n{out}"))?;
     serde_json::from_str(line).with_context(|| format!("aioice's result: {line}\n{out}"))
+}
+
+/// Relays `run`'s datagrams from `host` to the echo peer through the relay with aioice.
+pub fn aioice(lab: &NatLab, host: Host, run: AioiceRun) -> Result<AioiceReport> {
+    let python = lab_python()?;
+    let argv = run.argv(lab)?;
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    let out = lab.exec_output(
+        host,
+        python.to_str().context("path")?,
+        &argv,
+        Duration::from_secs(30),
+    )?;
+    parse_aioice(&out)
+}
+
+/// Starts aioice on `host` in the background as process `name` (see [`aioice`]);
+/// [`finish_aioice`] waits for its report.
+pub fn spawn_aioice(lab: &mut NatLab, host: Host, name: &str, run: AioiceRun) -> Result<()> {
+    let python = lab_python()?;
+    let argv = run.argv(lab)?;
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    lab.spawn(host, name, &python, &argv)
+}
+
+/// Waits (at most `limit`) for the background aioice `name` to end and reads its report.
+pub fn finish_aioice(lab: &mut NatLab, name: &str, limit: Duration) -> Result<AioiceReport> {
+    parse_aioice(&finished_log(lab, name, limit)?)
 }
 
 /// The candidate pair a page's getStats() selected.

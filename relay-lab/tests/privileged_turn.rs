@@ -145,9 +145,12 @@ fn aioice_both_transports(xdp: XdpMode) {
     let s = turn_lab(xdp);
     for transport in ["udp", "tcp"] {
         let before = Paths::read(&s);
-        let r = turn_clients::aioice(&s.lab, Host::ClientA, transport, 20).unwrap_or_else(|e| {
-            panic!("{transport}: {e:#}\n--- relay ---\n{}", s.lab.log("relay"))
-        });
+        let r = turn_clients::aioice(
+            &s.lab,
+            Host::ClientA,
+            turn_clients::AioiceRun::paced(transport, 20),
+        )
+        .unwrap_or_else(|e| panic!("{transport}: {e:#}\n--- relay ---\n{}", s.lab.log("relay")));
         assert!(
             r.exact && r.sent == 20 && r.received == 20,
             "{transport}: {r:?}\n--- relay ---\n{}",

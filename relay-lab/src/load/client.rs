@@ -110,6 +110,9 @@ pub struct Job {
     /// amplification answers it from its own credit (the maxima: state, not first-request
     /// behaviour, is measured there).
     pub pad_first: bool,
+    /// Send its messages without reading a single echo, then hold: a client that stopped
+    /// reading (the relay's buffers for it fill).
+    pub stall: bool,
 }
 
 /// What happened to one client.
@@ -431,6 +434,13 @@ async fn relay(
         .await
         .context("ChannelBind")?;
     let expected: Vec<Vec<u8>> = (0..job.messages).map(|seq| message(job, seq)).collect();
+    if job.stall {
+        for data in &expected {
+            client.conn.send(&client.channel_data(data)).await?;
+            outcome.sent += 1;
+        }
+        return Ok(());
+    }
     let mut echoed = vec![false; expected.len()];
     for (seq, data) in expected.iter().enumerate() {
         let frame = client.channel_data(data);

@@ -159,6 +159,12 @@ fn cross_field_rules_name_the_key_and_line() {
 
     let e = error(&format!("{MINIMAL}log:\n  level: \"[[[\"\n"));
     assert_eq!(e.key, "log.level");
+
+    let e = error(&format!(
+        "{MINIMAL}turn:\n  realm: r.test\n  secrets: [a-long-enough-shared-secret-0123]\n  stream_buffers_mib: 0\n"
+    ));
+    assert_eq!(e.key, "turn.stream_buffers_mib");
+    assert_eq!(e.line, Some(12));
 }
 
 #[test]

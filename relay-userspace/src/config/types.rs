@@ -453,6 +453,10 @@ pub struct TurnConfig {
     pub max_connections: u32,
     /// TCP and TLS connections held at once from one source address.
     pub max_connections_per_source: u32,
+    /// Mebibytes that data waiting for TCP and TLS clients (beyond their sockets' send
+    /// buffers) may take in all, each client at most 512 KiB of it. Past half of it, a client
+    /// holding more than an equal share is refused first (`dropped_turn_client_slow`).
+    pub stream_buffers_mib: u32,
 }
 
 /// How much of a TURN request rate a full bucket holds: two seconds' worth, so the requests of
@@ -468,6 +472,9 @@ pub const DEFAULT_TURN_MAX_CONNECTIONS: u32 = 16_384;
 /// browser with a TCP and a TLS allocation, twice over. A single hostile address holding them
 /// all idle costs a few megabytes, for at most 10 s each.
 pub const DEFAULT_TURN_MAX_CONNECTIONS_PER_SOURCE: u32 = 4096;
+/// Default `turn.stream_buffers_mib`: an eighth of the Kubernetes manifest's memory limit, room
+/// for 512 clients each 512 KiB behind (and far more that are only a little behind).
+pub const DEFAULT_TURN_STREAM_BUFFERS_MIB: u32 = 256;
 
 impl Default for TurnConfig {
     fn default() -> Self {
@@ -497,6 +504,7 @@ impl Default for TurnConfig {
             requests_per_sec_per_connection: DEFAULT_TURN_REQUESTS_PER_CONNECTION,
             max_connections: DEFAULT_TURN_MAX_CONNECTIONS,
             max_connections_per_source: DEFAULT_TURN_MAX_CONNECTIONS_PER_SOURCE,
+            stream_buffers_mib: DEFAULT_TURN_STREAM_BUFFERS_MIB,
         }
     }
 }
@@ -984,6 +992,9 @@ impl Config {
                 "max_connections_per_source",
                 "must be at least 1 and at most max_connections".into(),
             );
+        }
+        if t.stream_buffers_mib == 0 || t.stream_buffers_mib > 1 << 16 {
+            return err("stream_buffers_mib", "must be between 1 and 65536".into());
         }
         for (key, n) in [
             ("max_permissions", t.max_permissions),

@@ -23,10 +23,11 @@ use tracing::{debug, info, warn};
 use super::{
     auth,
     connections::Connections,
-    outbox::{CLIENT_BUFFER_BYTES, Outbox, Push},
+    outbox::{self, CLIENT_BUFFER_BYTES, Outbox, Push},
     persist,
     relayed_ports::{PortSockets, RelaySockets},
     relaying::{self, FromClient, RelayTables},
+    return_path::ReturnPath,
     server::{Change, Clock, FiveTuple, NO_DESCRIPTORS_RESULT, Transport, TurnServer},
 };
 use crate::{
@@ -65,6 +66,8 @@ pub struct TurnCore {
     pub(super) listen: [Option<SocketAddr>; 2],
     /// TCP and TLS clients' outgoing bytes.
     pub(super) streams: DashMap<FiveTuple, Arc<Outbox>>,
+    /// The bytes all of `streams` may hold together (`turn.stream_buffers_mib`).
+    pub(super) stream_budget: Arc<outbox::Budget>,
     pub(super) maps: Option<Mutex<TurnMaps>>,
     pub(super) results: Mutex<HashMap<&'static str, u64>>,
     /// UDP requests per source address (`turn.requests_per_sec_per_source`).
@@ -309,10 +312,12 @@ impl TurnCore {
         frame: &[u8],
         five_tuple: &FiveTuple,
         verdicts: &mut LocalVerdicts,
+        return_path: &mut ReturnPath,
     ) -> Option<Vec<u8>> {
         let reply = match self.on_client_datagram(frame, *five_tuple, verdicts) {
             Action::Reply(reply) => Some(reply),
             Action::Relay { from, to, range } => {
+                return_path.sent_from(&from);
                 if !crate::fronts::send_nonblocking(&from, frame.get(range).unwrap_or_default(), to)
                 {
                     verdicts.add(Reason::DroppedSendError, 0);

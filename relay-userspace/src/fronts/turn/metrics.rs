@@ -51,6 +51,12 @@ impl FrontMetrics for TurnCore {
             "Live TURN channels.",
             &[(vec![], channels)],
         )?;
+        metrics::gauges(
+            encoder,
+            "relay_turn_stream_buffered_bytes",
+            "Bytes waiting for TCP and TLS clients, of turn.stream_buffers_mib.",
+            &[(vec![], self.stream_budget.held() as i64)],
+        )?;
         let mut results: Vec<(Labels, u64)> = self
             .results
             .lock()

@@ -25,6 +25,7 @@ pub mod persist;
 mod relayed_ports;
 pub mod relaying;
 pub mod reply;
+pub mod return_path;
 pub mod server;
 pub mod stream;
 mod udp_port;
@@ -210,6 +211,7 @@ impl TurnFront {
             listeners: std::sync::OnceLock::new(),
             listen,
             streams: DashMap::new(),
+            stream_budget: outbox::Budget::new(turn.stream_buffers_mib as usize * 1024 * 1024),
             maps,
             results: Mutex::new(HashMap::new()),
             requests: Mutex::new(SourceLimiter::with_burst(

@@ -21,7 +21,8 @@ use tracing::{debug, info};
 use super::{
     TurnCore,
     connections::Admitted,
-    outbox::{CLIENT_BUFFER_BYTES, Outbox, Push},
+    outbox::{CLIENT_BUFFER_BYTES, Outbox, Push, WRITE_CHUNK},
+    return_path::ReturnPath,
     server::FiveTuple,
 };
 use crate::{
@@ -122,15 +123,24 @@ pub async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let outbox = Outbox::new(CLIENT_BUFFER_BYTES);
+    let outbox = Outbox::new(CLIENT_BUFFER_BYTES, core.stream_budget.clone());
     core.streams.insert(five_tuple, outbox.clone());
     let writing = {
         let outbox = outbox.clone();
         tokio::spawn(async move {
             let mut out = Vec::new();
-            while outbox.take(&mut out).await {
-                if writer.write_all(&out).await.is_err() {
-                    // Nothing more can be written: refuse further frames at once.
+            'writing: while outbox.take(&mut out).await {
+                for chunk in out.chunks(WRITE_CHUNK) {
+                    if writer.write_all(chunk).await.is_err() {
+                        // Nothing more can be written: refuse further frames at once.
+                        outbox.close();
+                        break 'writing;
+                    }
+                    outbox.written(chunk.len());
+                }
+                // TLS: what the last write left in the session's buffer goes out now, not with
+                // the next burst.
+                if writer.flush().await.is_err() {
                     outbox.close();
                     break;
                 }
@@ -142,7 +152,11 @@ pub async fn serve<S>(
     let mut verdicts = LocalVerdicts::default();
     let mut buf: Vec<u8> = Vec::new();
     let mut allocated = false;
+    let mut return_path = ReturnPath::default();
     'connection: loop {
+        if return_path.wait().await {
+            core.count("stream_return_path_waits");
+        }
         buf.reserve(READ_CHUNK);
         let read = tokio::select! {
             _ = shutdown.wait_for(|s| *s) => break,
@@ -187,7 +201,8 @@ pub async fn serve<S>(
             }
             let frame = &buf[start..start + len];
             // A reply that does not fit: the client sends requests but does not read.
-            if let Some(reply) = core.on_stream_frame(frame, &five_tuple, &mut verdicts)
+            if let Some(reply) =
+                core.on_stream_frame(frame, &five_tuple, &mut verdicts, &mut return_path)
                 && outbox.push(&reply) != Push::Queued
             {
                 break 'connection;
