@@ -21,6 +21,7 @@ pub mod turn_bench;
 pub mod turn_clients;
 pub mod turn_probe;
 pub mod turn_records;
+pub mod turn_stream_bench;
 pub mod wireguard;
 pub mod wireguard_bench;
 pub mod xdp_bench;

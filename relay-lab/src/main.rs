@@ -14,6 +14,7 @@ use relay_lab::{
     nat_lab,
     throughput::{self, ThroughputOptions, report},
     turn_bench::{self, TurnBenchOptions},
+    turn_stream_bench::{self, StreamBenchOptions},
     wireguard_bench::{self, WgBenchOptions},
     xdp_bench::{self, BenchOptions},
 };
@@ -102,6 +103,22 @@ enum Command {
         /// Allocation counts to measure, comma-separated (default 1,500; 4 with --quick).
         #[arg(long, value_delimiter = ',')]
         allocations: Option<Vec<usize>>,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// TURN over TCP and TLS: messages per server CPU-second and loss at a ladder of loads,
+    /// the relay against coturn.
+    BenchTurnStreams {
+        /// Two connections, two loads, half a second each: checks the harness.
+        #[arg(long)]
+        quick: bool,
+        /// Rounds (default 3; 1 with --quick).
+        #[arg(long)]
+        rounds: Option<usize>,
+        /// Offered loads, messages per second over all connections, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        loads: Option<Vec<u32>>,
         /// Also write the results as JSON here.
         #[arg(long)]
         json: Option<PathBuf>,
@@ -331,6 +348,42 @@ fn main() -> Result<()> {
                     x.native_vs_coturn_per_cpu,
                     x.native_vs_coturn_pps,
                     x.userspace_vs_coturn_per_cpu
+                );
+            }
+            write_json(json, serde_json::to_value(&r)?)
+        }
+        Command::BenchTurnStreams {
+            quick,
+            rounds,
+            loads,
+            json,
+        } => {
+            let mut options = if quick {
+                StreamBenchOptions::quick(relay_lab::relay_bin()?)
+            } else {
+                StreamBenchOptions::full(relay_lab::relay_bin()?)
+            };
+            options.rounds = rounds.unwrap_or(options.rounds);
+            options.loads = loads.unwrap_or(options.loads);
+            let r = turn_stream_bench::run(options)?;
+            for s in &r.summaries {
+                println!(
+                    "{} over {}: best loss-free load {:?}/s, {:.0} messages per CPU-second there; loss {:.2} % at {}/s",
+                    s.server.name(),
+                    s.transport.name(),
+                    s.best_lossless,
+                    s.per_cpu_at_best.unwrap_or(0.0),
+                    s.loss_at_most * 100.0,
+                    s.most_offered
+                );
+            }
+            for x in &r.ratios {
+                println!(
+                    "{}: relay / coturn {:.2}x per CPU-second (target {}), loss-free wherever coturn is: {}",
+                    x.transport.name(),
+                    x.relay_vs_coturn_per_cpu.unwrap_or(0.0),
+                    r.target,
+                    x.lossless_where_coturn_is
                 );
             }
             write_json(json, serde_json::to_value(&r)?)

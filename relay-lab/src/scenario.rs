@@ -246,7 +246,7 @@ fn relay_command(options: &ScenarioOptions, config: &Path) -> Result<(PathBuf, V
 }
 
 /// A self-signed certificate for the relay's lab addresses (TURN over TLS), written into `dir`.
-fn write_turn_certificate(dir: &Path) -> Result<()> {
+pub(crate) fn write_turn_certificate(dir: &Path) -> Result<()> {
     let names = vec![
         crate::nat_lab::addr::RELAY_V4.to_string(),
         crate::nat_lab::addr::RELAY_V6.to_string(),

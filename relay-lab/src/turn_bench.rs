@@ -323,7 +323,7 @@ pub fn coturn_args(relay: Ipv4Addr, log: &Path) -> Vec<String> {
 }
 
 /// The relay's configuration for the TURN benchmark (the same ports and credentials).
-fn relay_config(mode: Mode, pin_dir: &Path) -> String {
+pub(crate) fn relay_config(mode: Mode, pin_dir: &Path) -> String {
     let xdp = if mode == Mode::TurnNative {
         "native"
     } else {

@@ -54,3 +54,49 @@ fn turn_harness_relays_through_both_modes_and_coturn_and_accounts_for_it() {
         assert!(json.get(key).is_some(), "JSON lacks {key}");
     }
 }
+
+/// The stream benchmark's harness in its quick mode: both servers relay over TCP and TLS
+/// through allocations made with the real protocol, every echo is counted once, and the
+/// server's CPU time is read. Speeds and loss are not asserted beyond "it relays".
+#[test]
+fn turn_stream_harness_relays_over_tcp_and_tls_through_both_servers() {
+    use relay_lab::{
+        load::client::Transport,
+        turn_stream_bench::{self, StreamBenchOptions, StreamServer},
+    };
+    require_root!();
+    let options = StreamBenchOptions::quick(PathBuf::from(common::relay_path()));
+    let r = turn_stream_bench::run(options).unwrap();
+    assert_eq!(r.cells.len(), 2 * 2 * 2, "{:?}", r.cells);
+    for server in [StreamServer::Relay, StreamServer::Coturn] {
+        for transport in [Transport::Tcp, Transport::Tls] {
+            let cells: Vec<_> = r
+                .cells
+                .iter()
+                .filter(|c| c.server == server && c.transport == transport)
+                .collect();
+            assert_eq!(cells.len(), 2);
+            for c in cells {
+                assert!(
+                    c.sent > 0 && c.echoed * 10 >= c.sent * 9 && c.echoed <= c.sent,
+                    "{c:?}"
+                );
+                assert!(c.server_cpu_ns > 0, "{c:?}");
+            }
+        }
+    }
+    assert_eq!(r.summaries.len(), 4);
+    assert_eq!(r.ratios.len(), 2);
+    assert!(r.coturn.contains("--tls-listening-port"), "{}", r.coturn);
+    let json = serde_json::to_value(&r).unwrap();
+    for key in [
+        "options",
+        "coturn",
+        "cells",
+        "summaries",
+        "ratios",
+        "target",
+    ] {
+        assert!(json.get(key).is_some(), "JSON lacks {key}");
+    }
+}

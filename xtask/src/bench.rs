@@ -91,6 +91,15 @@ pub fn run(quick: bool, render: bool, only: &[String]) -> Result<()> {
             cmd.arg("--quick");
         }
         status(&mut cmd)?;
+        println!("== TURN over TCP and TLS: the relay against coturn, a ladder of loads (NAT lab)");
+        let mut cmd = Command::new(&lab);
+        cmd.arg("bench-turn-streams")
+            .arg("--json")
+            .arg(out_dir.join("turn-streams.json"));
+        if quick {
+            cmd.arg("--quick");
+        }
+        status(&mut cmd)?;
     }
 
     let wireguard_json = out_dir.join("wireguard.json");
@@ -186,6 +195,13 @@ fn write_docs(wanted: &dyn Fn(&str) -> bool, out_dir: &Path, criterion_out: &str
             ),
             |most| format!("TURN: packets per relay CPU-second, {most} allocations"),
             &root.join("docs/turn.svg"),
+        )?;
+        let streams: Value =
+            serde_json::from_str(&fs::read_to_string(out_dir.join("turn-streams.json"))?)?;
+        replace_section(
+            &doc,
+            "turn-streams",
+            &turn_streams_section(&streams, &machine)?,
         )?;
     }
     if wanted("wireguard") {
@@ -656,6 +672,122 @@ fn turn_section(doc: &Value, machine: &str) -> Result<String> {
             num(e, "cpu_ns_per_packet")?,
             num(e, "cores")?,
         )?;
+    }
+    Ok(s)
+}
+
+/// The TURN-over-streams section: per server and transport, the best loss-free load and its
+/// messages per server CPU-second, the loss at the highest load; the ratios to coturn; and
+/// every load's median.
+fn turn_streams_section(doc: &Value, machine: &str) -> Result<String> {
+    let mut s = String::new();
+    let o = doc.get("options").context("benchmark JSON: no `options`")?;
+    writeln!(
+        s,
+        "Machine: {machine}. {} rounds; each load offered for {} s over {} connections (one \
+         allocation each), {} B messages, one write per message; medians over rounds (loss: \
+         the worst round). A message relayed is one ChannelData in and one datagram out, either \
+         way.\n",
+        num(o, "rounds")?,
+        num(o, "seconds")?,
+        num(o, "connections")?,
+        num(o, "payload")?,
+    )?;
+    writeln!(s, "coturn ran as `turnserver {}`.\n", text(doc, "coturn")?)?;
+    writeln!(
+        s,
+        "| server | transport | best loss-free load, messages/s | messages per server CPU-second there | CPU µs per message | loss at the highest load | at |"
+    )?;
+    writeln!(s, "|---|---|---:|---:|---:|---:|---:|")?;
+    let optional = |v: &Value, key: &str, f: &dyn Fn(f64) -> String| {
+        v.get(key)
+            .and_then(Value::as_f64)
+            .map_or("–".to_string(), f)
+    };
+    for x in array(doc, "summaries")? {
+        writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {:.2} % | {:.0}/s |",
+            text(x, "server")?,
+            text(x, "transport")?,
+            optional(x, "best_lossless", &|v| format!("{v:.0}")),
+            optional(x, "per_cpu_at_best", &|v| format!("{v:.0}")),
+            optional(x, "cpu_us_per_message_at_best", &|v| format!("{v:.2}")),
+            num(x, "loss_at_most")? * 100.0,
+            num(x, "most_offered")?,
+        )?;
+    }
+    let target = num(doc, "target")?;
+    writeln!(
+        s,
+        "\nTarget: relay / coturn ≥ {target} in messages per server CPU-second at each one's best \
+         loss-free load, and no loss wherever coturn has none.\n"
+    )?;
+    writeln!(
+        s,
+        "| transport | relay / coturn, per server CPU-second | loss-free wherever coturn is |"
+    )?;
+    writeln!(s, "|---|---:|---|")?;
+    for r in array(doc, "ratios")? {
+        let ratio = r.get("relay_vs_coturn_per_cpu").and_then(Value::as_f64);
+        writeln!(
+            s,
+            "| {} | {} | {} |",
+            text(r, "transport")?,
+            ratio.map_or("–".to_string(), |v| format!(
+                "{v:.2}× ({})",
+                verdict(v, target)
+            )),
+            if r.get("lossless_where_coturn_is").and_then(Value::as_bool) == Some(true) {
+                "yes"
+            } else {
+                "**no**"
+            },
+        )?;
+    }
+    writeln!(
+        s,
+        "\n| offered messages/s | relay TCP | coturn TCP | relay TLS | coturn TLS |"
+    )?;
+    writeln!(s, "|---:|---:|---:|---:|---:|")?;
+    let cells = array(doc, "cells")?;
+    for load in array(o, "loads")?.iter().filter_map(Value::as_f64) {
+        let mut row = format!("| {load:.0} |");
+        for (server, transport) in [
+            ("relay", "tcp"),
+            ("coturn", "tcp"),
+            ("relay", "tls"),
+            ("coturn", "tls"),
+        ] {
+            let at: Vec<&Value> = cells
+                .iter()
+                .filter(|c| {
+                    c.get("server").and_then(Value::as_str) == Some(server)
+                        && c.get("transport").and_then(Value::as_str) == Some(transport)
+                        && c.get("offered").and_then(Value::as_f64) == Some(load)
+                })
+                .collect();
+            let mut per_cpu: Vec<f64> = at
+                .iter()
+                .map(|c| {
+                    let relayed = num(c, "sent").unwrap_or(0.0) + num(c, "echoed").unwrap_or(0.0);
+                    relayed / (num(c, "server_cpu_ns").unwrap_or(1.0).max(1.0) / 1e9)
+                })
+                .collect();
+            per_cpu.sort_by(f64::total_cmp);
+            let loss = at
+                .iter()
+                .map(|c| {
+                    let sent = num(c, "sent").unwrap_or(0.0).max(1.0);
+                    1.0 - num(c, "echoed").unwrap_or(0.0) / sent
+                })
+                .fold(0.0, f64::max);
+            match per_cpu.get(per_cpu.len() / 2) {
+                Some(v) => write!(row, " {:.0}k/CPU-s, {:.2} % lost |", v / 1e3, loss * 100.0)?,
+                None => row.push_str(" – |"),
+            }
+        }
+        writeln!(s, "{row}")?;
     }
     Ok(s)
 }

@@ -45,7 +45,7 @@ const ECHO_WAIT: Duration = Duration::from_secs(5);
 /// Pause between a client's messages.
 const MESSAGE_GAP: Duration = Duration::from_millis(20);
 /// The channel every client binds (each client has its own allocation).
-const CHANNEL: u16 = 0x4000;
+pub const CHANNEL: u16 = 0x4000;
 /// SOFTWARE of a padded first request ([`Job::pad_first`]).
 const PADDING: &str =
     "relay-lab load client, its first request padded past the size of the challenge it draws";
@@ -140,7 +140,8 @@ enum Conn {
     Stream { io: Box<dyn Stream>, buf: Vec<u8> },
 }
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+/// A TCP or TLS connection to the server.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
 impl Conn {
@@ -419,20 +420,7 @@ async fn relay(
         // An allocation held, nothing relayed (the maxima).
         return Ok(());
     }
-    let peer = job.peer;
-    client
-        .request(CREATE_PERMISSION, &|t, m| {
-            let _ = m.add_attribute(&XorPeerAddress::new(peer, t));
-        })
-        .await
-        .context("CreatePermission")?;
-    client
-        .request(CHANNEL_BIND, &|t, m| {
-            let _ = m.add_attribute(&ChannelNumber::new(CHANNEL));
-            let _ = m.add_attribute(&XorPeerAddress::new(peer, t));
-        })
-        .await
-        .context("ChannelBind")?;
+    bind_channel(client, job.peer).await?;
     let expected: Vec<Vec<u8>> = (0..job.messages).map(|seq| message(job, seq)).collect();
     if job.stall {
         for data in &expected {
@@ -459,6 +447,48 @@ async fn relay(
         bail!("{} of {} messages echoed", outcome.echoed, job.messages);
     }
     Ok(())
+}
+
+/// A permission and [`CHANNEL`] for `peer`.
+async fn bind_channel(client: &mut Client, peer: SocketAddr) -> Result<()> {
+    client
+        .request(CREATE_PERMISSION, &|t, m| {
+            let _ = m.add_attribute(&XorPeerAddress::new(peer, t));
+        })
+        .await
+        .context("CreatePermission")?;
+    client
+        .request(CHANNEL_BIND, &|t, m| {
+            let _ = m.add_attribute(&ChannelNumber::new(CHANNEL));
+            let _ = m.add_attribute(&XorPeerAddress::new(peer, t));
+        })
+        .await
+        .context("ChannelBind")?;
+    Ok(())
+}
+
+/// A TCP or TLS client (`job.transport`) with an allocation and [`CHANNEL`] bound to
+/// `job.peer`, handed over as its connection and the bytes already read from it — for a
+/// harness that relays on its own terms (the stream benchmark).
+pub async fn open_channel(server: &Server, job: &Job) -> Result<(Box<dyn Stream>, Vec<u8>)> {
+    let mut client = Client {
+        conn: Conn::open(server, job.transport).await?,
+        job: job.clone(),
+        realm: None,
+        nonce: None,
+        requests: 0,
+    };
+    client
+        .request(ALLOCATE, &|_, m| {
+            let _ = m.add_attribute(&RequestedTransport::new(RequestedTransport::UDP));
+        })
+        .await
+        .context("Allocate")?;
+    bind_channel(&mut client, job.peer).await?;
+    match client.conn {
+        Conn::Stream { io, buf } => Ok((io, buf)),
+        Conn::Udp(..) => bail!("a stream transport is needed"),
+    }
 }
 
 /// Reads echoes until `until` (or until all came back).

@@ -359,7 +359,7 @@ fn start_relay(options: &LoadOptions) -> Result<Scenario> {
 
 /// Stops the relay and removes its pinned state (its program too: nothing of it may touch
 /// coturn's traffic).
-pub fn stop_relay(s: &mut Scenario) -> Result<()> {
+fn stop_relay(s: &mut Scenario) -> Result<()> {
     s.lab.stop("relay")?;
     relay_userspace::dataplane::loader::remove_pins(&s.pin_dir)?;
     Ok(())
@@ -368,7 +368,7 @@ pub fn stop_relay(s: &mut Scenario) -> Result<()> {
 /// coturn on its defaults (UDP, TCP and TLS on the standard ports, relayed ports
 /// 49152–65535, no quotas), with the lab's realm, REST secret and certificate, started
 /// through the same soft limit as the relay.
-pub fn start_coturn(lab: &mut NatLab) -> Result<()> {
+fn start_coturn(lab: &mut NatLab) -> Result<()> {
     crate::nat_lab::require_tool("turnserver")?;
     let dir = lab.dir.clone();
     let path = |name: &str| dir.join(name).to_string_lossy().into_owned();

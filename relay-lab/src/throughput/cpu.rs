@@ -48,7 +48,7 @@ fn task_ns(path: &Path) -> Result<u64> {
 }
 
 /// Run time of every thread of process `pid`.
-fn process_ns(pid: u32) -> Result<u64> {
+pub fn process_ns(pid: u32) -> Result<u64> {
     let mut total = 0;
     let dir = format!("/proc/{pid}/task");
     for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
