@@ -5,7 +5,7 @@
 //! load comes from real connections: clients on the lab's internet router, each with its own
 //! allocation made with the real protocol (Allocate with a REST credential, CreatePermission,
 //! ChannelBind), sending ChannelData at a steady rate — every millisecond what is due, one write
-//! per message as a WebRTC stack sends its packets — to an echo peer ([`EchoPeer`]), and
+//! per message as a WebRTC stack sends its packets — to an echo peer ([`EchoPeer`], on the load core), and
 //! counting the echoes that come back, each numbered, once. The clients and the peer run on the load core, the server alone on the relay
 //! core (`taskset`); its CPU time is its threads' run time (`/proc/<pid>/task/*/schedstat`), the
 //! core's busy share kept as a cross-check. A message relayed is one ChannelData in and one
@@ -43,7 +43,7 @@ use crate::{
         load::{LOAD_CORE, RELAY_CORE},
         report::Mode,
     },
-    turn_clients::PEER_PORT,
+    turn_clients::{EchoPeer, PEER_PORT},
 };
 
 /// How long a connection waits for its last echoes after it sent its last message.
@@ -326,7 +326,8 @@ pub fn run(options: StreamBenchOptions) -> Result<StreamBenchResult> {
     crate::nat_lab::require_tool("turnserver")?;
     let mut lab = NatLab::create()?;
     crate::scenario::write_turn_certificate(&lab.dir)?;
-    let peer = EchoPeer::start(&lab)?;
+    let at = SocketAddr::V4(SocketAddrV4::new(addr::PEER_V4.parse()?, PEER_PORT));
+    let peer = EchoPeer::start(&lab, at, Some(LOAD_CORE))?;
     let server = crate::load::lab_server(&lab)?;
     let relay_ip: std::net::Ipv4Addr = addr::RELAY_V4.parse()?;
     let pin_dir = Path::new(LAB_BPFFS).join(lab.ns(Host::Relay).name());
@@ -374,45 +375,6 @@ pub fn run(options: StreamBenchOptions) -> Result<StreamBenchResult> {
         cells,
         summaries,
     })
-}
-
-/// The echo peer: a UDP socket on the peer host sending every datagram back where it came
-/// from, on the load core, with a receive buffer large enough (4 MiB asked) that the load
-/// core's other work does not make it drop — the servers' losses are what is measured
-/// (`turnutils_peer`, with the default 208 KiB, dropped 3 314 of 240 000 in one run).
-struct EchoPeer {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl EchoPeer {
-    fn start(lab: &NatLab) -> Result<EchoPeer> {
-        let at = SocketAddr::V4(SocketAddrV4::new(addr::PEER_V4.parse()?, PEER_PORT));
-        // Bound inside the peer's namespace; it stays there wherever it is used from.
-        let socket = lab.in_host(Host::Peer, || -> Result<std::net::UdpSocket> {
-            let s = std::net::UdpSocket::bind(at)?;
-            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::RcvBuf, &(4 << 20))?;
-            s.set_read_timeout(Some(Duration::from_millis(50)))?;
-            Ok(s)
-        })??;
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stopped = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let _ = cpu::pin(0, LOAD_CORE);
-            let mut buf = vec![0u8; 65_536];
-            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Ok((n, from)) = socket.recv_from(&mut buf) {
-                    let _ = socket.send_to(&buf[..n], from);
-                }
-            }
-        });
-        Ok(EchoPeer { stop, thread })
-    }
-
-    fn stop(self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let _ = self.thread.join();
-    }
 }
 
 /// Starts `which` on the relay core and waits until it takes TCP connections.

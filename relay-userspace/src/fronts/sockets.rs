@@ -59,12 +59,17 @@ pub(crate) fn send_nonblocking(socket: &UdpSocket, data: &[u8], to: SocketAddr) 
 }
 
 /// Reads `socket` for as long as the task runs, handing each datagram and its source to
-/// `on_datagram` (called on the runtime thread, with a per-thread buffer: it must not await).
-/// The socket is registered with the runtime as it is — no duplicate descriptor — so the
-/// caller keeps sending from its own `Arc`. Returns only when the runtime refuses the socket.
-pub(crate) async fn read_datagrams(
+/// `on_datagram` (called on the runtime thread, with a per-thread buffer: it must not await),
+/// and `state` to `after_batch` after each batch of datagrams read at one wake-up — where the
+/// caller publishes its counters once, not once per datagram (shared counters are contended
+/// cache lines between the runtime's threads). The socket is registered with the runtime as it
+/// is — no duplicate descriptor — so the caller keeps sending from its own `Arc`. Returns only
+/// when the runtime refuses the socket.
+pub(crate) async fn read_datagrams<S>(
     socket: Arc<UdpSocket>,
-    mut on_datagram: impl FnMut(&[u8], SocketAddr),
+    mut state: S,
+    mut on_datagram: impl FnMut(&mut S, &[u8], SocketAddr),
+    mut after_batch: impl FnMut(&mut S),
 ) -> io::Result<()> {
     // SAFETY: the AsyncFd owns an `Arc` of the socket, so its descriptor stays open and the
     // same for as long as it is registered.
@@ -74,7 +79,7 @@ pub(crate) async fn read_datagrams(
         let drained = RECEIVE.with_borrow_mut(|buf| {
             for _ in 0..READ_BATCH {
                 match fd.get_ref().recv_from(buf) {
-                    Ok((n, from)) => on_datagram(&buf[..n], from),
+                    Ok((n, from)) => on_datagram(&mut state, &buf[..n], from),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                     // A pending socket error (an ICMP error for an earlier send): the next read
                     // goes on.
@@ -83,6 +88,7 @@ pub(crate) async fn read_datagrams(
             }
             false
         });
+        after_batch(&mut state);
         if drained {
             ready.clear_ready();
         } else {

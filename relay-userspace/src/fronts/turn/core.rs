@@ -306,7 +306,8 @@ impl TurnCore {
     }
 
     /// A datagram from a client on a stream (TCP, TLS): the reply to write back, if any. Data
-    /// for a peer is sent here, as the forwarder does for UDP.
+    /// for a peer is sent here, as the forwarder does for UDP. The caller publishes `verdicts`
+    /// (once per read, not per frame).
     pub(super) fn on_stream_frame(
         &self,
         frame: &[u8],
@@ -314,7 +315,7 @@ impl TurnCore {
         verdicts: &mut LocalVerdicts,
         return_path: &mut ReturnPath,
     ) -> Option<Vec<u8>> {
-        let reply = match self.on_client_datagram(frame, *five_tuple, verdicts) {
+        match self.on_client_datagram(frame, *five_tuple, verdicts) {
             Action::Reply(reply) => Some(reply),
             Action::Relay { from, to, range } => {
                 return_path.sent_from(&from);
@@ -325,9 +326,7 @@ impl TurnCore {
                 None
             }
             Action::Forward { .. } | Action::Drop => None,
-        };
-        self.verdicts.publish(verdicts);
-        reply
+        }
     }
 
     fn forget_flushed(&self, slot: u32) {

@@ -151,6 +151,12 @@ impl Outbox {
         Push::Queued
     }
 
+    /// Whether more than a quarter of what may wait for the client is waiting (or being
+    /// written): what its peers have in flight towards it still fits.
+    pub fn backlogged(&self) -> bool {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).held > self.limit / 4
+    }
+
     /// The writer wrote (or gave up on) `len` bytes it took: they are no longer held.
     pub fn written(&self, len: usize) {
         let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());

@@ -57,14 +57,16 @@ impl PortBinder for RelaySockets {
 
 /// Reads one relayed port (one family) and frames what peers send for the client.
 async fn relay_port(core: Arc<TurnCore>, slot: u32, socket: Arc<UdpSocket>) {
-    // Grows to the largest frame once data flows; an idle allocation holds none.
-    let mut frame = Vec::new();
-    let mut verdicts = LocalVerdicts::default();
-    let read = crate::fronts::read_datagrams(socket, |data, peer| {
-        let reason = deliver(&core, slot, peer, data, &mut frame);
-        verdicts.add(reason, data.len());
-        core.verdicts.publish(&mut verdicts);
-    });
+    // The frame grows to the largest one once data flows; an idle allocation holds none.
+    let read = crate::fronts::read_datagrams(
+        socket,
+        (Vec::new(), LocalVerdicts::default()),
+        |(frame, verdicts), data, peer| {
+            let reason = deliver(&core, slot, peer, data, frame);
+            verdicts.add(reason, data.len());
+        },
+        |(_, verdicts)| core.verdicts.publish(verdicts),
+    );
     if let Err(e) = read.await {
         tracing::warn!(slot, error = %e, "reading a relayed port failed");
     }

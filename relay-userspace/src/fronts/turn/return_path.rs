@@ -10,9 +10,18 @@
 //! each bursting 3 000 × 1 000 B to an echo peer got 40 % of the echoes back, the rest lost to
 //! `UdpRcvbufErrors` on the relayed ports (coturn, same load: 83 %). So before each read from
 //! the connection, the reader looks at the receive queue of the relayed socket it last sent
-//! from and, while that is more than a quarter full, waits for the port's reader to drain it —
+//! from and, while that is more than half full, waits for the port's reader to drain it —
 //! at most [`MAX_WAIT`] per read, so a peer sending faster than the relay can forward slows the
-//! client's uploads but cannot stop them.
+//! client's uploads but cannot stop them. The bound is 100 ms, not less: with 25 ms, a relayed
+//! port's reader starved longer than that (a debug build, ten Python clients on the same two
+//! cores) and 57 of 30 000 overflowed.
+//!
+//! The same holds one step further on: while more than a quarter of what may wait for the
+//! client ([`Outbox`]) is waiting, its uploads wait too. A client that sends a burst without
+//! reading (coturn's `turnutils_uclient -z 0` reads only between its sends) would otherwise have its
+//! echoes dropped as `dropped_turn_client_slow` (measured: 1 727–4 288 of 30 000 for ten such
+//! clients once the peer echoed promptly); slowed, it reads them. A client that never reads
+//! still loses what does not fit, at the bound, counted.
 
 use std::{
     net::UdpSocket,
@@ -21,13 +30,19 @@ use std::{
     time::Duration,
 };
 
+use super::outbox::Outbox;
+
 /// The longest one read from the connection waits for the relayed port to drain.
-pub const MAX_WAIT: Duration = Duration::from_millis(25);
+pub const MAX_WAIT: Duration = Duration::from_millis(100);
 /// How often the queue is looked at while waiting.
 const POLL: Duration = Duration::from_millis(1);
 
-/// A queue fuller than `1 / FULL_FRACTION` of its buffer is a backlog.
-const FULL_FRACTION: u32 = 4;
+/// A queue fuller than `1 / FULL_FRACTION` of its buffer is a backlog. Half, not less: what a
+/// UDP socket reports as queued (`sk_rmem_alloc`) includes up to a quarter of its buffer that
+/// the kernel has not given back yet while a queue remains (`udp_rmem_release`'s forward
+/// deficit) — with a quarter, uploads waited for an empty queue and the relay idled at a third
+/// of its core.
+const FULL_FRACTION: u32 = 2;
 
 /// The relayed socket a connection last sent from (weakly: a released allocation's port is
 /// not kept bound by it).
@@ -48,13 +63,13 @@ impl ReturnPath {
         }
     }
 
-    /// Waits (at most [`MAX_WAIT`]) while the relayed socket has a backlog; whether it waited.
-    pub async fn wait(&self) -> bool {
-        let Some(socket) = self.socket.as_ref().and_then(Weak::upgrade) else {
-            return false;
-        };
+    /// Waits (at most [`MAX_WAIT`]) while the relayed socket has a backlog or more than a
+    /// quarter of what `outbox` may hold waits for the client; whether it waited.
+    pub async fn wait(&self, outbox: &Outbox) -> bool {
+        let socket = self.socket.as_ref().and_then(Weak::upgrade);
+        let behind = || outbox.backlogged() || socket.as_deref().is_some_and(backlogged);
         let mut waited = Duration::ZERO;
-        while waited < MAX_WAIT && backlogged(&socket) {
+        while waited < MAX_WAIT && behind() {
             tokio::time::sleep(POLL).await;
             waited += POLL;
         }
@@ -62,7 +77,7 @@ impl ReturnPath {
     }
 }
 
-/// Whether `socket`'s receive queue holds more than a quarter of its buffer.
+/// Whether `socket`'s receive queue holds more than half of its buffer.
 fn backlogged(socket: &UdpSocket) -> bool {
     queue(socket).is_some_and(|(queued, buffer)| queued > buffer / FULL_FRACTION)
 }
@@ -95,16 +110,21 @@ fn queue(socket: &UdpSocket) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fronts::turn::outbox::{Budget, Push};
 
     #[tokio::test]
     async fn a_full_relayed_queue_holds_the_next_read_until_drained_or_max_wait() {
         let relayed = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         relayed.set_nonblocking(true).unwrap();
         let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let outbox = Outbox::new(1000, Budget::new(1 << 20));
         let mut path = ReturnPath::default();
-        assert!(!path.wait().await, "no socket yet: nothing to wait for");
+        assert!(
+            !path.wait(&outbox).await,
+            "no socket yet: nothing to wait for"
+        );
         path.sent_from(&relayed);
-        assert!(!path.wait().await, "an empty queue is no backlog");
+        assert!(!path.wait(&outbox).await, "an empty queue is no backlog");
 
         let (queued, buffer) = queue(&relayed).unwrap();
         assert_eq!(queued, 0);
@@ -114,7 +134,7 @@ mod tests {
         }
         // Nobody drains it: the read waits its bound, then goes on.
         let started = tokio::time::Instant::now();
-        assert!(path.wait().await);
+        assert!(path.wait(&outbox).await);
         assert!(started.elapsed() >= MAX_WAIT);
 
         // Drained while waiting: the read goes on at once after.
@@ -124,15 +144,23 @@ mod tests {
             let mut buf = [0; 2000];
             while drainer.recv(&mut buf).is_ok() {}
         });
-        assert!(path.wait().await);
+        assert!(path.wait(&outbox).await);
         drain.await.unwrap();
         assert!(queue(&relayed).unwrap().0 < buffer / FULL_FRACTION);
-        assert!(!path.wait().await);
+        assert!(!path.wait(&outbox).await);
+
+        // A quarter of what may wait for the client is waiting: the read waits too.
+        assert_eq!(outbox.push(&[0; 251]), Push::Queued);
+        assert!(path.wait(&outbox).await);
+        let mut out = Vec::new();
+        assert!(outbox.take(&mut out).await);
+        outbox.written(out.len());
+        assert!(!path.wait(&outbox).await);
 
         // A released port is not held, and no longer waited for.
         let weak = Arc::downgrade(&relayed);
         drop(relayed);
         assert!(weak.upgrade().is_none());
-        assert!(!path.wait().await);
+        assert!(!path.wait(&outbox).await);
     }
 }

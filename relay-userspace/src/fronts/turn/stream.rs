@@ -154,7 +154,7 @@ pub async fn serve<S>(
     let mut allocated = false;
     let mut return_path = ReturnPath::default();
     'connection: loop {
-        if return_path.wait().await {
+        if return_path.wait(&outbox).await {
             core.count("stream_return_path_waits");
         }
         buf.reserve(READ_CHUNK);
@@ -209,11 +209,13 @@ pub async fn serve<S>(
             }
             start += len;
         }
+        core.verdicts.publish(&mut verdicts);
         buf.drain(..start);
         if buf.is_empty() && buf.capacity() > KEEP_CAPACITY {
             buf = Vec::new();
         }
     }
+    core.verdicts.publish(&mut verdicts);
     outbox.close();
     core.streams.remove(&five_tuple);
     core.client_gone(&five_tuple);

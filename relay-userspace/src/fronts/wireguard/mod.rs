@@ -383,16 +383,19 @@ async fn read_port(
     side: Side,
     socket: Arc<UdpSocket>,
 ) {
-    let mut verdicts = LocalVerdicts::default();
-    let read = super::read_datagrams(socket, |payload, from| {
-        // The pair is being stopped: its task is aborted at the next await.
-        let Some(running) = running.upgrade() else {
-            return;
-        };
-        let reason = core.on_datagram(&running, side, from, payload);
-        verdicts.add(reason, payload.len());
-        core.counters.publish(&mut verdicts);
-    });
+    let read = super::read_datagrams(
+        socket,
+        LocalVerdicts::default(),
+        |verdicts, payload, from| {
+            // The pair is being stopped: its task is aborted at the next await.
+            let Some(running) = running.upgrade() else {
+                return;
+            };
+            let reason = core.on_datagram(&running, side, from, payload);
+            verdicts.add(reason, payload.len());
+        },
+        |verdicts| core.counters.publish(verdicts),
+    );
     if let Err(e) = read.await {
         warn!(error = %e, "reading a WireGuard pair's port failed");
     }
