@@ -209,28 +209,34 @@ fn median(mut v: Vec<f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// The cells of one server, transport and load (one per round).
+fn cells_at(
+    cells: &[StreamCell],
+    server: StreamServer,
+    transport: Transport,
+    load: u32,
+) -> Vec<&StreamCell> {
+    cells
+        .iter()
+        .filter(|c| c.server == server && c.transport == transport && c.offered == load)
+        .collect()
+}
+
+/// Whether every round of a load got every echo back (no rounds: not measured, so not).
+fn lossless(cells: &[&StreamCell]) -> bool {
+    !cells.is_empty() && cells.iter().all(|c| c.echoed >= c.sent)
+}
+
 /// Sums up the cells per server and transport.
 pub fn summarise(cells: &[StreamCell], loads: &[u32]) -> Vec<StreamSummary> {
     let mut out = Vec::new();
     for server in [StreamServer::Relay, StreamServer::Coturn] {
         for transport in [Transport::Tcp, Transport::Tls] {
-            let at = |load: u32| -> Vec<&StreamCell> {
-                cells
-                    .iter()
-                    .filter(|c| c.server == server && c.transport == transport && c.offered == load)
-                    .collect()
-            };
+            let at = |load: u32| cells_at(cells, server, transport, load);
             let Some(&most) = loads.iter().filter(|l| !at(**l).is_empty()).max() else {
                 continue;
             };
-            let best = loads
-                .iter()
-                .copied()
-                .filter(|l| {
-                    let cells = at(*l);
-                    !cells.is_empty() && cells.iter().all(|c| c.echoed >= c.sent)
-                })
-                .max();
+            let best = loads.iter().copied().filter(|l| lossless(&at(*l))).max();
             let per_cpu = |load: u32| median(at(load).iter().map(|c| c.per_cpu_second()).collect());
             out.push(StreamSummary {
                 server,
@@ -258,27 +264,20 @@ pub fn ratios(summaries: &[StreamSummary], cells: &[StreamCell]) -> Vec<StreamRa
                     .find(|s| s.server == server && s.transport == transport)
             };
             let (relay, coturn) = (find(StreamServer::Relay)?, find(StreamServer::Coturn)?);
-            let lossless = |server, load| {
-                cells
-                    .iter()
-                    .filter(|c| c.server == server && c.transport == transport && c.offered == load)
-                    .all(|c| c.echoed >= c.sent)
-            };
-            let coturn_lossless: Vec<u32> = cells
+            // Every load coturn carried without loss, the relay carried without loss too.
+            let everywhere = cells
                 .iter()
                 .filter(|c| c.server == StreamServer::Coturn && c.transport == transport)
                 .map(|c| c.offered)
-                .filter(|l| lossless(StreamServer::Coturn, *l))
-                .collect();
+                .filter(|l| lossless(&cells_at(cells, StreamServer::Coturn, transport, *l)))
+                .all(|l| lossless(&cells_at(cells, StreamServer::Relay, transport, l)));
             Some(StreamRatio {
                 transport,
                 relay_vs_coturn_per_cpu: relay
                     .per_cpu_at_best
                     .zip(coturn.per_cpu_at_best)
                     .map(|(r, c)| r / c),
-                lossless_where_coturn_is: coturn_lossless
-                    .iter()
-                    .all(|l| lossless(StreamServer::Relay, *l)),
+                lossless_where_coturn_is: everywhere,
             })
         })
         .collect()

@@ -410,6 +410,18 @@ impl TurnCore {
                 }
                 Err(Reason::DroppedTurnClientSlow)
             }
+            Some(Push::OverBudget) => {
+                if let Some(held) = SLOW_CLIENT.allow(std::time::Instant::now()) {
+                    warn!(
+                        client = %five_tuple.client,
+                        held,
+                        buffered = self.stream_budget.held(),
+                        "TCP/TLS clients together hold turn.stream_buffers_mib of data waiting: \
+                         dropping data for a client that holds more than its share"
+                    );
+                }
+                Err(Reason::DroppedTurnClientSlow)
+            }
             // The connection is closing or gone.
             Some(Push::Closed) | None => Err(Reason::DroppedSendError),
         }

@@ -47,6 +47,9 @@ pub enum Push {
     Queued,
     /// Refused: the buffer holds too much already (the client does not keep up).
     Full,
+    /// Refused: all stream clients together hold what the budget allows (and this one more
+    /// than it may take of what is left).
+    OverBudget,
     /// Refused: the connection is closing.
     Closed,
 }
@@ -139,10 +142,11 @@ impl Outbox {
             if pending.closed {
                 return Push::Closed;
             }
-            if pending.held + frame.len() > self.limit
-                || !self.budget.take(pending.held, frame.len())
-            {
+            if pending.held + frame.len() > self.limit {
                 return Push::Full;
+            }
+            if !self.budget.take(pending.held, frame.len()) {
+                return Push::OverBudget;
             }
             pending.held += frame.len();
             pending.bytes.extend_from_slice(frame);
@@ -254,19 +258,19 @@ mod tests {
         assert_eq!(a.push(&[0; K]), Push::Queued);
         assert_eq!(
             a.push(&[0; K + 1]),
-            Push::Full,
+            Push::OverBudget,
             "a would hold over its share"
         );
         // Within its share: up to three quarters.
         assert_eq!(a.push(&[0; K]), Push::Queued);
         assert_eq!(
             a.push(&[0]),
-            Push::Full,
+            Push::OverBudget,
             "a would hold over its share, half is held"
         );
         assert_eq!(
             b.push(&[0; K + 1]),
-            Push::Full,
+            Push::OverBudget,
             "b would pass three quarters"
         );
         assert_eq!(
@@ -274,13 +278,13 @@ mod tests {
             Push::Queued,
             "the last quarter: b holds little"
         );
-        assert_eq!(b.push(&[0]), Push::Full);
+        assert_eq!(b.push(&[0]), Push::OverBudget);
         assert_eq!(budget.held(), 3 * K);
         // A third connection's shares are smaller (a and b keep what they hold); what it takes
         // while keeping up comes from the last quarter, and the budget is never exceeded.
         let c = Outbox::new(limit, budget.clone());
         assert_eq!(c.push(&[0; K]), Push::Queued);
-        assert_eq!(c.push(&[0]), Push::Full);
+        assert_eq!(c.push(&[0]), Push::OverBudget);
         assert_eq!(budget.held(), limit);
         // Written bytes and closed connections give their share back.
         c.written(K);
