@@ -168,6 +168,73 @@ pub const fn udp_checksum_relayed<const N: usize, const M: usize>(
         .finish_udp()
 }
 
+/// What forwarding one way across a same-family session changes in the checksums, summed once
+/// when the legs are written instead of for every packet (issue 26: the per-packet sums were
+/// a tenth of the session path).
+///
+/// A packet from leg `from` arrives as `from → relay:port` and leaves as `relay:port → to`: the
+/// relay's address and port leave one place in the covered words and enter another, so they
+/// cancel, and what changes is `from`'s address and port against `to`'s. Each field is that
+/// difference as a one's complement sum in the range 1..=0xffff (zero written as 0xffff, the
+/// same value), so that adding it to a checksum gives bit for bit what replacing the words one
+/// by one gives ([`Incremental`]); a zero field is never a delta, and marks a record that has
+/// none (an earlier build's, or a cross-family session).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ForwardDelta {
+    /// UDP checksum: addresses and ports.
+    pub udp: u16,
+    /// IPv4 header checksum: addresses (the TTL, which arrives in any value, is per packet).
+    pub ipv4: u16,
+}
+
+impl ForwardDelta {
+    /// The delta of forwarding from address words `from` and port `from_port` to `to` and
+    /// `to_port` (raw network order) in one family.
+    #[inline(always)]
+    pub const fn between<const N: usize>(
+        from: &[u16; N],
+        from_port: u16,
+        to: &[u16; N],
+        to_port: u16,
+    ) -> ForwardDelta {
+        let addresses = Incremental { acc: 0 }.remove_words(from).add_words(to);
+        ForwardDelta {
+            udp: nonzero(fold(addresses.replace(from_port, to_port).acc)),
+            ipv4: nonzero(fold(addresses.acc)),
+        }
+    }
+
+    /// Whether this is a delta (a record written without one holds zeros).
+    #[inline(always)]
+    pub const fn is_some(&self) -> bool {
+        self.udp != 0
+    }
+
+    /// The UDP checksum `check` (raw, not 0) of a packet forwarded with this delta.
+    #[inline(always)]
+    pub const fn udp_checksum(&self, check: u16) -> u16 {
+        Incremental::new(check).add(self.udp).finish_udp()
+    }
+
+    /// The IPv4 header checksum `check` of a packet forwarded with this delta whose TTL word
+    /// changes from `old_ttl_word` to `new_ttl_word`.
+    #[inline(always)]
+    pub const fn ipv4_checksum(&self, check: u16, old_ttl_word: u16, new_ttl_word: u16) -> u16 {
+        Incremental::new(check)
+            .add(self.ipv4)
+            .replace(old_ttl_word, new_ttl_word)
+            .finish()
+    }
+}
+
+/// A folded one's complement sum with zero written as all ones (the same value), so that a
+/// sum including it is never the other zero, and 0 can mean "none".
+#[inline(always)]
+const fn nonzero(sum: u16) -> u16 {
+    if sum == 0 { 0xffff } else { sum }
+}
+
 /// Converts a 16-bit TTL/protocol word for checksum purposes: IPv4 keeps TTL and protocol in one
 /// 16-bit word (TTL first), so changing TTL replaces that word.
 #[inline(always)]
@@ -387,6 +454,65 @@ mod tests {
                     &covered::<8>(src_in, dst_in, ports[0], ports[1], 8 + framed.len()), 0, header_sum),
             };
             prop_assert_eq!(u16::from_be(got), expected);
+        }
+    }
+
+    /// The word-by-word rewrite the program does without a delta (relay address and port
+    /// `relay`, `port`): the reference a delta must match bit for bit.
+    fn word_by_word<const N: usize>(
+        check: (u16, u16),
+        from: (&[u16; N], u16),
+        to: (&[u16; N], u16),
+        relay: (&[u16; N], u16),
+        ttl: (u16, u16),
+    ) -> (u16, u16) {
+        let ip = Incremental::new(check.0)
+            .replace_words(from.0, relay.0)
+            .replace_words(relay.0, to.0)
+            .replace(ttl.0, ttl.1)
+            .finish();
+        let udp = Incremental::new(check.1)
+            .replace_words(from.0, relay.0)
+            .replace_words(relay.0, to.0)
+            .replace(from.1, relay.1)
+            .replace(relay.1, to.1)
+            .finish_udp();
+        (ip, udp)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(20_000))]
+
+        /// A session's precomputed delta gives exactly the checksums the word-by-word update
+        /// gives, for any checksum in the packet (the extremes included), in both families
+        /// and both directions; and it is never zero, which marks "no delta".
+        #[test]
+        fn a_forward_delta_rewrites_exactly_as_word_by_word(
+            v4 in any::<[[u16; 2]; 3]>(),
+            v6 in any::<[[u16; 8]; 3]>(),
+            ports in any::<[u16; 3]>(),
+            check in prop_oneof![any::<(u16, u16)>(), Just((0, 1)), Just((0xffff, 0xffff)), Just((1, 0xfffe))],
+            ttl in any::<(u16, u16)>(),
+            same in any::<bool>(),
+        ) {
+            let [a, b, relay] = v4;
+            let b = if same { a } else { b };
+            for (from, to) in [(&a, &b), (&b, &a)] {
+                let delta = ForwardDelta::between(from, ports[0], to, ports[1]);
+                prop_assert!(delta.udp != 0 && delta.ipv4 != 0);
+                let want = word_by_word(check, (from, ports[0]), (to, ports[1]), (&relay, ports[2]), ttl);
+                prop_assert_eq!(delta.ipv4_checksum(check.0, ttl.0, ttl.1), want.0);
+                if check.1 != 0 {
+                    prop_assert_eq!(delta.udp_checksum(check.1), want.1);
+                }
+            }
+            let [a, b, relay] = v6;
+            let delta = ForwardDelta::between(&a, ports[0], &b, ports[1]);
+            prop_assert!(delta.udp != 0);
+            let want = word_by_word(check, (&a, ports[0]), (&b, ports[1]), (&relay, ports[2]), ttl);
+            if check.1 != 0 {
+                prop_assert_eq!(delta.udp_checksum(check.1), want.1);
+            }
         }
     }
 

@@ -228,17 +228,54 @@ pub struct Session {
     pub vni: u32,
 }
 
-/// A [`SESSION_SLOTS`] entry: a session's record padded to one 64-byte cache line. The array is
-/// created mmapable, which starts its values on a page boundary, so every entry is exactly one
-/// line: a packet of a session not in the cache costs one miss for its record, not two (a
-/// 56-byte record at the array's usual 16-byte offset straddles two lines in every slot).
+/// A [`SESSION_SLOTS`] entry: a session's record and its checksum deltas, one 64-byte cache
+/// line. The array is created mmapable, which starts its values on a page boundary, so every
+/// entry is exactly one line: a packet of a session not in the cache costs one miss for its
+/// record, not two (a 56-byte record at the array's usual 16-byte offset straddles two lines in
+/// every slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SlotSession {
     /// The record.
     pub session: Session,
-    /// Reserved, zero: pads the entry to 64 bytes.
-    pub reserved: [u8; 8],
+    /// What forwarding towards each leg (indexed by the receiving leg) changes in the
+    /// checksums, from [`SlotSession::new`]; zeros when the legs are of different families, or
+    /// in an entry an earlier build wrote (these 8 bytes were reserved, zero), and the program
+    /// then sums the changed words per packet. A function of the legs' addresses and ports
+    /// alone, so the steps that rewrite a record safely (`dataplane::slot_writes`) keep it
+    /// consistent with the legs a packet can be forwarded between.
+    pub deltas: [crate::checksum::ForwardDelta; 2],
+}
+
+impl SlotSession {
+    /// The entry of `session`, its deltas computed from its legs.
+    pub fn new(session: Session) -> SlotSession {
+        SlotSession {
+            session,
+            deltas: forward_deltas(&session.legs),
+        }
+    }
+}
+
+/// The checksum deltas of forwarding towards each of `legs` (indexed by the receiving leg), or
+/// zeros unless both are of the same family.
+pub fn forward_deltas(legs: &[Leg; 2]) -> [crate::checksum::ForwardDelta; 2] {
+    use crate::checksum::ForwardDelta;
+    let [a, b] = legs;
+    if a.family != b.family {
+        return [ForwardDelta::default(); 2];
+    }
+    match a.family {
+        FAMILY_V4 => [
+            ForwardDelta::between(&b.v4_words(), b.port, &a.v4_words(), a.port),
+            ForwardDelta::between(&a.v4_words(), a.port, &b.v4_words(), b.port),
+        ],
+        FAMILY_V6 => [
+            ForwardDelta::between(&b.addr, b.port, &a.addr, a.port),
+            ForwardDelta::between(&a.addr, a.port, &b.addr, b.port),
+        ],
+        _ => [ForwardDelta::default(); 2],
+    }
 }
 
 /// Bits of a VNI that name its slot in [`SESSION_SLOTS`] for a table of `max_sessions`:
@@ -330,8 +367,11 @@ pub struct RelayConfig {
     /// index it. (0 in a configuration written by an earlier build: every VNI then names slot 0,
     /// whose record does not match, and the program falls back to [`SESSIONS`].)
     pub session_slot_bits: u8,
-    /// Reserved, zero.
-    pub reserved: u8,
+    /// Changes with every configuration userspace writes (wrapping; 0 in one an earlier build
+    /// wrote): [`NEXTHOP_CACHE`] entries made under another configuration are not used, so
+    /// that the program may check a destination against the relay's own addresses only when
+    /// it looks its route up (see [`NextHopEntry::generation`]).
+    pub generation: u8,
     /// Lifetime of a [`NEXTHOP_CACHE`] entry in jiffies; 0 disables the cache.
     pub nexthop_ttl_jiffies: u32,
     /// [`NEXTHOP_CACHE`] entries − 1 (the map size is a power of two).
@@ -428,8 +468,11 @@ pub struct NextHopEntry {
     pub addr: [u16; 8],
     /// [`FAMILY_V4`] or [`FAMILY_V6`]; [`FAMILY_NONE`] for an empty slot.
     pub family: u8,
-    /// Reserved, zero.
-    pub reserved: u8,
+    /// The [`RelayConfig::generation`] the route was looked up under. A destination that is
+    /// the relay itself (a hairpin, passed) is found when the route is looked up and never
+    /// cached, so cached entries need no such check — as long as the relay's addresses have
+    /// not changed since, which this tells.
+    pub generation: u8,
     /// Largest IP packet length (host order) known to fit the route MTU.
     pub max_len: u16,
     /// Interface the lookup was made for (routing may depend on it).
@@ -445,10 +488,12 @@ pub struct NextHopEntry {
 }
 
 impl NextHopEntry {
-    /// Whether this entry answers for `to` arriving on `ingress_ifindex`.
+    /// Whether this entry answers for `to` arriving on `ingress_ifindex` under configuration
+    /// `generation`.
     #[inline(always)]
-    pub fn is_for(&self, to: &Leg, ingress_ifindex: u32) -> bool {
+    pub fn is_for(&self, to: &Leg, ingress_ifindex: u32, generation: u8) -> bool {
         self.family == to.family
+            && self.generation == generation
             && self.ingress_ifindex == ingress_ifindex
             && crate::wire::words_eq(&self.addr, &to.addr)
     }
@@ -662,13 +707,15 @@ mod tests {
         let entry = NextHopEntry {
             addr: to.addr,
             family: FAMILY_V4,
+            generation: 7,
             ingress_ifindex: 3,
             ..Default::default()
         };
-        assert!(entry.is_for(&to, 3));
-        assert!(!entry.is_for(&to, 4));
-        assert!(!entry.is_for(&Leg::bound_v4([192, 0, 2, 2], 5), 3));
-        assert!(!NextHopEntry::default().is_for(&to, 3));
+        assert!(entry.is_for(&to, 3, 7));
+        assert!(!entry.is_for(&to, 4, 7));
+        assert!(!entry.is_for(&to, 3, 8), "made under another configuration");
+        assert!(!entry.is_for(&Leg::bound_v4([192, 0, 2, 2], 5), 3, 7));
+        assert!(!NextHopEntry::default().is_for(&to, 3, 0));
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub struct NextHop {
     pub src_mac: [u8; 6],
     /// Destination MAC (the gateway's or the leg's).
     pub dst_mac: [u8; 6],
+    /// Whether `ifindex` is the interface the frame arrived on (XDP_TX, else XDP_REDIRECT).
+    /// Read from the context once, here: LLVM may keep the address of a context field it
+    /// reads twice on the stack, and the verifier rejects a read through a moved context
+    /// pointer.
+    pub back_out: bool,
 }
 
 /// Four address words as the raw `__be32` array the kernel expects.
@@ -55,22 +60,23 @@ pub fn next_hop(
 ) -> Result<NextHop, Reason> {
     let ingress = ctx.ingress_ifindex() as u32;
     if cfg.nexthop_ttl_jiffies == 0 {
-        return lookup(ctx, cfg, to, ip_len);
+        return lookup(ctx, cfg, to, ip_len, ingress);
     }
     let Some(entry) = NEXTHOP_CACHE.get_ptr_mut(nexthop_slot(to, cfg.nexthop_cache_mask)) else {
-        return lookup(ctx, cfg, to, ip_len);
+        return lookup(ctx, cfg, to, ip_len, ingress);
     };
     // SAFETY: per-CPU value, no other writer on this CPU while we run.
     let entry = unsafe { &mut *entry };
-    let fresh = entry.is_for(to, ingress) && now < entry.expires;
+    let fresh = entry.is_for(to, ingress, cfg.generation) && now < entry.expires;
     if fresh && ip_len <= entry.max_len {
         return Ok(NextHop {
             ifindex: entry.egress_ifindex,
             src_mac: entry.src_mac,
             dst_mac: entry.dst_mac,
+            back_out: entry.egress_ifindex == ingress,
         });
     }
-    let hop = lookup(ctx, cfg, to, ip_len)?;
+    let hop = lookup(ctx, cfg, to, ip_len, ingress)?;
     if fresh {
         // A longer packet passed the MTU check: widen the entry, keep its lifetime.
         entry.max_len = ip_len;
@@ -78,7 +84,7 @@ pub fn next_hop(
         *entry = NextHopEntry {
             addr: to.addr,
             family: to.family,
-            reserved: 0,
+            generation: cfg.generation,
             max_len: ip_len,
             ingress_ifindex: ingress,
             egress_ifindex: hop.ifindex,
@@ -91,15 +97,34 @@ pub fn next_hop(
 }
 
 /// Looks up the route from the relay's own address to leg `to`, for an IP packet of
-/// `ip_len` bytes (the MTU check), as the kernel would route it when forwarding. A missing
+/// `ip_len` bytes (the MTU check), as the kernel would route it when forwarding. A leg at the
+/// relay's own address (a hairpin: XDP cannot send a frame back into its own host), a missing
 /// neighbour entry, disabled forwarding or any other failure is an `Err` reason:
 /// the caller passes the untouched packet to the stack, which resolves the neighbour or
 /// fragments, and the userspace forwarder relays it.
 ///
+/// The hairpin check is here, not on every packet, because only a successful lookup is cached
+/// and entries are tied to the configuration's generation (see `NextHopEntry::generation`): a
+/// destination that passes it once stays a destination that is not the relay.
+///
 /// The 64-byte request lives in a per-CPU map rather than on the stack: every forwarding path
 /// inlines this, and BPF gives a program 512 bytes of stack.
 #[inline(always)]
-fn lookup(ctx: &XdpContext, cfg: &RelayConfig, to: &Leg, ip_len: u16) -> Result<NextHop, Reason> {
+fn lookup(
+    ctx: &XdpContext,
+    cfg: &RelayConfig,
+    to: &Leg,
+    ip_len: u16,
+    ingress: u32,
+) -> Result<NextHop, Reason> {
+    let hairpin = if to.is_v6() {
+        to.is_v6_source(&cfg.addr_v6, to.port)
+    } else {
+        to.is_v4_source(cfg.addr_v4, to.port)
+    };
+    if hairpin {
+        return Err(Reason::PassedHairpin);
+    }
     let params = FIB_REQUEST.get_ptr_mut(0).ok_or(Reason::PassedFibFailed)?;
     // SAFETY: per-CPU value, no other user on this CPU while the program runs.
     let params = unsafe { &mut *params };
@@ -109,7 +134,7 @@ fn lookup(ctx: &XdpContext, cfg: &RelayConfig, to: &Leg, ip_len: u16) -> Result<
     params.sport = cfg.port;
     params.dport = to.port;
     params.__bindgen_anon_1.tot_len = ip_len;
-    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.ifindex = ingress;
     if to.is_v6() {
         params.family = AF_INET6;
         params.__bindgen_anon_3.ipv6_src = words_to_be32::<8, 4>(&cfg.addr_v6);
@@ -137,6 +162,7 @@ fn lookup(ctx: &XdpContext, cfg: &RelayConfig, to: &Leg, ip_len: u16) -> Result<
             ifindex: params.ifindex,
             src_mac: params.smac,
             dst_mac: params.dmac,
+            back_out: params.ifindex == ingress,
         })
     } else if ret == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         Err(Reason::PassedFibNoNeighbour)

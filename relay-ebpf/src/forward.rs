@@ -9,6 +9,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use relay_common::{
+    checksum::ForwardDelta,
     forward::Direction,
     maps::{CONFIG_HAS_V4, CONFIG_HAS_V6, Leg, RelayConfig, Session, SessionLimits, SessionStats},
     verdict::Reason,
@@ -36,18 +37,37 @@ pub struct Crossing<'a> {
     pub from_port: u16,
     /// Its fast-path counters.
     pub stats: &'static PerCpuArray<SessionStats>,
+    /// The checksum deltas of forwarding towards each leg, where the record has them (a
+    /// session's slot entry of this build); else the changed words are summed per packet.
+    pub deltas: Option<&'a [ForwardDelta; 2]>,
 }
 
 impl<'a> Crossing<'a> {
-    /// A session of the session protocol: packets leave from the session port.
+    /// A session of the session protocol: packets leave from the session port. Its checksum
+    /// deltas, if any, are the slot entry's (they assume exactly that: the packet arrived at
+    /// the relay's address and session port and leaves from them).
     #[inline(always)]
-    pub fn session(session: &'a Session, cfg: &RelayConfig) -> Crossing<'a> {
+    pub fn session(
+        session: &'a Session,
+        deltas: Option<&'a [ForwardDelta; 2]>,
+        cfg: &RelayConfig,
+    ) -> Crossing<'a> {
         Crossing {
             legs: &session.legs,
             slot: session.slot,
             limits: &session.limits,
             from_port: cfg.port,
             stats: &SESSION_STATS,
+            deltas,
+        }
+    }
+
+    /// The checksum delta of forwarding in direction `dir`, or zeros.
+    #[inline(always)]
+    fn delta(&self, dir: Direction) -> ForwardDelta {
+        match self.deltas {
+            Some(deltas) => deltas[dir.to & 1],
+            None => ForwardDelta::default(),
         }
     }
 }
@@ -80,9 +100,18 @@ pub fn from_v4(
         };
         rewrite::v4_to_v6(ctx, &old, cfg, to, &hop, session.from_port)?;
     } else {
-        rewrite::v4_to_v4(eth, ip, udp, cfg, to, &hop, session.from_port);
+        rewrite::v4_to_v4(
+            eth,
+            ip,
+            udp,
+            cfg,
+            to,
+            &hop,
+            session.from_port,
+            session.delta(dir),
+        );
     }
-    forwarded(ctx, session, dir, to, &hop, udp_len, false, now)
+    forwarded(session, dir, to, &hop, udp_len, false, now)
 }
 
 /// Forwards an IPv6 packet of `session` in direction `dir`.
@@ -102,7 +131,16 @@ pub fn from_v6(
     let hop = route(ctx, cfg, to, u16::from_be(udp_len), udp.check, now)?;
     within_limits(cfg, session, dir, udp_len, now)?;
     if to.is_v6() {
-        rewrite::v6_to_v6(eth, ip, udp, cfg, to, &hop, session.from_port);
+        rewrite::v6_to_v6(
+            eth,
+            ip,
+            udp,
+            cfg,
+            to,
+            &hop,
+            session.from_port,
+            session.delta(dir),
+        );
     } else {
         let tc_bytes = ip.vtc_flow[0].to_ne_bytes();
         let old = Original {
@@ -116,11 +154,12 @@ pub fn from_v6(
         };
         rewrite::v6_to_v4(ctx, &old, cfg, to, &hop, session.from_port)?;
     }
-    forwarded(ctx, session, dir, to, &hop, udp_len, true, now)
+    forwarded(session, dir, to, &hop, udp_len, true, now)
 }
 
 /// Checks the destination leg is reachable by the fast path (its family configured, a
-/// checksum it can carry, not the relay itself) and finds its next hop for an outgoing UDP
+/// checksum it can carry, not the relay itself: that last when the route is looked up) and
+/// finds its next hop for an outgoing UDP
 /// length `udp_len` (host order).
 #[inline(always)]
 pub fn route(
@@ -139,19 +178,13 @@ pub fn route(
         if udp_check == 0 {
             return Err(Reason::PassedChecksumUnsupported);
         }
-        if to.is_v6_source(&cfg.addr_v6, to.port) {
-            return Err(Reason::PassedHairpin);
-        }
     } else {
         if !cfg.has(CONFIG_HAS_V4) {
             return Err(Reason::PassedFibFailed);
         }
-        if to.is_v4_source(cfg.addr_v4, to.port) {
-            return Err(Reason::PassedHairpin);
-        }
     }
     let hop = next_hop(ctx, cfg, to, ip_len_towards(to, udp_len), now)?;
-    if hop.ifindex != ctx.ingress_ifindex() as u32 && REDIRECT.get_ifindex(hop.ifindex).is_none() {
+    if !hop.back_out && REDIRECT.get_ifindex(hop.ifindex).is_none() {
         return Err(Reason::PassedRedirectFailed);
     }
     Ok(hop)
@@ -159,8 +192,8 @@ pub fn route(
 
 /// XDP_TX back out of the ingress interface, or XDP_REDIRECT to the egress one.
 #[inline(always)]
-pub fn transmit(ctx: &XdpContext, hop: &NextHop) -> u32 {
-    if hop.ifindex == ctx.ingress_ifindex() as u32 {
+pub fn transmit(hop: &NextHop) -> u32 {
+    if hop.back_out {
         XDP_TX
     } else {
         // Membership was checked before rewriting; should the interface vanish in between, the
@@ -173,7 +206,6 @@ pub fn transmit(ctx: &XdpContext, hop: &NextHop) -> u32 {
 
 #[inline(always)]
 fn forwarded(
-    ctx: &XdpContext,
     session: &Crossing,
     dir: Direction,
     to: &Leg,
@@ -189,7 +221,7 @@ fn forwarded(
         u16::from_be(udp_len) as usize - UDP_HLEN,
         now,
     );
-    Ok((transmit(ctx, hop), Reason::forwarded(from_v6, to.is_v6())))
+    Ok((transmit(hop), Reason::forwarded(from_v6, to.is_v6())))
 }
 
 /// The session's rate limits for a packet of UDP length `udp_len` (network order) from

@@ -4,6 +4,7 @@
 
 use aya_ebpf::programs::XdpContext;
 use relay_common::{
+    checksum::ForwardDelta,
     forward::{decide_v4, decide_v6},
     geneve::{GENEVE_HLEN, GeneveHdr},
     maps::{RelayConfig, Session, vni_slot},
@@ -29,12 +30,12 @@ pub fn relay(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdict {
                 return Err(Reason::DroppedMalformed);
             }
             let vni = vni_of(ctx, IPV4_HLEN, ip_len - IPV4_HLEN, udp)?;
-            let session = session_of(cfg, vni)?;
+            let (session, deltas) = session_of(cfg, vni)?;
             let dir = decide_v4(session, ip.saddr, udp.source)?;
             forward::from_v4(
                 ctx,
                 cfg,
-                &Crossing::session(session, cfg),
+                &Crossing::session(session, deltas, cfg),
                 dir,
                 eth,
                 ip,
@@ -48,12 +49,12 @@ pub fn relay(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdict {
             if udp.check == 0 {
                 return Err(Reason::PassedChecksumUnsupported);
             }
-            let session = session_of(cfg, vni)?;
+            let (session, deltas) = session_of(cfg, vni)?;
             let dir = decide_v6(session, &ip.saddr, udp.source)?;
             forward::from_v6(
                 ctx,
                 cfg,
-                &Crossing::session(session, cfg),
+                &Crossing::session(session, deltas, cfg),
                 dir,
                 eth,
                 ip,
@@ -85,21 +86,25 @@ fn vni_of(
     Ok(geneve.vni())
 }
 
+/// A session and, where its record has them, its checksum deltas.
+type Found = (&'static Session, Option<&'static [ForwardDelta; 2]>);
+
 /// The session a VNI names: the record in the slot its low bits index, if it serves this VNI,
 /// else (a session adopted from an earlier build, whose VNI names no slot) the hash map's.
 #[inline(always)]
-fn session_of(cfg: &RelayConfig, vni: u32) -> Result<&'static Session, Reason> {
-    if let Some(session) = SESSION_SLOTS.get_ptr(vni_slot(vni, cfg.session_slot_bits)) {
+fn session_of(cfg: &RelayConfig, vni: u32) -> Result<Found, Reason> {
+    if let Some(entry) = SESSION_SLOTS.get_ptr(vni_slot(vni, cfg.session_slot_bits)) {
         // SAFETY: array values live as long as the map. Userspace may rewrite the slot while
         // this runs; it does so in steps (`dataplane::slot_writes`) such that whatever mix of
-        // two consecutive steps is read forwards only where one of them would, or nowhere.
-        let session = unsafe { &(*session).session };
+        // two consecutive steps is read forwards only where one of them would, or nowhere —
+        // and with the deltas of the legs it forwards between (they change with the legs).
+        let entry = unsafe { &*entry };
         // A free slot's record has VNI 0, which is never allocated: it must not match.
-        if session.vni == vni && vni != 0 {
-            return Ok(session);
+        if entry.session.vni == vni && vni != 0 {
+            return Ok((&entry.session, Some(&entry.deltas)));
         }
     }
     let session = SESSIONS.get_ptr(vni).ok_or(Reason::DroppedUnknownVni)?;
     // SAFETY: hash map values stay valid for the whole program run (RCU).
-    Ok(unsafe { &*session })
+    Ok((unsafe { &*session }, None))
 }

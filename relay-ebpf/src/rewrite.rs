@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use relay_common::{
-    checksum::{Incremental, UdpCovered, ipv4_header_checksum, ttl_protocol_word},
+    checksum::{ForwardDelta, Incremental, UdpCovered, ipv4_header_checksum, ttl_protocol_word},
     maps::{Leg, RelayConfig},
     turn::{CHANNEL_DATA_HLEN, ChannelDataHdr},
     verdict::Reason,
@@ -59,8 +59,11 @@ fn copy8(dst: &mut [u16; 8], src: &[u16; 8]) {
     }
 }
 
-/// IPv4 leg → IPv4 leg, in place. A zero UDP checksum ("none") stays zero.
+/// IPv4 leg → IPv4 leg, in place. A zero UDP checksum ("none") stays zero. With a `delta`
+/// (a session's, from its slot entry) the checksums take it whole; without, the changed words
+/// are summed here. Both give the same bytes (`ForwardDelta`).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn v4_to_v4(
     eth: &mut EthHdr,
     ip: &mut Ipv4Hdr,
@@ -69,24 +72,31 @@ pub fn v4_to_v4(
     to: &Leg,
     hop: &NextHop,
     from_port: u16,
+    delta: ForwardDelta,
 ) {
     let new_src = cfg.addr_v4;
     let new_dst = to.v4_words();
-    ip.check = Incremental::new(ip.check)
-        .replace_words(&ip.saddr, &new_src)
-        .replace_words(&ip.daddr, &new_dst)
-        .replace(
-            ttl_protocol_word(ip.ttl, ip.protocol),
-            ttl_protocol_word(cfg.ttl, ip.protocol),
-        )
-        .finish();
-    if udp.check != 0 {
-        udp.check = Incremental::new(udp.check)
+    let old_ttl = ttl_protocol_word(ip.ttl, ip.protocol);
+    let new_ttl = ttl_protocol_word(cfg.ttl, ip.protocol);
+    if delta.is_some() {
+        ip.check = delta.ipv4_checksum(ip.check, old_ttl, new_ttl);
+        if udp.check != 0 {
+            udp.check = delta.udp_checksum(udp.check);
+        }
+    } else {
+        ip.check = Incremental::new(ip.check)
             .replace_words(&ip.saddr, &new_src)
             .replace_words(&ip.daddr, &new_dst)
-            .replace(udp.source, from_port)
-            .replace(udp.dest, to.port)
-            .finish_udp();
+            .replace(old_ttl, new_ttl)
+            .finish();
+        if udp.check != 0 {
+            udp.check = Incremental::new(udp.check)
+                .replace_words(&ip.saddr, &new_src)
+                .replace_words(&ip.daddr, &new_dst)
+                .replace(udp.source, from_port)
+                .replace(udp.dest, to.port)
+                .finish_udp();
+        }
     }
     ip.saddr = new_src;
     ip.daddr = new_dst;
@@ -96,8 +106,9 @@ pub fn v4_to_v4(
     set_macs(eth, hop);
 }
 
-/// IPv6 leg → IPv6 leg, in place.
+/// IPv6 leg → IPv6 leg, in place; `delta` as for [`v4_to_v4`].
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn v6_to_v6(
     eth: &mut EthHdr,
     ip: &mut Ipv6Hdr,
@@ -106,13 +117,18 @@ pub fn v6_to_v6(
     to: &Leg,
     hop: &NextHop,
     from_port: u16,
+    delta: ForwardDelta,
 ) {
-    udp.check = Incremental::new(udp.check)
-        .replace_words(&ip.saddr, &cfg.addr_v6)
-        .replace_words(&ip.daddr, &to.addr)
-        .replace(udp.source, from_port)
-        .replace(udp.dest, to.port)
-        .finish_udp();
+    udp.check = if delta.is_some() {
+        delta.udp_checksum(udp.check)
+    } else {
+        Incremental::new(udp.check)
+            .replace_words(&ip.saddr, &cfg.addr_v6)
+            .replace_words(&ip.daddr, &to.addr)
+            .replace(udp.source, from_port)
+            .replace(udp.dest, to.port)
+            .finish_udp()
+    };
     copy8(&mut ip.saddr, &cfg.addr_v6);
     copy8(&mut ip.daddr, &to.addr);
     ip.hop_limit = cfg.hop_limit;

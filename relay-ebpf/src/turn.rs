@@ -280,7 +280,7 @@ pub fn from_client(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet) -> Verdi
         }
         None => Reason::ForwardedTurnToPeer,
     };
-    Ok((transmit(ctx, &hop), reason))
+    Ok((transmit(&hop), reason))
 }
 
 /// Whether `peer` is the relay's own address (of its family).
@@ -387,7 +387,7 @@ pub fn from_peer(ctx: &XdpContext, cfg: &RelayConfig, packet: Packet, slot: u32)
     let before = scratch.inc.ip_hlen() + UDP_HLEN;
     emit(ctx, before, &scratch.inc, &scratch.out, &hop)?;
     count_forwarded(&TURN_STATS, slot, TO_CLIENT, len, now);
-    Ok((transmit(ctx, &hop), Reason::ForwardedTurnToClient))
+    Ok((transmit(&hop), Reason::ForwardedTurnToClient))
 }
 
 /// The allocation in `slot`.

@@ -88,6 +88,7 @@ fn crossing(pair: &WireGuardPair, to: usize) -> Crossing<'_> {
         limits: &pair.limits,
         from_port: pair.ports[to & 1],
         stats: &SESSION_STATS,
+        deltas: None,
     }
 }
 

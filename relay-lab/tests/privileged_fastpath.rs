@@ -108,6 +108,64 @@ fn v4_to_v4_both_directions() {
     assert_forwarded(&mut fx, &b, LEG_A4, Reason::ForwardedV4, 1, VIA_GATEWAY);
 }
 
+/// A slot entry without checksum deltas — as an earlier build wrote it (those bytes were
+/// reserved, zero) — forwards exactly the same bytes: the program sums the changed words per
+/// packet instead. (The tests above forward with the deltas this build writes.)
+#[test]
+fn a_slot_entry_without_checksum_deltas_forwards_the_same_bytes() {
+    require_root!();
+    let mut fx = Fixture::new();
+    for (a, b, reason) in [
+        (LEG_A4, LEG_B4, Reason::ForwardedV4),
+        (LEG_A6, LEG_B6, Reason::ForwardedV6),
+    ] {
+        fx.add_session(VNI, SLOT, leg(sa(a)), leg(sa(b)));
+        let entry = fx.maps().session_slots.get(&SLOT, 0).unwrap();
+        assert!(
+            entry.deltas.iter().all(|d| d.is_some()),
+            "this build writes deltas"
+        );
+        let earlier = relay_common::maps::SlotSession {
+            deltas: Default::default(),
+            ..entry
+        };
+        fx.maps().session_slots.set(SLOT, earlier, 0).unwrap();
+        let from_a = data_frame(a, FrameOpts::default());
+        assert_forwarded(&mut fx, &from_a, b, reason, 0, VIA_GATEWAY);
+        let from_b = data_frame(
+            b,
+            FrameOpts {
+                ttl: 3,
+                ..Default::default()
+            },
+        );
+        assert_forwarded(&mut fx, &from_b, a, reason, 1, VIA_GATEWAY);
+    }
+}
+
+/// A destination whose route is cached and that then becomes the relay's own address is a
+/// hairpin at once: the program checks for hairpins only when it looks a route up, and routes
+/// cached under an earlier configuration are not used.
+#[test]
+fn a_cached_destination_that_becomes_the_relays_address_is_a_hairpin() {
+    require_root!();
+    let mut fx = Fixture::new();
+    fx.add_session(VNI, SLOT, leg(sa(LEG_A4)), leg(sa(LEG_B4)));
+    let frame = data_frame(LEG_A4, FrameOpts::default());
+    assert_forwarded(&mut fx, &frame, LEG_B4, Reason::ForwardedV4, 0, VIA_GATEWAY);
+    let mut config = fx.config;
+    config.addr_v4 = leg(sa(LEG_B4)).v4_words();
+    fx.sandbox.set_config(config).unwrap();
+    let to_b = std::net::SocketAddr::new(sa(LEG_B4).ip(), RELAY_PORT);
+    let frame = udp_frame(
+        sa(LEG_A4),
+        to_b,
+        &geneve_data(VNI, &payload(100)),
+        FrameOpts::default(),
+    );
+    assert_not_forwarded(&mut fx, &frame, XdpAction::Pass, Reason::PassedHairpin);
+}
+
 #[test]
 fn v6_to_v6_both_directions() {
     require_root!();

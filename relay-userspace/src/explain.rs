@@ -57,7 +57,11 @@ impl Explainer {
         let allocations = live_maps.turn.capacity();
         drop(live_maps);
         let parent = live.parent().context("pin directory has no parent")?;
-        let pins = parent.join(format!("relay-explain-{}", std::process::id()));
+        // Unique per copy, not only per process: two copies open at once in one process (tests
+        // on parallel threads) would otherwise race to pin their private maps in one place.
+        static COPIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let copy = COPIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pins = parent.join(format!("relay-explain-{}-{copy}", std::process::id()));
         let copy = Dataplane::load(&LoadOptions {
             pin_dir: pins.clone(),
             max_sessions: capacity.max(1),

@@ -160,9 +160,26 @@ impl Dataplane {
             .try_into()
             .with_context(|| format!("program `{name}` is not an XDP program"))?;
         if program.fd().is_err() {
-            program
-                .load()
-                .with_context(|| format!("verifier rejected program `{name}`"))?;
+            // The kernel gives up verifying with EAGAIN when a signal arrives meanwhile (a
+            // child's SIGCHLD, in a process that runs commands on other threads), and the
+            // relay's program takes the verifier a few hundred milliseconds: try again, as
+            // libbpf does.
+            let mut attempts = 0;
+            loop {
+                match program.load() {
+                    Ok(()) => break,
+                    Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                        if io_error.raw_os_error() == Some(nix::errno::Errno::EAGAIN as i32)
+                            && attempts < 5 =>
+                    {
+                        attempts += 1;
+                    }
+                    Err(e) => {
+                        return Err(e)
+                            .with_context(|| format!("verifier rejected program `{name}`"));
+                    }
+                }
+            }
         }
         Ok(program)
     }

@@ -158,10 +158,12 @@ impl RelayMaps {
         })
     }
 
-    /// Writes the program's configuration (with the session slot bits of these maps).
+    /// Writes the program's configuration (with the session slot bits of these maps, and the
+    /// next generation, which retires every cached route looked up under the last one).
     pub fn set_config(&mut self, config: &RelayConfig) -> Result<(), MapsError> {
         let config = RelayConfig {
             session_slot_bits: self.slot_bits,
+            generation: self.config()?.generation.wrapping_add(1),
             ..*config
         };
         self.config.set(0, config, 0).map_err(err(names::CONFIG))
@@ -258,12 +260,8 @@ impl RelayMaps {
             .map_err(err(names::SESSION_SLOTS))?
             .session;
         for step in super::slot_writes::slot_writes(&current, &target) {
-            let entry = SlotSession {
-                session: step,
-                reserved: [0; 8],
-            };
             self.session_slots
-                .set(session.slot, entry, 0)
+                .set(session.slot, SlotSession::new(step), 0)
                 .map_err(err(names::SESSION_SLOTS))?;
         }
         Ok(())
@@ -328,10 +326,7 @@ impl RelayMaps {
         if let Some((slot, record)) = self.slot_record(vni)? {
             // Retired by its VNI alone (one field: no reader can mix it up); the legs stay until
             // the slot's next session overwrites them, matching nothing meanwhile.
-            let retired = SlotSession {
-                session: Session { vni: 0, ..record },
-                reserved: [0; 8],
-            };
+            let retired = SlotSession::new(Session { vni: 0, ..record });
             self.session_slots
                 .set(slot, retired, 0)
                 .map_err(err(names::SESSION_SLOTS))?;

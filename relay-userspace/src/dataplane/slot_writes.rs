@@ -87,30 +87,36 @@ pub fn slot_writes(current: &Session, target: &Session) -> Vec<Session> {
 mod tests {
     use proptest::prelude::*;
     use relay_common::{
+        checksum::ForwardDelta,
         forward::decide_v4,
-        maps::{Leg, SessionLimits},
+        maps::{Leg, SessionLimits, SlotSession},
         verdict::Reason,
     };
 
     use super::*;
 
-    /// What the program would do with a packet from `source` for `vni` given `record`: which
-    /// leg it goes to (address and port), or why not.
-    fn outcome(record: &Session, vni: u32, source: &Leg) -> Result<Leg, Reason> {
+    /// What the program would do with a packet from `source` for `vni` given the slot entry
+    /// `entry`: which leg it goes to (address and port) with which checksum delta, or why not.
+    fn outcome(entry: &SlotSession, vni: u32, source: &Leg) -> Result<(Leg, ForwardDelta), Reason> {
+        let record = &entry.session;
         if record.vni != vni || vni == 0 {
             return Err(Reason::DroppedUnknownVni);
         }
         let dir = decide_v4(record, source.v4_words(), source.port)?;
-        Ok(record.legs[dir.to])
+        Ok((record.legs[dir.to], entry.deltas[dir.to]))
     }
 
     /// Every byte-wise mix of `a` and `b` where the bytes that differ come from one or the
     /// other (all of them when few differ, else a sample including each prefix/suffix split).
-    fn mixes(a: &Session, b: &Session, rng: &mut impl FnMut() -> u64) -> Vec<Session> {
-        let bytes = |s: &Session| {
-            // SAFETY: Session is repr(C) plain data without padding (checked in relay-common).
+    fn mixes(a: &SlotSession, b: &SlotSession, rng: &mut impl FnMut() -> u64) -> Vec<SlotSession> {
+        let bytes = |s: &SlotSession| {
+            // SAFETY: SlotSession is repr(C) plain data without padding (checked in
+            // relay-common).
             unsafe {
-                core::slice::from_raw_parts(s as *const Session as *const u8, size_of::<Session>())
+                core::slice::from_raw_parts(
+                    s as *const SlotSession as *const u8,
+                    size_of::<SlotSession>(),
+                )
             }
             .to_vec()
         };
@@ -123,8 +129,8 @@ mod tests {
                     out[i] = y[i];
                 }
             }
-            // SAFETY: same size, any bytes are a valid Session.
-            unsafe { core::ptr::read_unaligned(out.as_ptr() as *const Session) }
+            // SAFETY: same size, any bytes are a valid SlotSession.
+            unsafe { core::ptr::read_unaligned(out.as_ptr() as *const SlotSession) }
         };
         let mut out = Vec::new();
         if differ.len() <= 10 {
@@ -178,8 +184,10 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever mix of two consecutive writes a reader sees, the packet goes where the
-        /// record before or after the write would send it, or nowhere.
+        /// Whatever mix of two consecutive writes a reader sees (of the whole slot entry, as
+        /// written: the record and its checksum deltas), the packet goes where the record
+        /// before or after the write would send it, or nowhere — and with the checksum delta
+        /// of exactly the legs it crosses, so its checksums come out right.
         #[test]
         fn no_torn_read_sends_a_packet_where_neither_record_would(
             current in arb_session(),
@@ -191,15 +199,17 @@ mod tests {
             let mut state = seed | 1;
             let mut rng = move || { state ^= state << 13; state ^= state >> 7; state ^= state << 17; state };
             let sources = [leg(1, 4000, true), leg(2, 4001, true), leg(3, 0x0fa0, true), leg(1, 4001, true)];
-            let mut before = current;
-            for after in steps {
+            let mut before = SlotSession::new(current);
+            for after in steps.into_iter().map(SlotSession::new) {
                 for mix in mixes(&before, &after, &mut rng) {
                     for vni in [0x0100_0007u32, 0x0200_0007] {
                         for source in &sources {
                             let got = outcome(&mix, vni, source);
-                            if let Ok(to) = got {
-                                let ok = [before, after].iter().any(|r| outcome(r, vni, source) == Ok(to));
+                            if let Ok((to, delta)) = got {
+                                let ok = [before, after].iter().any(|r| outcome(r, vni, source) == got);
                                 prop_assert!(ok, "{:?} → {:?}: mix {:?} sends {:?}", before, after, mix, to);
+                                let right = ForwardDelta::between(&source.v4_words(), source.port, &to.v4_words(), to.port);
+                                prop_assert_eq!(delta, right, "mix {:?} forwards with another pair's delta", mix);
                             }
                         }
                     }
