@@ -56,14 +56,22 @@ async def main():
         turn.sendto(message, peer)
         if gap:
             await asyncio.sleep(gap)
-    # A burst leaves once the channel is bound; then wait for its echoes.
-    deadline = asyncio.get_event_loop().time() + 5 + count * size / 10_000_000
-    while len(echoes.received) < count and asyncio.get_event_loop().time() < deadline:
+    # A burst leaves once the channel is bound (sendto only queues it: over TCP or TLS it
+    # leaves as fast as the relay reads, which may hold the uploads for the return path); then
+    # wait for its echoes while they keep coming: until 5 s pass without one (at most 60 s).
+    clock = asyncio.get_event_loop().time
+    quiet_until = clock() + 5 + count * size / 10_000_000
+    give_up = clock() + 60
+    seen = len(echoes.received)
+    while len(echoes.received) < count and clock() < min(quiet_until, give_up):
         echoes.arrived.clear()
         try:
             await asyncio.wait_for(echoes.arrived.wait(), timeout=0.5)
         except asyncio.TimeoutError:
             pass
+        if len(echoes.received) > seen:
+            seen = len(echoes.received)
+            quiet_until = clock() + 5
     turn.close()
     await asyncio.sleep(0.2)
     exact = sorted(echoes.received) == sorted(sent)
