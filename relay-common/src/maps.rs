@@ -271,7 +271,7 @@ impl SlotSession {
 
 /// The checksum deltas of forwarding towards each of `legs` (indexed by the receiving leg), or
 /// zeros unless both are of the same family.
-pub fn forward_deltas(legs: &[Leg; 2]) -> [crate::checksum::ForwardDelta; 2] {
+fn forward_deltas(legs: &[Leg; 2]) -> [crate::checksum::ForwardDelta; 2] {
     use crate::checksum::ForwardDelta;
     let [a, b] = legs;
     if a.family != b.family {

@@ -116,23 +116,31 @@ impl Sandbox {
         let entered = ns.enter()?;
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/{}", ns.name()));
         let settings = FastPathSettings::new(Some(RELAY_V4), Some(RELAY_V6), RELAY_PORT);
-        let mut dataplane = Dataplane::load(&LoadOptions {
-            pin_dir: pin_dir.clone(),
-            max_sessions,
-            max_allocations,
-            nexthop_cache_entries: settings.cache_entries(),
-            shared_from: None,
+        // The pins outlive a failed start unless removed here (Drop removes them after one that
+        // succeeded): a load the verifier rejected left its directory behind in bpffs.
+        let started = (|| -> Result<_> {
+            let mut dataplane = Dataplane::load(&LoadOptions {
+                pin_dir: pin_dir.clone(),
+                max_sessions,
+                max_allocations,
+                nexthop_cache_entries: settings.cache_entries(),
+                shared_from: None,
+            })?;
+            // test_run accepts an interface as ingress only when XDP is enabled on it.
+            for iface in ["eth0", "eth1"] {
+                dataplane.attach(PROGRAM_PASS, iface, XdpMode::Driver)?;
+            }
+            let clock = dataplane.clock()?;
+            dataplane.pin_clock_probe()?;
+            let eth0 = nix::net::if_::if_nametoindex("eth0").context("eth0")?;
+            let eth1 = nix::net::if_::if_nametoindex("eth1").context("eth1")?;
+            let config = settings.to_map_value(&clock);
+            dataplane.maps.set_config(&config)?;
+            Ok((dataplane, clock, eth0, eth1, config))
+        })();
+        let (dataplane, clock, eth0, eth1, config) = started.inspect_err(|_| {
+            let _ = remove_pins(&pin_dir);
         })?;
-        // test_run accepts an interface as ingress only when XDP is enabled on it.
-        for iface in ["eth0", "eth1"] {
-            dataplane.attach(PROGRAM_PASS, iface, XdpMode::Driver)?;
-        }
-        let clock = dataplane.clock()?;
-        dataplane.pin_clock_probe()?;
-        let eth0 = nix::net::if_::if_nametoindex("eth0").context("eth0")?;
-        let eth1 = nix::net::if_::if_nametoindex("eth1").context("eth1")?;
-        let config = settings.to_map_value(&clock);
-        dataplane.maps.set_config(&config)?;
         Ok(Sandbox {
             dataplane,
             clock,
